@@ -1,0 +1,240 @@
+//! The HTTP API: health, readiness, metrics, the client table, a worker's logs, and
+//! deregistration. [`router`] builds the routes without a socket so tests call it
+//! directly.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use kg_shared::ClientId;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::controller::Status;
+use crate::ingest::Publisher;
+use crate::metrics::ControlPlaneMetrics;
+use crate::runtime::{worker_name, Runtime, RuntimeError};
+use crate::table::{ClientRecord, ClientTable};
+
+/// What the handlers read.
+#[derive(Clone)]
+pub struct ApiState {
+    pub table: ClientTable,
+    pub metrics: Arc<ControlPlaneMetrics>,
+    pub status: Arc<Status>,
+    pub runtime: Arc<dyn Runtime>,
+    /// Absent in tests that do not exercise deregistration.
+    pub publisher: Option<Arc<Publisher>>,
+    /// Bearer token for mutating verbs; when unset they are refused.
+    pub api_token: Option<String>,
+}
+
+/// All routes.
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/clients", get(list_clients))
+        .route("/clients/{id}", get(get_client).delete(deregister))
+        .route("/clients/{id}/workers/{role}/logs", get(worker_logs))
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+fn parse_id(raw: &str) -> Result<ClientId, Response> {
+    ClientId::parse(raw).map_err(|invalid| error(StatusCode::BAD_REQUEST, invalid.to_string()))
+}
+
+async fn health() -> impl IntoResponse {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn ready(State(state): State<ApiState>) -> Response {
+    let body = json!({
+        "ready": state.status.ready(),
+        "registry_replayed": state.status.registry_replayed.load(std::sync::atomic::Ordering::Relaxed),
+        "first_listing_done": state.status.first_listing_done.load(std::sync::atomic::Ordering::Relaxed),
+        "runtime": state.runtime.kind(),
+    });
+    let code = if state.status.ready() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body)).into_response()
+}
+
+async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+    (
+        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        state.metrics.encode(),
+    )
+}
+
+async fn list_clients(State(state): State<ApiState>) -> Json<Vec<ClientRecord>> {
+    let mut clients: Vec<ClientRecord> = state.table.iter().map(|r| r.value().clone()).collect();
+    clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
+    Json(clients)
+}
+
+async fn get_client(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    match state.table.get(&id) {
+        Some(record) => Json(record.value().clone()).into_response(),
+        None => error(StatusCode::NOT_FOUND, format!("client {id} is not registered")),
+    }
+}
+
+async fn deregister(State(state): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+    let Some(expected) = state.api_token.as_deref().filter(|token| !token.is_empty()) else {
+        return error(
+            StatusCode::FORBIDDEN,
+            "deregistration over the API is disabled: set CP_API_TOKEN to enable it",
+        );
+    };
+    let presented = headers
+        .get(AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
+        return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    }
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    if !state.table.contains_key(&id) {
+        return error(StatusCode::NOT_FOUND, format!("client {id} is not registered"));
+    }
+    let Some(publisher) = &state.publisher else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "no kafka producer configured");
+    };
+    match publisher.tombstone(&id).await {
+        Ok(()) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "client_id": id, "status": "deregistering" })),
+        )
+            .into_response(),
+        Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    tail: Option<usize>,
+}
+
+async fn worker_logs(
+    State(state): State<ApiState>,
+    Path((id, role)): Path<(String, String)>,
+    Query(query): Query<LogsQuery>,
+) -> Response {
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(response) => return response,
+    };
+    if !role.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
+        return error(StatusCode::BAD_REQUEST, "role names are lowercase words joined by '-'");
+    }
+    let tail = query.tail.unwrap_or(100).min(10_000);
+    match state.runtime.logs(&worker_name(&role, &id), tail).await {
+        Ok(text) => ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        Err(RuntimeError::NotFound(name)) => error(StatusCode::NOT_FOUND, format!("no worker {name}")),
+        Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::fake::FakeRuntime;
+    use axum::body::Body;
+    use axum::http::Request;
+    use dashmap::DashMap;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn state(token: Option<&str>) -> ApiState {
+        ApiState {
+            table: Arc::new(DashMap::new()),
+            metrics: Arc::new(ControlPlaneMetrics::new()),
+            status: Arc::new(Status::default()),
+            runtime: Arc::new(FakeRuntime::new()),
+            publisher: None,
+            api_token: token.map(str::to_string),
+        }
+    }
+
+    async fn send(state: ApiState, method: &str, uri: &str, auth: Option<&str>) -> (StatusCode, String) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(auth) = auth {
+            request = request.header(AUTHORIZATION, auth);
+        }
+        let response = router(state)
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn ready_is_unavailable_until_the_registry_is_replayed_and_the_runtime_listed() {
+        let state = state(None);
+        assert_eq!(send(state.clone(), "GET", "/ready", None).await.0, StatusCode::SERVICE_UNAVAILABLE);
+        state.status.registry_replayed.store(true, std::sync::atomic::Ordering::Relaxed);
+        state.status.first_listing_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(send(state, "GET", "/ready", None).await.0, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn deregistration_is_refused_when_no_token_is_configured() {
+        let (status, body) = send(state(None), "DELETE", "/clients/af-9", Some("Bearer x")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert!(body.contains("CP_API_TOKEN"));
+    }
+
+    #[tokio::test]
+    async fn deregistration_requires_the_right_bearer_token() {
+        assert_eq!(send(state(Some("s3cret")), "DELETE", "/clients/af-9", None).await.0, StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            send(state(Some("s3cret")), "DELETE", "/clients/af-9", Some("Bearer wrong")).await.0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(state(Some("s3cret")), "DELETE", "/clients/af-9", Some("Bearer s3cret")).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[tokio::test]
+    async fn an_invalid_client_id_is_a_bad_request() {
+        let (status, body) = send(state(None), "GET", "/clients/Bad_Id", None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("error"));
+    }
+
+    #[tokio::test]
+    async fn clients_is_a_json_array() {
+        let (status, body) = send(state(None), "GET", "/clients", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "[]");
+    }
+}

@@ -1,0 +1,166 @@
+//! The command line: one typed tree, every flag also an environment variable, because
+//! compose files and scripts drive the control plane through the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use kg_shared::kafka::KafkaArgs;
+
+#[derive(Debug, clap::Parser)]
+#[command(
+    name = "control-plane",
+    version,
+    about = "Runs an isolated set of workers for every registered client"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// The main job: watch registrations and heartbeats, run every client's workers.
+    Run(RunArgs),
+    /// The embedded default in one command: embedded broker, control plane with the
+    /// process runtime, API; `--demo` also plays an agent.
+    Dev(DevArgs),
+    /// Runs the embedded broker (librdkafka's mock cluster) in the foreground with the
+    /// project's topics; prints `bootstrap=<host:port>` first. Reads `down <id>` and
+    /// `up <id>` lines on standard input to take a broker down and up.
+    EmbeddedBroker(BrokerArgs),
+    /// Creates the project's topics on a real Kafka cluster (idempotent).
+    CreateTopics(CreateTopicsArgs),
+}
+
+/// Where workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    /// Child processes of the `worker` binary (no Docker needed).
+    Process,
+    /// Containers through the Docker Engine API.
+    Docker,
+}
+
+/// Output format of log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Address of the HTTP API. Port 0 picks a free port (written to <data dir>/api.addr).
+    #[arg(long, env = "CP_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+
+    /// Where workers run.
+    #[arg(long, env = "CP_RUNTIME", value_enum, default_value = "process")]
+    pub runtime: RuntimeKind,
+
+    /// State directory: the process runtime's worker records and logs, the API address.
+    #[arg(long, env = "CP_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+
+    /// A client with no heartbeat (or registration) for this long is stale: its workers
+    /// are stopped and removed.
+    #[arg(long, env = "CP_HEARTBEAT_TIMEOUT_SECS", default_value_t = 120)]
+    pub heartbeat_timeout_secs: u64,
+
+    /// How often the controller lists the runtime and reconciles when nothing happens.
+    #[arg(long, env = "CP_RECONCILE_INTERVAL_MS", default_value_t = 1000)]
+    pub reconcile_interval_ms: u64,
+
+    /// Runtime actions (create, start, stop, remove) in flight at once.
+    #[arg(long, env = "CP_MAX_CONCURRENT_ACTIONS", default_value_t = 8)]
+    pub max_concurrent_actions: usize,
+
+    /// Timeout of one runtime call.
+    #[arg(long, env = "CP_ACTION_TIMEOUT_SECS", default_value_t = 30)]
+    pub action_timeout_secs: u64,
+
+    /// How long a worker gets to drain after SIGTERM before it is killed.
+    #[arg(long, env = "CP_STOP_GRACE_SECS", default_value_t = 10)]
+    pub stop_grace_secs: u64,
+
+    /// How long an exited worker stays down before it is started again.
+    #[arg(long, env = "CP_RESTART_DELAY_SECS", default_value_t = 2)]
+    pub restart_delay_secs: u64,
+
+    /// Roles every client gets, comma separated (ignored when a roles file is given).
+    #[arg(
+        long,
+        env = "CP_ROLES",
+        value_delimiter = ',',
+        default_value = "event-normalizer,log-normalizer"
+    )]
+    pub roles: Vec<String>,
+
+    /// TOML file with the role templates (args, env, limits per role); replaces the
+    /// built-in set. See docs/operations.md.
+    #[arg(long, env = "CP_ROLES_FILE")]
+    pub roles_file: Option<PathBuf>,
+
+    /// Worker image (Docker runtime).
+    #[arg(long, env = "CP_WORKER_IMAGE", default_value = "kg-worker:latest")]
+    pub worker_image: String,
+
+    /// The `worker` binary (process runtime). Defaults to `worker` next to this binary.
+    #[arg(long, env = "CP_WORKER_BIN")]
+    pub worker_bin: Option<PathBuf>,
+
+    /// Bearer token for mutating API verbs (DELETE /clients/{id}); unset refuses them.
+    #[arg(long, env = "CP_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DevArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+
+    /// Also play an agent: register a demo client, heartbeat, stream events and logs,
+    /// then stop heartbeating so its workers are reaped.
+    #[arg(long, env = "CP_DEV_DEMO")]
+    pub demo: bool,
+
+    /// The demo client's id.
+    #[arg(long, env = "CP_DEV_DEMO_CLIENT", default_value = "demo-001")]
+    pub demo_client: String,
+
+    /// How long the demo agent heartbeats before it goes quiet.
+    #[arg(long, env = "CP_DEV_DEMO_HEARTBEAT_SECS", default_value_t = 30)]
+    pub demo_heartbeat_secs: u64,
+
+    /// Exit once the demo client's workers have been reaped (for scripted runs).
+    #[arg(long, env = "CP_DEV_EXIT_AFTER_DEMO")]
+    pub exit_after_demo: bool,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct BrokerArgs {
+    /// Number of brokers in the embedded cluster.
+    #[arg(long, env = "EMBEDDED_BROKERS", default_value_t = 1)]
+    pub brokers: i32,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CreateTopicsArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Replication factor of the created topics.
+    #[arg(long, env = "KAFKA_REPLICATION_FACTOR", default_value_t = 1)]
+    pub replication_factor: i32,
+
+    /// How long to keep retrying while the cluster is not reachable yet.
+    #[arg(long, env = "KAFKA_WAIT_SECS", default_value_t = 120)]
+    pub wait_secs: u64,
+}

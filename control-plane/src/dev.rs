@@ -1,0 +1,408 @@
+//! The embedded default: `embedded-broker` (the mock cluster alone), `dev` (mock cluster +
+//! control plane with the process runtime + API in one command) and the demo agent that
+//! `dev --demo` runs: it registers a client the way the Helm chart does, heartbeats on both
+//! streams, streams realistic Kubernetes events and logs, prints what comes out
+//! normalized, then goes quiet so the client's workers are reaped.
+
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kg_shared::kafka::{ensure_topics, EmbeddedBroker, KafkaArgs, KafkaSetupError};
+use kg_shared::topics::{
+    CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, EVENTS_NORMALIZED, LOGS_NORMALIZED, RAW_K8S_EVENTS,
+    RAW_K8S_LOGS,
+};
+use kg_shared::ClientId;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use crate::config::{BrokerArgs, CreateTopicsArgs, DevArgs};
+use crate::controller::{Controller, Status};
+use crate::runtime::Runtime;
+use crate::table::ClientTable;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    #[error(transparent)]
+    Kafka(#[from] KafkaSetupError),
+    #[error(transparent)]
+    ControlPlane(#[from] crate::ControlPlaneError),
+    #[error("invalid demo client id: {0}")]
+    DemoClient(#[from] kg_shared::InvalidClientId),
+    #[error("failed to create a kafka client for the demo agent: {0}")]
+    DemoClientSetup(#[from] rdkafka::error::KafkaError),
+    #[error("gave up creating topics after {0:?}: {1}")]
+    TopicsTimeout(Duration, String),
+}
+
+/// `control-plane embedded-broker`: runs until SIGTERM/SIGINT. The broker is not `Send`, so
+/// this must run on the thread that drives the main future.
+pub async fn embedded_broker(args: BrokerArgs) -> Result<(), DevError> {
+    let broker = EmbeddedBroker::start(args.brokers.max(1))?;
+    println!("bootstrap={}", broker.bootstrap_servers());
+    let _ = std::io::stdout().flush();
+    tracing::info!(bootstrap = %broker.bootstrap_servers(), brokers = args.brokers, "embedded broker running");
+
+    // Outage rehearsal: `down 1` / `up 1` on standard input.
+    let (commands_tx, mut commands_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lock().lines().map_while(Result::ok) {
+            if commands_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let shutdown = crate::termination_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(line) = commands_rx.recv() => {
+                let mut words = line.split_whitespace();
+                let result = match (words.next(), words.next().and_then(|id| id.parse::<i32>().ok())) {
+                    (Some("down"), Some(id)) => broker.broker_down(id).map(|_| format!("broker {id} down")),
+                    (Some("up"), Some(id)) => broker.broker_up(id).map(|_| format!("broker {id} up")),
+                    _ => Ok(format!("unknown command {line:?}; use `down <id>` or `up <id>`")),
+                };
+                match result {
+                    Ok(message) => println!("{message}"),
+                    Err(error) => println!("error: {error}"),
+                }
+                let _ = std::io::stdout().flush();
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `control-plane create-topics`: retries until the cluster answers or the wait runs out.
+pub async fn create_topics(args: CreateTopicsArgs) -> Result<(), DevError> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
+    loop {
+        match ensure_topics(&args.kafka, args.replication_factor, Duration::from_secs(30)).await {
+            Ok(created) => {
+                println!("topics ready (created now: {})", created.join(", "));
+                return Ok(());
+            }
+            Err(error) if tokio::time::Instant::now() < deadline => {
+                tracing::warn!(%error, "kafka not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            Err(error) => {
+                return Err(DevError::TopicsTimeout(
+                    Duration::from_secs(args.wait_secs),
+                    error.to_string(),
+                ))
+            }
+        }
+    }
+}
+
+/// `control-plane dev`.
+pub async fn dev(mut args: DevArgs) -> Result<(), DevError> {
+    let demo_client = ClientId::parse(&args.demo_client)?;
+    let broker = EmbeddedBroker::start(1)?;
+    let bootstrap = broker.bootstrap_servers();
+    args.run.kafka = KafkaArgs::plaintext(bootstrap.clone());
+    println!("bootstrap={bootstrap}");
+    let _ = std::io::stdout().flush();
+
+    let (demo_done_tx, demo_done_rx) = oneshot::channel::<()>();
+    let exit_after_demo = args.exit_after_demo && args.demo;
+    let shutdown = async move {
+        tokio::select! {
+            _ = crate::termination_signal() => {}
+            _ = demo_done_rx, if exit_after_demo => {}
+        }
+    };
+    let mut runtime: Option<Arc<dyn Runtime>> = None;
+    let demo = args.demo;
+    let heartbeat_secs = args.demo_heartbeat_secs;
+    let timeout_secs = args.run.heartbeat_timeout_secs;
+    let stop_grace = Duration::from_secs(args.run.stop_grace_secs);
+    crate::run(args.run, shutdown, |handles| {
+        println!("api=http://{}", handles.api_addr);
+        let _ = std::io::stdout().flush();
+        runtime = Some(handles.runtime.clone());
+        if demo {
+            let agent = DemoAgent {
+                bootstrap,
+                client: demo_client,
+                heartbeat_for: Duration::from_secs(heartbeat_secs),
+                heartbeat_timeout_secs: timeout_secs,
+                table: handles.table.clone(),
+                status: handles.status.clone(),
+            };
+            tokio::spawn(async move {
+                if let Err(error) = agent.run().await {
+                    println!("demo: failed: {error}");
+                }
+                let _ = demo_done_tx.send(());
+            });
+        }
+    })
+    .await?;
+    // The embedded broker goes away with this process, so its workers must too.
+    if let Some(runtime) = runtime {
+        println!("stopping workers");
+        Controller::stop_all(runtime.as_ref(), stop_grace).await;
+    }
+    drop(broker);
+    Ok(())
+}
+
+struct DemoAgent {
+    bootstrap: String,
+    client: ClientId,
+    heartbeat_for: Duration,
+    heartbeat_timeout_secs: u64,
+    table: ClientTable,
+    status: Arc<Status>,
+}
+
+fn say(line: impl AsRef<str>) {
+    println!("demo: {}", line.as_ref());
+    let _ = std::io::stdout().flush();
+}
+
+impl DemoAgent {
+    fn producer(&self, compression: &str) -> Result<FutureProducer, rdkafka::error::KafkaError> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("compression.type", compression)
+            .set("linger.ms", "5")
+            .create()
+    }
+
+    async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &serde_json::Value) {
+        let payload = value.to_string();
+        let _ = producer
+            .send(
+                FutureRecord::to(topic).key(key).payload(&payload),
+                Duration::from_secs(10),
+            )
+            .await;
+    }
+
+    async fn wait_for(&self, what: &str, deadline: Duration, check: impl Fn(&Self) -> bool) -> bool {
+        let until = tokio::time::Instant::now() + deadline;
+        while tokio::time::Instant::now() < until {
+            if check(self) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        say(format!("gave up waiting for {what} after {deadline:?}"));
+        false
+    }
+
+    fn running_workers(&self) -> usize {
+        self.table
+            .get(&self.client)
+            .map(|record| record.workers.iter().filter(|w| w.state == "running").count())
+            .unwrap_or(0)
+    }
+
+    async fn run(self) -> Result<(), DevError> {
+        let plain = self.producer("none")?;
+        let zstd = self.producer("zstd")?;
+        let id = self.client.to_string();
+        self.wait_for("the control plane to be ready", Duration::from_secs(60), |agent| {
+            agent.status.ready()
+        })
+        .await;
+
+        let observer = self.observe_normalized()?;
+        say(format!("registering client {id} the way the Helm chart's post-install job does"));
+        Self::send(
+            &plain,
+            CLUSTER_REGISTRY,
+            &id,
+            &json!({"client_id": id, "cluster_name": "demo-cluster", "region": "unknown",
+                    "timestamp": Utc::now().to_rfc3339(), "chart_version": "2.1.2"}),
+        )
+        .await;
+
+        let heartbeats = {
+            let id = id.clone();
+            let heartbeat_for = self.heartbeat_for;
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + heartbeat_for;
+                let started = tokio::time::Instant::now();
+                while tokio::time::Instant::now() < until {
+                    let now = Utc::now().to_rfc3339();
+                    Self::send(&plain, CLUSTER_HEARTBEAT, &id, &json!({"client_id": id, "timestamp": now})).await;
+                    Self::send(
+                        &zstd,
+                        CLUSTER_HEARTBEAT,
+                        &format!("{id}::{id}"),
+                        &json!({"client_id": id, "status": "healthy", "timestamp": now,
+                                "metrics": {"resources_sent": 0, "uptime_seconds": started.elapsed().as_secs()}}),
+                    )
+                    .await;
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+                plain
+            })
+        };
+
+        if self
+            .wait_for("the demo client's workers", Duration::from_secs(60), |agent| {
+                agent.running_workers() >= 2
+            })
+            .await
+        {
+            say(format!("workers running: {}", self.worker_summary()));
+        }
+
+        let events = self.producer("lz4")?;
+        for (key, event) in demo_events(&id) {
+            Self::send(&events, RAW_K8S_EVENTS, &key, &event).await;
+        }
+        for (key, log) in demo_logs(&id) {
+            Self::send(&events, RAW_K8S_LOGS, &key, &log).await;
+        }
+        say("streamed 8 Kubernetes events and 5 log lines; normalized records follow");
+
+        let _ = heartbeats.await;
+        say(format!(
+            "stopped heartbeating; the workers are reaped {}s after the last heartbeat",
+            self.heartbeat_timeout_secs
+        ));
+        let reaped = self
+            .wait_for(
+                "the workers to be reaped",
+                Duration::from_secs(self.heartbeat_timeout_secs + 60),
+                |agent| {
+                    agent
+                        .table
+                        .get(&agent.client)
+                        .is_some_and(|record| record.workers.is_empty())
+                },
+            )
+            .await;
+        if reaped {
+            say(format!("client {id} is stale and its workers are gone"));
+        }
+        observer.abort();
+        Ok(())
+    }
+
+    fn worker_summary(&self) -> String {
+        self.table
+            .get(&self.client)
+            .map(|record| {
+                record
+                    .workers
+                    .iter()
+                    .map(|w| format!("{} ({})", w.name, w.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default()
+    }
+
+    fn observe_normalized(&self) -> Result<tokio::task::JoinHandle<()>, DevError> {
+        let consumer: StreamConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", "dev-demo-observer")
+            .set("auto.offset.reset", "earliest")
+            .create()?;
+        consumer.subscribe(&[EVENTS_NORMALIZED, LOGS_NORMALIZED])?;
+        let prefix = format!("{}::", self.client);
+        Ok(tokio::spawn(async move {
+            while let Ok(message) = consumer.recv().await {
+                let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+                if !key.starts_with(&prefix) {
+                    continue;
+                }
+                let Some(value) = message
+                    .payload()
+                    .and_then(|p| serde_json::from_slice::<serde_json::Value>(p).ok())
+                else {
+                    continue;
+                };
+                let line = if message.topic() == EVENTS_NORMALIZED {
+                    format!(
+                        "{} {:<22} {:<8} {}",
+                        message.topic(),
+                        value["event_type_abstract"].as_str().unwrap_or("?"),
+                        value["severity"].as_str().unwrap_or("?"),
+                        value["message"].as_str().unwrap_or("")
+                    )
+                } else {
+                    format!(
+                        "{}   {:<22} {:<8} {}",
+                        message.topic(),
+                        value["error_type"].as_str().unwrap_or("-"),
+                        value["severity"].as_str().unwrap_or("?"),
+                        value["message"].as_str().unwrap_or("").lines().next().unwrap_or("")
+                    )
+                };
+                say(line);
+            }
+        }))
+    }
+}
+
+/// A small, realistic incident: a pod is scheduled, pulls, starts, fails its probe, is
+/// OOM-killed and crash-loops; its node reports memory pressure.
+pub fn demo_events(client: &str) -> Vec<(String, serde_json::Value)> {
+    let now = Utc::now().to_rfc3339();
+    let pod = json!({"kind": "Pod", "name": "checkout-7d9f", "namespace": "shop", "uid": "b1e2c3d4-0001",
+                     "labels": {"app": "checkout"}});
+    let steps = [
+        ("Scheduled", "Normal", "Successfully assigned shop/checkout-7d9f to node-1"),
+        ("Pulling", "Normal", "Pulling image \"shop/checkout:1.4.2\""),
+        ("Pulled", "Normal", "Successfully pulled image \"shop/checkout:1.4.2\""),
+        ("Started", "Normal", "Started container checkout"),
+        ("Unhealthy", "Warning", "Readiness probe failed: HTTP probe failed with statuscode: 503"),
+        ("OOMKilled", "Warning", "Container checkout killed: out of memory"),
+        ("BackOff", "Warning", "Back-off restarting failed container checkout"),
+        ("CrashLoopBackOff", "Warning", "Container checkout is in CrashLoopBackOff"),
+    ];
+    steps
+        .iter()
+        .enumerate()
+        .map(|(n, (reason, kind, message))| {
+            let uid = format!("demo-evt-{n:04}");
+            (
+                format!("{client}::event::{uid}"),
+                json!({"event_id": format!("evt-{uid}"), "reason": reason, "message": message, "type": kind,
+                       "metadata": {"uid": uid, "creationTimestamp": now},
+                       "involvedObject": pod, "source": {"host": "node-1"},
+                       "lastTimestamp": now, "count": 1}),
+            )
+        })
+        .collect()
+}
+
+/// Log lines from the same pod, one with a Java stack trace.
+pub fn demo_logs(client: &str) -> Vec<(String, serde_json::Value)> {
+    let now = Utc::now().to_rfc3339();
+    let lines = [
+        "GET /healthz 200 1ms",
+        "connection refused: payments.shop.svc:8080",
+        "java.lang.OutOfMemoryError: Java heap space\n\tat com.shop.Cart.add(Cart.java:42)\n\tat com.shop.Api.handle(Api.java:17)",
+        "Timeout waiting for inventory response after 5000ms",
+        "order 1234 accepted",
+    ];
+    lines
+        .iter()
+        .map(|line| {
+            (
+                format!("{client}::b1e2c3d4-0001"),
+                json!({"message": line, "timestamp": now, "stream": "stdout", "client_id": client,
+                       "kubernetes": {"pod_name": "checkout-7d9f", "pod_namespace": "shop",
+                                      "pod_uid": "b1e2c3d4-0001", "container_name": "checkout",
+                                      "pod_node_name": "node-1"}}),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,399 @@
+//! Ingest: reads `cluster.registry` from the beginning (it is the durable desired state)
+//! and `cluster.heartbeat` from "now minus the heartbeat timeout" (so a restart recovers
+//! liveness instead of guessing), decodes every record tolerantly, and hands valid ones to
+//! the controller as [`Input`]s. Records that cannot be used are counted, logged with their
+//! reason, and dead-lettered to `dlq.raw`.
+//!
+//! Time of an event: while replaying what was on the topic when the control plane started,
+//! the record's Kafka timestamp (capped at now); after that, the time it was received, so
+//! an agent whose clock is off is still live while it heartbeats.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kg_shared::dlq::DeadLetter;
+use kg_shared::heartbeat::decode_heartbeat;
+use kg_shared::kafka::KafkaArgs;
+use kg_shared::registry::{decode_registry, RegistryMessage};
+use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, DLQ_RAW};
+use kg_shared::ClientId;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::metrics::{ControlPlaneMetrics, ReasonLabel};
+use crate::Clock;
+
+/// What ingest tells the controller.
+#[derive(Debug, Clone)]
+pub enum Input {
+    Registry {
+        message: RegistryMessage,
+        at: DateTime<Utc>,
+    },
+    Heartbeat {
+        client_id: ClientId,
+        at: DateTime<Utc>,
+    },
+    /// Everything that was on `cluster.registry` at start-up has been applied.
+    RegistryReplayed,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("failed to create the ingest consumer: {0}")]
+    Consumer(#[source] KafkaError),
+    #[error("failed to assign the ingest partitions: {0}")]
+    Assign(#[source] KafkaError),
+    #[error("failed to create the kafka producer: {0}")]
+    Producer(#[source] KafkaError),
+    #[error("failed to deregister {client}: {reason}")]
+    Tombstone { client: String, reason: String },
+}
+
+/// The control plane's producer: dead letters and API-initiated tombstones.
+pub struct Publisher {
+    producer: FutureProducer,
+}
+
+impl Publisher {
+    pub fn new(kafka: &KafkaArgs) -> Result<Self, IngestError> {
+        let producer = kafka
+            .client_config()
+            .set("compression.type", "zstd")
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .create()
+            .map_err(IngestError::Producer)?;
+        Ok(Self { producer })
+    }
+
+    /// Sends a dead letter and waits for its acknowledgement.
+    pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), KafkaError> {
+        let value = letter.to_json();
+        let key = letter.key.clone().unwrap_or_default();
+        self.producer
+            .send(
+                FutureRecord::to(DLQ_RAW).key(&key).payload(&value),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| error)
+    }
+
+    /// Deregisters durably: a tombstone on `cluster.registry`, which ingest then applies
+    /// like the chart's pre-delete hook.
+    pub async fn tombstone(&self, client: &ClientId) -> Result<(), IngestError> {
+        self.producer
+            .send(
+                FutureRecord::<str, [u8]>::to(CLUSTER_REGISTRY).key(client.as_str()),
+                Duration::from_secs(30),
+            )
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| IngestError::Tombstone {
+                client: client.to_string(),
+                reason: error.to_string(),
+            })
+    }
+}
+
+/// Settings of the ingest loop.
+pub struct IngestSettings {
+    pub heartbeat_timeout: Duration,
+    pub metadata_timeout: Duration,
+}
+
+/// Per topic and partition, the high watermark when ingest started: offsets below it are
+/// replay.
+type Watermarks = HashMap<(String, i32), i64>;
+
+/// Runs until `shutdown` resolves.
+pub async fn run_ingest(
+    kafka: &KafkaArgs,
+    settings: IngestSettings,
+    metrics: Arc<ControlPlaneMetrics>,
+    publisher: Arc<Publisher>,
+    clock: Arc<dyn Clock>,
+    inputs: mpsc::Sender<Input>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), IngestError> {
+    tokio::pin!(shutdown);
+    let consumer: StreamConsumer = kafka
+        .client_config()
+        .set("group.id", "kg-control-plane")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .create()
+        .map_err(IngestError::Consumer)?;
+
+    // The topics may not exist yet (a real cluster whose topic setup has not run): wait
+    // for them rather than failing, so start order does not matter.
+    let start_watermarks = loop {
+        match assign_partitions(&consumer, &settings, clock.now()) {
+            Ok(watermarks) => break watermarks,
+            Err(reason) => {
+                warn!(%reason, "waiting for the registry and heartbeat topics");
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+                }
+            }
+        }
+    };
+    let mut registry_pending: HashMap<i32, i64> = start_watermarks
+        .iter()
+        .filter(|((topic, _), high)| topic == CLUSTER_REGISTRY && **high > 0)
+        .map(|((_, partition), high)| (*partition, *high))
+        .collect();
+    info!(
+        registry_partitions_to_replay = registry_pending.len(),
+        "ingest started"
+    );
+    let mut replay_announced = false;
+    let mut progress = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        if !replay_announced && registry_pending.is_empty() {
+            replay_announced = true;
+            info!("registry replayed");
+            if inputs.send(Input::RegistryReplayed).await.is_err() {
+                return Ok(());
+            }
+        }
+        let message = tokio::select! {
+            biased;
+            _ = &mut shutdown => return Ok(()),
+            _ = progress.tick(), if !replay_announced => {
+                // Compaction and deletion can leave the last offsets empty, so watermarks
+                // are also compared with the consumer's position.
+                retire_by_position(&consumer, &mut registry_pending);
+                continue;
+            }
+            received = consumer.recv() => received,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                warn!(%error, "ingest consumer error");
+                continue;
+            }
+        };
+        let now = clock.now();
+        let replaying = start_watermarks
+            .get(&(message.topic().to_string(), message.partition()))
+            .is_some_and(|high| message.offset() < *high);
+        let at = if replaying {
+            message
+                .timestamp()
+                .to_millis()
+                .and_then(DateTime::from_timestamp_millis)
+                .map_or(now, |produced| produced.min(now))
+        } else {
+            now
+        };
+        let input = if message.topic() == CLUSTER_REGISTRY {
+            if registry_pending
+                .get(&message.partition())
+                .is_some_and(|high| message.offset() + 1 >= *high)
+            {
+                registry_pending.remove(&message.partition());
+            }
+            registry_input(&message, at, now, &metrics, &publisher).await
+        } else {
+            heartbeat_input(&message, at, now, &metrics, &publisher).await
+        };
+        if let Some(input) = input {
+            if inputs.send(input).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn assign_partitions(
+    consumer: &StreamConsumer,
+    settings: &IngestSettings,
+    now: DateTime<Utc>,
+) -> Result<Watermarks, String> {
+    let mut watermarks = Watermarks::new();
+    let mut assignment = TopicPartitionList::new();
+    let mut heartbeat_by_time = TopicPartitionList::new();
+    let since = now
+        - chrono::Duration::from_std(settings.heartbeat_timeout)
+            .unwrap_or(chrono::Duration::seconds(120));
+    for topic in [CLUSTER_REGISTRY, CLUSTER_HEARTBEAT] {
+        let metadata = consumer
+            .fetch_metadata(Some(topic), settings.metadata_timeout)
+            .map_err(|error| format!("metadata of {topic}: {error}"))?;
+        let partitions: Vec<i32> = metadata
+            .topics()
+            .iter()
+            .filter(|t| t.name() == topic && t.error().is_none())
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            return Err(format!("topic {topic} has no partitions (does it exist?)"));
+        }
+        for partition in partitions {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, partition, settings.metadata_timeout)
+                .map_err(|error| format!("watermarks of {topic}/{partition}: {error}"))?;
+            watermarks.insert((topic.to_string(), partition), high);
+            if topic == CLUSTER_REGISTRY {
+                assignment
+                    .add_partition_offset(topic, partition, Offset::Beginning)
+                    .map_err(|error| error.to_string())?;
+            } else {
+                heartbeat_by_time
+                    .add_partition_offset(topic, partition, Offset::Offset(since.timestamp_millis()))
+                    .map_err(|error| error.to_string())?;
+            }
+        }
+    }
+    // Where the broker cannot look offsets up by time, reading the heartbeats from the
+    // beginning is correct too (old ones are simply stale), only slower.
+    let heartbeat_start = consumer
+        .offsets_for_times(heartbeat_by_time.clone(), settings.metadata_timeout)
+        .ok();
+    for element in heartbeat_by_time.elements() {
+        let offset = heartbeat_start
+            .as_ref()
+            .and_then(|found| found.find_partition(element.topic(), element.partition()))
+            .map(|found| match found.offset() {
+                Offset::Offset(offset) => Offset::Offset(offset),
+                Offset::End => Offset::End,
+                _ => Offset::Beginning,
+            })
+            .unwrap_or(Offset::Beginning);
+        assignment
+            .add_partition_offset(element.topic(), element.partition(), offset)
+            .map_err(|error| error.to_string())?;
+    }
+    consumer
+        .assign(&assignment)
+        .map_err(|error| format!("assign: {error}"))?;
+    Ok(watermarks)
+}
+
+fn retire_by_position(consumer: &StreamConsumer, pending: &mut HashMap<i32, i64>) {
+    if pending.is_empty() {
+        return;
+    }
+    if let Ok(position) = consumer.position() {
+        for element in position.elements_for_topic(CLUSTER_REGISTRY) {
+            if let Offset::Offset(next) = element.offset() {
+                if pending
+                    .get(&element.partition())
+                    .is_some_and(|high| next >= *high)
+                {
+                    pending.remove(&element.partition());
+                }
+            }
+        }
+    }
+}
+
+async fn registry_input(
+    message: &BorrowedMessage<'_>,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    metrics: &ControlPlaneMetrics,
+    publisher: &Publisher,
+) -> Option<Input> {
+    match decode_registry(message.key(), message.payload()) {
+        Ok(message) => Some(Input::Registry { message, at }),
+        Err(error) => {
+            metrics
+                .registry_rejected
+                .get_or_create(&ReasonLabel {
+                    reason: error.reason_code().to_string(),
+                })
+                .inc();
+            if error.invalid_client_id() {
+                metrics.invalid_client_ids.inc();
+            }
+            warn!(
+                reason = error.reason_code(),
+                error = %error,
+                partition = message.partition(),
+                offset = message.offset(),
+                "skipping cluster.registry record"
+            );
+            dead_letter(message, error.reason_code(), &error.to_string(), now, metrics, publisher)
+                .await;
+            None
+        }
+    }
+}
+
+async fn heartbeat_input(
+    message: &BorrowedMessage<'_>,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    metrics: &ControlPlaneMetrics,
+    publisher: &Publisher,
+) -> Option<Input> {
+    match decode_heartbeat(message.key(), message.payload()) {
+        Ok(heartbeat) => Some(Input::Heartbeat {
+            client_id: heartbeat.client_id,
+            at,
+        }),
+        Err(error) => {
+            metrics
+                .heartbeats_rejected
+                .get_or_create(&ReasonLabel {
+                    reason: error.reason_code().to_string(),
+                })
+                .inc();
+            if error.invalid_client_id() {
+                metrics.invalid_client_ids.inc();
+            }
+            warn!(
+                reason = error.reason_code(),
+                error = %error,
+                partition = message.partition(),
+                offset = message.offset(),
+                "skipping cluster.heartbeat record"
+            );
+            dead_letter(message, error.reason_code(), &error.to_string(), now, metrics, publisher)
+                .await;
+            None
+        }
+    }
+}
+
+async fn dead_letter(
+    message: &BorrowedMessage<'_>,
+    reason_code: &str,
+    reason: &str,
+    now: DateTime<Utc>,
+    metrics: &ControlPlaneMetrics,
+    publisher: &Publisher,
+) {
+    let letter = DeadLetter::new(
+        reason_code,
+        reason,
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.key(),
+        message.payload(),
+        None,
+        now,
+    );
+    match publisher.dead_letter(&letter).await {
+        Ok(()) => {
+            metrics.dead_letters.inc();
+        }
+        Err(error) => warn!(%error, "failed to dead-letter a skipped record"),
+    }
+    debug!(reason_code, "dead-lettered");
+}

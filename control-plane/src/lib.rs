@@ -1,0 +1,249 @@
+//! The control plane. Modules: [`config`] (the command line), [`ingest`] (registry and
+//! heartbeat consumption, dead letters, tombstones), [`table`] (the client table and its
+//! one writer), [`plan`] (the pure planner), [`controller`] (the reconcile loop and the
+//! executor), [`runtime`] (the `Runtime` trait, its process and fake implementations and
+//! the contract suite), [`roles`] (the role set and worker specs), [`api`] (HTTP),
+//! [`metrics`], and [`dev`] (the embedded default and the demo agent).
+
+pub mod api;
+pub mod config;
+pub mod controller;
+pub mod dev;
+pub mod ingest;
+pub mod metrics;
+pub mod plan;
+pub mod roles;
+pub mod runtime;
+pub mod table;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info};
+
+use crate::config::{RunArgs, RuntimeKind};
+use crate::controller::{Controller, ControllerSettings, Status};
+use crate::ingest::{IngestSettings, Publisher};
+use crate::metrics::ControlPlaneMetrics;
+use crate::roles::RoleSet;
+use crate::runtime::process::ProcessRuntime;
+use crate::runtime::Runtime;
+use crate::table::{ClientTable, TableWriter};
+
+/// The source of "now", injected so tests control time.
+pub trait Clock: Send + Sync + 'static {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Failures that stop the control plane at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("failed to create the data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the docker runtime is not available in this build yet; use CP_RUNTIME=process")]
+    DockerNotAvailable,
+    #[error("failed to set up the runtime: {0}")]
+    Runtime(#[from] runtime::RuntimeError),
+    #[error(transparent)]
+    Roles(#[from] roles::RolesError),
+    #[error(transparent)]
+    Ingest(#[from] ingest::IngestError),
+    #[error("failed to bind the API on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a running control plane exposes to an embedding caller (dev mode, tests).
+pub struct Handles {
+    pub table: ClientTable,
+    pub status: Arc<Status>,
+    pub runtime: Arc<dyn Runtime>,
+    pub api_addr: SocketAddr,
+}
+
+/// The worker binary next to the running executable.
+pub fn default_worker_bin() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("worker")))
+        .unwrap_or_else(|| PathBuf::from("worker"))
+}
+
+/// Builds the runtime `args` asks for.
+pub fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPlaneError> {
+    match args.runtime {
+        RuntimeKind::Process => {
+            let bin = args.worker_bin.clone().unwrap_or_else(default_worker_bin);
+            Ok(Arc::new(ProcessRuntime::new(&args.data_dir, bin)?))
+        }
+        RuntimeKind::Docker => Err(ControlPlaneError::DockerNotAvailable),
+    }
+}
+
+/// Runs the control plane until `shutdown` resolves. `on_started` receives the handles
+/// once the API is listening.
+pub async fn run(
+    args: RunArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    on_started: impl FnOnce(&Handles),
+) -> Result<(), ControlPlaneError> {
+    std::fs::create_dir_all(&args.data_dir).map_err(|source| ControlPlaneError::DataDir {
+        path: args.data_dir.clone(),
+        source,
+    })?;
+    let runtime = build_runtime(&args)?;
+    let roles = RoleSet::load(args.roles_file.as_deref(), &args.roles, &args.worker_image)?;
+    let metrics = Arc::new(ControlPlaneMetrics::new());
+    let status = Arc::new(Status::default());
+    let table: ClientTable = Arc::new(DashMap::new());
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let publisher = Arc::new(Publisher::new(&args.kafka)?);
+    let heartbeat_timeout = Duration::from_secs(args.heartbeat_timeout_secs);
+
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|source| ControlPlaneError::Bind {
+            addr: args.listen,
+            source,
+        })?;
+    let api_addr = listener.local_addr().map_err(|source| ControlPlaneError::Bind {
+        addr: args.listen,
+        source,
+    })?;
+    write_api_addr(&args.data_dir, api_addr);
+    info!(api = %api_addr, runtime = runtime.kind(), roles = ?roles.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "control plane starting");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let router = api::router(api::ApiState {
+        table: table.clone(),
+        metrics: metrics.clone(),
+        status: status.clone(),
+        runtime: runtime.clone(),
+        publisher: Some(publisher.clone()),
+        api_token: args.api_token.clone(),
+    });
+    let api_stop = stopped(stop_rx.clone());
+    let api_task = tokio::spawn(async move {
+        if let Err(failure) = axum::serve(listener, router)
+            .with_graceful_shutdown(api_stop)
+            .await
+        {
+            error!(error = %failure, "api server stopped");
+        }
+    });
+
+    let (inputs_tx, inputs_rx) = mpsc::channel(10_000);
+    let ingest_task = {
+        let kafka = args.kafka.clone();
+        let metrics = metrics.clone();
+        let publisher = publisher.clone();
+        let clock = clock.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            let settings = IngestSettings {
+                heartbeat_timeout,
+                metadata_timeout: Duration::from_secs(5),
+            };
+            if let Err(failure) =
+                ingest::run_ingest(&kafka, settings, metrics, publisher, clock, inputs_tx, stop)
+                    .await
+            {
+                error!(error = %failure, "ingest stopped");
+            }
+        })
+    };
+
+    on_started(&Handles {
+        table: table.clone(),
+        status: status.clone(),
+        runtime: runtime.clone(),
+        api_addr,
+    });
+
+    let controller = Controller::new(
+        runtime.clone(),
+        TableWriter::new(
+            table,
+            chrono::Duration::from_std(heartbeat_timeout).unwrap_or(chrono::Duration::seconds(120)),
+        ),
+        roles,
+        args.kafka.to_env(),
+        ControllerSettings {
+            heartbeat_timeout,
+            restart_delay: Duration::from_secs(args.restart_delay_secs),
+            reconcile_interval: Duration::from_millis(args.reconcile_interval_ms.max(50)),
+            max_concurrent_actions: args.max_concurrent_actions,
+            action_timeout: Duration::from_secs(args.action_timeout_secs.max(1)),
+            stop_grace: Duration::from_secs(args.stop_grace_secs),
+            shutdown_grace: Duration::from_secs(10),
+        },
+        metrics,
+        status,
+        clock,
+    );
+    controller.run(inputs_rx, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = ingest_task.await;
+    let _ = api_task.await;
+    info!("control plane stopped; workers left running");
+    Ok(())
+}
+
+fn write_api_addr(data_dir: &Path, addr: SocketAddr) {
+    let path = data_dir.join("api.addr");
+    let tmp = path.with_extension("tmp");
+    if std::fs::write(&tmp, addr.to_string()).is_ok() {
+        let _ = std::fs::rename(tmp, path);
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Sets up tracing once, text or JSON, to standard error.
+pub fn init_tracing(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}

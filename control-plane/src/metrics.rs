@@ -1,0 +1,159 @@
+//! The control plane's Prometheus metrics, one registry, exposed at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OperationLabel {
+    pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+/// Every metric of the control plane.
+pub struct ControlPlaneMetrics {
+    registry: Registry,
+    pub registrations: Counter,
+    pub deregistrations: Counter,
+    pub heartbeats: Counter,
+    pub heartbeats_unknown_client: Counter,
+    pub registry_rejected: Family<ReasonLabel, Counter>,
+    pub heartbeats_rejected: Family<ReasonLabel, Counter>,
+    pub invalid_client_ids: Counter,
+    pub dead_letters: Counter,
+    pub lifecycle_events: Family<EventLabel, Counter>,
+    pub runtime_errors: Family<OperationLabel, Counter>,
+    pub reconciles: Counter,
+    pub clients: Family<StateLabel, Gauge>,
+    pub workers: Family<StateLabel, Gauge>,
+}
+
+impl Default for ControlPlaneMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ControlPlaneMetrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("cp");
+        let metrics = Self {
+            registry: Registry::default(),
+            registrations: Counter::default(),
+            deregistrations: Counter::default(),
+            heartbeats: Counter::default(),
+            heartbeats_unknown_client: Counter::default(),
+            registry_rejected: Family::default(),
+            heartbeats_rejected: Family::default(),
+            invalid_client_ids: Counter::default(),
+            dead_letters: Counter::default(),
+            lifecycle_events: Family::default(),
+            runtime_errors: Family::default(),
+            reconciles: Counter::default(),
+            clients: Family::default(),
+            workers: Family::default(),
+        };
+        registry.register(
+            "registrations",
+            "Registrations applied (repeats included)",
+            metrics.registrations.clone(),
+        );
+        registry.register(
+            "deregistrations",
+            "Deregistrations (tombstones) applied",
+            metrics.deregistrations.clone(),
+        );
+        registry.register(
+            "heartbeats",
+            "Heartbeats accepted",
+            metrics.heartbeats.clone(),
+        );
+        registry.register(
+            "heartbeats_unknown_client",
+            "Heartbeats from clients that are not registered",
+            metrics.heartbeats_unknown_client.clone(),
+        );
+        registry.register(
+            "registry_rejected",
+            "cluster.registry records skipped, by reason",
+            metrics.registry_rejected.clone(),
+        );
+        registry.register(
+            "heartbeats_rejected",
+            "cluster.heartbeat records skipped, by reason",
+            metrics.heartbeats_rejected.clone(),
+        );
+        registry.register(
+            "invalid_client_ids",
+            "Records naming a client id that is not a lowercase DNS label",
+            metrics.invalid_client_ids.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records sent to dlq.raw",
+            metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "lifecycle_events",
+            "Lifecycle events (worker_spawned, worker_exited, client_stale, ...)",
+            metrics.lifecycle_events.clone(),
+        );
+        registry.register(
+            "runtime_errors",
+            "Runtime calls that failed, by operation",
+            metrics.runtime_errors.clone(),
+        );
+        registry.register(
+            "reconciles",
+            "Reconcile passes completed",
+            metrics.reconciles.clone(),
+        );
+        registry.register(
+            "clients",
+            "Registered clients by state",
+            metrics.clients.clone(),
+        );
+        registry.register(
+            "workers",
+            "Managed workers by runtime state",
+            metrics.workers.clone(),
+        );
+        Self {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// Counts one lifecycle event.
+    pub fn lifecycle(&self, event: &str) {
+        self.lifecycle_events
+            .get_or_create(&EventLabel {
+                event: event.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,235 @@
+//! The role set: which workers each client gets and how each is configured. Built-in
+//! defaults, overridable by a TOML file the operator edits (see `docs/operations.md`):
+//!
+//! ```toml
+//! image = "kg-worker:latest"
+//! [[role]]
+//! name = "event-normalizer"
+//! memory_limit_mb = 256
+//! cpu_limit = 0.5
+//! env = { WORKER_BATCH_MAX_RECORDS = "5000" }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kg_shared::ClientId;
+use serde::{Deserialize, Serialize};
+
+use crate::runtime::WorkerSpec;
+
+/// Roles the `worker` binary knows.
+pub const KNOWN_ROLES: &[&str] = &["event-normalizer", "log-normalizer"];
+
+/// The roles every client gets unless configured otherwise.
+pub const DEFAULT_ROLES: &[&str] = &["event-normalizer", "log-normalizer"];
+
+/// The default worker image, used by the Docker runtime.
+pub const DEFAULT_IMAGE: &str = "kg-worker:latest";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RolesError {
+    #[error("failed to read the roles file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to parse the roles file {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("unknown role {0:?}; known roles: {KNOWN_ROLES:?}")]
+    UnknownRole(String),
+    #[error("role {0:?} is listed twice")]
+    Duplicate(String),
+    #[error("the role set is empty: every client would get no workers")]
+    Empty,
+}
+
+/// How one role's workers are run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleTemplate {
+    pub name: String,
+    /// Extra arguments after `--role <name>`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub memory_limit_mb: Option<u64>,
+    #[serde(default)]
+    pub cpu_limit: Option<f64>,
+}
+
+impl RoleTemplate {
+    fn builtin(name: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            memory_limit_mb: Some(256),
+            cpu_limit: Some(0.5),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RolesFile {
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default, rename = "role")]
+    roles: Vec<RoleTemplate>,
+}
+
+/// The configured roles and image.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RoleSet {
+    pub image: String,
+    pub roles: Vec<RoleTemplate>,
+}
+
+impl RoleSet {
+    /// The built-in templates for `enabled` roles.
+    pub fn builtin(enabled: &[String], image: &str) -> Result<Self, RolesError> {
+        let roles = enabled
+            .iter()
+            .map(|name| RoleTemplate::builtin(name))
+            .collect();
+        Self::validated(image.to_string(), roles)
+    }
+
+    /// The roles file when given (it replaces the built-in set whole), else the built-in
+    /// templates for `enabled`.
+    pub fn load(file: Option<&Path>, enabled: &[String], image: &str) -> Result<Self, RolesError> {
+        let Some(path) = file else {
+            return Self::builtin(enabled, image);
+        };
+        let text = std::fs::read_to_string(path).map_err(|source| RolesError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let parsed: RolesFile = toml::from_str(&text).map_err(|source| RolesError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::validated(parsed.image.unwrap_or_else(|| image.to_string()), parsed.roles)
+    }
+
+    fn validated(image: String, roles: Vec<RoleTemplate>) -> Result<Self, RolesError> {
+        if roles.is_empty() {
+            return Err(RolesError::Empty);
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for role in &roles {
+            if !KNOWN_ROLES.contains(&role.name.as_str()) {
+                return Err(RolesError::UnknownRole(role.name.clone()));
+            }
+            if !seen.insert(role.name.clone()) {
+                return Err(RolesError::Duplicate(role.name.clone()));
+            }
+        }
+        Ok(Self { image, roles })
+    }
+
+    /// The specs of `client`'s workers. `base_env` (the Kafka settings) comes first so a
+    /// role's own env can override it.
+    pub fn render(&self, client: &ClientId, base_env: &[(String, String)]) -> Vec<WorkerSpec> {
+        self.roles
+            .iter()
+            .map(|role| {
+                let mut env: BTreeMap<String, String> = base_env.iter().cloned().collect();
+                env.extend(role.env.clone());
+                env.insert("CLIENT_ID".into(), client.to_string());
+                env.insert("WORKER_ROLE".into(), role.name.clone());
+                let mut args = vec!["--role".to_string(), role.name.clone()];
+                args.extend(role.args.iter().cloned());
+                WorkerSpec::new(
+                    client.clone(),
+                    &role.name,
+                    &self.image,
+                    args,
+                    env,
+                    role.memory_limit_mb,
+                    role.cpu_limit,
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> ClientId {
+        ClientId::parse("af-9").unwrap()
+    }
+
+    #[test]
+    fn default_role_set_gives_each_client_both_normalizers() {
+        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
+        let specs = RoleSet::builtin(&enabled, DEFAULT_IMAGE)
+            .unwrap()
+            .render(&client(), &[]);
+        let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["kg-event-normalizer-af-9", "kg-log-normalizer-af-9"]);
+        assert_eq!(specs[0].env["CLIENT_ID"], "af-9");
+        assert_eq!(specs[0].args, ["--role", "event-normalizer"]);
+    }
+
+    #[test]
+    fn roles_file_overrides_env_and_limits_and_changes_the_spec_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("roles.toml");
+        std::fs::write(
+            &path,
+            "[[role]]\nname = \"event-normalizer\"\nmemory_limit_mb = 64\nenv = { WORKER_BATCH_MAX_RECORDS = \"10\" }\n",
+        )
+        .unwrap();
+        let from_file = RoleSet::load(Some(&path), &[], DEFAULT_IMAGE).unwrap();
+        let builtin = RoleSet::builtin(&["event-normalizer".into()], DEFAULT_IMAGE).unwrap();
+        let a = &from_file.render(&client(), &[])[0];
+        let b = &builtin.render(&client(), &[])[0];
+        assert_eq!(a.memory_limit_mb, Some(64));
+        assert_eq!(a.env["WORKER_BATCH_MAX_RECORDS"], "10");
+        assert_ne!(a.spec_hash, b.spec_hash);
+    }
+
+    #[test]
+    fn unknown_and_duplicate_roles_are_refused() {
+        assert!(matches!(
+            RoleSet::builtin(&["miner".into()], DEFAULT_IMAGE),
+            Err(RolesError::UnknownRole(_))
+        ));
+        assert!(matches!(
+            RoleSet::builtin(
+                &["log-normalizer".into(), "log-normalizer".into()],
+                DEFAULT_IMAGE
+            ),
+            Err(RolesError::Duplicate(_))
+        ));
+        assert!(matches!(
+            RoleSet::builtin(&[], DEFAULT_IMAGE),
+            Err(RolesError::Empty)
+        ));
+    }
+
+    #[test]
+    fn role_env_overrides_the_kafka_settings() {
+        let mut set = RoleSet::builtin(&["event-normalizer".into()], DEFAULT_IMAGE).unwrap();
+        set.roles[0]
+            .env
+            .insert("KAFKA_BOOTSTRAP_SERVERS".into(), "other:9092".into());
+        let spec = &set.render(
+            &client(),
+            &[("KAFKA_BOOTSTRAP_SERVERS".into(), "kafka:9092".into())],
+        )[0];
+        assert_eq!(spec.env["KAFKA_BOOTSTRAP_SERVERS"], "other:9092");
+    }
+}

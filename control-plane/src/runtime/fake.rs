@@ -1,0 +1,237 @@
+//! An in-memory runtime for tests: it keeps workers in a map, records every call, and
+//! injects failures, delays and crashes on command.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::Utc;
+
+use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
+
+/// One recorded call: operation and worker name (`*` for list).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Call {
+    pub operation: &'static str,
+    pub name: String,
+}
+
+#[derive(Default)]
+struct FakeState {
+    workers: BTreeMap<String, (WorkerSpec, RuntimeState, u64)>,
+    calls: Vec<Call>,
+    failures: HashMap<(&'static str, String), RuntimeError>,
+    delays: HashMap<(&'static str, String), Duration>,
+    next_id: u64,
+}
+
+/// The recording fake.
+#[derive(Default)]
+pub struct FakeRuntime {
+    state: Mutex<FakeState>,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Every call so far, in order.
+    pub fn calls(&self) -> Vec<Call> {
+        self.lock().calls.clone()
+    }
+
+    /// Calls of one operation, by worker name.
+    pub fn calls_of(&self, operation: &str) -> Vec<String> {
+        self.lock()
+            .calls
+            .iter()
+            .filter(|call| call.operation == operation)
+            .map(|call| call.name.clone())
+            .collect()
+    }
+
+    pub fn clear_calls(&self) {
+        self.lock().calls.clear();
+    }
+
+    /// Makes the next `operation` on `name` (`*` for any name) fail with `error`.
+    pub fn fail_next(&self, operation: &'static str, name: &str, error: RuntimeError) {
+        self.lock()
+            .failures
+            .insert((operation, name.to_string()), error);
+    }
+
+    /// Makes every `operation` on `name` (`*` for any) take `delay` first.
+    pub fn delay(&self, operation: &'static str, name: &str, delay: Duration) {
+        self.lock().delays.insert((operation, name.to_string()), delay);
+    }
+
+    /// Simulates a worker ending on its own.
+    pub fn crash(&self, name: &str, exit_code: i32) {
+        if let Some(entry) = self.lock().workers.get_mut(name) {
+            entry.1 = RuntimeState::Exited {
+                exit_code: Some(exit_code),
+                exited_at: Utc::now(),
+            };
+        }
+    }
+
+    /// Adds a worker as if a previous control plane had started it.
+    pub fn insert_running(&self, spec: WorkerSpec) {
+        let mut state = self.lock();
+        state.next_id += 1;
+        let id = state.next_id;
+        state.workers.insert(
+            spec.name.clone(),
+            (
+                spec,
+                RuntimeState::Running {
+                    started_at: Utc::now(),
+                },
+                id,
+            ),
+        );
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
+        // A panicking test thread must not hide the state from the others.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn enter(&self, operation: &'static str, name: &str) -> Result<(), RuntimeError> {
+        let (delay, failure) = {
+            let mut state = self.lock();
+            state.calls.push(Call {
+                operation,
+                name: name.to_string(),
+            });
+            let delay = state
+                .delays
+                .get(&(operation, name.to_string()))
+                .or_else(|| state.delays.get(&(operation, "*".to_string())))
+                .copied();
+            let failure = state
+                .failures
+                .remove(&(operation, name.to_string()))
+                .or_else(|| state.failures.remove(&(operation, "*".to_string())));
+            (delay, failure)
+        };
+        if let Some(delay) = delay {
+            tokio::time::sleep(delay).await;
+        }
+        match failure {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+}
+
+fn observed(spec: &WorkerSpec, state: &RuntimeState, id: u64) -> ObservedWorker {
+    ObservedWorker {
+        name: spec.name.clone(),
+        id: format!("fake-{id}"),
+        client_id: spec.client_id.to_string(),
+        role: spec.role.clone(),
+        spec_hash: spec.spec_hash.clone(),
+        state: state.clone(),
+    }
+}
+
+#[async_trait]
+impl Runtime for FakeRuntime {
+    fn kind(&self) -> &'static str {
+        "fake"
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedWorker>, RuntimeError> {
+        self.enter("list", "*").await?;
+        Ok(self
+            .lock()
+            .workers
+            .values()
+            .map(|(spec, state, id)| observed(spec, state, *id))
+            .collect())
+    }
+
+    async fn create(&self, spec: &WorkerSpec) -> Result<ObservedWorker, RuntimeError> {
+        self.enter("create", &spec.name).await?;
+        let mut state = self.lock();
+        if state.workers.contains_key(&spec.name) {
+            return Err(RuntimeError::Conflict(spec.name.clone()));
+        }
+        state.next_id += 1;
+        let id = state.next_id;
+        state
+            .workers
+            .insert(spec.name.clone(), (spec.clone(), RuntimeState::Created, id));
+        Ok(observed(spec, &RuntimeState::Created, id))
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        self.enter("start", name).await?;
+        let mut state = self.lock();
+        let entry = state
+            .workers
+            .get_mut(name)
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        if !matches!(entry.1, RuntimeState::Running { .. }) {
+            entry.1 = RuntimeState::Running {
+                started_at: Utc::now(),
+            };
+        }
+        Ok(())
+    }
+
+    async fn stop(&self, name: &str, _grace: Duration) -> Result<(), RuntimeError> {
+        self.enter("stop", name).await?;
+        let mut state = self.lock();
+        let entry = state
+            .workers
+            .get_mut(name)
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        if matches!(entry.1, RuntimeState::Running { .. }) {
+            entry.1 = RuntimeState::Exited {
+                exit_code: Some(0),
+                exited_at: Utc::now(),
+            };
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        self.enter("remove", name).await?;
+        let mut state = self.lock();
+        match state.workers.get(name) {
+            None => Err(RuntimeError::NotFound(name.to_string())),
+            Some((_, RuntimeState::Running { .. }, _)) => {
+                Err(RuntimeError::Conflict(name.to_string()))
+            }
+            Some(_) => {
+                state.workers.remove(name);
+                Ok(())
+            }
+        }
+    }
+
+    async fn inspect(&self, name: &str) -> Result<ObservedWorker, RuntimeError> {
+        self.enter("inspect", name).await?;
+        self.lock()
+            .workers
+            .get(name)
+            .map(|(spec, state, id)| observed(spec, state, *id))
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
+    }
+
+    async fn logs(&self, name: &str, tail: usize) -> Result<String, RuntimeError> {
+        self.enter("logs", name).await?;
+        let state = self.lock();
+        let (spec, _, _) = state
+            .workers
+            .get(name)
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        let line = format!("fake worker {} for client {}\n", spec.role, spec.client_id);
+        Ok(line.repeat(tail.min(1)))
+    }
+}

@@ -1,0 +1,171 @@
+//! Where workers run. The [`Runtime`] trait is what the executor calls; implementations:
+//! [`process::ProcessRuntime`] (child processes of the `worker` binary, the embedded
+//! default) and [`fake::FakeRuntime`] (records calls, injects failures, for tests). The
+//! Docker runtime implements the same trait. Every implementation passes the one contract
+//! suite in [`contract`].
+
+pub mod contract;
+pub mod fake;
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use kg_shared::ClientId;
+use serde::{Deserialize, Serialize};
+
+/// Everything needed to run one worker; its hash decides whether a running worker still
+/// matches the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkerSpec {
+    /// `kg-<role>-<client id>`: unique, and what operators type in `docker logs`.
+    pub name: String,
+    pub client_id: ClientId,
+    pub role: String,
+    /// Container image; ignored by the process runtime.
+    pub image: String,
+    /// Arguments after the binary (`--role <role>` and the role's extra arguments).
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub memory_limit_mb: Option<u64>,
+    pub cpu_limit: Option<f64>,
+    /// Hash of everything above except the name, hex.
+    pub spec_hash: String,
+}
+
+impl WorkerSpec {
+    /// Builds a spec and computes its hash.
+    pub fn new(
+        client_id: ClientId,
+        role: &str,
+        image: &str,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+        memory_limit_mb: Option<u64>,
+        cpu_limit: Option<f64>,
+    ) -> Self {
+        let mut spec = Self {
+            name: worker_name(role, &client_id),
+            client_id,
+            role: role.to_string(),
+            image: image.to_string(),
+            args,
+            env,
+            memory_limit_mb,
+            cpu_limit,
+            spec_hash: String::new(),
+        };
+        spec.spec_hash = spec.compute_hash();
+        spec
+    }
+
+    fn compute_hash(&self) -> String {
+        // serde_json over BTreeMap is canonical (sorted keys), so equal specs hash equal.
+        let canonical = serde_json::json!({
+            "client_id": self.client_id,
+            "role": self.role,
+            "image": self.image,
+            "args": self.args,
+            "env": self.env,
+            "memory_limit_mb": self.memory_limit_mb,
+            "cpu_limit": self.cpu_limit,
+        });
+        format!(
+            "{:016x}",
+            xxhash_rust::xxh3::xxh3_64(canonical.to_string().as_bytes())
+        )
+    }
+}
+
+/// `kg-<role>-<client id>`.
+pub fn worker_name(role: &str, client_id: &ClientId) -> String {
+    format!("kg-{role}-{client_id}")
+}
+
+/// What a runtime reports about one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RuntimeState {
+    /// Created, never started.
+    Created,
+    Running {
+        started_at: DateTime<Utc>,
+    },
+    Exited {
+        /// None when the exit status could not be observed (the process was not our
+        /// child, or it was killed by a signal).
+        exit_code: Option<i32>,
+        exited_at: DateTime<Utc>,
+    },
+}
+
+impl RuntimeState {
+    /// The short word the API shows.
+    pub fn label(&self) -> &'static str {
+        match self {
+            RuntimeState::Created => "created",
+            RuntimeState::Running { .. } => "running",
+            RuntimeState::Exited { .. } => "exited",
+        }
+    }
+}
+
+/// One worker as listed by a runtime, identified by its labels, never by parsing its name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObservedWorker {
+    pub name: String,
+    /// The runtime's own id (container id, or `<name>@<pid>` for processes).
+    pub id: String,
+    pub client_id: String,
+    pub role: String,
+    pub spec_hash: String,
+    pub state: RuntimeState,
+}
+
+/// Runtime failures, typed so the planner and executor never see transport details.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum RuntimeError {
+    #[error("worker {0} not found")]
+    NotFound(String),
+    #[error("worker {0} already exists or is in a conflicting state")]
+    Conflict(String),
+    #[error("{operation} of {name} timed out after {after:?}")]
+    Timeout {
+        operation: &'static str,
+        name: String,
+        after: Duration,
+    },
+    #[error("failed to {operation} {name}: {reason}")]
+    Failed {
+        operation: &'static str,
+        name: String,
+        reason: String,
+    },
+    #[error("runtime unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The operations the control plane needs from wherever workers run. Semantics follow
+/// Docker's: `create` then `start`; `stop` is idempotent on a stopped worker; `remove`
+/// refuses a running worker with [`RuntimeError::Conflict`].
+#[async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// A short name for logs and metrics ("process", "docker", "fake").
+    fn kind(&self) -> &'static str;
+    /// Every worker this control plane manages, running or not.
+    async fn list(&self) -> Result<Vec<ObservedWorker>, RuntimeError>;
+    /// Creates (does not start) a worker. Conflict if the name is taken.
+    async fn create(&self, spec: &WorkerSpec) -> Result<ObservedWorker, RuntimeError>;
+    /// Starts a created or exited worker; a running one is left alone.
+    async fn start(&self, name: &str) -> Result<(), RuntimeError>;
+    /// Asks the worker to stop (SIGTERM), kills it after `grace`.
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError>;
+    /// Deletes a stopped worker and its bookkeeping.
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError>;
+    /// One worker's current state.
+    async fn inspect(&self, name: &str) -> Result<ObservedWorker, RuntimeError>;
+    /// The last `tail` lines of the worker's output.
+    async fn logs(&self, name: &str, tail: usize) -> Result<String, RuntimeError>;
+}

@@ -1,0 +1,374 @@
+//! The embedded default runtime: each worker is a child process of the `worker` binary,
+//! in its own process group (so a Ctrl-C aimed at the control plane does not reach it),
+//! with its own log file.
+//!
+//! Its bookkeeping lives under `<data dir>/workers/<name>/`: `spec.json` (the spec, written
+//! at create), `pid.json` (pid and kernel start time, written at start), `exit.json` (the
+//! exit status, written when a process we spawned ends), `worker.log` and `addr` (the
+//! worker's HTTP address). That is what lets a restarted control plane list and adopt the
+//! workers a previous instance started: a worker is running when its pid exists, is not a
+//! zombie, and has the recorded start time (which guards against pid reuse).
+
+use std::fs;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+use tokio::process::Command;
+use tracing::{debug, warn};
+
+use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
+
+const SPEC_FILE: &str = "spec.json";
+const PID_FILE: &str = "pid.json";
+const EXIT_FILE: &str = "exit.json";
+const LOG_FILE: &str = "worker.log";
+const ADDR_FILE: &str = "addr";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PidRecord {
+    pid: i32,
+    /// Field 22 of /proc/<pid>/stat: distinguishes our process from a later one that
+    /// reuses the pid.
+    proc_start_ticks: u64,
+    started_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ExitRecord {
+    pid: i32,
+    exit_code: Option<i32>,
+    exited_at: DateTime<Utc>,
+}
+
+/// Runs workers as local processes.
+pub struct ProcessRuntime {
+    root: PathBuf,
+    worker_bin: PathBuf,
+}
+
+impl ProcessRuntime {
+    /// Keeps its records under `<data_dir>/workers` and starts `worker_bin`.
+    pub fn new(data_dir: &Path, worker_bin: PathBuf) -> Result<Self, RuntimeError> {
+        let root = data_dir.join("workers");
+        fs::create_dir_all(&root).map_err(|error| RuntimeError::Unavailable(format!(
+            "cannot create {}: {error}",
+            root.display()
+        )))?;
+        if !worker_bin.is_file() {
+            return Err(RuntimeError::Unavailable(format!(
+                "worker binary {} not found (build it with `cargo build -p worker`, or set CP_WORKER_BIN)",
+                worker_bin.display()
+            )));
+        }
+        Ok(Self { root, worker_bin })
+    }
+
+    fn dir(&self, name: &str) -> Result<PathBuf, RuntimeError> {
+        // Names come from validated client ids and role names, but a path is built from
+        // them, so refuse anything that could leave the root.
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(RuntimeError::NotFound(name.to_string()));
+        }
+        Ok(self.root.join(name))
+    }
+
+    /// The HTTP address the worker reported, if it has started its server.
+    pub fn worker_addr(&self, name: &str) -> Option<String> {
+        let dir = self.dir(name).ok()?;
+        fs::read_to_string(dir.join(ADDR_FILE)).ok()
+    }
+
+    fn observe(&self, name: &str) -> Result<ObservedWorker, RuntimeError> {
+        let dir = self.dir(name)?;
+        let spec: WorkerSpec = read_json(&dir.join(SPEC_FILE))
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        let pid: Option<PidRecord> = read_json(&dir.join(PID_FILE));
+        let exit: Option<ExitRecord> = read_json(&dir.join(EXIT_FILE));
+        let (id, state) = match pid {
+            None => (name.to_string(), RuntimeState::Created),
+            Some(record) => {
+                let id = format!("{name}@{}", record.pid);
+                if is_alive(&record) {
+                    (
+                        id,
+                        RuntimeState::Running {
+                            started_at: record.started_at,
+                        },
+                    )
+                } else {
+                    let (exit_code, exited_at) = match exit {
+                        Some(exit) if exit.pid == record.pid => (exit.exit_code, exit.exited_at),
+                        // Died while another control plane instance was its parent, or
+                        // while none was: the status is lost, the time is approximate.
+                        _ => (None, modified_at(&dir.join(PID_FILE))),
+                    };
+                    (
+                        id,
+                        RuntimeState::Exited {
+                            exit_code,
+                            exited_at,
+                        },
+                    )
+                }
+            }
+        };
+        Ok(ObservedWorker {
+            name: spec.name,
+            id,
+            client_id: spec.client_id.to_string(),
+            role: spec.role,
+            spec_hash: spec.spec_hash,
+            state,
+        })
+    }
+
+    fn running_pid(&self, name: &str) -> Result<Option<PidRecord>, RuntimeError> {
+        let dir = self.dir(name)?;
+        if !dir.join(SPEC_FILE).is_file() {
+            return Err(RuntimeError::NotFound(name.to_string()));
+        }
+        Ok(read_json::<PidRecord>(&dir.join(PID_FILE)).filter(is_alive))
+    }
+}
+
+#[async_trait]
+impl Runtime for ProcessRuntime {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedWorker>, RuntimeError> {
+        let entries = fs::read_dir(&self.root).map_err(|error| {
+            RuntimeError::Unavailable(format!("cannot read {}: {error}", self.root.display()))
+        })?;
+        let mut workers = Vec::new();
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            match self.observe(&name) {
+                Ok(worker) => workers.push(worker),
+                // A directory without a spec is a create that crashed half-way; nothing
+                // runs there, so it is safe to clear.
+                Err(RuntimeError::NotFound(_)) => {
+                    debug!(%name, "removing incomplete worker record");
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(workers)
+    }
+
+    async fn create(&self, spec: &WorkerSpec) -> Result<ObservedWorker, RuntimeError> {
+        let dir = self.dir(&spec.name)?;
+        if dir.join(SPEC_FILE).exists() {
+            return Err(RuntimeError::Conflict(spec.name.clone()));
+        }
+        let failed = |error: std::io::Error| RuntimeError::Failed {
+            operation: "create",
+            name: spec.name.clone(),
+            reason: error.to_string(),
+        };
+        fs::create_dir_all(&dir).map_err(failed)?;
+        let json = serde_json::to_vec_pretty(spec).map_err(|error| RuntimeError::Failed {
+            operation: "create",
+            name: spec.name.clone(),
+            reason: error.to_string(),
+        })?;
+        write_atomically(&dir.join(SPEC_FILE), &json).map_err(failed)?;
+        self.observe(&spec.name)
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        if self.running_pid(name)?.is_some() {
+            return Ok(());
+        }
+        let dir = self.dir(name)?;
+        let spec: WorkerSpec = read_json(&dir.join(SPEC_FILE))
+            .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
+        let failed = |reason: String| RuntimeError::Failed {
+            operation: "start",
+            name: name.to_string(),
+            reason,
+        };
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(LOG_FILE))
+            .map_err(|error| failed(error.to_string()))?;
+        let log_err = log.try_clone().map_err(|error| failed(error.to_string()))?;
+        let _ = fs::remove_file(dir.join(ADDR_FILE));
+        let mut command = Command::new(&self.worker_bin);
+        command
+            .args(&spec.args)
+            .env_clear()
+            .envs(std::env::vars().filter(|(key, _)| key == "PATH" || key == "RUST_LOG"))
+            .envs(&spec.env)
+            .env("WORKER_LISTEN", "127.0.0.1:0")
+            .env("WORKER_ADDR_FILE", dir.join(ADDR_FILE))
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::from(log_err))
+            .process_group(0)
+            .kill_on_drop(false);
+        let mut child = command
+            .spawn()
+            .map_err(|error| failed(format!("{}: {error}", self.worker_bin.display())))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| failed("process exited before its pid was read".into()))?
+            as i32;
+        let record = PidRecord {
+            pid,
+            proc_start_ticks: proc_start_ticks(pid).unwrap_or(0),
+            started_at: Utc::now(),
+        };
+        let json = serde_json::to_vec(&record).map_err(|error| failed(error.to_string()))?;
+        write_atomically(&dir.join(PID_FILE), &json).map_err(|error| failed(error.to_string()))?;
+        // Reap our child and record how it ended; without this it would stay a zombie.
+        let exit_path = dir.join(EXIT_FILE);
+        let worker = name.to_string();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let exit_code = status.as_ref().ok().and_then(|status| status.code());
+            debug!(%worker, ?status, "worker process ended");
+            let record = ExitRecord {
+                pid,
+                exit_code,
+                exited_at: Utc::now(),
+            };
+            if let Ok(json) = serde_json::to_vec(&record) {
+                if exit_path.parent().is_some_and(Path::is_dir) {
+                    let _ = write_atomically(&exit_path, &json);
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let Some(record) = self.running_pid(name)? else {
+            return Ok(());
+        };
+        let pid = Pid::from_raw(record.pid);
+        let _ = kill(pid, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + grace;
+        while tokio::time::Instant::now() < deadline {
+            if !is_alive(&record) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        warn!(worker = name, pid = record.pid, "worker ignored SIGTERM; killing it");
+        let _ = kill(pid, Signal::SIGKILL);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while tokio::time::Instant::now() < deadline {
+            if !is_alive(&record) {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        Err(RuntimeError::Timeout {
+            operation: "stop",
+            name: name.to_string(),
+            after: grace + Duration::from_secs(5),
+        })
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        if self.running_pid(name)?.is_some() {
+            return Err(RuntimeError::Conflict(name.to_string()));
+        }
+        let dir = self.dir(name)?;
+        fs::remove_dir_all(&dir).map_err(|error| RuntimeError::Failed {
+            operation: "remove",
+            name: name.to_string(),
+            reason: error.to_string(),
+        })
+    }
+
+    async fn inspect(&self, name: &str) -> Result<ObservedWorker, RuntimeError> {
+        self.observe(name)
+    }
+
+    async fn logs(&self, name: &str, tail: usize) -> Result<String, RuntimeError> {
+        let dir = self.dir(name)?;
+        if !dir.join(SPEC_FILE).is_file() {
+            return Err(RuntimeError::NotFound(name.to_string()));
+        }
+        Ok(tail_lines(&dir.join(LOG_FILE), tail))
+    }
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+    let bytes = fs::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, contents)?;
+    fs::rename(tmp, path)
+}
+
+fn modified_at(path: &Path) -> DateTime<Utc> {
+    fs::metadata(path)
+        .and_then(|meta| meta.modified())
+        .map(DateTime::<Utc>::from)
+        .unwrap_or_else(|_| Utc::now())
+}
+
+/// The process's state letter and start time from /proc/<pid>/stat. The command name in
+/// parentheses may contain spaces, so fields are counted after the last ')'.
+fn proc_stat(pid: i32) -> Option<(char, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // After the state come fields 4..; start time is field 22, the 19th after state.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+fn proc_start_ticks(pid: i32) -> Option<u64> {
+    proc_stat(pid).map(|(_, start)| start)
+}
+
+fn is_alive(record: &PidRecord) -> bool {
+    match proc_stat(record.pid) {
+        Some((state, start)) => {
+            state != 'Z' && state != 'X' && (record.proc_start_ticks == 0 || start == record.proc_start_ticks)
+        }
+        None => false,
+    }
+}
+
+fn tail_lines(path: &Path, tail: usize) -> String {
+    let Ok(mut file) = fs::File::open(path) else {
+        return String::new();
+    };
+    // Read at most the last 256 KiB: enough for any sensible tail, bounded for huge logs.
+    let len = file.metadata().map(|meta| meta.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
+    let lines: Vec<String> = BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .collect();
+    let skip = lines.len().saturating_sub(tail);
+    let mut out = lines[skip..].join("\n");
+    if !out.is_empty() {
+        out.push('\n');
+    }
+    out
+}

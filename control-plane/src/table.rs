@@ -1,0 +1,313 @@
+//! The client table: every registered client, its registration metadata, liveness and
+//! workers. Readers (the API) read the shared [`ClientTable`]; only [`TableWriter`], owned
+//! by the controller task, writes it, so updates never race.
+//!
+//! Registry events are ordered by their Kafka timestamps, not by arrival: the chart's
+//! colon-split registration is keyed `{"client_id"` and lands on a different partition than
+//! the client's tombstone, so on replay the two arrive in either order. The later
+//! timestamp wins.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use chrono::{DateTime, Duration, Utc};
+use dashmap::DashMap;
+use kg_shared::registry::Registration;
+use kg_shared::ClientId;
+use serde::Serialize;
+
+use crate::plan::is_live;
+use crate::runtime::ObservedWorker;
+
+/// Liveness as the API shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientState {
+    /// Heartbeating (or freshly registered): its workers should run.
+    Active,
+    /// No heartbeat within the timeout: its workers are removed until it is heard again.
+    Stale,
+}
+
+/// One worker as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct WorkerView {
+    pub role: String,
+    pub name: String,
+    pub id: String,
+    pub state: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+}
+
+impl From<&ObservedWorker> for WorkerView {
+    fn from(worker: &ObservedWorker) -> Self {
+        let exit_code = match &worker.state {
+            crate::runtime::RuntimeState::Exited { exit_code, .. } => *exit_code,
+            _ => None,
+        };
+        Self {
+            role: worker.role.clone(),
+            name: worker.name.clone(),
+            id: worker.id.clone(),
+            state: worker.state.label().to_string(),
+            exit_code,
+        }
+    }
+}
+
+/// One registered client.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientRecord {
+    pub client_id: ClientId,
+    pub state: ClientState,
+    pub cluster_name: Option<String>,
+    /// When the latest registration was produced (or received, when live).
+    pub registered_at: DateTime<Utc>,
+    pub last_heartbeat: Option<DateTime<Utc>>,
+    /// Every field of the latest registration, unknown ones included.
+    pub registration: serde_json::Map<String, serde_json::Value>,
+    pub registrations_seen: u64,
+    pub workers: Vec<WorkerView>,
+}
+
+impl ClientRecord {
+    /// The later of the last registration and the last heartbeat.
+    pub fn last_seen(&self) -> DateTime<Utc> {
+        match self.last_heartbeat {
+            Some(heartbeat) if heartbeat > self.registered_at => heartbeat,
+            _ => self.registered_at,
+        }
+    }
+}
+
+/// The shared, read-mostly table.
+pub type ClientTable = Arc<DashMap<ClientId, ClientRecord>>;
+
+/// What applying an input changed, for logging and lifecycle events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Registered { first_time: bool },
+    Deregistered,
+    Heartbeat { revived: bool },
+    UnknownClientHeartbeat,
+    /// An event older than one already applied for the same client.
+    Superseded,
+    Ignored,
+}
+
+/// The only writer of the table.
+pub struct TableWriter {
+    table: ClientTable,
+    /// Timestamp of the last applied registry event per client, tombstones included, so
+    /// a replayed older registration cannot resurrect a deregistered client.
+    registry_clock: HashMap<ClientId, DateTime<Utc>>,
+    heartbeat_timeout: Duration,
+}
+
+impl TableWriter {
+    pub fn new(table: ClientTable, heartbeat_timeout: Duration) -> Self {
+        Self {
+            table,
+            registry_clock: HashMap::new(),
+            heartbeat_timeout,
+        }
+    }
+
+    pub fn table(&self) -> &ClientTable {
+        &self.table
+    }
+
+    fn superseded(&self, client: &ClientId, at: DateTime<Utc>) -> bool {
+        self.registry_clock
+            .get(client)
+            .is_some_and(|latest| at < *latest)
+    }
+
+    /// Applies a registration produced at `at`.
+    pub fn register(&mut self, registration: Registration, at: DateTime<Utc>, now: DateTime<Utc>) -> Applied {
+        let client = registration.client_id.clone();
+        if self.superseded(&client, at) {
+            return Applied::Superseded;
+        }
+        self.registry_clock.insert(client.clone(), at);
+        let timeout = self.heartbeat_timeout;
+        let mut first_time = false;
+        self.table
+            .entry(client.clone())
+            .and_modify(|record| {
+                record.registered_at = record.registered_at.max(at);
+                record.cluster_name = registration
+                    .cluster_name
+                    .clone()
+                    .or(record.cluster_name.take());
+                // A recovered colon-split registration carries only the id: keep the richer
+                // metadata we already have.
+                if !registration.recovered_from_split || record.registration.is_empty() {
+                    record.registration = registration.fields.clone();
+                }
+                record.registrations_seen += 1;
+                record.state = state_at(record.last_seen(), now, timeout);
+            })
+            .or_insert_with(|| {
+                first_time = true;
+                ClientRecord {
+                    client_id: client.clone(),
+                    state: state_at(at, now, timeout),
+                    cluster_name: registration.cluster_name.clone(),
+                    registered_at: at,
+                    last_heartbeat: None,
+                    registration: registration.fields.clone(),
+                    registrations_seen: 1,
+                    workers: Vec::new(),
+                }
+            });
+        Applied::Registered { first_time }
+    }
+
+    /// Applies a tombstone produced at `at`.
+    pub fn deregister(&mut self, client: &ClientId, at: DateTime<Utc>) -> Applied {
+        if self.superseded(client, at) {
+            return Applied::Superseded;
+        }
+        self.registry_clock.insert(client.clone(), at);
+        match self.table.remove(client) {
+            Some(_) => Applied::Deregistered,
+            None => Applied::Ignored,
+        }
+    }
+
+    /// Applies a heartbeat received (or, on replay, produced) at `at`.
+    pub fn heartbeat(&mut self, client: &ClientId, at: DateTime<Utc>, now: DateTime<Utc>) -> Applied {
+        let timeout = self.heartbeat_timeout;
+        match self.table.get_mut(client) {
+            None => Applied::UnknownClientHeartbeat,
+            Some(mut record) => {
+                let was_stale = record.state == ClientState::Stale;
+                record.last_heartbeat = Some(record.last_heartbeat.map_or(at, |last| last.max(at)));
+                record.state = state_at(record.last_seen(), now, timeout);
+                Applied::Heartbeat {
+                    revived: was_stale && record.state == ClientState::Active,
+                }
+            }
+        }
+    }
+
+    /// Re-evaluates every client's liveness at `now`; returns the clients that just went
+    /// stale.
+    pub fn refresh_liveness(&mut self, now: DateTime<Utc>) -> Vec<ClientId> {
+        let mut newly_stale = Vec::new();
+        for mut record in self.table.iter_mut() {
+            let state = state_at(record.last_seen(), now, self.heartbeat_timeout);
+            if state == ClientState::Stale && record.state == ClientState::Active {
+                newly_stale.push(record.client_id.clone());
+            }
+            record.state = state;
+        }
+        newly_stale
+    }
+
+    /// Publishes the latest listing into each client's worker list.
+    pub fn set_workers(&mut self, observed: &[ObservedWorker]) {
+        let mut by_client: HashMap<&str, Vec<WorkerView>> = HashMap::new();
+        for worker in observed {
+            by_client
+                .entry(worker.client_id.as_str())
+                .or_default()
+                .push(WorkerView::from(worker));
+        }
+        for mut record in self.table.iter_mut() {
+            record.workers = by_client.remove(record.client_id.as_str()).unwrap_or_default();
+        }
+    }
+}
+
+fn state_at(last_seen: DateTime<Utc>, now: DateTime<Utc>, timeout: Duration) -> ClientState {
+    if is_live(last_seen, now, timeout) {
+        ClientState::Active
+    } else {
+        ClientState::Stale
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(seconds: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_760_000_000 + seconds, 0).unwrap()
+    }
+
+    fn registration(id: &str) -> Registration {
+        match kg_shared::registry::decode_registry(
+            Some(id.as_bytes()),
+            Some(format!(r#"{{"client_id":"{id}","cluster_name":"prod-eu"}}"#).as_bytes()),
+        ) {
+            Ok(kg_shared::registry::RegistryMessage::Register(registration)) => registration,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn writer() -> TableWriter {
+        TableWriter::new(Arc::new(DashMap::new()), Duration::seconds(120))
+    }
+
+    #[test]
+    fn repeated_registrations_keep_one_record_and_count_them() {
+        let mut w = writer();
+        assert_eq!(
+            w.register(registration("af-9"), t(0), t(0)),
+            Applied::Registered { first_time: true }
+        );
+        assert_eq!(
+            w.register(registration("af-9"), t(5), t(5)),
+            Applied::Registered { first_time: false }
+        );
+        assert_eq!(w.table().len(), 1);
+        assert_eq!(
+            w.table()
+                .get(&ClientId::parse("af-9").unwrap())
+                .unwrap()
+                .registrations_seen,
+            2
+        );
+    }
+
+    #[test]
+    fn an_older_registration_replayed_after_a_tombstone_does_not_resurrect_the_client() {
+        let mut w = writer();
+        let id = ClientId::parse("af-9").unwrap();
+        w.register(registration("af-9"), t(0), t(100));
+        assert_eq!(w.deregister(&id, t(50)), Applied::Deregistered);
+        assert_eq!(
+            w.register(registration("af-9"), t(10), t(100)),
+            Applied::Superseded
+        );
+        assert!(w.table().is_empty());
+        // A registration after the tombstone does bring it back.
+        w.register(registration("af-9"), t(60), t(100));
+        assert_eq!(w.table().len(), 1);
+    }
+
+    #[test]
+    fn heartbeats_from_unknown_clients_are_reported_not_stored() {
+        let mut w = writer();
+        let id = ClientId::parse("ghost").unwrap();
+        assert_eq!(w.heartbeat(&id, t(0), t(0)), Applied::UnknownClientHeartbeat);
+        assert!(w.table().is_empty());
+    }
+
+    #[test]
+    fn a_client_goes_stale_after_the_timeout_and_a_heartbeat_revives_it() {
+        let mut w = writer();
+        let id = ClientId::parse("af-9").unwrap();
+        w.register(registration("af-9"), t(0), t(0));
+        assert!(w.refresh_liveness(t(119)).is_empty());
+        assert_eq!(w.refresh_liveness(t(120)), vec![id.clone()]);
+        assert!(w.refresh_liveness(t(121)).is_empty(), "stale is reported once");
+        assert_eq!(
+            w.heartbeat(&id, t(130), t(130)),
+            Applied::Heartbeat { revived: true }
+        );
+    }
+}

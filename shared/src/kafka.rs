@@ -1,0 +1,282 @@
+//! The Kafka glue every binary shares: connection settings read from flags and the
+//! environment ([`KafkaArgs`]), the embedded broker ([`EmbeddedBroker`], librdkafka's mock
+//! cluster, the default for development and tests), topic setup against a real cluster
+//! ([`ensure_topics`]).
+//!
+//! Kept apart from the pure modules so that decoding and normalization can be tested and
+//! benchmarked without a Kafka client.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::DefaultProducerContext;
+use rdkafka::types::RDKafkaErrorCode;
+
+use crate::topics::{TopicSpec, ALL_TOPICS};
+
+/// Failures of the Kafka glue.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    #[error("failed to start the embedded broker: {0}")]
+    EmbeddedBroker(#[source] rdkafka::error::KafkaError),
+    #[error("failed to create topic {topic} on the embedded broker: {source}")]
+    EmbeddedTopic {
+        topic: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("failed to create an admin client for {bootstrap}: {source}")]
+    AdminClient {
+        bootstrap: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+    #[error("failed to create topic {topic}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("failed to take embedded broker {broker} {action}: {source}")]
+    BrokerControl {
+        broker: i32,
+        action: &'static str,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// How to reach Kafka. Every field is a flag and an environment variable, because compose
+/// files and scripts configure the binaries through the environment.
+#[derive(Debug, Clone, clap::Args)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated.
+    #[arg(
+        long = "kafka-bootstrap-servers",
+        env = "KAFKA_BOOTSTRAP_SERVERS",
+        default_value = "localhost:9092"
+    )]
+    pub bootstrap_servers: String,
+
+    /// security.protocol: plaintext, ssl, sasl_plaintext or sasl_ssl.
+    #[arg(
+        long = "kafka-security-protocol",
+        env = "KAFKA_SECURITY_PROTOCOL",
+        default_value = "plaintext"
+    )]
+    pub security_protocol: String,
+
+    /// sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI) when SASL is used.
+    #[arg(long = "kafka-sasl-mechanism", env = "KAFKA_SASL_MECHANISM")]
+    pub sasl_mechanism: Option<String>,
+
+    /// SASL user name.
+    #[arg(long = "kafka-sasl-username", env = "KAFKA_SASL_USERNAME")]
+    pub sasl_username: Option<String>,
+
+    /// SASL password.
+    #[arg(long = "kafka-sasl-password", env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    pub sasl_password: Option<String>,
+
+    /// CA certificate file for TLS.
+    #[arg(long = "kafka-ssl-ca-location", env = "KAFKA_SSL_CA_LOCATION")]
+    pub ssl_ca_location: Option<String>,
+
+    /// Extra librdkafka settings, `key=value` pairs separated by commas, applied last.
+    #[arg(long = "kafka-extra-config", env = "KAFKA_EXTRA_CONFIG", default_value = "")]
+    pub extra_config: String,
+}
+
+impl KafkaArgs {
+    /// Settings for a broker at `bootstrap_servers` with no security: what tests and the
+    /// embedded default use.
+    pub fn plaintext(bootstrap_servers: impl Into<String>) -> Self {
+        Self {
+            bootstrap_servers: bootstrap_servers.into(),
+            security_protocol: "plaintext".into(),
+            sasl_mechanism: None,
+            sasl_username: None,
+            sasl_password: None,
+            ssl_ca_location: None,
+            extra_config: String::new(),
+        }
+    }
+
+    /// A librdkafka configuration carrying the connection settings; callers add the
+    /// consumer- or producer-specific ones.
+    pub fn client_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", &self.bootstrap_servers)
+            .set("security.protocol", &self.security_protocol)
+            // librdkafka logs reconnect attempts loudly; an outage is reported by our own
+            // health and metrics instead.
+            .set("log_level", "4");
+        if let Some(mechanism) = &self.sasl_mechanism {
+            config.set("sasl.mechanism", mechanism);
+        }
+        if let Some(user) = &self.sasl_username {
+            config.set("sasl.username", user);
+        }
+        if let Some(password) = &self.sasl_password {
+            config.set("sasl.password", password);
+        }
+        if let Some(ca) = &self.ssl_ca_location {
+            config.set("ssl.ca.location", ca);
+        }
+        for (key, value) in parse_extra_config(&self.extra_config) {
+            config.set(key, value);
+        }
+        config
+    }
+
+    /// The environment variables that hand these settings to a child process or container,
+    /// so that workers connect exactly the way the control plane does.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (
+                "KAFKA_BOOTSTRAP_SERVERS".to_string(),
+                self.bootstrap_servers.clone(),
+            ),
+            (
+                "KAFKA_SECURITY_PROTOCOL".to_string(),
+                self.security_protocol.clone(),
+            ),
+        ];
+        let optional = [
+            ("KAFKA_SASL_MECHANISM", &self.sasl_mechanism),
+            ("KAFKA_SASL_USERNAME", &self.sasl_username),
+            ("KAFKA_SASL_PASSWORD", &self.sasl_password),
+            ("KAFKA_SSL_CA_LOCATION", &self.ssl_ca_location),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                env.push((name.to_string(), value.clone()));
+            }
+        }
+        if !self.extra_config.is_empty() {
+            env.push(("KAFKA_EXTRA_CONFIG".to_string(), self.extra_config.clone()));
+        }
+        env
+    }
+}
+
+/// Splits `a=b,c=d` into pairs; entries without `=` are ignored rather than fatal because
+/// an operator's typo in an optional tuning knob must not stop the service.
+pub fn parse_extra_config(raw: &str) -> Vec<(&str, &str)> {
+    raw.split(',')
+        .filter_map(|pair| {
+            let (key, value) = pair.split_once('=')?;
+            let key = key.trim();
+            (!key.is_empty()).then_some((key, value.trim()))
+        })
+        .collect()
+}
+
+/// An in-process Kafka-protocol server (librdkafka's mock cluster) with the project's
+/// topics. External clients such as `kcat` reach it over TCP on loopback.
+///
+/// Limits worth knowing: it keeps at most 5 MiB and 100,000 message sets per partition and
+/// silently drops older data; it does not compact or enforce retention; and only
+/// librdkafka-based clients can talk to it. It is not `Send`: keep it on the thread that
+/// created it.
+pub struct EmbeddedBroker {
+    cluster: MockCluster<'static, DefaultProducerContext>,
+}
+
+impl EmbeddedBroker {
+    /// Starts `broker_count` brokers and creates every topic of [`ALL_TOPICS`].
+    pub fn start(broker_count: i32) -> Result<Self, KafkaSetupError> {
+        let cluster = MockCluster::new(broker_count).map_err(KafkaSetupError::EmbeddedBroker)?;
+        for spec in ALL_TOPICS.iter() {
+            cluster
+                .create_topic(spec.name, spec.partitions, 1)
+                .map_err(|source| KafkaSetupError::EmbeddedTopic {
+                    topic: spec.name.to_string(),
+                    source,
+                })?;
+        }
+        Ok(Self { cluster })
+    }
+
+    /// `host:port[,host:port…]` of the brokers.
+    pub fn bootstrap_servers(&self) -> String {
+        self.cluster.bootstrap_servers()
+    }
+
+    /// Makes one broker unreachable, to rehearse an outage.
+    pub fn broker_down(&self, broker_id: i32) -> Result<(), KafkaSetupError> {
+        self.cluster
+            .broker_down(broker_id)
+            .map_err(|source| KafkaSetupError::BrokerControl {
+                broker: broker_id,
+                action: "down",
+                source,
+            })
+    }
+
+    /// Brings a broker taken down by [`Self::broker_down`] back.
+    pub fn broker_up(&self, broker_id: i32) -> Result<(), KafkaSetupError> {
+        self.cluster
+            .broker_up(broker_id)
+            .map_err(|source| KafkaSetupError::BrokerControl {
+                broker: broker_id,
+                action: "up",
+                source,
+            })
+    }
+}
+
+/// Creates the project's topics on a real cluster with their partitions, retention and
+/// cleanup policy. Topics that already exist are left as they are.
+pub async fn ensure_topics(
+    kafka: &KafkaArgs,
+    replication_factor: i32,
+    timeout: Duration,
+) -> Result<Vec<String>, KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> =
+        kafka
+            .client_config()
+            .create()
+            .map_err(|source| KafkaSetupError::AdminClient {
+                bootstrap: kafka.bootstrap_servers.clone(),
+                source,
+            })?;
+    let configs: Vec<Vec<(&'static str, String)>> =
+        ALL_TOPICS.iter().map(TopicSpec::kafka_configs).collect();
+    let new_topics: Vec<NewTopic<'_>> = ALL_TOPICS
+        .iter()
+        .zip(&configs)
+        .map(|(spec, config)| {
+            config.iter().fold(
+                NewTopic::new(
+                    spec.name,
+                    spec.partitions,
+                    TopicReplication::Fixed(replication_factor),
+                ),
+                |topic, (key, value)| topic.set(key, value),
+            )
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(timeout));
+    let results = admin
+        .create_topics(new_topics.iter(), &options)
+        .await
+        .map_err(|source| KafkaSetupError::CreateTopic {
+            topic: "*".into(),
+            reason: source.to_string(),
+        })?;
+    let mut created = Vec::new();
+    for result in results {
+        match result {
+            Ok(topic) => created.push(topic),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(KafkaSetupError::CreateTopic {
+                    topic,
+                    reason: code.to_string(),
+                })
+            }
+        }
+    }
+    Ok(created)
+}

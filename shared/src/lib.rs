@@ -1,0 +1,19 @@
+//! The project's shared vocabulary. Pure modules: [`topics`] (the topic catalog),
+//! [`keys`] (tenant extraction from record keys), [`client_id`] (validated client ids),
+//! [`registry`] and [`heartbeat`] (tolerant decoding of what deployed agents send),
+//! [`records`] (the normalized event and log records), [`dlq`] (dead-letter envelopes).
+//! With the `kafka` feature, [`kafka`] adds the Kafka glue: client configuration from the
+//! environment, the embedded broker, and topic setup.
+
+pub mod client_id;
+pub mod dlq;
+pub mod heartbeat;
+pub mod keys;
+pub mod records;
+pub mod registry;
+pub mod topics;
+
+#[cfg(feature = "kafka")]
+pub mod kafka;
+
+pub use client_id::{ClientId, InvalidClientId};

@@ -1,0 +1,569 @@
+//! Helpers for the end-to-end tests: they build and start the real binaries (the embedded
+//! broker, the control plane, whose process runtime starts real workers), talk Kafka with
+//! `kcat` (an independent client) and with rdkafka, and poll with deadlines.
+//!
+//! Everything a test starts is killed when its handle drops, workers included, so a failed
+//! assertion leaves no process behind.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use serde_json::Value;
+
+/// Paths of the built binaries.
+pub struct Binaries {
+    pub control_plane: PathBuf,
+    pub worker: PathBuf,
+}
+
+/// Builds the binaries once per test process, with the profile the tests were built with,
+/// so a test never runs a stale binary.
+pub fn binaries() -> &'static Binaries {
+    static BINARIES: OnceLock<Binaries> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        // target/<profile>/deps/<test binary>
+        let exe = std::env::current_exe().expect("test executable path");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("test binary lives in target/<profile>/deps")
+            .to_path_buf();
+        let release = profile_dir.file_name().is_some_and(|name| name == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut command = Command::new(cargo);
+        command.args(["build", "--bins", "-p", "control-plane", "-p", "worker"]);
+        if release {
+            command.arg("--release");
+        }
+        let status = command.status().expect("run cargo build");
+        assert!(status.success(), "cargo build of the binaries failed");
+        Binaries {
+            control_plane: profile_dir.join("control-plane"),
+            worker: profile_dir.join("worker"),
+        }
+    })
+}
+
+/// Polls `check` every 100 ms until it returns `Some` or `deadline` passes.
+pub fn poll<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Result<T> {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(value) = check() {
+            return Ok(value);
+        }
+        if Instant::now() >= until {
+            bail!("timed out after {deadline:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The embedded broker as its own process.
+pub struct Broker {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    pub bootstrap: String,
+}
+
+impl Broker {
+    pub fn start() -> Result<Self> {
+        let mut child = Command::new(&binaries().control_plane)
+            .arg("embedded-broker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("start the embedded broker")?;
+        let stdout = child.stdout.take().context("broker stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = lines
+            .next()
+            .context("the broker printed nothing")?
+            .context("read the broker's first line")?;
+        let bootstrap = first
+            .strip_prefix("bootstrap=")
+            .with_context(|| format!("first line is not bootstrap=…: {first:?}"))?
+            .to_string();
+        // Keep draining its output so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        let stdin = child.stdin.take();
+        Ok(Self {
+            child,
+            stdin,
+            bootstrap,
+        })
+    }
+
+    /// Sends `down <id>` or `up <id>`.
+    pub fn command(&mut self, line: &str) -> Result<()> {
+        let stdin = self.stdin.as_mut().context("broker stdin")?;
+        writeln!(stdin, "{line}")?;
+        stdin.flush()?;
+        Ok(())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Options of a control plane under test.
+#[derive(Clone)]
+pub struct ControlPlaneOptions {
+    pub heartbeat_timeout_secs: u64,
+    pub api_token: Option<String>,
+    pub restart_delay_secs: u64,
+}
+
+impl Default for ControlPlaneOptions {
+    fn default() -> Self {
+        Self {
+            heartbeat_timeout_secs: 120,
+            api_token: Some("test-token".into()),
+            restart_delay_secs: 1,
+        }
+    }
+}
+
+/// A `control-plane run` process with the process runtime and its own data directory.
+pub struct ControlPlane {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub api: String,
+    bootstrap: String,
+    options: ControlPlaneOptions,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl ControlPlane {
+    pub fn start(broker: &Broker, options: ControlPlaneOptions) -> Result<Self> {
+        let temp = tempfile::tempdir()?;
+        let data_dir = temp.path().to_path_buf();
+        let mut plane = Self {
+            child: None,
+            data_dir,
+            api: String::new(),
+            bootstrap: broker.bootstrap.clone(),
+            options,
+            _temp: Some(temp),
+        };
+        plane.spawn()?;
+        Ok(plane)
+    }
+
+    /// Starts the process (again) on the same data directory.
+    pub fn spawn(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(self.data_dir.join("api.addr"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.data_dir.join("control-plane.log"))?;
+        let mut command = Command::new(&binaries().control_plane);
+        command
+            .arg("run")
+            .env("KAFKA_BOOTSTRAP_SERVERS", &self.bootstrap)
+            .env("CP_LISTEN", "127.0.0.1:0")
+            .env("CP_DATA_DIR", &self.data_dir)
+            .env("CP_RUNTIME", "process")
+            .env("CP_WORKER_BIN", &binaries().worker)
+            .env(
+                "CP_HEARTBEAT_TIMEOUT_SECS",
+                self.options.heartbeat_timeout_secs.to_string(),
+            )
+            .env(
+                "CP_RESTART_DELAY_SECS",
+                self.options.restart_delay_secs.to_string(),
+            )
+            .env("CP_RECONCILE_INTERVAL_MS", "250")
+            .env("CP_STOP_GRACE_SECS", "5")
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log));
+        match &self.options.api_token {
+            Some(token) => command.env("CP_API_TOKEN", token),
+            None => command.env_remove("CP_API_TOKEN"),
+        };
+        self.child = Some(command.spawn().context("start the control plane")?);
+        let addr_file = self.data_dir.join("api.addr");
+        let addr = poll("the control plane's API address", Duration::from_secs(30), || {
+            std::fs::read_to_string(&addr_file).ok()
+        })?;
+        self.api = format!("http://{addr}");
+        poll("the control plane to be ready", Duration::from_secs(60), || {
+            self.get("/ready").ok().filter(|(code, _)| *code == 200)
+        })
+        .with_context(|| self.log_tail())?;
+        Ok(())
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// GET, returning status and body.
+    pub fn get(&self, path: &str) -> Result<(u16, String)> {
+        http::blocking_get(&format!("{}{path}", self.api))
+    }
+
+    /// The client's record, if registered.
+    pub fn client(&self, id: &str) -> Option<Value> {
+        let (code, body) = self.get(&format!("/clients/{id}")).ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    /// Names and ids of the client's running workers, sorted.
+    pub fn running_workers(&self, id: &str) -> Vec<(String, String)> {
+        let Some(client) = self.client(id) else {
+            return Vec::new();
+        };
+        let mut workers: Vec<(String, String)> = client["workers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|w| w["state"] == "running")
+            .map(|w| {
+                (
+                    w["name"].as_str().unwrap_or_default().to_string(),
+                    w["id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        workers.sort();
+        workers
+    }
+
+    /// The value of a metric line (exact series text before the value), summed if repeated.
+    pub fn metric(&self, series: &str) -> f64 {
+        let Ok((_, body)) = self.get("/metrics") else {
+            return 0.0;
+        };
+        body.lines()
+            .filter(|line| line.starts_with(series))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    /// Worker directories of the process runtime (one per existing worker).
+    pub fn worker_dirs(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(self.data_dir.join("workers"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// The pid of a worker process, from the process runtime's records.
+    pub fn worker_pid(&self, name: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.data_dir.join("workers").join(name).join("pid.json")).ok()?;
+        let value: Value = serde_json::from_str(&text).ok()?;
+        value["pid"].as_i64().map(|pid| pid as i32)
+    }
+
+    /// A worker's log file.
+    pub fn worker_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.data_dir.join("workers").join(name).join("worker.log"))
+            .unwrap_or_default()
+    }
+
+    /// The last lines of the control plane's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.data_dir.join("control-plane.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        format!(
+            "control-plane log tail:\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n")
+        )
+    }
+
+    fn kill_workers(&self) {
+        for name in self.worker_dirs() {
+            if let Some(pid) = self.worker_pid(&name) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.kill();
+        self.kill_workers();
+    }
+}
+
+/// Minimal blocking HTTP over std, to keep the tests free of an async HTTP stack.
+pub mod http {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::Duration;
+
+    use anyhow::{bail, Context, Result};
+
+    pub fn blocking_get(url: &str) -> Result<(u16, String)> {
+        request("GET", url, None)
+    }
+
+    pub fn request(method: &str, url: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+        let rest = url.strip_prefix("http://").context("http urls only")?;
+        let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        let mut stream = TcpStream::connect(host)?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let auth = bearer.map_or(String::new(), |token| format!("Authorization: Bearer {token}\r\n"));
+        write!(
+            stream,
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+        )?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response)?;
+        let text = String::from_utf8_lossy(&response);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            bail!("malformed response");
+        };
+        let code: u16 = head
+            .split_whitespace()
+            .nth(1)
+            .context("status code")?
+            .parse()?;
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_string()
+        };
+        Ok((code, body))
+    }
+
+    fn dechunk(mut body: &str) -> String {
+        let mut out = String::new();
+        while let Some((size, rest)) = body.split_once("\r\n") {
+            let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+                break;
+            };
+            if size == 0 || rest.len() < size {
+                break;
+            }
+            out.push_str(&rest[..size]);
+            body = rest[size..].trim_start_matches("\r\n");
+        }
+        out
+    }
+}
+
+/// The separator between key and value in kcat's produce input and consume output: a
+/// byte that no test key or value contains, so keys may hold `:` and `|`.
+pub const KCAT_DELIMITER: &str = "\u{1f}";
+
+/// Produces one record with `kcat`. `value: None` produces a null value (a tombstone).
+pub fn kcat_produce(bootstrap: &str, topic: &str, key: &str, value: Option<&str>, compression: Option<&str>) -> Result<()> {
+    let mut command = Command::new("kcat");
+    command.args(["-P", "-b", bootstrap, "-t", topic, "-K", KCAT_DELIMITER]);
+    if let Some(codec) = compression {
+        command.args(["-z", codec]);
+    }
+    if value.is_none() {
+        // -Z: an empty value is sent as NULL, which is what a tombstone is.
+        command.arg("-Z");
+    }
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("run kcat (is the kcat package installed?)")?;
+    {
+        let stdin = child.stdin.as_mut().context("kcat stdin")?;
+        writeln!(stdin, "{key}{KCAT_DELIMITER}{}", value.unwrap_or(""))?;
+    }
+    let output = child.wait_with_output()?;
+    if !output.status.success() {
+        bail!("kcat produce failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(())
+}
+
+/// Reads a whole topic with `kcat` (from the beginning to the current end) as key/value
+/// pairs; a null value reads as an empty string.
+pub fn kcat_consume(bootstrap: &str, topic: &str) -> Result<Vec<(String, String)>> {
+    let output = Command::new("kcat")
+        .args(["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f"])
+        .arg(format!("%k{KCAT_DELIMITER}%s\\n"))
+        .output()
+        .context("run kcat")?;
+    if !output.status.success() {
+        bail!("kcat consume failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| {
+            line.split_once(KCAT_DELIMITER)
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+/// Lists consumer groups with `kcat -L`-style metadata is not possible; the broker's
+/// group list comes from rdkafka.
+pub fn consumer_groups(bootstrap: &str) -> Result<Vec<String>> {
+    let consumer: rdkafka::consumer::BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .create()?;
+    let groups = consumer.fetch_group_list(None, Duration::from_secs(10))?;
+    Ok(groups.groups().iter().map(|g| g.name().to_string()).collect())
+}
+
+/// An rdkafka producer.
+pub fn producer(bootstrap: &str, compression: &str) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("compression.type", compression)
+        .set("linger.ms", "5")
+        .create()?)
+}
+
+/// Produces and waits for the acknowledgement.
+pub async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &str) -> Result<()> {
+    producer
+        .send(
+            FutureRecord::to(topic).key(key).payload(value),
+            Duration::from_secs(30),
+        )
+        .await
+        .map_err(|(error, _)| anyhow::anyhow!("produce to {topic}: {error}"))?;
+    Ok(())
+}
+
+/// Produces many records concurrently and waits for every acknowledgement.
+pub async fn send_all(producer: &FutureProducer, topic: &str, records: Vec<(String, String)>) -> Result<()> {
+    let sends = records.iter().map(|(key, value)| send(producer, topic, key, value));
+    futures::future::try_join_all(sends).await?;
+    Ok(())
+}
+
+/// An rdkafka consumer of `topics` in a fresh group, from the beginning.
+pub fn consumer(bootstrap: &str, topics: &[&str]) -> Result<StreamConsumer> {
+    let group = format!("e2e-{}", std::process::id()) + &format!("-{}", rand_suffix());
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    consumer.subscribe(topics)?;
+    Ok(consumer)
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Reads records from `consumer` until `done` says so or `deadline` passes.
+pub async fn consume_until(
+    consumer: &StreamConsumer,
+    deadline: Duration,
+    mut done: impl FnMut(&str, &str, &str) -> bool,
+) -> Result<()> {
+    let until = tokio::time::Instant::now() + deadline;
+    loop {
+        let message = match tokio::time::timeout_at(until, consumer.recv()).await {
+            Err(_) => bail!("timed out after {deadline:?} consuming"),
+            Ok(Err(error)) => {
+                eprintln!("consumer error: {error}");
+                continue;
+            }
+            Ok(Ok(message)) => message,
+        };
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let value = String::from_utf8_lossy(message.payload().unwrap_or_default()).into_owned();
+        if done(message.topic(), &key, &value) {
+            return Ok(());
+        }
+    }
+}
+
+/// Heartbeats for a client on both of the agent's streams (plain keyed `<id>`, and zstd
+/// keyed `<id>::<id>`) every `every` until stopped.
+pub struct Heartbeater {
+    stop: Arc<AtomicBool>,
+    handle: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Heartbeater {
+    pub fn start(bootstrap: &str, client: &str, every: Duration) -> Result<Self> {
+        let plain = producer(bootstrap, "none")?;
+        let zstd = producer(bootstrap, "zstd")?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let client = client.to_string();
+        let flag = stop.clone();
+        let handle = tokio::spawn(async move {
+            while !flag.load(Ordering::Relaxed) {
+                let now = chrono::Utc::now().to_rfc3339();
+                let _ = send(&plain, "cluster.heartbeat", &client, &format!(r#"{{"client_id":"{client}","timestamp":"{now}"}}"#)).await;
+                let _ = send(
+                    &zstd,
+                    "cluster.heartbeat",
+                    &format!("{client}::{client}"),
+                    &format!(r#"{{"client_id":"{client}","metrics":{{"resources_sent":0,"uptime_seconds":120}},"status":"healthy","timestamp":"{now}"}}"#),
+                )
+                .await;
+                tokio::time::sleep(every).await;
+            }
+        });
+        Ok(Self {
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    /// Stops and returns when the last heartbeat has been acknowledged.
+    pub async fn stop(mut self) -> Instant {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.await;
+        }
+        Instant::now()
+    }
+}
+
+impl Drop for Heartbeater {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The chart's post-install registration for `client`, byte for byte as protocol.md shows.
+pub fn chart_registration(client: &str) -> String {
+    format!(
+        r#"{{"client_id":"{client}","cluster_name":"prod-eu","region":"unknown","timestamp":"2025-10-28T08:30:00Z","chart_version":"2.1.2"}}"#
+    )
+}
+
+/// The protocol's example raw event, with a chosen uid.
+pub fn raw_event(uid: &str, reason: &str) -> String {
+    format!(
+        r#"{{"event_id":"evt-{uid}","reason":"{reason}","message":"Container killed: out of memory","type":"Warning","metadata":{{"uid":"{uid}","creationTimestamp":"2025-10-28T08:31:00Z"}},"involvedObject":{{"kind":"Pod","name":"api-7d9f","namespace":"default","uid":"b1e2-{uid}"}},"source":{{"host":"node-1"}},"lastTimestamp":"2025-10-28T08:31:00Z","count":3}}"#
+    )
+}

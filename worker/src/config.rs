@@ -1,0 +1,98 @@
+//! The worker's configuration: one typed tree parsed by clap, every flag also an
+//! environment variable because the control plane starts workers through the environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use kg_shared::kafka::KafkaArgs;
+use kg_shared::ClientId;
+
+/// Which job this worker process does for its client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// raw.k8s.events → events.normalized
+    EventNormalizer,
+    /// raw.k8s.logs → logs.normalized
+    LogNormalizer,
+}
+
+impl Role {
+    /// The name used in container names, consumer groups and `--role`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::EventNormalizer => "event-normalizer",
+            Role::LogNormalizer => "log-normalizer",
+        }
+    }
+
+    /// The consumer group operators' scripts expect: `<role>-<client id>`.
+    pub fn consumer_group(self, client: &ClientId) -> String {
+        format!("{}-{}", self.as_str(), client)
+    }
+}
+
+/// Output format of the worker's own log lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Everything a worker needs to run.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "worker", version, about = "Per-client worker: normalizes one client's records")]
+pub struct WorkerConfig {
+    /// The job of this worker.
+    #[arg(long, env = "WORKER_ROLE", value_enum)]
+    pub role: Role,
+
+    /// The client (tenant) this worker serves; a lowercase DNS label.
+    #[arg(long, env = "CLIENT_ID", value_parser = parse_client_id)]
+    pub client_id: ClientId,
+
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// Address of the worker's /health and /metrics server. Port 0 picks a free port.
+    #[arg(long, env = "WORKER_LISTEN", default_value = "0.0.0.0:9000")]
+    pub listen: SocketAddr,
+
+    /// When set, the bound HTTP address is written to this file once the server is up, so a
+    /// supervisor that asked for port 0 can find it.
+    #[arg(long, env = "WORKER_ADDR_FILE")]
+    pub addr_file: Option<PathBuf>,
+
+    /// Most records handled per batch; a batch's offsets are committed once all its
+    /// outputs are acknowledged.
+    #[arg(long, env = "WORKER_BATCH_MAX_RECORDS", default_value_t = 2000)]
+    pub batch_max_records: usize,
+
+    /// How long a batch waits for more records after its first one.
+    #[arg(long, env = "WORKER_BATCH_LINGER_MS", default_value_t = 20)]
+    pub batch_linger_ms: u64,
+
+    /// Bound on draining and committing after SIGTERM.
+    #[arg(long, env = "WORKER_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+
+    /// librdkafka's prefetch queue per partition (queued.max.messages.kbytes); small keeps an
+    /// idle worker small.
+    #[arg(long, env = "WORKER_CONSUMER_QUEUE_KBYTES", default_value_t = 1024)]
+    pub consumer_queue_kbytes: u64,
+
+    /// librdkafka's producer queue (queue.buffering.max.kbytes).
+    #[arg(long, env = "WORKER_PRODUCER_QUEUE_KBYTES", default_value_t = 8192)]
+    pub producer_queue_kbytes: u64,
+
+    /// Where a new consumer group starts: earliest (no record is missed) or latest.
+    #[arg(long, env = "WORKER_AUTO_OFFSET_RESET", default_value = "earliest")]
+    pub auto_offset_reset: String,
+
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_client_id(raw: &str) -> Result<ClientId, String> {
+    ClientId::parse(raw).map_err(|error| error.to_string())
+}

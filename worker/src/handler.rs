@@ -1,0 +1,144 @@
+//! What each role does with one input record, as a pure decision: skip it (another
+//! tenant's, or nobody's), produce a normalized record, or dead-letter it. Kafka stays in
+//! [`crate::pipeline`].
+
+use kg_shared::keys::{event_output_key, key_belongs_to, log_output_key, parse_key};
+use kg_shared::topics::{EVENTS_NORMALIZED, LOGS_NORMALIZED, RAW_K8S_EVENTS, RAW_K8S_LOGS};
+use kg_shared::ClientId;
+
+use crate::config::Role;
+use crate::normalize::{log_tenant_from_body, normalize_event, normalize_log};
+
+/// The decision for one record.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// Keyed for another tenant: skipped on the key bytes alone.
+    Foreign,
+    /// No tenant can be read from it: counted, never claimed.
+    Unattributed,
+    /// Ours, normalized: produce `value` to `topic` under `key`.
+    Produce {
+        topic: &'static str,
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Ours, but it cannot be normalized.
+    DeadLetter {
+        reason_code: &'static str,
+        reason: String,
+    },
+}
+
+/// One role's record handling.
+pub trait RecordHandler: Send + Sync + 'static {
+    /// The topics this role consumes.
+    fn input_topics(&self) -> &'static [&'static str];
+    /// Decides what to do with one record.
+    fn handle(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome;
+}
+
+/// The handler for `role` serving `client`.
+pub fn handler_for(role: Role, client: ClientId) -> Box<dyn RecordHandler> {
+    match role {
+        Role::EventNormalizer => Box::new(EventNormalizer { client }),
+        Role::LogNormalizer => Box::new(LogNormalizer { client }),
+    }
+}
+
+/// Where a record's tenant comes from its key: ours, another's, or none at all.
+fn key_ownership(key: Option<&[u8]>, client: &ClientId) -> Option<bool> {
+    let key = key?;
+    if key_belongs_to(key, client) {
+        return Some(true);
+    }
+    parse_key(key).map(|_| false)
+}
+
+fn null_value() -> Outcome {
+    Outcome::DeadLetter {
+        reason_code: "null_value",
+        reason: "record has a null value".into(),
+    }
+}
+
+/// raw.k8s.events → events.normalized, keyed `<id>::<event_id>`.
+pub struct EventNormalizer {
+    pub client: ClientId,
+}
+
+impl RecordHandler for EventNormalizer {
+    fn input_topics(&self) -> &'static [&'static str] {
+        &[RAW_K8S_EVENTS]
+    }
+
+    fn handle(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
+        match key_ownership(key, &self.client) {
+            None => return Outcome::Unattributed,
+            Some(false) => return Outcome::Foreign,
+            Some(true) => {}
+        }
+        let Some(value) = value else {
+            return null_value();
+        };
+        match normalize_event(&self.client, value) {
+            Ok(event) => Outcome::Produce {
+                topic: EVENTS_NORMALIZED,
+                key: event_output_key(&self.client, &event.event_id),
+                value: serde_json::to_vec(&event).unwrap_or_default(),
+            },
+            Err(error) => Outcome::DeadLetter {
+                reason_code: error.reason_code(),
+                reason: error.to_string(),
+            },
+        }
+    }
+}
+
+/// raw.k8s.logs → logs.normalized, keyed `<id>::<pod uid>` (or the log id when the pod is
+/// unknown). Vector's raw records carry no key; their tenant is the body's `client_id`.
+pub struct LogNormalizer {
+    pub client: ClientId,
+}
+
+impl RecordHandler for LogNormalizer {
+    fn input_topics(&self) -> &'static [&'static str] {
+        &[RAW_K8S_LOGS]
+    }
+
+    fn handle(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
+        match key_ownership(key, &self.client) {
+            Some(false) => return Outcome::Foreign,
+            Some(true) => {}
+            None => {
+                // Unkeyed (or tenant-less) records are only ours if the body says so; this
+                // parses one field, and only for records the key could not attribute.
+                match value.and_then(log_tenant_from_body) {
+                    Some(tenant) if tenant == self.client => {}
+                    Some(_) => return Outcome::Foreign,
+                    None => return Outcome::Unattributed,
+                }
+            }
+        }
+        let Some(value) = value else {
+            return null_value();
+        };
+        match normalize_log(&self.client, value) {
+            Ok(log) => {
+                let id = log
+                    .pod_uid
+                    .as_deref()
+                    .filter(|uid| !uid.is_empty())
+                    .unwrap_or(&log.log_id);
+                Outcome::Produce {
+                    topic: LOGS_NORMALIZED,
+                    key: log_output_key(&self.client, id),
+                    value: serde_json::to_vec(&log).unwrap_or_default(),
+                }
+            }
+            Err(error) => Outcome::DeadLetter {
+                reason_code: error.reason_code(),
+                reason: error.to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,134 @@
+//! The per-client worker: one binary, `--role` chooses the job, `CLIENT_ID` the tenant.
+//! Modules: [`config`] (flags and environment), [`normalize`] (pure transforms from raw
+//! agent records to normalized records), [`handler`] (the per-record decision of each
+//! role), [`pipeline`] (the at-least-once Kafka loop), [`http`] (`/health`, `/metrics`),
+//! [`metrics`].
+
+pub mod config;
+pub mod handler;
+pub mod http;
+pub mod metrics;
+pub mod normalize;
+pub mod pipeline;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::config::WorkerConfig;
+use crate::metrics::WorkerMetrics;
+use crate::pipeline::{PipelineError, PipelineSettings};
+
+/// Failures that end a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("failed to bind the http server on {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to write the bound address to {path}: {source}")]
+    AddrFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// Runs the worker until `shutdown` resolves and the pipeline has drained and committed.
+pub async fn run(
+    config: WorkerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), WorkerError> {
+    let role = config.role;
+    let metrics = Arc::new(WorkerMetrics::new(config.client_id.as_str(), role.as_str()));
+
+    let (listener, bound) = http::bind(config.listen)
+        .await
+        .map_err(|source| WorkerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+    if let Some(path) = &config.addr_file {
+        write_atomically(path, bound.to_string().as_bytes()).map_err(|source| {
+            WorkerError::AddrFile {
+                path: path.clone(),
+                source,
+            }
+        })?;
+    }
+    let router = http::router(http::HttpState {
+        client_id: config.client_id.to_string(),
+        role: role.as_str(),
+        metrics: metrics.clone(),
+    });
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async {
+                let _ = http_stopped.await;
+            })
+            .await;
+    });
+    info!(client_id = %config.client_id, role = role.as_str(), http = %bound, "worker started");
+
+    let settings = PipelineSettings {
+        group_id: role.consumer_group(&config.client_id),
+        batch_max_records: config.batch_max_records.max(1),
+        batch_linger: Duration::from_millis(config.batch_linger_ms),
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        consumer_queue_kbytes: config.consumer_queue_kbytes,
+        producer_queue_kbytes: config.producer_queue_kbytes,
+        auto_offset_reset: config.auto_offset_reset.clone(),
+    };
+    let handler = handler::handler_for(role, config.client_id.clone());
+    let result = pipeline::run_pipeline(
+        &config.kafka,
+        &settings,
+        &config.client_id,
+        handler.as_ref(),
+        metrics,
+        shutdown,
+    )
+    .await;
+    let _ = stop_http.send(());
+    let _ = server.await;
+    info!("worker stopped");
+    Ok(result?)
+}
+
+/// Writes via a temporary file and a rename so a reader never sees a half-written file.
+pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(tmp, path)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(term) => term,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Sets up tracing once, text or JSON.
+pub fn init_tracing(format: config::LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        config::LogFormat::Json => builder.json().init(),
+        config::LogFormat::Text => builder.with_ansi(false).init(),
+    }
+}

@@ -1,0 +1,11 @@
+//! Entry point: parse the configuration, start tracing, run until SIGTERM.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = worker::config::WorkerConfig::parse();
+    worker::init_tracing(config.log_format);
+    worker::run(config, worker::termination_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,415 @@
+//! The consume → handle → produce → commit loop, at-least-once: a batch's offsets are
+//! committed only after every record it produced (normalized or dead-lettered) has been
+//! acknowledged by the broker. A failed delivery is retried, never skipped, so a crash or
+//! SIGKILL at any point redelivers at most the uncommitted batch.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use kg_shared::dlq::DeadLetter;
+use kg_shared::kafka::KafkaArgs;
+use kg_shared::topics::DLQ_NORMALIZED;
+use kg_shared::ClientId;
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::time::{sleep, sleep_until, Instant};
+use tracing::{debug, info, warn};
+
+use crate::handler::{Outcome, RecordHandler};
+use crate::metrics::WorkerMetrics;
+
+/// Failures that stop the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("failed to create the kafka consumer for group {group}: {source}")]
+    Consumer {
+        group: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("failed to create the kafka producer: {0}")]
+    Producer(#[source] KafkaError),
+    #[error("failed to subscribe to {topics:?}: {source}")]
+    Subscribe {
+        topics: Vec<String>,
+        #[source]
+        source: KafkaError,
+    },
+}
+
+/// Tuning of the loop.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    pub group_id: String,
+    pub batch_max_records: usize,
+    pub batch_linger: Duration,
+    pub shutdown_grace: Duration,
+    pub consumer_queue_kbytes: u64,
+    pub producer_queue_kbytes: u64,
+    pub auto_offset_reset: String,
+}
+
+/// Feeds librdkafka's periodic statistics into the lag gauge.
+pub struct LagReporter {
+    metrics: Arc<WorkerMetrics>,
+}
+
+impl ClientContext for LagReporter {
+    fn stats(&self, statistics: Statistics) {
+        let lag: i64 = statistics
+            .topics
+            .values()
+            .flat_map(|topic| topic.partitions.values())
+            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
+            .map(|partition| partition.consumer_lag)
+            .sum();
+        self.metrics.consumer_lag.set(lag);
+    }
+}
+
+impl ConsumerContext for LagReporter {}
+
+/// One produced record still waiting for its acknowledgement; kept whole so it can be
+/// produced again if delivery fails.
+struct Pending {
+    topic: &'static str,
+    key: String,
+    value: Vec<u8>,
+    delivery: DeliveryFuture,
+    dead_letter: Option<String>,
+}
+
+/// Runs until `shutdown` resolves, then finishes the batch in hand within the grace
+/// period, commits, and returns.
+pub async fn run_pipeline(
+    kafka: &KafkaArgs,
+    settings: &PipelineSettings,
+    client: &ClientId,
+    handler: &dyn RecordHandler,
+    metrics: Arc<WorkerMetrics>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), PipelineError> {
+    let consumer = create_consumer(kafka, settings, metrics.clone())?;
+    let producer = create_producer(kafka, settings)?;
+    let topics: Vec<&str> = handler.input_topics().to_vec();
+    consumer
+        .subscribe(&topics)
+        .map_err(|source| PipelineError::Subscribe {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            source,
+        })?;
+    info!(group = %settings.group_id, ?topics, "consuming");
+
+    tokio::pin!(shutdown);
+    let mut shutdown_deadline: Option<Instant> = None;
+    let mut uncommitted: HashMap<(String, i32), i64> = HashMap::new();
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = &mut shutdown, if shutdown_deadline.is_none() => {
+                shutdown_deadline = Some(Instant::now() + settings.shutdown_grace);
+                break;
+            }
+            received = consumer.recv() => received,
+        };
+        let mut batch_offsets: HashMap<(String, i32), i64> = HashMap::new();
+        let mut pending: Vec<Pending> = Vec::new();
+        match first {
+            Ok(message) => {
+                handle_message(
+                    &message,
+                    client,
+                    handler,
+                    &producer,
+                    &metrics,
+                    &mut batch_offsets,
+                    &mut pending,
+                )
+                .await
+            }
+            Err(error) => {
+                warn!(%error, "kafka consumer error");
+                sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        }
+        let linger_until = Instant::now() + settings.batch_linger;
+        let mut stop_after_batch = false;
+        let mut handled = 1;
+        while handled < settings.batch_max_records {
+            let next = tokio::select! {
+                biased;
+                _ = &mut shutdown => { stop_after_batch = true; break; }
+                _ = sleep_until(linger_until) => break,
+                received = consumer.recv() => received,
+            };
+            match next {
+                Ok(message) => {
+                    handled += 1;
+                    handle_message(
+                        &message,
+                        client,
+                        handler,
+                        &producer,
+                        &metrics,
+                        &mut batch_offsets,
+                        &mut pending,
+                    )
+                    .await
+                }
+                Err(error) => {
+                    warn!(%error, "kafka consumer error");
+                    break;
+                }
+            }
+        }
+        if stop_after_batch {
+            shutdown_deadline = Some(Instant::now() + settings.shutdown_grace);
+        }
+        let delivered = await_deliveries(&producer, pending, &metrics, shutdown_deadline).await;
+        if !delivered {
+            // Only reachable once the shutdown grace ran out: leave this batch uncommitted
+            // so it is redelivered to the next worker.
+            warn!("shutdown grace ran out before every record was acknowledged; batch left uncommitted");
+            break;
+        }
+        for (partition, offset) in batch_offsets {
+            uncommitted.insert(partition, offset);
+        }
+        commit(&consumer, &uncommitted, CommitMode::Async, &metrics);
+        metrics.batches.inc();
+        if stop_after_batch {
+            break;
+        }
+    }
+    if !uncommitted.is_empty() {
+        commit(&consumer, &uncommitted, CommitMode::Sync, &metrics);
+    }
+    let remaining = shutdown_deadline
+        .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+        .unwrap_or(Duration::from_secs(1));
+    let _ = rdkafka::producer::Producer::flush(&producer, remaining);
+    info!("pipeline stopped");
+    Ok(())
+}
+
+async fn handle_message(
+    message: &BorrowedMessage<'_>,
+    client: &ClientId,
+    handler: &dyn RecordHandler,
+    producer: &FutureProducer,
+    metrics: &WorkerMetrics,
+    batch_offsets: &mut HashMap<(String, i32), i64>,
+    pending: &mut Vec<Pending>,
+) {
+    metrics.records_in.inc();
+    batch_offsets.insert(
+        (message.topic().to_string(), message.partition()),
+        message.offset(),
+    );
+    match handler.handle(message.key(), message.payload()) {
+        Outcome::Foreign => {
+            metrics.skipped_foreign.inc();
+        }
+        Outcome::Unattributed => {
+            metrics.unattributed.inc();
+        }
+        Outcome::Produce { topic, key, value } => {
+            enqueue(producer, pending, topic, key, value, None).await;
+        }
+        Outcome::DeadLetter {
+            reason_code,
+            reason,
+        } => {
+            debug!(reason_code, %reason, offset = message.offset(), "dead-lettering record");
+            let letter = DeadLetter::new(
+                reason_code,
+                reason,
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message.key(),
+                message.payload(),
+                Some(client),
+                Utc::now(),
+            );
+            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+            enqueue(
+                producer,
+                pending,
+                DLQ_NORMALIZED,
+                key,
+                letter.to_json(),
+                Some(reason_code.to_string()),
+            )
+            .await;
+        }
+    }
+}
+
+/// Hands a record to the producer. When librdkafka's queue is full, waits for the oldest
+/// outstanding delivery before trying again rather than growing memory without bound.
+async fn enqueue(
+    producer: &FutureProducer,
+    pending: &mut Vec<Pending>,
+    topic: &'static str,
+    key: String,
+    value: Vec<u8>,
+    dead_letter: Option<String>,
+) {
+    loop {
+        let record = FutureRecord::to(topic).key(&key).payload(&value);
+        match producer.send_result(record) {
+            Ok(delivery) => {
+                pending.push(Pending {
+                    topic,
+                    key,
+                    value,
+                    delivery,
+                    dead_letter,
+                });
+                return;
+            }
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                // Poll until librdkafka has room; deliveries are awaited later in order.
+                sleep(Duration::from_millis(2)).await;
+            }
+            Err((error, _)) => {
+                warn!(%error, topic, "failed to enqueue record; retrying");
+                sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Awaits every delivery of a batch, producing failed ones again with backoff. Returns
+/// false only when `deadline` (set once shutdown began) passes first.
+async fn await_deliveries(
+    producer: &FutureProducer,
+    pending: Vec<Pending>,
+    metrics: &WorkerMetrics,
+    deadline: Option<Instant>,
+) -> bool {
+    let mut queue = pending;
+    let mut backoff = Duration::from_millis(100);
+    while !queue.is_empty() {
+        let mut failed = Vec::new();
+        for item in queue {
+            let outcome = match deadline {
+                Some(deadline) => {
+                    match tokio::time::timeout_at(deadline, item.delivery).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => return false,
+                    }
+                }
+                None => item.delivery.await,
+            };
+            match outcome {
+                Ok(Ok(_)) => {
+                    match &item.dead_letter {
+                        Some(reason) => metrics
+                            .dlq
+                            .get_or_create(&crate::metrics::ReasonLabel {
+                                reason: reason.clone(),
+                            })
+                            .inc(),
+                        None => metrics.records_out.inc(),
+                    };
+                }
+                Ok(Err((error, _))) => {
+                    warn!(%error, topic = item.topic, "delivery failed; producing again");
+                    failed.push((item.topic, item.key, item.value, item.dead_letter));
+                }
+                Err(_canceled) => {
+                    failed.push((item.topic, item.key, item.value, item.dead_letter));
+                }
+            }
+        }
+        if failed.is_empty() {
+            return true;
+        }
+        if deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            return false;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+        let mut retried = Vec::with_capacity(failed.len());
+        for (topic, key, value, dead_letter) in failed {
+            metrics.produce_retries.inc();
+            enqueue(producer, &mut retried, topic, key, value, dead_letter).await;
+        }
+        queue = retried;
+    }
+    true
+}
+
+fn commit(
+    consumer: &StreamConsumer<LagReporter>,
+    offsets: &HashMap<(String, i32), i64>,
+    mode: CommitMode,
+    metrics: &WorkerMetrics,
+) {
+    let mut list = TopicPartitionList::new();
+    for ((topic, partition), offset) in offsets {
+        // Kafka's committed offset is the next one to read.
+        if let Err(error) =
+            list.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+        {
+            warn!(%error, "failed to build the commit list");
+        }
+    }
+    if let Err(error) = consumer.commit(&list, mode) {
+        metrics.commits_failed.inc();
+        warn!(%error, "offset commit failed; the batch may be redelivered");
+    }
+}
+
+fn create_consumer(
+    kafka: &KafkaArgs,
+    settings: &PipelineSettings,
+    metrics: Arc<WorkerMetrics>,
+) -> Result<StreamConsumer<LagReporter>, PipelineError> {
+    kafka
+        .client_config()
+        .set("group.id", &settings.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &settings.auto_offset_reset)
+        .set(
+            "queued.max.messages.kbytes",
+            settings.consumer_queue_kbytes.to_string(),
+        )
+        .set("queued.min.messages", "1000")
+        .set("fetch.max.bytes", "4194304")
+        .set("statistics.interval.ms", "5000")
+        .create_with_context(LagReporter { metrics })
+        .map_err(|source| PipelineError::Consumer {
+            group: settings.group_id.clone(),
+            source,
+        })
+}
+
+fn create_producer(
+    kafka: &KafkaArgs,
+    settings: &PipelineSettings,
+) -> Result<FutureProducer, PipelineError> {
+    kafka
+        .client_config()
+        .set("compression.type", "lz4")
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set(
+            "queue.buffering.max.kbytes",
+            settings.producer_queue_kbytes.to_string(),
+        )
+        .set("queue.buffering.max.messages", "100000")
+        .create()
+        .map_err(PipelineError::Producer)
+}
