@@ -49,8 +49,8 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-fn parse_id(raw: &str) -> Result<ClientId, Response> {
-    ClientId::parse(raw).map_err(|invalid| error(StatusCode::BAD_REQUEST, invalid.to_string()))
+fn bad_id(invalid: kg_shared::InvalidClientId) -> Response {
+    error(StatusCode::BAD_REQUEST, invalid.to_string())
 }
 
 async fn health() -> impl IntoResponse {
@@ -86,17 +86,24 @@ async fn list_clients(State(state): State<ApiState>) -> Json<Vec<ClientRecord>> 
 }
 
 async fn get_client(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    let id = match parse_id(&id) {
+    let id = match ClientId::parse(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(invalid) => return bad_id(invalid),
     };
     match state.table.get(&id) {
         Some(record) => Json(record.value().clone()).into_response(),
-        None => error(StatusCode::NOT_FOUND, format!("client {id} is not registered")),
+        None => error(
+            StatusCode::NOT_FOUND,
+            format!("client {id} is not registered"),
+        ),
     }
 }
 
-async fn deregister(State(state): State<ApiState>, Path(id): Path<String>, headers: HeaderMap) -> Response {
+async fn deregister(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
     let Some(expected) = state.api_token.as_deref().filter(|token| !token.is_empty()) else {
         return error(
             StatusCode::FORBIDDEN,
@@ -110,15 +117,21 @@ async fn deregister(State(state): State<ApiState>, Path(id): Path<String>, heade
     if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
         return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
     }
-    let id = match parse_id(&id) {
+    let id = match ClientId::parse(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(invalid) => return bad_id(invalid),
     };
     if !state.table.contains_key(&id) {
-        return error(StatusCode::NOT_FOUND, format!("client {id} is not registered"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("client {id} is not registered"),
+        );
     }
     let Some(publisher) = &state.publisher else {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "no kafka producer configured");
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no kafka producer configured",
+        );
     };
     match publisher.tombstone(&id).await {
         Ok(()) => (
@@ -140,17 +153,22 @@ async fn worker_logs(
     Path((id, role)): Path<(String, String)>,
     Query(query): Query<LogsQuery>,
 ) -> Response {
-    let id = match parse_id(&id) {
+    let id = match ClientId::parse(&id) {
         Ok(id) => id,
-        Err(response) => return response,
+        Err(invalid) => return bad_id(invalid),
     };
     if !role.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
-        return error(StatusCode::BAD_REQUEST, "role names are lowercase words joined by '-'");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "role names are lowercase words joined by '-'",
+        );
     }
     let tail = query.tail.unwrap_or(100).min(10_000);
     match state.runtime.logs(&worker_name(&role, &id), tail).await {
         Ok(text) => ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
-        Err(RuntimeError::NotFound(name)) => error(StatusCode::NOT_FOUND, format!("no worker {name}")),
+        Err(RuntimeError::NotFound(name)) => {
+            error(StatusCode::NOT_FOUND, format!("no worker {name}"))
+        }
         Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
     }
 }
@@ -181,7 +199,12 @@ mod tests {
         }
     }
 
-    async fn send(state: ApiState, method: &str, uri: &str, auth: Option<&str>) -> (StatusCode, String) {
+    async fn send(
+        state: ApiState,
+        method: &str,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, String) {
         let mut request = Request::builder().method(method).uri(uri);
         if let Some(auth) = auth {
             request = request.header(AUTHORIZATION, auth);
@@ -198,9 +221,18 @@ mod tests {
     #[tokio::test]
     async fn ready_is_unavailable_until_the_registry_is_replayed_and_the_runtime_listed() {
         let state = state(None);
-        assert_eq!(send(state.clone(), "GET", "/ready", None).await.0, StatusCode::SERVICE_UNAVAILABLE);
-        state.status.registry_replayed.store(true, std::sync::atomic::Ordering::Relaxed);
-        state.status.first_listing_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            send(state.clone(), "GET", "/ready", None).await.0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        state
+            .status
+            .registry_replayed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        state
+            .status
+            .first_listing_done
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(send(state, "GET", "/ready", None).await.0, StatusCode::OK);
     }
 
@@ -213,13 +245,32 @@ mod tests {
 
     #[tokio::test]
     async fn deregistration_requires_the_right_bearer_token() {
-        assert_eq!(send(state(Some("s3cret")), "DELETE", "/clients/af-9", None).await.0, StatusCode::UNAUTHORIZED);
         assert_eq!(
-            send(state(Some("s3cret")), "DELETE", "/clients/af-9", Some("Bearer wrong")).await.0,
+            send(state(Some("s3cret")), "DELETE", "/clients/af-9", None)
+                .await
+                .0,
             StatusCode::UNAUTHORIZED
         );
         assert_eq!(
-            send(state(Some("s3cret")), "DELETE", "/clients/af-9", Some("Bearer s3cret")).await.0,
+            send(
+                state(Some("s3cret")),
+                "DELETE",
+                "/clients/af-9",
+                Some("Bearer wrong")
+            )
+            .await
+            .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            send(
+                state(Some("s3cret")),
+                "DELETE",
+                "/clients/af-9",
+                Some("Bearer s3cret")
+            )
+            .await
+            .0,
             StatusCode::NOT_FOUND
         );
     }

@@ -39,6 +39,9 @@ pub enum RuntimeKind {
     Process,
     /// Containers through the Docker Engine API.
     Docker,
+    /// In-memory workers that do nothing: for benchmarks and demos of the control plane
+    /// alone.
+    Fake,
 }
 
 /// Output format of log lines.

@@ -130,7 +130,11 @@ impl Controller {
     }
 
     /// Runs until `shutdown` resolves, then waits (bounded) for started actions.
-    pub async fn run(mut self, mut inputs: mpsc::Receiver<Input>, shutdown: impl Future<Output = ()>) {
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::Receiver<Input>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         tokio::pin!(shutdown);
         let semaphore = Arc::new(Semaphore::new(self.settings.max_concurrent_actions.max(1)));
         let mut actions: JoinSet<ActionReport> = JoinSet::new();
@@ -170,7 +174,10 @@ impl Controller {
                 Ok(Some(Ok(report))) => self.finish(report),
                 Ok(_) => {}
                 Err(_) => {
-                    warn!(abandoned = actions.len(), "shutdown grace ran out with actions in flight");
+                    warn!(
+                        abandoned = actions.len(),
+                        "shutdown grace ran out with actions in flight"
+                    );
                     break;
                 }
             }
@@ -222,20 +229,22 @@ impl Controller {
                 }
                 _ => {}
             },
-            Input::Heartbeat { client_id, at } => match self.writer.heartbeat(&client_id, at, now) {
-                Applied::Heartbeat { revived } => {
-                    self.metrics.heartbeats.inc();
-                    if revived {
-                        self.metrics.lifecycle("client_revived");
-                        info!(event = "client_revived", client_id = %client_id, "heartbeat from a stale client");
+            Input::Heartbeat { client_id, at } => {
+                match self.writer.heartbeat(&client_id, at, now) {
+                    Applied::Heartbeat { revived } => {
+                        self.metrics.heartbeats.inc();
+                        if revived {
+                            self.metrics.lifecycle("client_revived");
+                            info!(event = "client_revived", client_id = %client_id, "heartbeat from a stale client");
+                        }
                     }
+                    Applied::UnknownClientHeartbeat => {
+                        // Counted, not logged: an unregistered agent heartbeats forever.
+                        self.metrics.heartbeats_unknown_client.inc();
+                    }
+                    _ => {}
                 }
-                Applied::UnknownClientHeartbeat => {
-                    // Counted, not logged: an unregistered agent heartbeats forever.
-                    self.metrics.heartbeats_unknown_client.inc();
-                }
-                _ => {}
-            },
+            }
         }
     }
 
@@ -264,7 +273,9 @@ impl Controller {
         };
         let _entered = span.enter();
         let now = self.clock.now();
-        self.status.first_listing_done.store(true, Ordering::Relaxed);
+        self.status
+            .first_listing_done
+            .store(true, Ordering::Relaxed);
         self.note_exits(&observed);
         self.writer.set_workers(&observed);
         for client in self.writer.refresh_liveness(now) {
@@ -280,7 +291,11 @@ impl Controller {
         let desired = self.desired();
         let plan = plan(&desired, &observed, now);
         let mut planned: Vec<Action> = Vec::new();
-        planned.extend(plan.to_remove.into_iter().map(|(w, r)| Action::Remove(w, r)));
+        planned.extend(
+            plan.to_remove
+                .into_iter()
+                .map(|(w, r)| Action::Remove(w, r)),
+        );
         planned.extend(
             plan.to_recreate
                 .into_iter()
@@ -416,7 +431,12 @@ impl Controller {
         warn!(operation, %error, "runtime call failed");
     }
 
-    fn runtime_error_for(&self, operation: &'static str, report: &ActionReport, error: &RuntimeError) {
+    fn runtime_error_for(
+        &self,
+        operation: &'static str,
+        report: &ActionReport,
+        error: &RuntimeError,
+    ) {
         self.metrics
             .runtime_errors
             .get_or_create(&OperationLabel {
@@ -457,7 +477,9 @@ async fn call<T>(
     }
 }
 
-fn tolerate_not_found(result: Result<(), (&'static str, RuntimeError)>) -> Result<(), (&'static str, RuntimeError)> {
+fn tolerate_not_found(
+    result: Result<(), (&'static str, RuntimeError)>,
+) -> Result<(), (&'static str, RuntimeError)> {
     match result {
         Err((_, RuntimeError::NotFound(_))) => Ok(()),
         other => other,
@@ -485,7 +507,9 @@ pub async fn execute(
             Ok("worker_spawned")
         }
         Action::Recreate(worker, spec, reason) => {
-            tolerate_not_found(call("stop", stop_timeout, runtime.stop(&worker.name, stop_grace)).await)?;
+            tolerate_not_found(
+                call("stop", stop_timeout, runtime.stop(&worker.name, stop_grace)).await,
+            )?;
             tolerate_not_found(call("remove", timeout, runtime.remove(&worker.name)).await)?;
             call("create", timeout, runtime.create(spec)).await?;
             call("start", timeout, runtime.start(&spec.name)).await?;
@@ -495,12 +519,212 @@ pub async fn execute(
             })
         }
         Action::Remove(worker, reason) => {
-            tolerate_not_found(call("stop", stop_timeout, runtime.stop(&worker.name, stop_grace)).await)?;
+            tolerate_not_found(
+                call("stop", stop_timeout, runtime.stop(&worker.name, stop_grace)).await,
+            )?;
             tolerate_not_found(call("remove", timeout, runtime.remove(&worker.name)).await)?;
             Ok(match reason {
                 RemoveReason::ClientStale => "worker_reaped",
                 RemoveReason::ClientUnknown | RemoveReason::RoleRemoved => "worker_removed",
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::roles::{DEFAULT_IMAGE, DEFAULT_ROLES};
+    use crate::runtime::fake::FakeRuntime;
+    use crate::ManualClock;
+    use chrono::{DateTime, Utc};
+    use dashmap::DashMap;
+    use kg_shared::registry::decode_registry;
+
+    struct Harness {
+        runtime: Arc<FakeRuntime>,
+        clock: Arc<ManualClock>,
+        table: crate::table::ClientTable,
+        inputs: mpsc::Sender<Input>,
+        stop: Option<tokio::sync::oneshot::Sender<()>>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    fn start() -> DateTime<Utc> {
+        DateTime::from_timestamp(1_760_000_000, 0).unwrap()
+    }
+
+    fn harness() -> Harness {
+        let runtime = Arc::new(FakeRuntime::new());
+        let clock = Arc::new(ManualClock::new(start()));
+        let table: crate::table::ClientTable = Arc::new(DashMap::new());
+        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
+        let controller = Controller::new(
+            runtime.clone(),
+            TableWriter::new(table.clone(), chrono::Duration::seconds(120)),
+            RoleSet::builtin(&enabled, DEFAULT_IMAGE).unwrap(),
+            vec![],
+            ControllerSettings {
+                heartbeat_timeout: Duration::from_secs(120),
+                restart_delay: Duration::from_secs(2),
+                reconcile_interval: Duration::from_millis(20),
+                max_concurrent_actions: 4,
+                action_timeout: Duration::from_secs(5),
+                stop_grace: Duration::from_secs(1),
+                shutdown_grace: Duration::from_secs(1),
+            },
+            Arc::new(ControlPlaneMetrics::new()),
+            Arc::new(Status::default()),
+            clock.clone(),
+        );
+        let (inputs, rx) = mpsc::channel(100);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(controller.run(rx, async {
+            let _ = stopped.await;
+        }));
+        Harness {
+            runtime,
+            clock,
+            table,
+            inputs,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn registration(id: &str) -> Input {
+        let value = format!(r#"{{"client_id":"{id}","cluster_name":"prod-eu"}}"#);
+        Input::Registry {
+            message: decode_registry(Some(id.as_bytes()), Some(value.as_bytes())).unwrap(),
+            at: start(),
+        }
+    }
+
+    async fn eventually(what: &str, check: impl Fn() -> bool) {
+        let found = crate::runtime::contract::poll_until(Duration::from_secs(5), || async {
+            check().then_some(())
+        })
+        .await;
+        assert!(found.is_some(), "timed out waiting for {what}");
+    }
+
+    impl Harness {
+        async fn stop(mut self) {
+            let _ = self.stop.take().unwrap().send(());
+            let _ = self.task.await;
+        }
+    }
+
+    #[tokio::test]
+    async fn nothing_is_created_before_the_registry_is_replayed() {
+        let h = harness();
+        h.inputs.send(registration("af-9")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(h.runtime.calls_of("create").is_empty());
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        eventually("two workers started", || {
+            h.runtime.calls_of("start").len() == 2
+        })
+        .await;
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_stale_client_is_reaped_and_a_tombstone_removes_a_live_one() {
+        let h = harness();
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("af-9")).await.unwrap();
+        h.inputs.send(registration("af-10")).await.unwrap();
+        eventually("four workers started", || {
+            h.runtime.calls_of("start").len() == 4
+        })
+        .await;
+
+        // af-10 keeps heartbeating, af-9 does not.
+        h.clock.advance(chrono::Duration::seconds(100));
+        h.inputs
+            .send(Input::Heartbeat {
+                client_id: ClientId::parse("af-10").unwrap(),
+                at: h.clock.now(),
+            })
+            .await
+            .unwrap();
+        h.clock.advance(chrono::Duration::seconds(21));
+        eventually("af-9's workers removed", || {
+            let removed = h.runtime.calls_of("remove");
+            removed.len() == 2 && removed.iter().all(|name| name.ends_with("-af-9"))
+        })
+        .await;
+        assert_eq!(
+            h.table
+                .get(&ClientId::parse("af-9").unwrap())
+                .unwrap()
+                .state,
+            ClientState::Stale
+        );
+
+        h.inputs
+            .send(Input::Registry {
+                message: RegistryMessage::Deregister(ClientId::parse("af-10").unwrap()),
+                at: h.clock.now(),
+            })
+            .await
+            .unwrap();
+        eventually("af-10's workers removed", || {
+            h.runtime.calls_of("remove").len() == 4
+        })
+        .await;
+        assert!(h.table.get(&ClientId::parse("af-10").unwrap()).is_none());
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_hanging_runtime_call_for_one_client_does_not_delay_another() {
+        let h = harness();
+        h.runtime.delay(
+            "create",
+            "kg-event-normalizer-slow",
+            Duration::from_secs(30),
+        );
+        h.runtime
+            .delay("create", "kg-log-normalizer-slow", Duration::from_secs(30));
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("slow")).await.unwrap();
+        h.inputs.send(registration("fast")).await.unwrap();
+        eventually("the fast client's workers started", || {
+            h.runtime
+                .calls_of("start")
+                .iter()
+                .filter(|n| n.ends_with("-fast"))
+                .count()
+                == 2
+        })
+        .await;
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_failed_create_is_retried_on_a_later_pass() {
+        let h = harness();
+        h.runtime.fail_next(
+            "create",
+            "kg-event-normalizer-af-9",
+            RuntimeError::Unavailable("engine busy".into()),
+        );
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("af-9")).await.unwrap();
+        eventually("both workers started despite one failure", || {
+            h.runtime.calls_of("start").len() == 2
+        })
+        .await;
+        assert_eq!(
+            h.runtime
+                .calls_of("create")
+                .iter()
+                .filter(|n| n.starts_with("kg-event"))
+                .count(),
+            2
+        );
+        h.stop().await;
     }
 }

@@ -85,7 +85,13 @@ pub async fn embedded_broker(args: BrokerArgs) -> Result<(), DevError> {
 pub async fn create_topics(args: CreateTopicsArgs) -> Result<(), DevError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
     loop {
-        match ensure_topics(&args.kafka, args.replication_factor, Duration::from_secs(30)).await {
+        match ensure_topics(
+            &args.kafka,
+            args.replication_factor,
+            Duration::from_secs(30),
+        )
+        .await
+        {
             Ok(created) => {
                 println!("topics ready (created now: {})", created.join(", "));
                 return Ok(());
@@ -190,7 +196,12 @@ impl DemoAgent {
             .await;
     }
 
-    async fn wait_for(&self, what: &str, deadline: Duration, check: impl Fn(&Self) -> bool) -> bool {
+    async fn wait_for(
+        &self,
+        what: &str,
+        deadline: Duration,
+        check: impl Fn(&Self) -> bool,
+    ) -> bool {
         let until = tokio::time::Instant::now() + deadline;
         while tokio::time::Instant::now() < until {
             if check(self) {
@@ -205,7 +216,13 @@ impl DemoAgent {
     fn running_workers(&self) -> usize {
         self.table
             .get(&self.client)
-            .map(|record| record.workers.iter().filter(|w| w.state == "running").count())
+            .map(|record| {
+                record
+                    .workers
+                    .iter()
+                    .filter(|w| w.state == "running")
+                    .count()
+            })
             .unwrap_or(0)
     }
 
@@ -213,13 +230,17 @@ impl DemoAgent {
         let plain = self.producer("none")?;
         let zstd = self.producer("zstd")?;
         let id = self.client.to_string();
-        self.wait_for("the control plane to be ready", Duration::from_secs(60), |agent| {
-            agent.status.ready()
-        })
+        self.wait_for(
+            "the control plane to be ready",
+            Duration::from_secs(60),
+            |agent| agent.status.ready(),
+        )
         .await;
 
         let observer = self.observe_normalized()?;
-        say(format!("registering client {id} the way the Helm chart's post-install job does"));
+        say(format!(
+            "registering client {id} the way the Helm chart's post-install job does"
+        ));
         Self::send(
             &plain,
             CLUSTER_REGISTRY,
@@ -237,7 +258,13 @@ impl DemoAgent {
                 let started = tokio::time::Instant::now();
                 while tokio::time::Instant::now() < until {
                     let now = Utc::now().to_rfc3339();
-                    Self::send(&plain, CLUSTER_HEARTBEAT, &id, &json!({"client_id": id, "timestamp": now})).await;
+                    Self::send(
+                        &plain,
+                        CLUSTER_HEARTBEAT,
+                        &id,
+                        &json!({"client_id": id, "timestamp": now}),
+                    )
+                    .await;
                     Self::send(
                         &zstd,
                         CLUSTER_HEARTBEAT,
@@ -253,9 +280,11 @@ impl DemoAgent {
         };
 
         if self
-            .wait_for("the demo client's workers", Duration::from_secs(60), |agent| {
-                agent.running_workers() >= 2
-            })
+            .wait_for(
+                "the demo client's workers",
+                Duration::from_secs(60),
+                |agent| agent.running_workers() >= 2,
+            )
             .await
         {
             say(format!("workers running: {}", self.worker_summary()));
@@ -342,7 +371,12 @@ impl DemoAgent {
                         message.topic(),
                         value["error_type"].as_str().unwrap_or("-"),
                         value["severity"].as_str().unwrap_or("?"),
-                        value["message"].as_str().unwrap_or("").lines().next().unwrap_or("")
+                        value["message"]
+                            .as_str()
+                            .unwrap_or("")
+                            .lines()
+                            .next()
+                            .unwrap_or("")
                     )
                 };
                 say(line);
@@ -358,14 +392,38 @@ pub fn demo_events(client: &str) -> Vec<(String, serde_json::Value)> {
     let pod = json!({"kind": "Pod", "name": "checkout-7d9f", "namespace": "shop", "uid": "b1e2c3d4-0001",
                      "labels": {"app": "checkout"}});
     let steps = [
-        ("Scheduled", "Normal", "Successfully assigned shop/checkout-7d9f to node-1"),
+        (
+            "Scheduled",
+            "Normal",
+            "Successfully assigned shop/checkout-7d9f to node-1",
+        ),
         ("Pulling", "Normal", "Pulling image \"shop/checkout:1.4.2\""),
-        ("Pulled", "Normal", "Successfully pulled image \"shop/checkout:1.4.2\""),
+        (
+            "Pulled",
+            "Normal",
+            "Successfully pulled image \"shop/checkout:1.4.2\"",
+        ),
         ("Started", "Normal", "Started container checkout"),
-        ("Unhealthy", "Warning", "Readiness probe failed: HTTP probe failed with statuscode: 503"),
-        ("OOMKilled", "Warning", "Container checkout killed: out of memory"),
-        ("BackOff", "Warning", "Back-off restarting failed container checkout"),
-        ("CrashLoopBackOff", "Warning", "Container checkout is in CrashLoopBackOff"),
+        (
+            "Unhealthy",
+            "Warning",
+            "Readiness probe failed: HTTP probe failed with statuscode: 503",
+        ),
+        (
+            "OOMKilled",
+            "Warning",
+            "Container checkout killed: out of memory",
+        ),
+        (
+            "BackOff",
+            "Warning",
+            "Back-off restarting failed container checkout",
+        ),
+        (
+            "CrashLoopBackOff",
+            "Warning",
+            "Container checkout is in CrashLoopBackOff",
+        ),
     ];
     steps
         .iter()

@@ -253,7 +253,11 @@ fn assign_partitions(
                     .map_err(|error| error.to_string())?;
             } else {
                 heartbeat_by_time
-                    .add_partition_offset(topic, partition, Offset::Offset(since.timestamp_millis()))
+                    .add_partition_offset(
+                        topic,
+                        partition,
+                        Offset::Offset(since.timestamp_millis()),
+                    )
                     .map_err(|error| error.to_string())?;
             }
         }
@@ -327,8 +331,15 @@ async fn registry_input(
                 offset = message.offset(),
                 "skipping cluster.registry record"
             );
-            dead_letter(message, error.reason_code(), &error.to_string(), now, metrics, publisher)
-                .await;
+            dead_letter(
+                message,
+                error.reason_code(),
+                &error.to_string(),
+                now,
+                metrics,
+                publisher,
+            )
+            .await;
             None
         }
     }
@@ -363,8 +374,15 @@ async fn heartbeat_input(
                 offset = message.offset(),
                 "skipping cluster.heartbeat record"
             );
-            dead_letter(message, error.reason_code(), &error.to_string(), now, metrics, publisher)
-                .await;
+            dead_letter(
+                message,
+                error.reason_code(),
+                &error.to_string(),
+                now,
+                metrics,
+                publisher,
+            )
+            .await;
             None
         }
     }

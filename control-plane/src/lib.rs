@@ -50,6 +50,30 @@ impl Clock for SystemClock {
     }
 }
 
+/// A clock that moves only when told: for tests.
+pub struct ManualClock {
+    now: std::sync::Mutex<DateTime<Utc>>,
+}
+
+impl ManualClock {
+    pub fn new(start: DateTime<Utc>) -> Self {
+        Self {
+            now: std::sync::Mutex::new(start),
+        }
+    }
+
+    pub fn advance(&self, by: chrono::Duration) {
+        let mut now = self.now.lock().unwrap_or_else(|p| p.into_inner());
+        *now += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.now.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Failures that stop the control plane at start-up.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlPlaneError {
@@ -99,6 +123,7 @@ pub fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPlaneErr
             Ok(Arc::new(ProcessRuntime::new(&args.data_dir, bin)?))
         }
         RuntimeKind::Docker => Err(ControlPlaneError::DockerNotAvailable),
+        RuntimeKind::Fake => Ok(Arc::new(runtime::fake::FakeRuntime::new())),
     }
 }
 
@@ -128,10 +153,12 @@ pub async fn run(
             addr: args.listen,
             source,
         })?;
-    let api_addr = listener.local_addr().map_err(|source| ControlPlaneError::Bind {
-        addr: args.listen,
-        source,
-    })?;
+    let api_addr = listener
+        .local_addr()
+        .map_err(|source| ControlPlaneError::Bind {
+            addr: args.listen,
+            source,
+        })?;
     write_api_addr(&args.data_dir, api_addr);
     info!(api = %api_addr, runtime = runtime.kind(), roles = ?roles.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "control plane starting");
 

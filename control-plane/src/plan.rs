@@ -212,7 +212,10 @@ mod tests {
             .to_remove
             .iter()
             .all(|(_, reason)| *reason == RemoveReason::ClientStale));
-        assert_eq!(at_deadline.stale_clients, [ClientId::parse("af-9").unwrap()]);
+        assert_eq!(
+            at_deadline.stale_clients,
+            [ClientId::parse("af-9").unwrap()]
+        );
     }
 
     #[test]

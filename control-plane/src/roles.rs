@@ -118,7 +118,10 @@ impl RoleSet {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::validated(parsed.image.unwrap_or_else(|| image.to_string()), parsed.roles)
+        Self::validated(
+            parsed.image.unwrap_or_else(|| image.to_string()),
+            parsed.roles,
+        )
     }
 
     fn validated(image: String, roles: Vec<RoleTemplate>) -> Result<Self, RolesError> {
@@ -178,7 +181,10 @@ mod tests {
             .unwrap()
             .render(&client(), &[]);
         let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
-        assert_eq!(names, ["kg-event-normalizer-af-9", "kg-log-normalizer-af-9"]);
+        assert_eq!(
+            names,
+            ["kg-event-normalizer-af-9", "kg-log-normalizer-af-9"]
+        );
         assert_eq!(specs[0].env["CLIENT_ID"], "af-9");
         assert_eq!(specs[0].args, ["--role", "event-normalizer"]);
     }

@@ -87,9 +87,13 @@ pub type ClientTable = Arc<DashMap<ClientId, ClientRecord>>;
 /// What applying an input changed, for logging and lifecycle events.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Applied {
-    Registered { first_time: bool },
+    Registered {
+        first_time: bool,
+    },
     Deregistered,
-    Heartbeat { revived: bool },
+    Heartbeat {
+        revived: bool,
+    },
     UnknownClientHeartbeat,
     /// An event older than one already applied for the same client.
     Superseded,
@@ -125,7 +129,12 @@ impl TableWriter {
     }
 
     /// Applies a registration produced at `at`.
-    pub fn register(&mut self, registration: Registration, at: DateTime<Utc>, now: DateTime<Utc>) -> Applied {
+    pub fn register(
+        &mut self,
+        registration: Registration,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Applied {
         let client = registration.client_id.clone();
         if self.superseded(&client, at) {
             return Applied::Superseded;
@@ -178,7 +187,12 @@ impl TableWriter {
     }
 
     /// Applies a heartbeat received (or, on replay, produced) at `at`.
-    pub fn heartbeat(&mut self, client: &ClientId, at: DateTime<Utc>, now: DateTime<Utc>) -> Applied {
+    pub fn heartbeat(
+        &mut self,
+        client: &ClientId,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Applied {
         let timeout = self.heartbeat_timeout;
         match self.table.get_mut(client) {
             None => Applied::UnknownClientHeartbeat,
@@ -217,7 +231,9 @@ impl TableWriter {
                 .push(WorkerView::from(worker));
         }
         for mut record in self.table.iter_mut() {
-            record.workers = by_client.remove(record.client_id.as_str()).unwrap_or_default();
+            record.workers = by_client
+                .remove(record.client_id.as_str())
+                .unwrap_or_default();
         }
     }
 }
@@ -293,7 +309,10 @@ mod tests {
     fn heartbeats_from_unknown_clients_are_reported_not_stored() {
         let mut w = writer();
         let id = ClientId::parse("ghost").unwrap();
-        assert_eq!(w.heartbeat(&id, t(0), t(0)), Applied::UnknownClientHeartbeat);
+        assert_eq!(
+            w.heartbeat(&id, t(0), t(0)),
+            Applied::UnknownClientHeartbeat
+        );
         assert!(w.table().is_empty());
     }
 
@@ -304,7 +323,10 @@ mod tests {
         w.register(registration("af-9"), t(0), t(0));
         assert!(w.refresh_liveness(t(119)).is_empty());
         assert_eq!(w.refresh_liveness(t(120)), vec![id.clone()]);
-        assert!(w.refresh_liveness(t(121)).is_empty(), "stale is reported once");
+        assert!(
+            w.refresh_liveness(t(121)).is_empty(),
+            "stale is reported once"
+        );
         assert_eq!(
             w.heartbeat(&id, t(130), t(130)),
             Applied::Heartbeat { revived: true }

@@ -74,7 +74,11 @@ pub struct KafkaArgs {
     pub sasl_username: Option<String>,
 
     /// SASL password.
-    #[arg(long = "kafka-sasl-password", env = "KAFKA_SASL_PASSWORD", hide_env_values = true)]
+    #[arg(
+        long = "kafka-sasl-password",
+        env = "KAFKA_SASL_PASSWORD",
+        hide_env_values = true
+    )]
     pub sasl_password: Option<String>,
 
     /// CA certificate file for TLS.
@@ -82,7 +86,11 @@ pub struct KafkaArgs {
     pub ssl_ca_location: Option<String>,
 
     /// Extra librdkafka settings, `key=value` pairs separated by commas, applied last.
-    #[arg(long = "kafka-extra-config", env = "KAFKA_EXTRA_CONFIG", default_value = "")]
+    #[arg(
+        long = "kafka-extra-config",
+        env = "KAFKA_EXTRA_CONFIG",
+        default_value = ""
+    )]
     pub extra_config: String,
 }
 

@@ -342,6 +342,69 @@ pub struct Subject {
     pub name: Option<String>,
 }
 
+/// Writes a time exactly as chrono's own `Serialize` does (RFC 3339, `Z`, as many
+/// fraction digits as needed: none, 3, 6 or 9), without going through `fmt`: it is a
+/// measurable part of a normalizer's serialization cost. Years outside 0–9999 and leap
+/// seconds are left to chrono.
+fn serialize_time<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+    let Some(t) = t else {
+        return s.serialize_none();
+    };
+    let mut buf = [0u8; 30];
+    match format_utc(t, &mut buf) {
+        Some(text) => s.serialize_str(text),
+        None => t.serialize(s),
+    }
+}
+
+fn format_utc<'b>(t: &DateTime<Utc>, buf: &'b mut [u8; 30]) -> Option<&'b str> {
+    use chrono::{Datelike, Timelike};
+    fn put(buf: &mut [u8], at: usize, value: u32, digits: usize) {
+        let mut v = value;
+        for i in (0..digits).rev() {
+            buf[at + i] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    }
+    let year = u32::try_from(t.year()).ok().filter(|y| *y <= 9999)?;
+    let nanos = t.nanosecond();
+    if nanos >= 1_000_000_000 {
+        return None;
+    }
+    put(buf, 0, year, 4);
+    buf[4] = b'-';
+    put(buf, 5, t.month(), 2);
+    buf[7] = b'-';
+    put(buf, 8, t.day(), 2);
+    buf[10] = b'T';
+    put(buf, 11, t.hour(), 2);
+    buf[13] = b':';
+    put(buf, 14, t.minute(), 2);
+    buf[16] = b':';
+    put(buf, 17, t.second(), 2);
+    let mut len = 19;
+    // (Remainders are named rather than compared inline: `is_multiple_of` is newer than
+    // the workspace's minimum Rust version.)
+    let (below_millis, below_micros) = (nanos % 1_000_000, nanos % 1_000);
+    let (value, digits) = if nanos == 0 {
+        (0, 0)
+    } else if below_millis == 0 {
+        (nanos / 1_000_000, 3)
+    } else if below_micros == 0 {
+        (nanos / 1_000, 6)
+    } else {
+        (nanos, 9)
+    };
+    if digits > 0 {
+        buf[len] = b'.';
+        put(buf, len + 1, value, digits);
+        len += 1 + digits;
+    }
+    buf[len] = b'Z';
+    len += 1;
+    std::str::from_utf8(&buf[..len]).ok()
+}
+
 /// A normalized Kubernetes Event, as written to `events.normalized` under the key
 /// `<client_id>::<event_id>` ([`NormalizedEvent::output_key`]).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
@@ -357,10 +420,18 @@ pub struct NormalizedEvent {
     pub raw_event_id: String,
     /// When the event (last) happened, in UTC. Absent when the input carried no usable
     /// time; the worker may fill it from the Kafka record's timestamp.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_time"
+    )]
     pub timestamp: Option<DateTime<Utc>>,
     /// The graph builder's name for [`timestamp`](Self::timestamp); always equal to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_time"
+    )]
     pub event_time: Option<DateTime<Utc>>,
     /// Always [`Etype::K8sEvent`].
     pub etype: Etype,
@@ -411,7 +482,7 @@ impl NormalizedEvent {
 }
 
 /// A normalized container log line, as written to `logs.normalized` under the key
-/// [`NormalizedLog::output_key`].
+/// [`NormalizedLog::output_key`] (`<client_id>::<pod_uid>`).
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub struct NormalizedLog {
     /// The tenant the log line belongs to.
@@ -421,10 +492,18 @@ pub struct NormalizedLog {
     /// The exact recipe is in the log normalizer; it must not change between releases.
     pub log_id: String,
     /// When the line was logged, in UTC. Absent when the input carried no usable time.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_time"
+    )]
     pub timestamp: Option<DateTime<Utc>>,
     /// The graph builder's name for [`timestamp`](Self::timestamp); always equal to it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_time"
+    )]
     pub event_time: Option<DateTime<Utc>>,
     /// Always [`Etype::K8sLog`].
     pub etype: Etype,
@@ -462,9 +541,16 @@ pub struct NormalizedLog {
 }
 
 impl NormalizedLog {
-    /// The record's key on `logs.normalized`.
+    /// The record's key on `logs.normalized`: `<client_id>::<pod_uid>`, as the log shipper
+    /// keys it (one pod's lines stay in order on one partition), or `<client_id>::<log_id>`
+    /// when the pod is unknown.
     pub fn output_key(&self) -> String {
-        log_output_key(&self.client_id, &self.log_id)
+        let id = self
+            .pod_uid
+            .as_deref()
+            .filter(|uid| !uid.is_empty())
+            .unwrap_or(&self.log_id);
+        log_output_key(&self.client_id, id)
     }
 }
 
@@ -572,6 +658,15 @@ mod tests {
         assert!(json.get("timestamp").is_none());
         let back: NormalizedLog = serde_json::from_value(json).unwrap();
         assert_eq!(back, log);
+        assert_eq!(log.output_key(), "test-client-001::b1e2");
+        let unknown_pod = NormalizedLog {
+            pod_uid: None,
+            ..log
+        };
+        assert_eq!(
+            unknown_pod.output_key(),
+            "test-client-001::log-0123456789abcdef"
+        );
     }
 
     #[test]
@@ -604,6 +699,40 @@ mod tests {
             let json = serde_json::to_string(&t).unwrap();
             assert_eq!(serde_json::from_str::<EventTypeAbstract>(&json).unwrap(), t);
         }
+    }
+
+    #[test]
+    fn times_serialize_exactly_as_chrono_does() {
+        use chrono::TimeZone;
+        let base = Utc.with_ymd_and_hms(2025, 10, 28, 8, 31, 0).unwrap();
+        for nanos in [
+            0,
+            5_000_000,
+            123_000_000,
+            123_456_000,
+            7_000,
+            123_456_789,
+            1,
+        ] {
+            for t in [
+                base,
+                Utc.with_ymd_and_hms(1, 1, 1, 0, 0, 0).unwrap(),
+                Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+            ] {
+                let t = t + chrono::Duration::nanoseconds(nanos);
+                let mut buf = [0u8; 30];
+                let ours = format_utc(&t, &mut buf).unwrap().to_owned();
+                assert_eq!(serde_json::to_string(&t).unwrap(), format!("\"{ours}\""));
+            }
+        }
+        let far = Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).unwrap();
+        assert!(format_utc(&far, &mut [0u8; 30]).is_none());
+        let mut e = sample_event();
+        e.timestamp = Some(far);
+        let json = serde_json::to_value(&e).unwrap();
+        assert_eq!(json["timestamp"], serde_json::to_value(far).unwrap());
+        let back: NormalizedEvent = serde_json::from_value(json).unwrap();
+        assert_eq!(back.timestamp, Some(far));
     }
 
     #[test]

@@ -39,7 +39,9 @@ pub fn binaries() -> &'static Binaries {
             .and_then(Path::parent)
             .expect("test binary lives in target/<profile>/deps")
             .to_path_buf();
-        let release = profile_dir.file_name().is_some_and(|name| name == "release");
+        let release = profile_dir
+            .file_name()
+            .is_some_and(|name| name == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
         command.args(["build", "--bins", "-p", "control-plane", "-p", "worker"]);
@@ -200,13 +202,17 @@ impl ControlPlane {
         };
         self.child = Some(command.spawn().context("start the control plane")?);
         let addr_file = self.data_dir.join("api.addr");
-        let addr = poll("the control plane's API address", Duration::from_secs(30), || {
-            std::fs::read_to_string(&addr_file).ok()
-        })?;
+        let addr = poll(
+            "the control plane's API address",
+            Duration::from_secs(30),
+            || std::fs::read_to_string(&addr_file).ok(),
+        )?;
         self.api = format!("http://{addr}");
-        poll("the control plane to be ready", Duration::from_secs(60), || {
-            self.get("/ready").ok().filter(|(code, _)| *code == 200)
-        })
+        poll(
+            "the control plane to be ready",
+            Duration::from_secs(60),
+            || self.get("/ready").ok().filter(|(code, _)| *code == 200),
+        )
         .with_context(|| self.log_tail())?;
         Ok(())
     }
@@ -227,7 +233,9 @@ impl ControlPlane {
     /// The client's record, if registered.
     pub fn client(&self, id: &str) -> Option<Value> {
         let (code, body) = self.get(&format!("/clients/{id}")).ok()?;
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+        (code == 200)
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten()
     }
 
     /// Names and ids of the client's running workers, sorted.
@@ -276,7 +284,9 @@ impl ControlPlane {
 
     /// The pid of a worker process, from the process runtime's records.
     pub fn worker_pid(&self, name: &str) -> Option<i32> {
-        let text = std::fs::read_to_string(self.data_dir.join("workers").join(name).join("pid.json")).ok()?;
+        let text =
+            std::fs::read_to_string(self.data_dir.join("workers").join(name).join("pid.json"))
+                .ok()?;
         let value: Value = serde_json::from_str(&text).ok()?;
         value["pid"].as_i64().map(|pid| pid as i32)
     }
@@ -289,7 +299,8 @@ impl ControlPlane {
 
     /// The last lines of the control plane's log, for failure messages.
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.data_dir.join("control-plane.log")).unwrap_or_default();
+        let text =
+            std::fs::read_to_string(self.data_dir.join("control-plane.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         format!(
             "control-plane log tail:\n{}",
@@ -327,10 +338,14 @@ pub mod http {
 
     pub fn request(method: &str, url: &str, bearer: Option<&str>) -> Result<(u16, String)> {
         let rest = url.strip_prefix("http://").context("http urls only")?;
-        let (host, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+        let (host, path) = rest
+            .split_once('/')
+            .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
         let mut stream = TcpStream::connect(host)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let auth = bearer.map_or(String::new(), |token| format!("Authorization: Bearer {token}\r\n"));
+        let auth = bearer.map_or(String::new(), |token| {
+            format!("Authorization: Bearer {token}\r\n")
+        });
         write!(
             stream,
             "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
@@ -346,7 +361,10 @@ pub mod http {
             .nth(1)
             .context("status code")?
             .parse()?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body)
         } else {
             body.to_string()
@@ -375,7 +393,13 @@ pub mod http {
 pub const KCAT_DELIMITER: &str = "\u{1f}";
 
 /// Produces one record with `kcat`. `value: None` produces a null value (a tombstone).
-pub fn kcat_produce(bootstrap: &str, topic: &str, key: &str, value: Option<&str>, compression: Option<&str>) -> Result<()> {
+pub fn kcat_produce(
+    bootstrap: &str,
+    topic: &str,
+    key: &str,
+    value: Option<&str>,
+    compression: Option<&str>,
+) -> Result<()> {
     let mut command = Command::new("kcat");
     command.args(["-P", "-b", bootstrap, "-t", topic, "-K", KCAT_DELIMITER]);
     if let Some(codec) = compression {
@@ -397,7 +421,10 @@ pub fn kcat_produce(bootstrap: &str, topic: &str, key: &str, value: Option<&str>
     }
     let output = child.wait_with_output()?;
     if !output.status.success() {
-        bail!("kcat produce failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "kcat produce failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(())
 }
@@ -406,12 +433,26 @@ pub fn kcat_produce(bootstrap: &str, topic: &str, key: &str, value: Option<&str>
 /// pairs; a null value reads as an empty string.
 pub fn kcat_consume(bootstrap: &str, topic: &str) -> Result<Vec<(String, String)>> {
     let output = Command::new("kcat")
-        .args(["-C", "-b", bootstrap, "-t", topic, "-o", "beginning", "-e", "-q", "-f"])
+        .args([
+            "-C",
+            "-b",
+            bootstrap,
+            "-t",
+            topic,
+            "-o",
+            "beginning",
+            "-e",
+            "-q",
+            "-f",
+        ])
         .arg(format!("%k{KCAT_DELIMITER}%s\\n"))
         .output()
         .context("run kcat")?;
     if !output.status.success() {
-        bail!("kcat consume failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "kcat consume failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -429,7 +470,11 @@ pub fn consumer_groups(bootstrap: &str) -> Result<Vec<String>> {
         .set("bootstrap.servers", bootstrap)
         .create()?;
     let groups = consumer.fetch_group_list(None, Duration::from_secs(10))?;
-    Ok(groups.groups().iter().map(|g| g.name().to_string()).collect())
+    Ok(groups
+        .groups()
+        .iter()
+        .map(|g| g.name().to_string())
+        .collect())
 }
 
 /// An rdkafka producer.
@@ -454,8 +499,14 @@ pub async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &str
 }
 
 /// Produces many records concurrently and waits for every acknowledgement.
-pub async fn send_all(producer: &FutureProducer, topic: &str, records: Vec<(String, String)>) -> Result<()> {
-    let sends = records.iter().map(|(key, value)| send(producer, topic, key, value));
+pub async fn send_all(
+    producer: &FutureProducer,
+    topic: &str,
+    records: Vec<(String, String)>,
+) -> Result<()> {
+    let sends = records
+        .iter()
+        .map(|(key, value)| send(producer, topic, key, value));
     futures::future::try_join_all(sends).await?;
     Ok(())
 }
@@ -521,7 +572,13 @@ impl Heartbeater {
         let handle = tokio::spawn(async move {
             while !flag.load(Ordering::Relaxed) {
                 let now = chrono::Utc::now().to_rfc3339();
-                let _ = send(&plain, "cluster.heartbeat", &client, &format!(r#"{{"client_id":"{client}","timestamp":"{now}"}}"#)).await;
+                let _ = send(
+                    &plain,
+                    "cluster.heartbeat",
+                    &client,
+                    &format!(r#"{{"client_id":"{client}","timestamp":"{now}"}}"#),
+                )
+                .await;
                 let _ = send(
                     &zstd,
                     "cluster.heartbeat",

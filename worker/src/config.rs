@@ -40,7 +40,11 @@ pub enum LogFormat {
 
 /// Everything a worker needs to run.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "worker", version, about = "Per-client worker: normalizes one client's records")]
+#[command(
+    name = "worker",
+    version,
+    about = "Per-client worker: normalizes one client's records"
+)]
 pub struct WorkerConfig {
     /// The job of this worker.
     #[arg(long, env = "WORKER_ROLE", value_enum)]

@@ -84,7 +84,7 @@ impl RecordHandler for EventNormalizer {
             Ok(event) => Outcome::Produce {
                 topic: EVENTS_NORMALIZED,
                 key: event_output_key(&self.client, &event.event_id),
-                value: serde_json::to_vec(&event).unwrap_or_default(),
+                value: crate::normalize::to_json(&event),
             },
             Err(error) => Outcome::DeadLetter {
                 reason_code: error.reason_code(),
@@ -132,7 +132,7 @@ impl RecordHandler for LogNormalizer {
                 Outcome::Produce {
                     topic: LOGS_NORMALIZED,
                     key: log_output_key(&self.client, id),
-                    value: serde_json::to_vec(&log).unwrap_or_default(),
+                    value: crate::normalize::to_json(&log),
                 }
             }
             Err(error) => Outcome::DeadLetter {

@@ -48,12 +48,13 @@ pub async fn run(
     let role = config.role;
     let metrics = Arc::new(WorkerMetrics::new(config.client_id.as_str(), role.as_str()));
 
-    let (listener, bound) = http::bind(config.listen)
-        .await
-        .map_err(|source| WorkerError::Bind {
-            addr: config.listen,
-            source,
-        })?;
+    let (listener, bound) =
+        http::bind(config.listen)
+            .await
+            .map_err(|source| WorkerError::Bind {
+                addr: config.listen,
+                source,
+            })?;
     if let Some(path) = &config.addr_file {
         write_atomically(path, bound.to_string().as_bytes()).map_err(|source| {
             WorkerError::AddrFile {

@@ -89,11 +89,7 @@ impl WorkerMetrics {
             "Records behind the end of the input topic, summed over assigned partitions",
             metrics.consumer_lag.clone(),
         );
-        registry.register(
-            "batches",
-            "Batches committed",
-            metrics.batches.clone(),
-        );
+        registry.register("batches", "Batches committed", metrics.batches.clone());
         Self {
             registry,
             ..metrics

@@ -303,12 +303,10 @@ async fn await_deliveries(
         let mut failed = Vec::new();
         for item in queue {
             let outcome = match deadline {
-                Some(deadline) => {
-                    match tokio::time::timeout_at(deadline, item.delivery).await {
-                        Ok(outcome) => outcome,
-                        Err(_) => return false,
-                    }
-                }
+                Some(deadline) => match tokio::time::timeout_at(deadline, item.delivery).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => return false,
+                },
                 None => item.delivery.await,
             };
             match outcome {
@@ -359,8 +357,7 @@ fn commit(
     let mut list = TopicPartitionList::new();
     for ((topic, partition), offset) in offsets {
         // Kafka's committed offset is the next one to read.
-        if let Err(error) =
-            list.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
+        if let Err(error) = list.add_partition_offset(topic, *partition, Offset::Offset(offset + 1))
         {
             warn!(%error, "failed to build the commit list");
         }

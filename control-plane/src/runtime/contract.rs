@@ -92,7 +92,9 @@ pub async fn run_contract(
         .create(&spec)
         .await
         .map_err(|error| broken("create succeeds", error))?;
-    if created.client_id != client || created.role != spec.role || created.spec_hash != spec.spec_hash
+    if created.client_id != client
+        || created.role != spec.role
+        || created.spec_hash != spec.spec_hash
     {
         return Err(broken("create reports the spec's labels", created));
     }
@@ -106,7 +108,10 @@ pub async fn run_contract(
         return Err(broken("list reports client, role and spec hash", listed));
     }
     if matches!(listed.state, RuntimeState::Running { .. }) {
-        return Err(broken("a created worker is not running before start", listed));
+        return Err(broken(
+            "a created worker is not running before start",
+            listed,
+        ));
     }
     match runtime.create(&spec).await {
         Err(RuntimeError::Conflict(_)) => {}

@@ -10,6 +10,8 @@ use chrono::Utc;
 
 use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
 
+const MAX_RECORDED_CALLS: usize = 100_000;
+
 /// One recorded call: operation and worker name (`*` for list).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Call {
@@ -65,7 +67,9 @@ impl FakeRuntime {
 
     /// Makes every `operation` on `name` (`*` for any) take `delay` first.
     pub fn delay(&self, operation: &'static str, name: &str, delay: Duration) {
-        self.lock().delays.insert((operation, name.to_string()), delay);
+        self.lock()
+            .delays
+            .insert((operation, name.to_string()), delay);
     }
 
     /// Simulates a worker ending on its own.
@@ -97,12 +101,18 @@ impl FakeRuntime {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, FakeState> {
         // A panicking test thread must not hide the state from the others.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     async fn enter(&self, operation: &'static str, name: &str) -> Result<(), RuntimeError> {
         let (delay, failure) = {
             let mut state = self.lock();
+            // Bounded, so a long-running benchmark on the fake does not grow without limit.
+            if state.calls.len() >= MAX_RECORDED_CALLS {
+                state.calls.drain(..MAX_RECORDED_CALLS / 2);
+            }
             state.calls.push(Call {
                 operation,
                 name: name.to_string(),
@@ -233,5 +243,31 @@ impl Runtime for FakeRuntime {
             .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;
         let line = format!("fake worker {} for client {}\n", spec.role, spec.client_id);
         Ok(line.repeat(tail.min(1)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn fake_runtime_passes_the_runtime_contract() {
+        let runtime = FakeRuntime::new();
+        crate::runtime::contract::run_contract(
+            &runtime,
+            "contract-fake",
+            "img",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn injected_failures_hit_once() {
+        let runtime = FakeRuntime::new();
+        runtime.fail_next("list", "*", RuntimeError::Unavailable("down".into()));
+        assert!(runtime.list().await.is_err());
+        assert!(runtime.list().await.is_ok());
     }
 }

@@ -57,10 +57,9 @@ impl ProcessRuntime {
     /// Keeps its records under `<data_dir>/workers` and starts `worker_bin`.
     pub fn new(data_dir: &Path, worker_bin: PathBuf) -> Result<Self, RuntimeError> {
         let root = data_dir.join("workers");
-        fs::create_dir_all(&root).map_err(|error| RuntimeError::Unavailable(format!(
-            "cannot create {}: {error}",
-            root.display()
-        )))?;
+        fs::create_dir_all(&root).map_err(|error| {
+            RuntimeError::Unavailable(format!("cannot create {}: {error}", root.display()))
+        })?;
         if !worker_bin.is_file() {
             return Err(RuntimeError::Unavailable(format!(
                 "worker binary {} not found (build it with `cargo build -p worker`, or set CP_WORKER_BIN)",
@@ -270,7 +269,11 @@ impl Runtime for ProcessRuntime {
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        warn!(worker = name, pid = record.pid, "worker ignored SIGTERM; killing it");
+        warn!(
+            worker = name,
+            pid = record.pid,
+            "worker ignored SIGTERM; killing it"
+        );
         let _ = kill(pid, Signal::SIGKILL);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         while tokio::time::Instant::now() < deadline {
@@ -348,7 +351,9 @@ fn proc_start_ticks(pid: i32) -> Option<u64> {
 fn is_alive(record: &PidRecord) -> bool {
     match proc_stat(record.pid) {
         Some((state, start)) => {
-            state != 'Z' && state != 'X' && (record.proc_start_ticks == 0 || start == record.proc_start_ticks)
+            state != 'Z'
+                && state != 'X'
+                && (record.proc_start_ticks == 0 || start == record.proc_start_ticks)
         }
         None => false,
     }
@@ -361,10 +366,7 @@ fn tail_lines(path: &Path, tail: usize) -> String {
     // Read at most the last 256 KiB: enough for any sensible tail, bounded for huge logs.
     let len = file.metadata().map(|meta| meta.len()).unwrap_or(0);
     let _ = file.seek(SeekFrom::Start(len.saturating_sub(256 * 1024)));
-    let lines: Vec<String> = BufReader::new(file)
-        .lines()
-        .map_while(Result::ok)
-        .collect();
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
     let skip = lines.len().saturating_sub(tail);
     let mut out = lines[skip..].join("\n");
     if !out.is_empty() {

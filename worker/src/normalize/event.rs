@@ -56,7 +56,10 @@ pub const REASON_TABLE: [(&str, EventTypeAbstract); 21] = [
     ("Evicted", EventTypeAbstract::PodEvicted),
     ("FailedScheduling", EventTypeAbstract::SchedulingFailed),
     ("FailedMount", EventTypeAbstract::VolumeMountFailed),
-    ("FailedCreatePodSandBox", EventTypeAbstract::NetworkSetupFailed),
+    (
+        "FailedCreatePodSandBox",
+        EventTypeAbstract::NetworkSetupFailed,
+    ),
     ("NetworkNotReady", EventTypeAbstract::NetworkNotReady),
     ("Unhealthy", EventTypeAbstract::HealthCheckFailed),
     ("ProbeWarning", EventTypeAbstract::ProbeWarning),
@@ -132,11 +135,7 @@ struct RawEvent<'a> {
     source: Option<RawSource<'a>>,
     #[serde(borrow, rename = "eventTime")]
     event_time: Option<JsonStr<'a>>,
-    #[serde(
-        borrow,
-        rename = "firstTimestamp",
-        alias = "deprecatedFirstTimestamp"
-    )]
+    #[serde(borrow, rename = "firstTimestamp", alias = "deprecatedFirstTimestamp")]
     first_timestamp: Option<JsonStr<'a>>,
     #[serde(borrow, rename = "lastTimestamp", alias = "deprecatedLastTimestamp")]
     last_timestamp: Option<JsonStr<'a>>,
@@ -272,9 +271,13 @@ pub fn normalize_event(client: &ClientId, raw: &[u8]) -> Result<NormalizedEvent,
     let kind_is = |k: &str| kind.as_deref() == Some(k);
     let namespace = obj_namespace.or_else(|| take_non_empty(meta_namespace));
     let pod_name = if kind_is("Pod") { name.clone() } else { None };
-    let node = source
-        .and_then(|s| take_non_empty(s.host))
-        .or_else(|| if kind_is("Node") { name.clone() } else { None });
+    let node = source.and_then(|s| take_non_empty(s.host)).or_else(|| {
+        if kind_is("Node") {
+            name.clone()
+        } else {
+            None
+        }
+    });
     let service = if kind_is("Service") {
         name.clone()
     } else {
@@ -356,7 +359,10 @@ mod tests {
         let e = normalize(PROTOCOL_EXAMPLE).unwrap();
         assert_eq!(e.event_type_abstract, EventTypeAbstract::MemoryOom);
         assert_eq!(e.reason.as_deref(), Some("OOMKilled"));
-        assert_eq!(e.message.as_deref(), Some("Container killed: out of memory"));
+        assert_eq!(
+            e.message.as_deref(),
+            Some("Container killed: out of memory")
+        );
         assert_eq!(e.severity, Severity::Warning);
         let orig = normalize(ORIGINAL_TEST_EVENT).unwrap();
         assert_eq!(orig.event_type_abstract, EventTypeAbstract::MemoryOom);
@@ -504,7 +510,10 @@ mod tests {
             ("{not json", "not_json"),
             ("[1,2,3]", "not_an_object"),
             ("\"OOMKilled\"", "not_an_object"),
-            (r#"{"reason": 5, "metadata": {"uid": "x"}}"#, "invalid_shape"),
+            (
+                r#"{"reason": 5, "metadata": {"uid": "x"}}"#,
+                "invalid_shape",
+            ),
             (r#"{"reason": "X", "metadata": "uid"}"#, "invalid_shape"),
         ] {
             let err = normalize(raw).unwrap_err();
@@ -515,8 +524,13 @@ mod tests {
     #[test]
     fn body_naming_another_tenant_is_rejected() {
         let raw = with(PROTOCOL_EXAMPLE, |v| v["client_id"] = "af-9".into());
-        assert_eq!(normalize(&raw).unwrap_err().reason_code(), "tenant_mismatch");
-        let own = with(PROTOCOL_EXAMPLE, |v| v["client_id"] = "test-client-001".into());
+        assert_eq!(
+            normalize(&raw).unwrap_err().reason_code(),
+            "tenant_mismatch"
+        );
+        let own = with(PROTOCOL_EXAMPLE, |v| {
+            v["client_id"] = "test-client-001".into()
+        });
         assert!(normalize(&own).is_ok());
     }
 
@@ -568,12 +582,23 @@ mod tests {
         let time = |raw: &str| normalize(raw).unwrap().timestamp.map(|t| t.to_rfc3339());
         assert_eq!(time(&base).as_deref(), Some("2025-01-01T00:00:01+00:00"));
         let no_last = with(&base, |v| v["lastTimestamp"] = serde_json::Value::Null);
-        assert_eq!(time(&no_last).as_deref(), Some("2025-01-01T00:00:02.123456+00:00"));
+        assert_eq!(
+            time(&no_last).as_deref(),
+            Some("2025-01-01T00:00:02.123456+00:00")
+        );
         let no_event = with(&no_last, |v| v["eventTime"] = "0001-01-01T00:00:00Z".into());
-        assert_eq!(time(&no_event).as_deref(), Some("2025-01-01T00:00:03+00:00"));
+        assert_eq!(
+            time(&no_event).as_deref(),
+            Some("2025-01-01T00:00:03+00:00")
+        );
         let no_first = with(&no_event, |v| v["firstTimestamp"] = "".into());
-        assert_eq!(time(&no_first).as_deref(), Some("2025-01-01T00:00:04+00:00"));
-        let none = with(&no_first, |v| v["metadata"]["creationTimestamp"] = "soon".into());
+        assert_eq!(
+            time(&no_first).as_deref(),
+            Some("2025-01-01T00:00:04+00:00")
+        );
+        let none = with(&no_first, |v| {
+            v["metadata"]["creationTimestamp"] = "soon".into()
+        });
         assert_eq!(time(&none), None);
         let e = normalize(&none).unwrap();
         assert_eq!(e.event_time, None);
@@ -602,19 +627,30 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(svc.service.as_deref(), Some("checkout"));
-        assert_eq!(svc.event_type_abstract, EventTypeAbstract::ServiceDiscoveryFailed);
+        assert_eq!(
+            svc.event_type_abstract,
+            EventTypeAbstract::ServiceDiscoveryFailed
+        );
 
         let labelled = |labels: serde_json::Value| {
-            normalize(&with(PROTOCOL_EXAMPLE, |v| v["involvedObject"]["labels"] = labels))
-                .unwrap()
-                .service
+            normalize(&with(PROTOCOL_EXAMPLE, |v| {
+                v["involvedObject"]["labels"] = labels
+            }))
+            .unwrap()
+            .service
         };
         assert_eq!(
             labelled(serde_json::json!({"app": "api", "app.kubernetes.io/name": "api-svc"})),
             Some("api-svc".into())
         );
-        assert_eq!(labelled(serde_json::json!({"app": "api"})), Some("api".into()));
-        assert_eq!(labelled(serde_json::json!({"k8s-app": "kube-dns"})), Some("kube-dns".into()));
+        assert_eq!(
+            labelled(serde_json::json!({"app": "api"})),
+            Some("api".into())
+        );
+        assert_eq!(
+            labelled(serde_json::json!({"k8s-app": "kube-dns"})),
+            Some("kube-dns".into())
+        );
         assert_eq!(labelled(serde_json::json!({"tier": "web"})), None);
     }
 
@@ -641,7 +677,10 @@ mod tests {
         })
         .to_string();
         let e = normalize(&raw).unwrap();
-        assert_eq!(e.message.as_deref(), Some("Back-off restarting failed container"));
+        assert_eq!(
+            e.message.as_deref(),
+            Some("Back-off restarting failed container")
+        );
         assert_eq!(e.pod_name.as_deref(), Some("p"));
         assert_eq!(e.node.as_deref(), Some("n1"));
         assert_eq!(e.count, Some(4));
@@ -741,7 +780,9 @@ mod tests {
             Just(serde_json::Value::Null),
             any::<bool>().prop_map(Into::into),
             any::<i64>().prop_map(Into::into),
-            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Into::into),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Into::into),
             ".{0,20}".prop_map(Into::into),
             "(2025-10-28T08:31:00Z|0001-01-01T00:00:00Z|Pod|Node|Service|Warning|OOMKilled)"
                 .prop_map(Into::into),
@@ -758,10 +799,28 @@ mod tests {
     fn key() -> impl Strategy<Value = String> {
         prop_oneof![
             prop::sample::select(vec![
-                "event_id", "client_id", "reason", "message", "type", "metadata", "uid",
-                "creationTimestamp", "namespace", "involvedObject", "regarding", "kind",
-                "name", "labels", "app", "source", "host", "eventTime", "firstTimestamp",
-                "lastTimestamp", "count", "note",
+                "event_id",
+                "client_id",
+                "reason",
+                "message",
+                "type",
+                "metadata",
+                "uid",
+                "creationTimestamp",
+                "namespace",
+                "involvedObject",
+                "regarding",
+                "kind",
+                "name",
+                "labels",
+                "app",
+                "source",
+                "host",
+                "eventTime",
+                "firstTimestamp",
+                "lastTimestamp",
+                "count",
+                "note",
             ])
             .prop_map(String::from),
             "[a-z]{1,8}",

@@ -265,11 +265,7 @@ fn lenient_text<'de, D: Deserializer<'de>>(d: D) -> Result<Option<JsonStr<'de>>,
 
 /// The level a log line states for itself: a top-level `level`/`severity`, else the same
 /// keys inside a JSON message. `None` when there is none that [`Severity`] knows.
-fn explicit_level(
-    level: Option<&str>,
-    severity: Option<&str>,
-    message: &str,
-) -> Option<Severity> {
+fn explicit_level(level: Option<&str>, severity: Option<&str>, message: &str) -> Option<Severity> {
     let top = [level, severity]
         .into_iter()
         .flatten()
@@ -544,7 +540,10 @@ mod tests {
         assert_eq!(subject_only.pod_uid.as_deref(), Some("u2"));
         assert_eq!(subject_only.namespace.as_deref(), Some("ns2"));
         assert_eq!(subject_only.pod_name.as_deref(), Some("p2"));
-        assert!(subject_only.timestamp.is_some(), "event_time stands in for timestamp");
+        assert!(
+            subject_only.timestamp.is_some(),
+            "event_time stands in for timestamp"
+        );
     }
 
     #[test]
@@ -586,8 +585,10 @@ mod tests {
 
     #[test]
     fn connection_refused_line_is_an_error() {
-        let l = normalize(&vector_raw("dial tcp 10.0.0.5:5432: connect: connection refused"))
-            .unwrap();
+        let l = normalize(&vector_raw(
+            "dial tcp 10.0.0.5:5432: connect: connection refused",
+        ))
+        .unwrap();
         assert!(l.is_error);
         assert_eq!(l.error_type, Some(ErrorType::ConnectionRefused));
         assert_eq!(l.severity, Severity::Error);
@@ -616,7 +617,10 @@ mod tests {
     #[test]
     fn first_pattern_in_list_order_wins_not_first_in_line() {
         // "timeout" comes first in the line, "error" first in the list.
-        assert_eq!(detect_error("timeout while handling error"), Some(ErrorType::Error));
+        assert_eq!(
+            detect_error("timeout while handling error"),
+            Some(ErrorType::Error)
+        );
         assert_eq!(
             detect_error("failed to connect: connection refused"),
             Some(ErrorType::ConnectionRefused)
@@ -628,15 +632,24 @@ mod tests {
 
     #[test]
     fn fatal_and_panic_lines_are_fatal() {
-        for line in ["FATAL: shutting down", "panic: runtime error: index out of range"] {
+        for line in [
+            "FATAL: shutting down",
+            "panic: runtime error: index out of range",
+        ] {
             let l = normalize(&vector_raw(line)).unwrap();
             // "runtime error" matches "error" first, but the severity follows the type.
             assert!(l.is_error, "{line}");
         }
         let fatal = normalize(&vector_raw("FATAL: shutting down")).unwrap();
-        assert_eq!((fatal.severity, fatal.error_type), (Severity::Fatal, Some(ErrorType::Fatal)));
+        assert_eq!(
+            (fatal.severity, fatal.error_type),
+            (Severity::Fatal, Some(ErrorType::Fatal))
+        );
         let panic = normalize(&vector_raw("panic: nil map")).unwrap();
-        assert_eq!((panic.severity, panic.error_type), (Severity::Fatal, Some(ErrorType::Panic)));
+        assert_eq!(
+            (panic.severity, panic.error_type),
+            (Severity::Fatal, Some(ErrorType::Panic))
+        );
     }
 
     #[test]
@@ -644,7 +657,10 @@ mod tests {
         let mut info = vector_raw("retrying after timeout");
         info["level"] = "info".into();
         let l = normalize(&info).unwrap();
-        assert_eq!((l.severity, l.is_error, l.error_type), (Severity::Info, false, None));
+        assert_eq!(
+            (l.severity, l.is_error, l.error_type),
+            (Severity::Info, false, None)
+        );
 
         let mut err = vector_raw("request could not be served");
         err["severity"] = "ERROR".into();
@@ -665,7 +681,10 @@ mod tests {
         let mut unknown = vector_raw("an error");
         unknown["level"] = 30.into();
         let l = normalize(&unknown).unwrap();
-        assert_eq!((l.severity, l.error_type), (Severity::Error, Some(ErrorType::Error)));
+        assert_eq!(
+            (l.severity, l.error_type),
+            (Severity::Error, Some(ErrorType::Error))
+        );
     }
 
     #[test]
@@ -828,7 +847,12 @@ mod tests {
             br#"{"message":"\"client_id\""}"#,
             b"",
         ] {
-            assert_eq!(log_tenant_from_body(body), None, "{}", String::from_utf8_lossy(body));
+            assert_eq!(
+                log_tenant_from_body(body),
+                None,
+                "{}",
+                String::from_utf8_lossy(body)
+            );
         }
         assert_eq!(
             log_tenant_from_body(br#"{"a":{"client_id":"x"},"client_id":"af-9"}"#),
@@ -857,9 +881,23 @@ mod tests {
     fn key() -> impl Strategy<Value = String> {
         prop_oneof![
             prop::sample::select(vec![
-                "message", "timestamp", "event_time", "client_id", "pod_uid", "pod_namespace",
-                "pod_name", "container_name", "node", "subject", "kubernetes", "level",
-                "severity", "uid", "ns", "name", "pod_node_name",
+                "message",
+                "timestamp",
+                "event_time",
+                "client_id",
+                "pod_uid",
+                "pod_namespace",
+                "pod_name",
+                "container_name",
+                "node",
+                "subject",
+                "kubernetes",
+                "level",
+                "severity",
+                "uid",
+                "ns",
+                "name",
+                "pod_node_name",
             ])
             .prop_map(String::from),
             "[a-z_]{1,8}",

@@ -1,0 +1,609 @@
+//! Load generator for the benchmarks in docs/benchmarks.md, driven by
+//! scripts/bench-worker-throughput.sh and scripts/bench-rss.sh. It only talks Kafka (and
+//! reads a worker's /metrics); starting and stopping the broker, the worker and the control
+//! plane is left to the scripts so that every process has one owner that cleans it up.
+//!
+//! ```text
+//! kg-bench throughput --bootstrap B --client C [--records N] [--window W] [--max-secs S]
+//!                     [--metrics-url http://…/metrics]
+//! kg-bench drain      --bootstrap B --client C --worker-pid P [--rounds R] [--round-records N]
+//!                     [--metrics-url http://…/metrics]
+//! kg-bench agents     --bootstrap B [--clients 1000] [--prefix bench-] [--interval-secs 30]
+//!                     [--duration-secs 150]
+//! ```
+//!
+//! `throughput` produces realistic ~1 KB Kubernetes Events keyed `<client>::event::<uid>` to
+//! raw.k8s.events while a consumer of events.normalized (assigned to every partition, no
+//! group) counts the worker's outputs for the client. The producer never runs more than
+//! `--window` records ahead of the outputs seen, so the embedded broker (which keeps at most
+//! 5 MiB per partition) never drops input the worker has not read yet. The rate is taken
+//! from the first to the last output observed.
+//!
+//! `drain` isolates the worker from the load generator: it stops the worker with SIGSTOP,
+//! pre-produces a round (kept under the broker's per-partition limit), resumes the worker
+//! with SIGCONT and times the round's outputs from first to last.
+//!
+//! `agents` registers `--clients` clients on cluster.registry the way the Helm chart does
+//! and heartbeats every one of them on cluster.heartbeat every `--interval-secs`.
+//!
+//! Every subcommand ends with one `RESULT key=value …` line for the scripts.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use kg_tests::http::blocking_get;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Message, Timestamp};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+const RAW_EVENTS: &str = "raw.k8s.events";
+const EVENTS_NORMALIZED: &str = "events.normalized";
+const REGISTRY: &str = "cluster.registry";
+const HEARTBEAT: &str = "cluster.heartbeat";
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let command = args.next().unwrap_or_default();
+    let options = Options::parse(args)?;
+    match command.as_str() {
+        "throughput" => throughput(&options),
+        "drain" => drain(&options),
+        "agents" => agents(&options),
+        "event" => {
+            // Prints one generated event, to check its shape and size.
+            let (key, value) = raw_event(options.str("client")?, 0);
+            println!("{key}\n{value}\n{} bytes", value.len());
+            Ok(())
+        }
+        _ => bail!("usage: kg-bench throughput|drain|agents|event --bootstrap B …"),
+    }
+}
+
+/// `--name value` pairs.
+struct Options(HashMap<String, String>);
+
+impl Options {
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Self> {
+        let mut map = HashMap::new();
+        while let Some(flag) = args.next() {
+            let name = flag
+                .strip_prefix("--")
+                .with_context(|| format!("expected --name, got {flag:?}"))?;
+            let value = args
+                .next()
+                .with_context(|| format!("--{name} needs a value"))?;
+            map.insert(name.to_string(), value);
+        }
+        Ok(Self(map))
+    }
+
+    fn str(&self, name: &str) -> Result<&str> {
+        self.0
+            .get(name)
+            .map(String::as_str)
+            .with_context(|| format!("--{name} is required"))
+    }
+
+    fn num(&self, name: &str, default: u64) -> Result<u64> {
+        match self.0.get(name) {
+            Some(raw) => raw.parse().with_context(|| format!("--{name} {raw:?}")),
+            None => Ok(default),
+        }
+    }
+
+    fn opt(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+}
+
+/// A realistic kubelet Event as the exporter sends it (the shape of the normalize bench's
+/// event: involved object with labels and annotations), about 1.1 KB, with a distinct uid
+/// per `n`. Key: `<client>::event::<uid>`.
+fn raw_event(client: &str, n: u64) -> (String, String) {
+    const REASONS: [(&str, &str, &str); 8] = [
+        ("Scheduled", "Normal", "Successfully assigned shop/{pod} to ip-10-0-3-17.eu-west-1.compute.internal"),
+        ("Pulling", "Normal", "Pulling image \"ghcr.io/acme/checkout-api:2.14.1\""),
+        ("Pulled", "Normal", "Successfully pulled image \"ghcr.io/acme/checkout-api:2.14.1\" in 1.204s (1.204s including waiting)"),
+        ("Started", "Normal", "Started container checkout-api"),
+        ("Unhealthy", "Warning", "Readiness probe failed: HTTP probe failed with statuscode: 503"),
+        ("OOMKilled", "Warning", "Container checkout-api in pod shop/{pod} was OOMKilled: memory limit 512Mi exceeded"),
+        ("BackOff", "Warning", "Back-off restarting failed container checkout-api in pod shop/{pod}"),
+        ("FailedScheduling", "Warning", "0/12 nodes are available: 3 Insufficient memory, 9 node(s) didn't match Pod's node affinity/selector."),
+    ];
+    let (reason, kind, message) = REASONS[(n % REASONS.len() as u64) as usize];
+    let uid = format!(
+        "5f2c9a7e-1b3d-4c8e-{:04x}-{:012x}",
+        (n >> 48) & 0xffff,
+        n & 0xffff_ffff_ffff
+    );
+    let pod = format!("checkout-api-7d9f8b6c5d-{:05x}", n % 0xfffff);
+    let message = message.replace("{pod}", &pod);
+    let value = format!(
+        r#"{{"event_id":"evt-{uid}","kind":"Event","apiVersion":"v1","metadata":{{"name":"{pod}.17a3f2b1c9d8e7f6","namespace":"shop","uid":"{uid}","resourceVersion":"{rv}","creationTimestamp":"2025-10-28T08:31:00Z"}},"involvedObject":{{"kind":"Pod","namespace":"shop","name":"{pod}","uid":"b1e2c3d4-e5f6-4a7b-8c9d-{pod_uid:012x}","apiVersion":"v1","resourceVersion":"48213001","fieldPath":"spec.containers{{checkout-api}}","labels":{{"app":"checkout-api","app.kubernetes.io/name":"checkout","app.kubernetes.io/instance":"checkout-prod","app.kubernetes.io/version":"2.14.1","pod-template-hash":"7d9f8b6c5d","team":"payments"}},"annotations":{{"kubectl.kubernetes.io/restartedAt":"2025-10-27T22:10:04Z","prometheus.io/scrape":"true","prometheus.io/port":"9102"}}}},"reason":"{reason}","message":"{message}","source":{{"component":"kubelet","host":"ip-10-0-3-17.eu-west-1.compute.internal"}},"firstTimestamp":"2025-10-28T08:31:00Z","lastTimestamp":"2025-10-28T08:34:12Z","count":3,"type":"{kind}","eventTime":null,"reportingComponent":"kubelet","reportingInstance":"ip-10-0-3-17.eu-west-1.compute.internal"}}"#,
+        message = message.replace('"', "\\\""),
+        rv = 48_213_377 + n,
+        pod_uid = n % 0xfffff,
+    );
+    (format!("{client}::event::{uid}"), value)
+}
+
+/// Counts failed deliveries; librdkafka retries transient errors itself.
+struct Deliveries {
+    acked: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.acked.fetch_add(1, Ordering::Relaxed),
+            Err(_) => self.failed.fetch_add(1, Ordering::Relaxed),
+        };
+    }
+}
+
+fn producer(bootstrap: &str, compression: &str) -> Result<ThreadedProducer<Deliveries>> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("compression.type", compression)
+        .set("linger.ms", "5")
+        .set("log_level", "4")
+        .create_with_context(Deliveries {
+            acked: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+        })?)
+}
+
+/// Produces one record, waiting while librdkafka's queue is full.
+fn produce(
+    producer: &ThreadedProducer<Deliveries>,
+    topic: &str,
+    key: &str,
+    value: &str,
+) -> Result<()> {
+    let mut record = BaseRecord::to(topic).key(key).payload(value);
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err((error, _)) => bail!("produce to {topic}: {error}"),
+        }
+    }
+}
+
+/// What the output consumer has seen of one client's normalized events.
+#[derive(Default)]
+struct Seen {
+    unique: HashSet<String>,
+    total: u64,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    /// Kafka timestamps (CreateTime, set by the worker's producer), ms.
+    first_ts: Option<i64>,
+    last_ts: Option<i64>,
+}
+
+impl Seen {
+    fn rate(&self) -> f64 {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) if last > first && self.unique.len() > 1 => {
+                (self.unique.len() - 1) as f64 / (last - first).as_secs_f64()
+            }
+            _ => 0.0,
+        }
+    }
+
+    fn span_secs(&self) -> f64 {
+        match (self.first, self.last) {
+            (Some(first), Some(last)) => (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    fn ts_span_secs(&self) -> f64 {
+        match (self.first_ts, self.last_ts) {
+            (Some(first), Some(last)) => (last - first) as f64 / 1000.0,
+            _ => 0.0,
+        }
+    }
+}
+
+/// A consumer of every partition of events.normalized from the beginning, no group, on
+/// its own thread, counting records keyed `<client>::…`.
+struct OutputCounter {
+    seen: Arc<Mutex<Seen>>,
+    unique: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl OutputCounter {
+    fn start(bootstrap: &str, client: &str) -> Result<Self> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", "kg-bench-counter")
+            .set("enable.auto.commit", "false")
+            .set("log_level", "4")
+            .create()?;
+        let metadata = consumer.fetch_metadata(Some(EVENTS_NORMALIZED), Duration::from_secs(10))?;
+        let partitions = metadata
+            .topics()
+            .first()
+            .map(|topic| topic.partitions().len())
+            .unwrap_or(0);
+        if partitions == 0 {
+            bail!("{EVENTS_NORMALIZED} has no partitions");
+        }
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions as i32 {
+            list.add_partition_offset(EVENTS_NORMALIZED, partition, Offset::Beginning)?;
+        }
+        consumer.assign(&list)?;
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let unique = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let prefix = format!("{client}::").into_bytes();
+        let thread = {
+            let (seen, unique, stop) = (seen.clone(), unique.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let Some(result) = consumer.poll(Duration::from_millis(100)) else {
+                        continue;
+                    };
+                    let Ok(message) = result else { continue };
+                    let key = message.key().unwrap_or_default();
+                    if !key.starts_with(&prefix) {
+                        continue;
+                    }
+                    let now = Instant::now();
+                    let ts = match message.timestamp() {
+                        Timestamp::CreateTime(ms) | Timestamp::LogAppendTime(ms) => Some(ms),
+                        Timestamp::NotAvailable => None,
+                    };
+                    let mut seen = seen.lock().unwrap();
+                    seen.total += 1;
+                    if seen
+                        .unique
+                        .insert(String::from_utf8_lossy(key).into_owned())
+                    {
+                        unique.fetch_add(1, Ordering::Relaxed);
+                    }
+                    seen.first.get_or_insert(now);
+                    seen.last = Some(now);
+                    if let Some(ts) = ts {
+                        seen.first_ts = Some(seen.first_ts.map_or(ts, |f| f.min(ts)));
+                        seen.last_ts = Some(seen.last_ts.map_or(ts, |l| l.max(ts)));
+                    }
+                }
+            })
+        };
+        Ok(Self {
+            seen,
+            unique,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    fn unique(&self) -> u64 {
+        self.unique.load(Ordering::Relaxed)
+    }
+
+    /// Waits until `target` unique outputs are seen, or nothing new for `idle`, or
+    /// `deadline`. Returns whether the target was reached.
+    fn wait_for(&self, target: u64, idle: Duration, deadline: Instant) -> bool {
+        let mut last_count = self.unique();
+        let mut last_change = Instant::now();
+        loop {
+            let count = self.unique();
+            if count >= target {
+                return true;
+            }
+            if count != last_count {
+                last_count = count;
+                last_change = Instant::now();
+            }
+            if last_change.elapsed() >= idle || Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+impl Drop for OutputCounter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The worker's counters that explain where time goes, summed over label sets.
+#[derive(Clone, Copy, Default, Debug)]
+struct WorkerCounters {
+    records_in: f64,
+    records_out: f64,
+    batches: f64,
+    produce_retries: f64,
+}
+
+fn worker_counters(url: Option<&str>) -> Option<WorkerCounters> {
+    let (code, body) = blocking_get(url?).ok()?;
+    if code != 200 {
+        return None;
+    }
+    let value = |name: &str| -> f64 {
+        body.lines()
+            .filter(|line| !line.starts_with('#'))
+            .filter(|line| {
+                line.split(['{', ' '])
+                    .next()
+                    .is_some_and(|series| series == name)
+            })
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    Some(WorkerCounters {
+        records_in: value("worker_records_in_total"),
+        records_out: value("worker_records_out_total"),
+        batches: value("worker_batches_total"),
+        produce_retries: value("worker_produce_retries_total"),
+    })
+}
+
+fn counters_summary(before: Option<WorkerCounters>, after: Option<WorkerCounters>) -> String {
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let batches = a.batches - b.batches;
+            let out = a.records_out - b.records_out;
+            format!(
+                "worker_in={} worker_out={} worker_batches={} avg_batch={:.0} produce_retries={}",
+                a.records_in - b.records_in,
+                out,
+                batches,
+                if batches > 0.0 { out / batches } else { 0.0 },
+                a.produce_retries - b.produce_retries
+            )
+        }
+        _ => "worker_metrics=unavailable".into(),
+    }
+}
+
+/// Closed-loop load: produce while the worker consumes, at most `window` records ahead of
+/// the outputs seen.
+fn throughput(options: &Options) -> Result<()> {
+    let bootstrap = options.str("bootstrap")?;
+    let client = options.str("client")?;
+    let records = options.num("records", 300_000)?;
+    let window = options.num("window", 12_000)?;
+    let max_secs = options.num("max-secs", 120)?;
+    let metrics_url = options.opt("metrics-url");
+
+    let counter = OutputCounter::start(bootstrap, client)?;
+    let producer = producer(bootstrap, "lz4")?;
+    let before = worker_counters(metrics_url);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(max_secs);
+    let mut next_report = started + Duration::from_secs(2);
+    let mut produced = 0u64;
+    let mut timed_out = false;
+    while produced < records {
+        if Instant::now() >= deadline {
+            timed_out = true;
+            break;
+        }
+        if produced >= counter.unique() + window {
+            std::thread::sleep(Duration::from_micros(500));
+        } else {
+            let (key, value) = raw_event(client, produced);
+            produce(&producer, RAW_EVENTS, &key, &value)?;
+            produced += 1;
+        }
+        if Instant::now() >= next_report {
+            next_report += Duration::from_secs(2);
+            let seen = counter.seen.lock().unwrap();
+            eprintln!(
+                "  t={:>5.1}s produced={produced} acked={} outputs={} rate_so_far={:.0}/s",
+                started.elapsed().as_secs_f64(),
+                producer.context().acked.load(Ordering::Relaxed),
+                seen.unique.len(),
+                seen.rate()
+            );
+        }
+    }
+    let _ = producer.flush(Duration::from_secs(30));
+    let complete = !timed_out
+        && counter.wait_for(
+            produced,
+            Duration::from_secs(15),
+            deadline + Duration::from_secs(30),
+        );
+    let after = worker_counters(metrics_url);
+    let seen = counter.seen.lock().unwrap();
+    let message_bytes = raw_event(client, 0).1.len();
+    println!(
+        "RESULT mode=throughput records={} outputs_total={} duplicates={} complete={complete} \
+         first_to_last_secs={:.3} rate={:.0} ts_span_secs={:.3} ts_rate={:.0} produced={produced} \
+         delivery_failures={} wall_secs={:.1} event_bytes={message_bytes} {}",
+        seen.unique.len(),
+        seen.total,
+        seen.total - seen.unique.len() as u64,
+        seen.span_secs(),
+        seen.rate(),
+        seen.ts_span_secs(),
+        if seen.ts_span_secs() > 0.0 {
+            (seen.unique.len() as f64 - 1.0) / seen.ts_span_secs()
+        } else {
+            0.0
+        },
+        producer.context().failed.load(Ordering::Relaxed),
+        started.elapsed().as_secs_f64(),
+        counters_summary(before, after),
+    );
+    Ok(())
+}
+
+/// Rounds of: SIGSTOP the worker, pre-produce, SIGCONT, time the outputs.
+fn drain(options: &Options) -> Result<()> {
+    let bootstrap = options.str("bootstrap")?;
+    let client = options.str("client")?;
+    let pid = Pid::from_raw(options.str("worker-pid")?.parse().context("--worker-pid")?);
+    let rounds = options.num("rounds", 5)?;
+    // 20,000 × ~1.1 KB over 6 partitions ≈ 3.7 MB per partition: under the 5 MiB limit.
+    let round_records = options.num("round-records", 20_000)?;
+    let metrics_url = options.opt("metrics-url");
+
+    let counter = OutputCounter::start(bootstrap, client)?;
+    let producer = producer(bootstrap, "lz4")?;
+    let mut produced = 0u64;
+    let mut rates = Vec::new();
+    let (mut total_records, mut total_secs) = (0u64, 0f64);
+    for round in 1..=rounds {
+        // The previous round is fully out, so the worker is idle: read its counters, then
+        // freeze it while its input is written.
+        let metrics_before = worker_counters(metrics_url);
+        kill(pid, Signal::SIGSTOP).context("SIGSTOP the worker")?;
+        let result = (|| -> Result<()> {
+            for _ in 0..round_records {
+                let (key, value) = raw_event(client, produced);
+                produce(&producer, RAW_EVENTS, &key, &value)?;
+                produced += 1;
+            }
+            producer.flush(Duration::from_secs(60))?;
+            Ok(())
+        })();
+        let round_start_total = {
+            let mut seen = counter.seen.lock().unwrap();
+            seen.first = None;
+            seen.last = None;
+            seen.unique.len() as u64
+        };
+        kill(pid, Signal::SIGCONT).context("SIGCONT the worker")?;
+        result?;
+        let complete = counter.wait_for(
+            round_start_total + round_records,
+            Duration::from_secs(15),
+            Instant::now() + Duration::from_secs(300),
+        );
+        let metrics_after = worker_counters(metrics_url);
+        let seen = counter.seen.lock().unwrap();
+        let outputs = seen.unique.len() as u64 - round_start_total;
+        let span = seen.span_secs();
+        let rate = if span > 0.0 {
+            (outputs.saturating_sub(1)) as f64 / span
+        } else {
+            0.0
+        };
+        eprintln!(
+            "  round {round}: outputs={outputs} complete={complete} first_to_last_secs={span:.3} rate={rate:.0}/s {}",
+            counters_summary(metrics_before, metrics_after)
+        );
+        rates.push(rate);
+        total_records += outputs.saturating_sub(1);
+        total_secs += span;
+        if !complete {
+            break;
+        }
+    }
+    let seen = counter.seen.lock().unwrap();
+    let mut sorted = rates.clone();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "RESULT mode=drain rounds={} round_records={round_records} records={} duplicates={} \
+         rate={:.0} median_round_rate={:.0} round_rates={} delivery_failures={}",
+        rates.len(),
+        seen.unique.len(),
+        seen.total - seen.unique.len() as u64,
+        if total_secs > 0.0 {
+            total_records as f64 / total_secs
+        } else {
+            0.0
+        },
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
+        rates
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(","),
+        producer.context().failed.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
+/// Registers clients like the chart and heartbeats them all every interval.
+fn agents(options: &Options) -> Result<()> {
+    let bootstrap = options.str("bootstrap")?;
+    let clients = options.num("clients", 1000)?;
+    let prefix = options.opt("prefix").unwrap_or("bench-");
+    let interval = Duration::from_secs(options.num("interval-secs", 30)?);
+    let duration = Duration::from_secs(options.num("duration-secs", 150)?);
+    let ids: Vec<String> = (1..=clients).map(|n| format!("{prefix}{n:04}")).collect();
+    let producer = producer(bootstrap, "none")?;
+    let started = Instant::now();
+
+    for id in &ids {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let registration = format!(
+            r#"{{"client_id":"{id}","cluster_name":"prod-eu","region":"unknown","timestamp":"{now}","chart_version":"2.1.2"}}"#
+        );
+        produce(&producer, REGISTRY, id, &registration)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    eprintln!(
+        "  registered {} clients in {:.1}s",
+        ids.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut rounds = 0u64;
+    let mut next = Instant::now();
+    while started.elapsed() < duration {
+        if Instant::now() >= next {
+            let round_start = Instant::now();
+            for id in &ids {
+                let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+                produce(
+                    &producer,
+                    HEARTBEAT,
+                    id,
+                    &format!(r#"{{"client_id":"{id}","timestamp":"{now}"}}"#),
+                )?;
+            }
+            producer.flush(Duration::from_secs(30))?;
+            rounds += 1;
+            eprintln!(
+                "  t={:>5.1}s heartbeat round {rounds}: {} clients in {:.2}s",
+                started.elapsed().as_secs_f64(),
+                ids.len(),
+                round_start.elapsed().as_secs_f64()
+            );
+            next += interval;
+        }
+        std::thread::sleep(
+            Duration::from_millis(200).min(duration.saturating_sub(started.elapsed())),
+        );
+    }
+    let context = producer.context();
+    println!(
+        "RESULT mode=agents clients={} heartbeat_rounds={rounds} acked={} delivery_failures={}",
+        ids.len(),
+        context.acked.load(Ordering::Relaxed),
+        context.failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
