@@ -88,6 +88,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_PRODUCER_QUEUE_KBYTES", default_value_t = 8192)]
     pub producer_queue_kbytes: u64,
 
+    /// Consumer group session timeout: how long a crashed worker's partitions stay
+    /// unassigned before its successor gets them.
+    #[arg(long, env = "WORKER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
+    pub session_timeout_ms: u64,
+
     /// Where a new consumer group starts: earliest (no record is missed) or latest.
     #[arg(long, env = "WORKER_AUTO_OFFSET_RESET", default_value = "earliest")]
     pub auto_offset_reset: String,

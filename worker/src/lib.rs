@@ -86,6 +86,7 @@ pub async fn run(
         consumer_queue_kbytes: config.consumer_queue_kbytes,
         producer_queue_kbytes: config.producer_queue_kbytes,
         auto_offset_reset: config.auto_offset_reset.clone(),
+        session_timeout_ms: config.session_timeout_ms,
     };
     let handler = handler::handler_for(role, config.client_id.clone());
     let result = pipeline::run_pipeline(

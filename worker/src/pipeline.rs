@@ -54,6 +54,7 @@ pub struct PipelineSettings {
     pub consumer_queue_kbytes: u64,
     pub producer_queue_kbytes: u64,
     pub auto_offset_reset: String,
+    pub session_timeout_ms: u64,
 }
 
 /// Feeds librdkafka's periodic statistics into the lag gauge.
@@ -386,6 +387,14 @@ fn create_consumer(
         .set("queued.min.messages", "1000")
         .set("fetch.max.bytes", "4194304")
         .set("statistics.interval.ms", "5000")
+        .set(
+            "session.timeout.ms",
+            settings.session_timeout_ms.to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (settings.session_timeout_ms / 3).max(100).to_string(),
+        )
         .create_with_context(LagReporter { metrics })
         .map_err(|source| PipelineError::Consumer {
             group: settings.group_id.clone(),
