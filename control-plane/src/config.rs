@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use kg_shared::kafka::KafkaArgs;
+pub use kg_shared::telemetry::LogFormat;
 
 #[derive(Debug, clap::Parser)]
 #[command(
@@ -42,13 +43,6 @@ pub enum RuntimeKind {
     /// In-memory workers that do nothing: for benchmarks and demos of the control plane
     /// alone.
     Fake,
-}
-
-/// Output format of log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -28,6 +28,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
 use crate::metrics::{ControlPlaneMetrics, ReasonLabel};
 use crate::Clock;
 
@@ -313,28 +316,20 @@ async fn registry_input(
     publisher: &Publisher,
 ) -> Option<Input> {
     match decode_registry(message.key(), message.payload()) {
-        Ok(message) => Some(Input::Registry { message, at }),
+        Ok(decoded) => Some(Input::Registry {
+            message: decoded,
+            at,
+        }),
         Err(error) => {
-            metrics
-                .registry_rejected
-                .get_or_create(&ReasonLabel {
-                    reason: error.reason_code().to_string(),
-                })
-                .inc();
-            if error.invalid_client_id() {
-                metrics.invalid_client_ids.inc();
-            }
-            warn!(
-                reason = error.reason_code(),
-                error = %error,
-                partition = message.partition(),
-                offset = message.offset(),
-                "skipping cluster.registry record"
-            );
-            dead_letter(
+            let rejected = Rejected {
+                reason_code: error.reason_code(),
+                reason: error.to_string(),
+                invalid_client_id: error.invalid_client_id(),
+            };
+            reject(
                 message,
-                error.reason_code(),
-                &error.to_string(),
+                rejected,
+                &metrics.registry_rejected,
                 now,
                 metrics,
                 publisher,
@@ -358,26 +353,15 @@ async fn heartbeat_input(
             at,
         }),
         Err(error) => {
-            metrics
-                .heartbeats_rejected
-                .get_or_create(&ReasonLabel {
-                    reason: error.reason_code().to_string(),
-                })
-                .inc();
-            if error.invalid_client_id() {
-                metrics.invalid_client_ids.inc();
-            }
-            warn!(
-                reason = error.reason_code(),
-                error = %error,
-                partition = message.partition(),
-                offset = message.offset(),
-                "skipping cluster.heartbeat record"
-            );
-            dead_letter(
+            let rejected = Rejected {
+                reason_code: error.reason_code(),
+                reason: error.to_string(),
+                invalid_client_id: error.invalid_client_id(),
+            };
+            reject(
                 message,
-                error.reason_code(),
-                &error.to_string(),
+                rejected,
+                &metrics.heartbeats_rejected,
                 now,
                 metrics,
                 publisher,
@@ -386,6 +370,49 @@ async fn heartbeat_input(
             None
         }
     }
+}
+
+/// Why a registry or heartbeat record was not used.
+struct Rejected {
+    reason_code: &'static str,
+    reason: String,
+    invalid_client_id: bool,
+}
+
+/// Counts, logs and dead-letters a record that cannot be used.
+async fn reject(
+    message: &BorrowedMessage<'_>,
+    rejected: Rejected,
+    counter: &Family<ReasonLabel, Counter>,
+    now: DateTime<Utc>,
+    metrics: &ControlPlaneMetrics,
+    publisher: &Publisher,
+) {
+    counter
+        .get_or_create(&ReasonLabel {
+            reason: rejected.reason_code.to_string(),
+        })
+        .inc();
+    if rejected.invalid_client_id {
+        metrics.invalid_client_ids.inc();
+    }
+    warn!(
+        topic = message.topic(),
+        reason = rejected.reason_code,
+        error = %rejected.reason,
+        partition = message.partition(),
+        offset = message.offset(),
+        "skipping record"
+    );
+    dead_letter(
+        message,
+        rejected.reason_code,
+        &rejected.reason,
+        now,
+        metrics,
+        publisher,
+    )
+    .await;
 }
 
 async fn dead_letter(

@@ -5,6 +5,8 @@
 //! the contract suite), [`roles`] (the role set and worker specs), [`api`] (HTTP),
 //! [`metrics`], and [`dev`] (the embedded default and the demo agent).
 
+pub use kg_shared::telemetry::{init_tracing, termination_signal};
+
 pub mod api;
 pub mod config;
 pub mod controller;
@@ -247,30 +249,5 @@ fn write_api_addr(data_dir: &Path, addr: SocketAddr) {
     let tmp = path.with_extension("tmp");
     if std::fs::write(&tmp, addr.to_string()).is_ok() {
         let _ = std::fs::rename(tmp, path);
-    }
-}
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// Sets up tracing once, text or JSON, to standard error.
-pub fn init_tracing(format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.with_ansi(false).init(),
     }
 }

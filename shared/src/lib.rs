@@ -3,7 +3,8 @@
 //! [`registry`] and [`heartbeat`] (tolerant decoding of what deployed agents send),
 //! [`records`] (the normalized event and log records), [`dlq`] (dead-letter envelopes).
 //! With the `kafka` feature, [`kafka`] adds the Kafka glue: client configuration from the
-//! environment, the embedded broker, and topic setup.
+//! environment, the embedded broker, and topic setup; with `telemetry`, [`telemetry`]
+//! sets up tracing and waits for the termination signal.
 
 pub mod client_id;
 pub mod dlq;
@@ -15,5 +16,8 @@ pub mod topics;
 
 #[cfg(feature = "kafka")]
 pub mod kafka;
+
+#[cfg(feature = "telemetry")]
+pub mod telemetry;
 
 pub use client_id::{ClientId, InvalidClientId};

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use kg_shared::kafka::KafkaArgs;
+use kg_shared::telemetry::LogFormat;
 use kg_shared::ClientId;
 
 /// Which job this worker process does for its client.
@@ -29,13 +30,6 @@ impl Role {
     pub fn consumer_group(self, client: &ClientId) -> String {
         format!("{}-{}", self.as_str(), client)
     }
-}
-
-/// Output format of the worker's own log lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Everything a worker needs to run.

@@ -110,27 +110,3 @@ pub fn write_atomically(path: &std::path::Path, contents: &[u8]) -> std::io::Res
     std::fs::write(&tmp, contents)?;
     std::fs::rename(tmp, path)
 }
-
-/// Resolves on SIGTERM or SIGINT.
-pub async fn termination_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(term) => term,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
-    }
-}
-
-/// Sets up tracing once, text or JSON.
-pub fn init_tracing(format: config::LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        config::LogFormat::Json => builder.json().init(),
-        config::LogFormat::Text => builder.with_ansi(false).init(),
-    }
-}

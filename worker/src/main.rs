@@ -5,7 +5,7 @@ use clap::Parser;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = worker::config::WorkerConfig::parse();
-    worker::init_tracing(config.log_format);
-    worker::run(config, worker::termination_signal()).await?;
+    kg_shared::telemetry::init_tracing(config.log_format);
+    worker::run(config, kg_shared::telemetry::termination_signal()).await?;
     Ok(())
 }

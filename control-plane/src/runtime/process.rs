@@ -154,9 +154,12 @@ impl Runtime for ProcessRuntime {
         let mut workers = Vec::new();
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
             match self.observe(&name) {
                 Ok(worker) => workers.push(worker),
-                // A directory without a spec is a create that crashed half-way; nothing
+                // A directory without a spec was left by a crash during remove; nothing
                 // runs there, so it is safe to clear.
                 Err(RuntimeError::NotFound(_)) => {
                     debug!(%name, "removing incomplete worker record");
@@ -179,13 +182,18 @@ impl Runtime for ProcessRuntime {
             name: spec.name.clone(),
             reason: error.to_string(),
         };
-        fs::create_dir_all(&dir).map_err(failed)?;
         let json = serde_json::to_vec_pretty(spec).map_err(|error| RuntimeError::Failed {
             operation: "create",
             name: spec.name.clone(),
             reason: error.to_string(),
         })?;
-        write_atomically(&dir.join(SPEC_FILE), &json).map_err(failed)?;
+        // Built aside and renamed into place, so a listing never sees a half-made record.
+        let staging = self.root.join(format!(".creating-{}", spec.name));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).map_err(failed)?;
+        fs::write(staging.join(SPEC_FILE), &json).map_err(failed)?;
+        let _ = fs::remove_dir_all(&dir);
+        fs::rename(&staging, &dir).map_err(failed)?;
         self.observe(&spec.name)
     }
 
