@@ -31,6 +31,9 @@ pub enum Command {
     EmbeddedBroker(BrokerArgs),
     /// Creates the project's topics on a real Kafka cluster (idempotent).
     CreateTopics(CreateTopicsArgs),
+    /// Prints the consumer groups the cluster knows, one per line (for scripts and
+    /// operators: kcat cannot list groups).
+    ListGroups(ListGroupsArgs),
 }
 
 /// Where workers run.
@@ -105,6 +108,22 @@ pub struct RunArgs {
     #[arg(long, env = "CP_WORKER_IMAGE", default_value = "kg-worker:latest")]
     pub worker_image: String,
 
+    /// Docker runtime: `host`, or the name of a network where Kafka is reachable by name.
+    #[arg(long, env = "CP_DOCKER_NETWORK", default_value = "bridge")]
+    pub docker_network: String,
+
+    /// Docker runtime: the `uid:gid` workers run as (never root).
+    #[arg(long, env = "CP_DOCKER_USER", default_value = "10001:10001")]
+    pub docker_user: String,
+
+    /// Docker runtime: size of one json-file log before rotation.
+    #[arg(long, env = "CP_DOCKER_LOG_MAX_SIZE", default_value = "10m")]
+    pub docker_log_max_size: String,
+
+    /// Docker runtime: rotated log files kept per container.
+    #[arg(long, env = "CP_DOCKER_LOG_MAX_FILES", default_value_t = 3)]
+    pub docker_log_max_files: u32,
+
     /// The `worker` binary (process runtime). Defaults to `worker` next to this binary.
     #[arg(long, env = "CP_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
@@ -146,6 +165,12 @@ pub struct BrokerArgs {
     /// Number of brokers in the embedded cluster.
     #[arg(long, env = "EMBEDDED_BROKERS", default_value_t = 1)]
     pub brokers: i32,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListGroupsArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -22,7 +22,7 @@ use rdkafka::ClientConfig;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::config::{BrokerArgs, CreateTopicsArgs, DevArgs};
+use crate::config::{BrokerArgs, CreateTopicsArgs, DevArgs, ListGroupsArgs};
 use crate::controller::{Controller, Status};
 use crate::runtime::Runtime;
 use crate::table::ClientTable;
@@ -108,6 +108,18 @@ pub async fn create_topics(args: CreateTopicsArgs) -> Result<(), DevError> {
             }
         }
     }
+}
+
+/// `control-plane list-groups`.
+pub fn list_groups(args: ListGroupsArgs) -> Result<(), DevError> {
+    let consumer: rdkafka::consumer::BaseConsumer = args.kafka.client_config().create()?;
+    let groups = consumer.fetch_group_list(None, Duration::from_secs(10))?;
+    let mut names: Vec<&str> = groups.groups().iter().map(|group| group.name()).collect();
+    names.sort_unstable();
+    for name in names {
+        println!("{name}");
+    }
+    Ok(())
 }
 
 /// `control-plane dev`.

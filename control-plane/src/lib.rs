@@ -85,8 +85,6 @@ pub enum ControlPlaneError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the docker runtime is not available in this build yet; use CP_RUNTIME=process")]
-    DockerNotAvailable,
     #[error("failed to set up the runtime: {0}")]
     Runtime(#[from] runtime::RuntimeError),
     #[error(transparent)]
@@ -118,13 +116,23 @@ pub fn default_worker_bin() -> PathBuf {
 }
 
 /// Builds the runtime `args` asks for.
-pub fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPlaneError> {
+pub async fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPlaneError> {
     match args.runtime {
         RuntimeKind::Process => {
             let bin = args.worker_bin.clone().unwrap_or_else(default_worker_bin);
             Ok(Arc::new(ProcessRuntime::new(&args.data_dir, bin)?))
         }
-        RuntimeKind::Docker => Err(ControlPlaneError::DockerNotAvailable),
+        RuntimeKind::Docker => {
+            let settings = runtime::docker::DockerSettings {
+                network: args.docker_network.clone(),
+                user: args.docker_user.clone(),
+                log_max_size: args.docker_log_max_size.clone(),
+                log_max_files: args.docker_log_max_files,
+            };
+            Ok(Arc::new(
+                runtime::docker::DockerRuntime::connect(settings, Duration::from_secs(10)).await?,
+            ))
+        }
         RuntimeKind::Fake => Ok(Arc::new(runtime::fake::FakeRuntime::new())),
     }
 }
@@ -140,7 +148,7 @@ pub async fn run(
         path: args.data_dir.clone(),
         source,
     })?;
-    let runtime = build_runtime(&args)?;
+    let runtime = build_runtime(&args).await?;
     let roles = RoleSet::load(args.roles_file.as_deref(), &args.roles, &args.worker_image)?;
     let metrics = Arc::new(ControlPlaneMetrics::new());
     let status = Arc::new(Status::default());

@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Dev(args) => control_plane::dev::dev(args).await?,
         Command::EmbeddedBroker(args) => control_plane::dev::embedded_broker(args).await?,
         Command::CreateTopics(args) => control_plane::dev::create_topics(args).await?,
+        Command::ListGroups(args) => control_plane::dev::list_groups(args)?,
     }
     Ok(())
 }

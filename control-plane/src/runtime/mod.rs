@@ -1,10 +1,11 @@
 //! Where workers run. The [`Runtime`] trait is what the executor calls; implementations:
 //! [`process::ProcessRuntime`] (child processes of the `worker` binary, the embedded
-//! default) and [`fake::FakeRuntime`] (records calls, injects failures, for tests). The
-//! Docker runtime implements the same trait. Every implementation passes the one contract
+//! default), [`docker::DockerRuntime`] (containers through the Docker Engine API, for
+//! production) and [`fake::FakeRuntime`] (records calls, injects failures, for tests). Every implementation passes the one contract
 //! suite in [`contract`].
 
 pub mod contract;
+pub mod docker;
 pub mod fake;
 pub mod process;
 

@@ -236,6 +236,11 @@ impl OutputCounter {
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "kg-bench-counter")
             .set("enable.auto.commit", "false")
+            // See outputs as soon as they are acknowledged: no waiting on an empty fetch
+            // or behind a full local queue.
+            .set("fetch.wait.max.ms", "5")
+            .set("fetch.error.backoff.ms", "5")
+            .set("fetch.queue.backoff.ms", "5")
             .set("log_level", "4")
             .create()?;
         let metadata = consumer.fetch_metadata(Some(EVENTS_NORMALIZED), Duration::from_secs(10))?;
@@ -472,6 +477,7 @@ fn drain(options: &Options) -> Result<()> {
     let producer = producer(bootstrap, "lz4")?;
     let mut produced = 0u64;
     let mut rates = Vec::new();
+    let mut ts_rates = Vec::new();
     let (mut total_records, mut total_secs) = (0u64, 0f64);
     for round in 1..=rounds {
         // The previous round is fully out, so the worker is idle: read its counters, then
@@ -491,6 +497,8 @@ fn drain(options: &Options) -> Result<()> {
             let mut seen = counter.seen.lock().unwrap();
             seen.first = None;
             seen.last = None;
+            seen.first_ts = None;
+            seen.last_ts = None;
             seen.unique.len() as u64
         };
         kill(pid, Signal::SIGCONT).context("SIGCONT the worker")?;

@@ -1,0 +1,354 @@
+//! The production runtime: one container per worker through the Docker Engine API
+//! (bollard). Containers are named `kg-<role>-<client id>` and owned by labels
+//! (`kg.managed-by`, `kg.client-id`, `kg.role`, `kg.spec-hash`); listing filters on
+//! `kg.managed-by` on the server side and never matches names. Docker's 404 and 409 become
+//! [`RuntimeError::NotFound`] and [`RuntimeError::Conflict`] here, so nothing above sees
+//! HTTP codes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, ContainerSummaryStateEnum, HostConfig, HostConfigLogConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StartContainerOptions,
+    StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+
+use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
+
+/// The value of `kg.managed-by` on every container this control plane owns.
+pub const MANAGED_BY: &str = "kg-control-plane";
+pub const LABEL_MANAGED_BY: &str = "kg.managed-by";
+pub const LABEL_CLIENT_ID: &str = "kg.client-id";
+pub const LABEL_ROLE: &str = "kg.role";
+pub const LABEL_SPEC_HASH: &str = "kg.spec-hash";
+
+/// How containers are run.
+#[derive(Debug, Clone)]
+pub struct DockerSettings {
+    /// `host`, or the name of a network where Kafka is reachable by name.
+    pub network: String,
+    /// `uid:gid` the worker runs as: never root.
+    pub user: String,
+    /// json-file rotation: size of one file and how many are kept.
+    pub log_max_size: String,
+    pub log_max_files: u32,
+}
+
+/// Runs workers as Docker containers.
+pub struct DockerRuntime {
+    docker: Docker,
+    settings: DockerSettings,
+}
+
+impl DockerRuntime {
+    /// Connects with the local defaults (`DOCKER_HOST`, else the Unix socket) and checks
+    /// the engine answers.
+    pub async fn connect(
+        settings: DockerSettings,
+        timeout: Duration,
+    ) -> Result<Self, RuntimeError> {
+        let docker = Docker::connect_with_local_defaults().map_err(|error| {
+            RuntimeError::Unavailable(format!("cannot reach the docker engine: {error}"))
+        })?;
+        match tokio::time::timeout(timeout, docker.ping()).await {
+            Ok(Ok(_)) => Ok(Self { docker, settings }),
+            Ok(Err(error)) => Err(RuntimeError::Unavailable(format!(
+                "the docker engine did not answer a ping: {error} (is the socket mounted and readable?)"
+            ))),
+            Err(_) => Err(RuntimeError::Unavailable(format!(
+                "the docker engine did not answer a ping within {timeout:?}"
+            ))),
+        }
+    }
+
+    fn container_body(&self, spec: &WorkerSpec) -> ContainerCreateBody {
+        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        // On the host network every worker shares the host's ports, so each takes a free
+        // one; on a bridge network each has its own address and the fixed port.
+        let listen = if self.settings.network == "host" {
+            "127.0.0.1:0"
+        } else {
+            "0.0.0.0:9000"
+        };
+        env.push(format!("WORKER_LISTEN={listen}"));
+        let labels = HashMap::from([
+            (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+            (LABEL_CLIENT_ID.to_string(), spec.client_id.to_string()),
+            (LABEL_ROLE.to_string(), spec.role.clone()),
+            (LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
+        ]);
+        let log_config = HostConfigLogConfig {
+            typ: Some("json-file".into()),
+            config: Some(HashMap::from([
+                ("max-size".to_string(), self.settings.log_max_size.clone()),
+                (
+                    "max-file".to_string(),
+                    self.settings.log_max_files.to_string(),
+                ),
+            ])),
+        };
+        let host_config = HostConfig {
+            memory: spec.memory_limit_mb.map(|mb| (mb * 1024 * 1024) as i64),
+            nano_cpus: spec.cpu_limit.map(|cpus| (cpus * 1e9) as i64),
+            network_mode: Some(self.settings.network.clone()),
+            log_config: Some(log_config),
+            init: Some(true),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges".into()]),
+            pids_limit: Some(256),
+            ..Default::default()
+        };
+        ContainerCreateBody {
+            image: Some(spec.image.clone()),
+            cmd: Some(spec.args.clone()),
+            env: Some(env),
+            user: Some(self.settings.user.clone()),
+            labels: Some(labels),
+            stop_signal: Some("SIGTERM".into()),
+            host_config: Some(host_config),
+            ..Default::default()
+        }
+    }
+}
+
+/// Docker's answers as typed runtime errors.
+fn map_error(operation: &'static str, name: &str, error: DockerError) -> RuntimeError {
+    match error {
+        DockerError::DockerResponseServerError {
+            status_code: 404,
+            message,
+        } if operation == "create" => RuntimeError::Failed {
+            operation,
+            name: name.to_string(),
+            reason: format!("{message} (build the worker image with scripts/build-images.sh)"),
+        },
+        DockerError::DockerResponseServerError {
+            status_code: 404, ..
+        } => RuntimeError::NotFound(name.to_string()),
+        DockerError::DockerResponseServerError {
+            status_code: 409, ..
+        } => RuntimeError::Conflict(name.to_string()),
+        DockerError::DockerResponseServerError {
+            status_code,
+            message,
+        } => RuntimeError::Failed {
+            operation,
+            name: name.to_string(),
+            reason: format!("docker answered {status_code}: {message}"),
+        },
+        other => RuntimeError::Unavailable(format!("{operation} {name}: {other}")),
+    }
+}
+
+/// Names go into URLs; refuse anything that is not one of ours.
+fn checked(name: &str) -> Result<&str, RuntimeError> {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        Ok(name)
+    } else {
+        Err(RuntimeError::NotFound(name.to_string()))
+    }
+}
+
+fn parse_time(raw: Option<&str>) -> Option<DateTime<Utc>> {
+    raw.and_then(|raw| DateTime::parse_from_rfc3339(raw).ok())
+        .map(|time| time.with_timezone(&Utc))
+        // Docker reports a never-finished container as year 1.
+        .filter(|time| time.timestamp() > 0)
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn kind(&self) -> &'static str {
+        "docker"
+    }
+
+    async fn list(&self) -> Result<Vec<ObservedWorker>, RuntimeError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY}")],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let summaries = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|error| map_error("list", "*", error))?;
+        let mut workers = Vec::with_capacity(summaries.len());
+        for summary in summaries {
+            let labels = summary.labels.unwrap_or_default();
+            let name = summary
+                .names
+                .unwrap_or_default()
+                .first()
+                .map(|n| n.trim_start_matches('/').to_string())
+                .unwrap_or_default();
+            let id = summary.id.unwrap_or_default();
+            let created = summary
+                .created
+                .and_then(|seconds| DateTime::from_timestamp(seconds, 0))
+                .unwrap_or_else(Utc::now);
+            let state = match summary.state {
+                Some(ContainerSummaryStateEnum::RUNNING)
+                | Some(ContainerSummaryStateEnum::RESTARTING) => RuntimeState::Running {
+                    started_at: created,
+                },
+                Some(ContainerSummaryStateEnum::CREATED) => RuntimeState::Created,
+                // Exited, dead, paused, removing: only the few that are down are inspected
+                // for their exit code and time.
+                _ => match self.inspect(&name).await {
+                    Ok(worker) => worker.state,
+                    Err(RuntimeError::NotFound(_)) => continue,
+                    Err(error) => return Err(error),
+                },
+            };
+            workers.push(ObservedWorker {
+                name,
+                id,
+                client_id: labels.get(LABEL_CLIENT_ID).cloned().unwrap_or_default(),
+                role: labels.get(LABEL_ROLE).cloned().unwrap_or_default(),
+                spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+                state,
+            });
+        }
+        workers.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(workers)
+    }
+
+    async fn create(&self, spec: &WorkerSpec) -> Result<ObservedWorker, RuntimeError> {
+        let name = checked(&spec.name)?;
+        let options = CreateContainerOptionsBuilder::default().name(name).build();
+        let created = self
+            .docker
+            .create_container(Some(options), self.container_body(spec))
+            .await
+            .map_err(|error| map_error("create", name, error))?;
+        Ok(ObservedWorker {
+            name: spec.name.clone(),
+            id: created.id,
+            client_id: spec.client_id.to_string(),
+            role: spec.role.clone(),
+            spec_hash: spec.spec_hash.clone(),
+            state: RuntimeState::Created,
+        })
+    }
+
+    async fn start(&self, name: &str) -> Result<(), RuntimeError> {
+        let name = checked(name)?;
+        match self
+            .docker
+            .start_container(name, None::<StartContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 304: already running.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(error) => Err(map_error("start", name, error)),
+        }
+    }
+
+    async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        let name = checked(name)?;
+        let options = StopContainerOptionsBuilder::default()
+            .t(grace.as_secs().min(i32::MAX as u64) as i32)
+            .build();
+        match self.docker.stop_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(DockerError::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(error) => Err(map_error("stop", name, error)),
+        }
+    }
+
+    async fn remove(&self, name: &str) -> Result<(), RuntimeError> {
+        let name = checked(name)?;
+        let options = RemoveContainerOptionsBuilder::default()
+            .force(false)
+            .v(true)
+            .build();
+        self.docker
+            .remove_container(name, Some(options))
+            .await
+            .map_err(|error| map_error("remove", name, error))
+    }
+
+    async fn inspect(&self, name: &str) -> Result<ObservedWorker, RuntimeError> {
+        let name = checked(name)?;
+        let inspected = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|error| map_error("inspect", name, error))?;
+        let labels = inspected
+            .config
+            .as_ref()
+            .and_then(|config| config.labels.clone())
+            .unwrap_or_default();
+        if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY) {
+            // Someone else's container with a name like ours is not ours to report.
+            return Err(RuntimeError::NotFound(name.to_string()));
+        }
+        let container_state = inspected.state.unwrap_or_default();
+        let state = if container_state.running.unwrap_or(false) {
+            RuntimeState::Running {
+                started_at: parse_time(container_state.started_at.as_deref())
+                    .unwrap_or_else(Utc::now),
+            }
+        } else if parse_time(container_state.started_at.as_deref()).is_none() {
+            RuntimeState::Created
+        } else {
+            RuntimeState::Exited {
+                exit_code: container_state.exit_code.map(|code| code as i32),
+                exited_at: parse_time(container_state.finished_at.as_deref())
+                    .unwrap_or_else(Utc::now),
+            }
+        };
+        Ok(ObservedWorker {
+            name: name.to_string(),
+            id: inspected.id.unwrap_or_default(),
+            client_id: labels.get(LABEL_CLIENT_ID).cloned().unwrap_or_default(),
+            role: labels.get(LABEL_ROLE).cloned().unwrap_or_default(),
+            spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+            state,
+        })
+    }
+
+    async fn logs(&self, name: &str, tail: usize) -> Result<String, RuntimeError> {
+        let name = checked(name)?;
+        // Confirms the container exists and is ours before streaming.
+        self.inspect(name).await?;
+        let options = LogsOptionsBuilder::default()
+            .stdout(true)
+            .stderr(true)
+            .tail(&tail.to_string())
+            .build();
+        let mut stream = self.docker.logs(name, Some(options));
+        let mut out = String::new();
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(output) => out.push_str(&output.to_string()),
+                Err(error) => return Err(map_error("logs", name, error)),
+            }
+        }
+        Ok(out)
+    }
+}

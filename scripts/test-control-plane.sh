@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# The end-to-end check the original system promised, against a real Docker Engine and a
+# Kafka-protocol broker: the embedded one by default, or KAFKA_BOOTSTRAP_SERVERS (reachable
+# from the host network) to use another. Prints one line per check and a summary; on the
+# first failure it prints the evidence and exits non-zero. Everything it starts is removed
+# on exit, whatever happens.
+#
+#   bash scripts/test-control-plane.sh
+#
+# Settings (environment): KAFKA_BOOTSTRAP_SERVERS, TEST_CP_PORT (18080),
+# TEST_HEARTBEAT_TIMEOUT_SECS (10), TEST_CLIENT (test-client-001).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CLIENT=${TEST_CLIENT:-test-client-001}
+PORT=${TEST_CP_PORT:-18080}
+TIMEOUT=${TEST_HEARTBEAT_TIMEOUT_SECS:-10}
+TOKEN=test-control-plane-token
+API="http://127.0.0.1:${PORT}"
+CP=kg-control-plane
+work=$(mktemp -d)
+broker_pid=""
+heartbeat_pid=""
+passed=0
+started=$(date +%s)
+
+cleanup() {
+  [ -n "$heartbeat_pid" ] && kill "$heartbeat_pid" 2>/dev/null || true
+  docker rm -f "$CP" >/dev/null 2>&1 || true
+  # Every worker container this run's control plane made, found by label.
+  ids=$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${CLIENT}")
+  [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
+  [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+fail() {
+  echo "FAIL  $1"
+  echo "----- evidence: control-plane log (tail) -----"
+  docker logs --tail 40 "$CP" 2>&1 || true
+  echo "----- evidence: docker ps -a (ours) -----"
+  docker ps -a --filter "label=kg.managed-by=kg-control-plane" --format '{{.Names}} {{.ID}} {{.Status}}' || true
+  echo "----- $passed passed, 1 failed -----"
+  exit 1
+}
+ok() { passed=$((passed + 1)); echo "ok    $1"; }
+
+# poll SECONDS COMMAND...: retries the command every 0.5 s until it succeeds.
+poll() {
+  local deadline=$(( $(date +%s) + $1 )); shift
+  until "$@" >/dev/null 2>&1; do
+    [ "$(date +%s)" -ge "$deadline" ] && return 1
+    sleep 0.5
+  done
+}
+
+get() { curl -fsS "$API$1"; }
+client_json() { get "/clients/${CLIENT}"; }
+
+# Our worker containers of CLIENT, "name id state" lines, sorted.
+containers() {
+  docker ps -a --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${CLIENT}" \
+    --format '{{.Names}} {{.ID}} {{.State}}' | sort
+}
+running_count() { containers | grep -c ' running$' || true; }
+expect_running() { [ "$(running_count)" -eq "$1" ] && [ "$(containers | wc -l)" -eq "$1" ]; }
+expect_none() { [ -z "$(containers)" ]; }
+
+produce() { # topic key value [kcat options...]
+  local topic=$1 key=$2 value=$3; shift 3
+  printf '%s\x1f%s\n' "$key" "$value" | kcat -P -b "$BOOTSTRAP" -t "$topic" -K $'\x1f' "$@"
+}
+
+# ---- 1. images, broker, topics, control plane -------------------------------------------
+command -v kcat >/dev/null || fail "kcat is installed (apt-get install kcat)"
+command -v curl >/dev/null || fail "curl is installed"
+bash scripts/build-images.sh --if-missing >"$work/build.log" 2>&1 || { tail -30 "$work/build.log"; fail "images build"; }
+ok "images kg-worker:latest and kg-control-plane:latest exist"
+
+if [ -n "${KAFKA_BOOTSTRAP_SERVERS:-}" ]; then
+  BOOTSTRAP=$KAFKA_BOOTSTRAP_SERVERS
+  docker run --rm --network host -e KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" kg-control-plane:latest create-topics \
+    >"$work/topics.log" 2>&1 || { cat "$work/topics.log"; fail "topics created on $BOOTSTRAP"; }
+else
+  cargo build --quiet --release --bins -p control-plane
+  target/release/control-plane embedded-broker >"$work/broker.out" 2>"$work/broker.err" &
+  broker_pid=$!
+  poll 30 grep -q '^bootstrap=' "$work/broker.out" || fail "the embedded broker starts"
+  BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$work/broker.out" | head -1)
+fi
+topics=$(kcat -L -b "$BOOTSTRAP" -J 2>/dev/null | python3 -c 'import json,sys; print(len([t for t in json.load(sys.stdin)["topics"] if not t["topic"].startswith("__")]))')
+[ "$topics" -ge 13 ] || fail "the 13 topics exist (found $topics)"
+ok "broker $BOOTSTRAP has the 13 topics"
+
+# Leftovers of an aborted earlier run would make every check below meaningless.
+docker rm -f "$CP" >/dev/null 2>&1 || true
+ids=$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${CLIENT}")
+[ -n "$ids" ] && docker rm -f $ids >/dev/null
+start_control_plane() {
+  docker run -d --name "$CP" --network host --user 0:0 \
+    -v /var/run/docker.sock:/var/run/docker.sock \
+    -e KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" -e CP_RUNTIME=docker -e CP_DOCKER_NETWORK=host \
+    -e CP_LISTEN="127.0.0.1:${PORT}" -e CP_HEARTBEAT_TIMEOUT_SECS="$TIMEOUT" \
+    -e CP_RECONCILE_INTERVAL_MS=500 -e CP_STOP_GRACE_SECS=5 -e CP_API_TOKEN="$TOKEN" \
+    -e CP_DATA_DIR=/tmp/cp -e CP_WORKER_IMAGE=kg-worker:latest \
+    kg-control-plane:latest run >/dev/null
+}
+start_control_plane
+poll 60 get /ready || fail "the control plane becomes ready"
+ok "control plane $CP is ready with the docker runtime"
+roles=$(docker inspect "$CP" --format '{{range .Config.Env}}{{println .}}{{end}}' | sed -n 's/^CP_ROLES=//p')
+expected=2  # the default role set: event-normalizer, log-normalizer
+[ -n "$roles" ] && expected=$(echo "$roles" | tr ',' '\n' | grep -c .)
+
+# ---- 2. registration → containers with names and labels ---------------------------------
+heartbeat_loop() {
+  while true; do
+    produce cluster.heartbeat "$CLIENT" "{\"client_id\":\"$CLIENT\",\"timestamp\":\"$(date -u +%FT%TZ)\"}" || true
+    sleep 2
+  done
+}
+produce cluster.registry "$CLIENT" "{\"client_id\":\"$CLIENT\",\"cluster_name\":\"test-cluster\",\"k8s_version\":\"1.28\"}"
+heartbeat_loop & heartbeat_pid=$!
+poll 60 expect_running "$expected" || fail "$expected worker containers run for $CLIENT"
+for role in event-normalizer log-normalizer; do
+  name="kg-${role}-${CLIENT}"
+  labels=$(docker inspect "$name" --format '{{index .Config.Labels "kg.managed-by"}} {{index .Config.Labels "kg.client-id"}} {{index .Config.Labels "kg.role"}} {{index .Config.Labels "kg.spec-hash"}}') \
+    || fail "container $name exists"
+  read -r managed client_label role_label hash <<<"$labels"
+  [ "$managed" = kg-control-plane ] && [ "$client_label" = "$CLIENT" ] && [ "$role_label" = "$role" ] && [ -n "$hash" ] \
+    || fail "$name carries the labels (got: $labels)"
+  user=$(docker inspect "$name" --format '{{.Config.User}}')
+  [ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "$user" != root ] || fail "$name runs as a non-root user (got '$user')"
+done
+ok "registration → $expected containers running, named kg-<role>-$CLIENT, labelled, non-root"
+client_json | grep -q '"state":"running"' || fail "the API shows running workers"
+ok "GET /clients/$CLIENT shows the workers running"
+
+# ---- 3. the original test event comes out normalized -----------------------------------
+event='{"event_id":"evt-test-123","reason":"OOMKilled","message":"Container killed: out of memory","type":"Warning","metadata":{"uid":"test-123","creationTimestamp":"2025-10-28T08:31:00Z"},"involvedObject":{"kind":"Pod","name":"test-pod","namespace":"default","uid":"pod-test-123"},"source":{"host":"node-1"},"lastTimestamp":"2025-10-28T08:31:00Z","count":1}'
+produce raw.k8s.events "${CLIENT}::event::test-123" "$event"
+find_normalized() {
+  kcat -C -b "$BOOTSTRAP" -t events.normalized -o beginning -e -q -f '%k\x1f%s\n' \
+    | grep -a "^${CLIENT}::" | grep -a '"raw_event_id":"evt-test-123"' | grep -a '"pod_name":"test-pod"' \
+    | grep -a '"event_type_abstract":"MEMORY_OOM"' | head -1 >"$work/normalized"
+  [ -s "$work/normalized" ]
+}
+poll 60 find_normalized || fail "the OOMKilled test event is normalized under ${CLIENT}::<event_id>"
+ok "test event normalized: $(cut -d$'\x1f' -f1 "$work/normalized")"
+
+# ---- 4. consumer groups and docker logs --------------------------------------------------
+groups_exist() {
+  docker run --rm --network host kg-control-plane:latest list-groups --kafka-bootstrap-servers "$BOOTSTRAP" >"$work/groups" 2>/dev/null
+  grep -qx "event-normalizer-${CLIENT}" "$work/groups" && grep -qx "log-normalizer-${CLIENT}" "$work/groups"
+}
+poll 30 groups_exist || fail "consumer groups event-normalizer-$CLIENT and log-normalizer-$CLIENT exist (have: $(tr '\n' ' ' <"$work/groups"))"
+ok "consumer groups event-normalizer-$CLIENT, log-normalizer-$CLIENT exist"
+for role in event-normalizer log-normalizer; do
+  docker logs "kg-${role}-${CLIENT}" 2>&1 | grep -q "worker started client_id=${CLIENT} role=\"${role}\"" \
+    || fail "docker logs kg-${role}-${CLIENT} shows that client's worker"
+done
+ok "docker logs of each container shows $CLIENT's worker"
+
+# ---- 5. heartbeats stop → removed; re-registration → back -------------------------------
+kill "$heartbeat_pid"; wait "$heartbeat_pid" 2>/dev/null || true; heartbeat_pid=""
+silent_since=$(date +%s)
+poll $((TIMEOUT + 30)) expect_none || fail "containers removed after the heartbeat timeout"
+took=$(( $(date +%s) - silent_since ))
+[ "$took" -le $((TIMEOUT + 10)) ] || fail "containers removed within timeout + 10 s (took ${took}s)"
+ok "heartbeats stopped → containers removed after ${took}s (timeout ${TIMEOUT}s)"
+produce cluster.registry "$CLIENT" "{\"client_id\":\"$CLIENT\",\"cluster_name\":\"test-cluster\",\"k8s_version\":\"1.28\"}"
+heartbeat_loop & heartbeat_pid=$!
+poll 60 expect_running "$expected" || fail "containers come back after re-registration"
+ok "re-registration → $expected containers running again"
+
+# ---- 6. SIGKILL the control plane, restart it, same containers adopted -------------------
+before=$(containers)
+docker kill --signal KILL "$CP" >/dev/null
+docker start "$CP" >/dev/null
+poll 60 get /ready || fail "the restarted control plane becomes ready"
+adopted() { client_json | python3 -c 'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w)>=2 and all(x["state"]=="running" for x in w) else 1)'; }
+poll 30 adopted || fail "the restarted control plane lists the workers"
+sleep_passes() { # three reconcile passes, so anything wrong it would do has been done
+  local target=$(( $(get /metrics | sed -n 's/^cp_reconciles_total //p') + 3 ))
+  poll 30 bash -c "[ \$(curl -fsS $API/metrics | sed -n 's/^cp_reconciles_total //p') -ge $target ]"
+}
+sleep_passes || fail "the restarted control plane reconciles"
+after=$(containers)
+[ "$before" = "$after" ] || fail "the same containers are adopted (before: $before; after: $after)"
+ok "SIGKILL + restart → the same $expected containers adopted (same ids, no duplicates)"
+
+# ---- 7. tombstone → removed --------------------------------------------------------------
+kill "$heartbeat_pid"; wait "$heartbeat_pid" 2>/dev/null || true; heartbeat_pid=""
+printf '%s\x1f\n' "$CLIENT" | kcat -P -b "$BOOTSTRAP" -t cluster.registry -K $'\x1f' -Z
+poll 30 expect_none || fail "a tombstone removes the containers"
+[ "$(curl -s -o /dev/null -w '%{http_code}' "$API/clients/$CLIENT")" = 404 ] || fail "the client is gone from the API"
+ok "tombstone → containers removed, client deregistered"
+
+echo "----- $passed passed, 0 failed in $(( $(date +%s) - started ))s -----"
