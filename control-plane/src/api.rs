@@ -42,6 +42,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/clients", get(list_clients))
         .route("/clients/{id}", get(get_client).delete(deregister))
         .route("/clients/{id}/workers/{role}/logs", get(worker_logs))
+        .route("/clients/{id}/rca", get(rca))
+        .route("/clients/{id}/graph/stats", get(graph_stats))
         .with_state(state)
 }
 
@@ -170,6 +172,89 @@ async fn worker_logs(
             error(StatusCode::NOT_FOUND, format!("no worker {name}"))
         }
         Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
+    }
+}
+
+#[derive(Deserialize)]
+struct RcaQuery {
+    event_id: String,
+    limit: Option<usize>,
+}
+
+/// `GET /clients/{id}/rca?event_id=…`: asks the client's graph builder for ranked root-cause
+/// candidates and relays its answer.
+async fn rca(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<RcaQuery>,
+) -> Response {
+    let limit = query.limit.unwrap_or(10).clamp(1, 100).to_string();
+    graph_query(
+        &state,
+        &id,
+        "/graph/rca",
+        &[
+            ("event_id", query.event_id.as_str()),
+            ("limit", limit.as_str()),
+        ],
+    )
+    .await
+}
+
+/// `GET /clients/{id}/graph/stats`: the client's graph statistics.
+async fn graph_stats(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+    graph_query(&state, &id, "/graph/stats", &[]).await
+}
+
+async fn graph_query(state: &ApiState, id: &str, path: &str, params: &[(&str, &str)]) -> Response {
+    let id = match ClientId::parse(id) {
+        Ok(id) => id,
+        Err(invalid) => return bad_id(invalid),
+    };
+    if !state.table.contains_key(&id) {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("client {id} is not registered"),
+        );
+    }
+    let name = worker_name("graph-builder", &id);
+    let endpoint = match state.runtime.endpoint(&name).await {
+        Ok(Some(endpoint)) => endpoint,
+        Ok(None) | Err(RuntimeError::NotFound(_)) => {
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{name} is not running"),
+            )
+        }
+        Err(failure) => return error(StatusCode::BAD_GATEWAY, failure.to_string()),
+    };
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build();
+    let Ok(client) = client else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "failed to build an http client",
+        );
+    };
+    match client
+        .get(format!("http://{endpoint}{path}"))
+        .query(params)
+        .send()
+        .await
+    {
+        Ok(response) => {
+            let status =
+                StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            match response.bytes().await {
+                Ok(body) => (status, [(CONTENT_TYPE, "application/json")], body).into_response(),
+                Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
+            }
+        }
+        Err(failure) => error(
+            StatusCode::BAD_GATEWAY,
+            format!("{name} did not answer: {failure}"),
+        ),
     }
 }
 

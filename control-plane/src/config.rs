@@ -48,6 +48,15 @@ pub enum RuntimeKind {
     Fake,
 }
 
+/// What happens to a client's durable data (its graph) when it is deregistered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DeregisteredData {
+    /// Keep it: a client that registers again finds its graph.
+    Keep,
+    /// Delete it once the client's workers are gone.
+    Delete,
+}
+
 #[derive(Debug, Clone, clap::Args)]
 pub struct RunArgs {
     #[command(flatten)]
@@ -127,6 +136,11 @@ pub struct RunArgs {
     /// The `worker` binary (process runtime). Defaults to `worker` next to this binary.
     #[arg(long, env = "CP_WORKER_BIN")]
     pub worker_bin: Option<PathBuf>,
+
+    /// A deregistered client's durable data (its graph store): kept, or deleted once its
+    /// workers are gone. Stale clients always keep theirs.
+    #[arg(long, env = "CP_DEREGISTERED_DATA", value_enum, default_value = "keep")]
+    pub deregistered_data: DeregisteredData,
 
     /// Bearer token for mutating API verbs (DELETE /clients/{id}); unset refuses them.
     #[arg(long, env = "CP_API_TOKEN", hide_env_values = true)]

@@ -53,6 +53,8 @@ pub struct ControllerSettings {
     pub stop_grace: Duration,
     /// How long shutdown waits for actions already started.
     pub shutdown_grace: Duration,
+    /// Delete a deregistered client's durable data once its workers are gone.
+    pub delete_data_on_deregister: bool,
 }
 
 /// One unit of work for the executor.
@@ -61,13 +63,18 @@ pub enum Action {
     Create(WorkerSpec),
     Recreate(ObservedWorker, WorkerSpec, RecreateReason),
     Remove(ObservedWorker, RemoveReason),
+    /// Deletes a deregistered client's durable data; planned only once none of its
+    /// workers exist.
+    RemoveData(String),
 }
 
 impl Action {
-    fn worker_name(&self) -> &str {
+    /// What the action works on: a worker name, or `data:<client>` for data removal.
+    fn target(&self) -> String {
         match self {
-            Action::Create(spec) => &spec.name,
-            Action::Recreate(worker, _, _) | Action::Remove(worker, _) => &worker.name,
+            Action::Create(spec) => spec.name.clone(),
+            Action::Recreate(worker, _, _) | Action::Remove(worker, _) => worker.name.clone(),
+            Action::RemoveData(client) => format!("data:{client}"),
         }
     }
 
@@ -75,6 +82,7 @@ impl Action {
         match self {
             Action::Create(spec) => spec.client_id.as_str(),
             Action::Recreate(worker, _, _) | Action::Remove(worker, _) => &worker.client_id,
+            Action::RemoveData(client) => client,
         }
     }
 }
@@ -96,9 +104,12 @@ pub struct Controller {
     status: Arc<Status>,
     clock: Arc<dyn Clock>,
     specs: HashMap<ClientId, Vec<WorkerSpec>>,
-    in_flight: HashSet<String>,
+    /// Targets with an action in flight, and the client each belongs to.
+    in_flight: HashMap<String, String>,
     last_states: HashMap<String, &'static str>,
     registry_replayed: bool,
+    /// Deregistered clients whose data is deleted once their workers are gone.
+    data_to_remove: HashSet<String>,
 }
 
 impl Controller {
@@ -123,9 +134,10 @@ impl Controller {
             status,
             clock,
             specs: HashMap::new(),
-            in_flight: HashSet::new(),
+            in_flight: HashMap::new(),
             last_states: HashMap::new(),
             registry_replayed: false,
+            data_to_remove: HashSet::new(),
         }
     }
 
@@ -201,6 +213,7 @@ impl Controller {
                 match self.writer.register(registration, at, now) {
                     Applied::Registered { first_time } => {
                         self.metrics.registrations.inc();
+                        self.data_to_remove.remove(client.as_str());
                         if first_time {
                             self.metrics.lifecycle("client_registered");
                             info!(event = "client_registered", client_id = %client, recovered_from_split = split, "client registered");
@@ -222,6 +235,9 @@ impl Controller {
                     self.metrics.deregistrations.inc();
                     self.metrics.lifecycle("client_deregistered");
                     self.specs.remove(&client);
+                    if self.settings.delete_data_on_deregister {
+                        self.data_to_remove.insert(client.to_string());
+                    }
                     info!(event = "client_deregistered", client_id = %client, "client deregistered");
                 }
                 Applied::Superseded => {
@@ -302,11 +318,20 @@ impl Controller {
                 .map(|(w, s, r)| Action::Recreate(w, s, r)),
         );
         planned.extend(plan.to_create.into_iter().map(Action::Create));
+        let with_workers: HashSet<&str> = observed.iter().map(|w| w.client_id.as_str()).collect();
+        let busy: HashSet<&str> = self.in_flight.values().map(String::as_str).collect();
+        for client in &self.data_to_remove {
+            if !with_workers.contains(client.as_str()) && !busy.contains(client.as_str()) {
+                planned.push(Action::RemoveData(client.clone()));
+            }
+        }
         for action in planned {
-            let name = action.worker_name().to_string();
-            if !self.in_flight.insert(name.clone()) {
+            let name = action.target();
+            if self.in_flight.contains_key(&name) {
                 continue;
             }
+            self.in_flight
+                .insert(name.clone(), action.client_id().to_string());
             let runtime = self.runtime.clone();
             let semaphore = semaphore.clone();
             let timeout = self.settings.action_timeout;
@@ -355,6 +380,9 @@ impl Controller {
         self.in_flight.remove(&report.name);
         match report.result {
             Ok(event) => {
+                if let Some(client) = report.name.strip_prefix("data:") {
+                    self.data_to_remove.remove(client);
+                }
                 self.metrics.lifecycle(event);
                 info!(event, client_id = %report.client_id, worker = %report.name, "worker action done");
             }
@@ -518,6 +546,15 @@ pub async fn execute(
                 RecreateReason::NotRunning => "worker_restarted",
             })
         }
+        Action::RemoveData(client) => {
+            call(
+                "remove_client_data",
+                timeout,
+                runtime.remove_client_data(client),
+            )
+            .await?;
+            Ok("client_data_removed")
+        }
         Action::Remove(worker, reason) => {
             tolerate_not_found(
                 call("stop", stop_timeout, runtime.stop(&worker.name, stop_grace)).await,
@@ -572,6 +609,7 @@ mod tests {
                 action_timeout: Duration::from_secs(5),
                 stop_grace: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(1),
+                delete_data_on_deregister: true,
             },
             Arc::new(ControlPlaneMetrics::new()),
             Arc::new(Status::default()),

@@ -239,6 +239,7 @@ pub async fn run(
             action_timeout: Duration::from_secs(args.action_timeout_secs.max(1)),
             stop_grace: Duration::from_secs(args.stop_grace_secs),
             shutdown_grace: Duration::from_secs(10),
+            delete_data_on_deregister: args.deregistered_data == config::DeregisteredData::Delete,
         },
         metrics,
         status,

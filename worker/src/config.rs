@@ -15,6 +15,8 @@ pub enum Role {
     EventNormalizer,
     /// raw.k8s.logs → logs.normalized
     LogNormalizer,
+    /// events.normalized, logs.normalized, state.k8s.* → the client's graph store
+    GraphBuilder,
 }
 
 impl Role {
@@ -23,6 +25,7 @@ impl Role {
         match self {
             Role::EventNormalizer => "event-normalizer",
             Role::LogNormalizer => "log-normalizer",
+            Role::GraphBuilder => "graph-builder",
         }
     }
 
@@ -54,6 +57,10 @@ pub struct WorkerConfig {
     /// Address of the worker's /health and /metrics server. Port 0 picks a free port.
     #[arg(long, env = "WORKER_LISTEN", default_value = "0.0.0.0:9000")]
     pub listen: SocketAddr,
+
+    /// Where the worker keeps state (the graph builder's store, one file per client).
+    #[arg(long, env = "WORKER_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
 
     /// When set, the bound HTTP address is written to this file once the server is up, so a
     /// supervisor that asked for port 0 can find it.

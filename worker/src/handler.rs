@@ -27,26 +27,38 @@ pub enum Outcome {
         reason_code: &'static str,
         reason: String,
     },
+    /// Ours, taken into the handler's own batch, written by [`RecordHandler::flush`].
+    Absorbed,
+    /// Ours, valid, and nothing to do with it (a low-signal log line for the graph).
+    Ignored,
 }
 
 /// One role's record handling.
 pub trait RecordHandler: Send + Sync + 'static {
     /// The topics this role consumes.
     fn input_topics(&self) -> &'static [&'static str];
-    /// Decides what to do with one record.
-    fn handle(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome;
+    /// Decides what to do with one record of `topic`.
+    fn handle(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome;
+
+    /// Writes what the batch absorbed; called before the batch's offsets are committed,
+    /// and again (with the same contents) after a failure, so it must be idempotent.
+    fn flush(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
-/// The handler for `role` serving `client`.
-pub fn handler_for(role: Role, client: ClientId) -> Box<dyn RecordHandler> {
+/// The handler of a normalizer role serving `client`; None for roles with state of their
+/// own (the graph builder), which [`crate::run`] builds.
+pub fn normalizer_for(role: Role, client: ClientId) -> Option<Box<dyn RecordHandler>> {
     match role {
-        Role::EventNormalizer => Box::new(EventNormalizer { client }),
-        Role::LogNormalizer => Box::new(LogNormalizer { client }),
+        Role::EventNormalizer => Some(Box::new(EventNormalizer { client })),
+        Role::LogNormalizer => Some(Box::new(LogNormalizer { client })),
+        Role::GraphBuilder => None,
     }
 }
 
 /// Where a record's tenant comes from its key: ours, another's, or none at all.
-fn key_ownership(key: Option<&[u8]>, client: &ClientId) -> Option<bool> {
+pub(crate) fn key_ownership(key: Option<&[u8]>, client: &ClientId) -> Option<bool> {
     let key = key?;
     if key_belongs_to(key, client) {
         return Some(true);
@@ -71,7 +83,7 @@ impl RecordHandler for EventNormalizer {
         &[RAW_K8S_EVENTS]
     }
 
-    fn handle(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
+    fn handle(&self, _topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
         match key_ownership(key, &self.client) {
             None => return Outcome::Unattributed,
             Some(false) => return Outcome::Foreign,
@@ -105,7 +117,7 @@ impl RecordHandler for LogNormalizer {
         &[RAW_K8S_LOGS]
     }
 
-    fn handle(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
+    fn handle(&self, _topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
         match key_ownership(key, &self.client) {
             Some(false) => return Outcome::Foreign,
             Some(true) => {}

@@ -3,13 +3,17 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, Query, State};
 use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
+use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::graph::GraphStore;
+use crate::graph_builder::SharedStore;
 use crate::metrics::WorkerMetrics;
 
 /// What the handlers read.
@@ -18,6 +22,8 @@ pub struct HttpState {
     pub client_id: String,
     pub role: &'static str,
     pub metrics: Arc<WorkerMetrics>,
+    /// The graph builder's store; None for the normalizers.
+    pub graph: Option<SharedStore>,
 }
 
 /// The routes, without a socket, so tests can call them directly.
@@ -25,6 +31,10 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/graph/rca", get(rca))
+        .route("/graph/stats", get(stats))
+        .route("/graph/incidents", get(incidents))
+        .route("/graph/incidents/{id}", get(incident_events))
         .with_state(state)
 }
 
@@ -44,6 +54,60 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
         [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         state.metrics.encode(),
     )
+}
+
+#[derive(serde::Deserialize)]
+struct RcaQuery {
+    event_id: String,
+    limit: Option<usize>,
+}
+
+fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Runs a read on the store off the async threads: SQLite calls block.
+async fn with_store<T: serde::Serialize + Send + 'static>(
+    state: &HttpState,
+    read: impl FnOnce(&dyn GraphStore) -> Result<T, crate::graph::StoreError> + Send + 'static,
+) -> Response {
+    let Some(store) = state.graph.clone() else {
+        return json_error(StatusCode::NOT_FOUND, "this worker keeps no graph");
+    };
+    let result = tokio::task::spawn_blocking(move || {
+        let store = store
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        read(store.as_ref())
+    })
+    .await;
+    match result {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(error)) => json_error(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+        Err(error) => json_error(StatusCode::INTERNAL_SERVER_ERROR, error.to_string()),
+    }
+}
+
+async fn rca(State(state): State<HttpState>, Query(query): Query<RcaQuery>) -> Response {
+    let limit = query.limit.unwrap_or(10).clamp(1, 100);
+    let event_id = query.event_id;
+    with_store(&state, move |store| {
+        let candidates = store.rca(&event_id, limit)?;
+        Ok(json!({ "event_id": event_id, "candidates": candidates }))
+    })
+    .await
+}
+
+async fn stats(State(state): State<HttpState>) -> Response {
+    with_store(&state, |store| store.stats()).await
+}
+
+async fn incidents(State(state): State<HttpState>) -> Response {
+    with_store(&state, |store| store.incidents()).await
+}
+
+async fn incident_events(State(state): State<HttpState>, Path(id): Path<String>) -> Response {
+    with_store(&state, move |store| store.incident_events(&id)).await
 }
 
 /// Binds `listen` and returns the listener with the address actually bound.

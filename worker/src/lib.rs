@@ -5,6 +5,8 @@
 //! [`metrics`].
 
 pub mod config;
+pub mod graph;
+pub mod graph_builder;
 pub mod handler;
 pub mod http;
 pub mod metrics;
@@ -38,6 +40,14 @@ pub enum WorkerError {
     },
     #[error(transparent)]
     Pipeline(#[from] PipelineError),
+    #[error("failed to create the data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("failed to open the graph store: {0}")]
+    Store(#[from] graph::StoreError),
 }
 
 /// Runs the worker until `shutdown` resolves and the pipeline has drained and committed.
@@ -47,6 +57,26 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let role = config.role;
     let metrics = Arc::new(WorkerMetrics::new(config.client_id.as_str(), role.as_str()));
+    let (handler, graph): (
+        Box<dyn handler::RecordHandler>,
+        Option<graph_builder::SharedStore>,
+    ) = match handler::normalizer_for(role, config.client_id.clone()) {
+        Some(handler) => (handler, None),
+        None => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| WorkerError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            let store = graph_builder::open_store(&config.data_dir, &config.client_id)?;
+            (
+                Box::new(graph_builder::GraphBuilder::new(
+                    config.client_id.clone(),
+                    store.clone(),
+                )),
+                Some(store),
+            )
+        }
+    };
 
     let (listener, bound) =
         http::bind(config.listen)
@@ -67,6 +97,7 @@ pub async fn run(
         client_id: config.client_id.to_string(),
         role: role.as_str(),
         metrics: metrics.clone(),
+        graph,
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -88,7 +119,6 @@ pub async fn run(
         auto_offset_reset: config.auto_offset_reset.clone(),
         session_timeout_ms: config.session_timeout_ms,
     };
-    let handler = handler::handler_for(role, config.client_id.clone());
     let result = pipeline::run_pipeline(
         &config.kafka,
         &settings,

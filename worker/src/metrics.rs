@@ -25,6 +25,7 @@ pub struct WorkerMetrics {
     pub commits_failed: Counter,
     pub consumer_lag: Gauge,
     pub batches: Counter,
+    pub flush_failures: Counter,
 }
 
 impl WorkerMetrics {
@@ -47,6 +48,7 @@ impl WorkerMetrics {
             commits_failed: Counter::default(),
             consumer_lag: Gauge::default(),
             batches: Counter::default(),
+            flush_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -90,6 +92,11 @@ impl WorkerMetrics {
             metrics.consumer_lag.clone(),
         );
         registry.register("batches", "Batches committed", metrics.batches.clone());
+        registry.register(
+            "flush_failures",
+            "Batch writes (graph store) that failed and were retried",
+            metrics.flush_failures.clone(),
+        );
         Self {
             registry,
             ..metrics

@@ -174,7 +174,9 @@ pub async fn run_pipeline(
         if stop_after_batch {
             shutdown_deadline = Some(Instant::now() + settings.shutdown_grace);
         }
-        let delivered = await_deliveries(&producer, pending, &metrics, shutdown_deadline).await;
+        let flushed = flush_with_retry(handler, &metrics, shutdown_deadline).await;
+        let delivered =
+            flushed && await_deliveries(&producer, pending, &metrics, shutdown_deadline).await;
         if !delivered {
             // Only reachable once the shutdown grace ran out: leave this batch uncommitted
             // so it is redelivered to the next worker.
@@ -215,13 +217,14 @@ async fn handle_message(
         (message.topic().to_string(), message.partition()),
         message.offset(),
     );
-    match handler.handle(message.key(), message.payload()) {
+    match handler.handle(message.topic(), message.key(), message.payload()) {
         Outcome::Foreign => {
             metrics.skipped_foreign.inc();
         }
         Outcome::Unattributed => {
             metrics.unattributed.inc();
         }
+        Outcome::Absorbed | Outcome::Ignored => {}
         Outcome::Produce { topic, key, value } => {
             enqueue(producer, pending, topic, key, value, None).await;
         }
@@ -252,6 +255,31 @@ async fn handle_message(
             )
             .await;
         }
+    }
+}
+
+/// Lets the handler write what it absorbed, retrying with backoff: a batch is never
+/// committed before its writes succeed. Returns false only when the shutdown deadline
+/// passes first.
+async fn flush_with_retry(
+    handler: &dyn RecordHandler,
+    metrics: &WorkerMetrics,
+    deadline: Option<Instant>,
+) -> bool {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match handler.flush() {
+            Ok(()) => return true,
+            Err(reason) => {
+                metrics.flush_failures.inc();
+                warn!(%reason, "writing the batch failed; retrying");
+            }
+        }
+        if deadline.is_some_and(|deadline| Instant::now() + backoff >= deadline) {
+            return false;
+        }
+        sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

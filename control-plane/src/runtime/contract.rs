@@ -152,6 +152,10 @@ pub async fn run_contract(
         .logs(&name, 50)
         .await
         .map_err(|error| broken("logs of a known worker succeed", error))?;
+    runtime
+        .endpoint(&name)
+        .await
+        .map_err(|error| broken("endpoint of a running worker succeeds", error))?;
 
     runtime
         .stop(&name, Duration::from_secs(10))

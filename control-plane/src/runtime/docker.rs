@@ -30,6 +30,15 @@ pub const LABEL_MANAGED_BY: &str = "kg.managed-by";
 pub const LABEL_CLIENT_ID: &str = "kg.client-id";
 pub const LABEL_ROLE: &str = "kg.role";
 pub const LABEL_SPEC_HASH: &str = "kg.spec-hash";
+/// On the host network: the port the worker's HTTP server was given.
+pub const LABEL_HTTP_PORT: &str = "kg.http-port";
+/// Where a worker keeps durable data inside its container.
+const DATA_MOUNT: &str = "/data";
+
+/// The named volume holding a client's durable data (its graph store).
+pub fn data_volume(client_id: &str) -> String {
+    format!("kg-data-{client_id}")
+}
 
 /// How containers are run.
 #[derive(Debug, Clone)]
@@ -72,20 +81,23 @@ impl DockerRuntime {
 
     fn container_body(&self, spec: &WorkerSpec) -> ContainerCreateBody {
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        // On the host network every worker shares the host's ports, so each takes a free
-        // one; on a bridge network each has its own address and the fixed port.
-        let listen = if self.settings.network == "host" {
-            "127.0.0.1:0"
-        } else {
-            "0.0.0.0:9000"
-        };
-        env.push(format!("WORKER_LISTEN={listen}"));
-        let labels = HashMap::from([
+        let mut labels = HashMap::from([
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
             (LABEL_CLIENT_ID.to_string(), spec.client_id.to_string()),
             (LABEL_ROLE.to_string(), spec.role.clone()),
             (LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
         ]);
+        // On the host network every worker shares the host's ports, so each gets a free
+        // one, recorded in a label; on a bridge network each has its own address and the
+        // fixed port.
+        if self.settings.network == "host" {
+            let port = free_port().unwrap_or(0);
+            env.push(format!("WORKER_LISTEN=127.0.0.1:{port}"));
+            labels.insert(LABEL_HTTP_PORT.to_string(), port.to_string());
+        } else {
+            env.push("WORKER_LISTEN=0.0.0.0:9000".to_string());
+        }
+        env.push(format!("WORKER_DATA_DIR={DATA_MOUNT}"));
         let log_config = HostConfigLogConfig {
             typ: Some("json-file".into()),
             config: Some(HashMap::from([
@@ -100,6 +112,10 @@ impl DockerRuntime {
             memory: spec.memory_limit_mb.map(|mb| (mb * 1024 * 1024) as i64),
             nano_cpus: spec.cpu_limit.map(|cpus| (cpus * 1e9) as i64),
             network_mode: Some(self.settings.network.clone()),
+            binds: Some(vec![format!(
+                "{}:{DATA_MOUNT}",
+                data_volume(spec.client_id.as_str())
+            )]),
             log_config: Some(log_config),
             init: Some(true),
             cap_drop: Some(vec!["ALL".into()]),
@@ -118,6 +134,15 @@ impl DockerRuntime {
             ..Default::default()
         }
     }
+}
+
+/// A port nobody listens on right now. Another process may take it before the worker
+/// binds it; the worker then fails to start and is started again with a new port.
+fn free_port() -> Option<u16> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .map(|addr| addr.port())
+        .ok()
 }
 
 /// Docker's answers as typed runtime errors.
@@ -350,5 +375,54 @@ impl Runtime for DockerRuntime {
             }
         }
         Ok(out)
+    }
+
+    async fn endpoint(&self, name: &str) -> Result<Option<String>, RuntimeError> {
+        let name = checked(name)?;
+        let inspected = self
+            .docker
+            .inspect_container(name, None::<InspectContainerOptions>)
+            .await
+            .map_err(|error| map_error("inspect", name, error))?;
+        if !inspected
+            .state
+            .as_ref()
+            .and_then(|state| state.running)
+            .unwrap_or(false)
+        {
+            return Ok(None);
+        }
+        if self.settings.network == "host" {
+            return Ok(inspected
+                .config
+                .and_then(|config| config.labels)
+                .and_then(|labels| labels.get(LABEL_HTTP_PORT).cloned())
+                .map(|port| format!("127.0.0.1:{port}")));
+        }
+        Ok(inspected
+            .network_settings
+            .and_then(|settings| settings.networks)
+            .and_then(|networks| networks.get(&self.settings.network).cloned())
+            .and_then(|endpoint| endpoint.ip_address)
+            .filter(|ip| !ip.is_empty())
+            .map(|ip| format!("{ip}:9000")))
+    }
+
+    async fn remove_client_data(&self, client_id: &str) -> Result<(), RuntimeError> {
+        let volume = data_volume(checked(client_id)?);
+        match self
+            .docker
+            .remove_volume(
+                &volume,
+                None::<bollard::query_parameters::RemoveVolumeOptions>,
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(DockerError::DockerResponseServerError {
+                status_code: 404, ..
+            }) => Ok(()),
+            Err(error) => Err(map_error("remove_client_data", &volume, error)),
+        }
     }
 }

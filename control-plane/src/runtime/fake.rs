@@ -244,6 +244,15 @@ impl Runtime for FakeRuntime {
         let line = format!("fake worker {} for client {}\n", spec.role, spec.client_id);
         Ok(line.repeat(tail.min(1)))
     }
+
+    async fn endpoint(&self, name: &str) -> Result<Option<String>, RuntimeError> {
+        self.enter("endpoint", name).await?;
+        Ok(None)
+    }
+
+    async fn remove_client_data(&self, client_id: &str) -> Result<(), RuntimeError> {
+        self.enter("remove_client_data", client_id).await
+    }
 }
 
 #[cfg(test)]

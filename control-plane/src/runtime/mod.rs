@@ -169,4 +169,10 @@ pub trait Runtime: Send + Sync + 'static {
     async fn inspect(&self, name: &str) -> Result<ObservedWorker, RuntimeError>;
     /// The last `tail` lines of the worker's output.
     async fn logs(&self, name: &str, tail: usize) -> Result<String, RuntimeError>;
+    /// `host:port` of the worker's HTTP server (health, metrics, graph queries), when it
+    /// is known.
+    async fn endpoint(&self, name: &str) -> Result<Option<String>, RuntimeError>;
+    /// Deletes a client's durable data (the graph store). Called only after all of the
+    /// client's workers are removed.
+    async fn remove_client_data(&self, client_id: &str) -> Result<(), RuntimeError>;
 }

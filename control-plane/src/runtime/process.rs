@@ -82,10 +82,16 @@ impl ProcessRuntime {
         Ok(self.root.join(name))
     }
 
-    /// The HTTP address the worker reported, if it has started its server.
-    pub fn worker_addr(&self, name: &str) -> Option<String> {
-        let dir = self.dir(name).ok()?;
-        fs::read_to_string(dir.join(ADDR_FILE)).ok()
+    /// A client's durable data (the graph store): `<data dir>/clients/<client id>`.
+    fn client_data_dir(&self, client_id: &str) -> Result<PathBuf, RuntimeError> {
+        // Same guard as worker names: the id becomes a path.
+        self.dir(client_id)?;
+        Ok(self
+            .root
+            .parent()
+            .unwrap_or(&self.root)
+            .join("clients")
+            .join(client_id))
     }
 
     fn observe(&self, name: &str) -> Result<ObservedWorker, RuntimeError> {
@@ -224,6 +230,10 @@ impl Runtime for ProcessRuntime {
             .envs(&spec.env)
             .env("WORKER_LISTEN", "127.0.0.1:0")
             .env("WORKER_ADDR_FILE", dir.join(ADDR_FILE))
+            .env(
+                "WORKER_DATA_DIR",
+                self.client_data_dir(spec.client_id.as_str())?,
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(log_err))
@@ -319,6 +329,27 @@ impl Runtime for ProcessRuntime {
             return Err(RuntimeError::NotFound(name.to_string()));
         }
         Ok(tail_lines(&dir.join(LOG_FILE), tail))
+    }
+
+    async fn endpoint(&self, name: &str) -> Result<Option<String>, RuntimeError> {
+        let dir = self.dir(name)?;
+        if self.running_pid(name)?.is_none() {
+            return Ok(None);
+        }
+        Ok(fs::read_to_string(dir.join(ADDR_FILE)).ok())
+    }
+
+    async fn remove_client_data(&self, client_id: &str) -> Result<(), RuntimeError> {
+        let dir = self.client_data_dir(client_id)?;
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(RuntimeError::Failed {
+                operation: "remove_client_data",
+                name: client_id.to_string(),
+                reason: error.to_string(),
+            }),
+        }
     }
 }
 

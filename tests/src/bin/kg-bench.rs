@@ -476,8 +476,8 @@ fn drain(options: &Options) -> Result<()> {
     let counter = OutputCounter::start(bootstrap, client)?;
     let producer = producer(bootstrap, "lz4")?;
     let mut produced = 0u64;
-    let mut rates = Vec::new();
-    let mut ts_rates = Vec::new();
+    let mut rates: Vec<f64> = Vec::new();
+    let mut ts_rates: Vec<f64> = Vec::new();
     let (mut total_records, mut total_secs) = (0u64, 0f64);
     for round in 1..=rounds {
         // The previous round is fully out, so the worker is idle: read its counters, then
@@ -517,11 +517,19 @@ fn drain(options: &Options) -> Result<()> {
         } else {
             0.0
         };
+        let ts_span = seen.ts_span_secs();
+        let ts_rate = if ts_span > 0.0 {
+            (outputs.saturating_sub(1)) as f64 / ts_span
+        } else {
+            0.0
+        };
         eprintln!(
-            "  round {round}: outputs={outputs} complete={complete} first_to_last_secs={span:.3} rate={rate:.0}/s {}",
+            "  round {round}: outputs={outputs} complete={complete} first_to_last_secs={span:.3} \
+             rate={rate:.0}/s ts_span_secs={ts_span:.3} ts_rate={ts_rate:.0}/s {}",
             counters_summary(metrics_before, metrics_after)
         );
         rates.push(rate);
+        ts_rates.push(ts_rate);
         total_records += outputs.saturating_sub(1);
         total_secs += span;
         if !complete {
@@ -529,11 +537,22 @@ fn drain(options: &Options) -> Result<()> {
         }
     }
     let seen = counter.seen.lock().unwrap();
-    let mut sorted = rates.clone();
-    sorted.sort_by(|a, b| a.total_cmp(b));
+    let median = |values: &[f64]| {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0)
+    };
+    let list = |values: &[f64]| {
+        values
+            .iter()
+            .map(|r| format!("{r:.0}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    };
     println!(
         "RESULT mode=drain rounds={} round_records={round_records} records={} duplicates={} \
-         rate={:.0} median_round_rate={:.0} round_rates={} delivery_failures={}",
+         rate={:.0} median_round_rate={:.0} round_rates={} median_round_ts_rate={:.0} \
+         round_ts_rates={} delivery_failures={}",
         rates.len(),
         seen.unique.len(),
         seen.total - seen.unique.len() as u64,
@@ -542,12 +561,10 @@ fn drain(options: &Options) -> Result<()> {
         } else {
             0.0
         },
-        sorted.get(sorted.len() / 2).copied().unwrap_or(0.0),
-        rates
-            .iter()
-            .map(|r| format!("{r:.0}"))
-            .collect::<Vec<_>>()
-            .join(","),
+        median(&rates),
+        list(&rates),
+        median(&ts_rates),
+        list(&ts_rates),
         producer.context().failed.load(Ordering::Relaxed),
     );
     Ok(())
