@@ -17,7 +17,7 @@ check() {
   if grep -qE "$2" "$out"; then echo "ok: $1"; else echo "FAILED: $1"; fail=1; fi
 }
 check "the embedded broker announces its address" '^bootstrap=127\.0\.0\.1:[0-9]+$'
-check "both workers run" 'workers running: kg-event-normalizer-demo-001 \(running\), kg-log-normalizer-demo-001 \(running\)'
+check "all three workers run" 'workers running: kg-event-normalizer-demo-001 \(running\), kg-graph-builder-demo-001 \(running\), kg-log-normalizer-demo-001 \(running\)'
 check "an OOMKilled event is normalized" 'events.normalized MEMORY_OOM +WARNING'
 check "a crash loop is normalized" 'events.normalized POD_CRASH_LOOP'
 check "an error log line is normalized" 'logs.normalized +CONNECTION_REFUSED +ERROR'

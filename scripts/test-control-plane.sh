@@ -110,7 +110,7 @@ start_control_plane
 poll 60 get /ready || fail "the control plane becomes ready"
 ok "control plane $CP is ready with the docker runtime"
 roles=$(docker inspect "$CP" --format '{{range .Config.Env}}{{println .}}{{end}}' | sed -n 's/^CP_ROLES=//p')
-expected=2  # the default role set: event-normalizer, log-normalizer
+expected=3  # the default role set: event-normalizer, log-normalizer, graph-builder
 [ -n "$roles" ] && expected=$(echo "$roles" | tr ',' '\n' | grep -c .)
 
 # ---- 2. registration → containers with names and labels ---------------------------------
@@ -123,7 +123,7 @@ heartbeat_loop() {
 produce cluster.registry "$CLIENT" "{\"client_id\":\"$CLIENT\",\"cluster_name\":\"test-cluster\",\"k8s_version\":\"1.28\"}"
 heartbeat_loop & heartbeat_pid=$!
 poll 60 expect_running "$expected" || fail "$expected worker containers run for $CLIENT"
-for role in event-normalizer log-normalizer; do
+for role in event-normalizer log-normalizer graph-builder; do
   name="kg-${role}-${CLIENT}"
   labels=$(docker inspect "$name" --format '{{index .Config.Labels "kg.managed-by"}} {{index .Config.Labels "kg.client-id"}} {{index .Config.Labels "kg.role"}} {{index .Config.Labels "kg.spec-hash"}}') \
     || fail "container $name exists"
@@ -152,11 +152,12 @@ ok "test event normalized: $(cut -d$'\x1f' -f1 "$work/normalized")"
 # ---- 4. consumer groups and docker logs --------------------------------------------------
 groups_exist() {
   docker run --rm --network host kg-control-plane:latest list-groups --kafka-bootstrap-servers "$BOOTSTRAP" >"$work/groups" 2>/dev/null
-  grep -qx "event-normalizer-${CLIENT}" "$work/groups" && grep -qx "log-normalizer-${CLIENT}" "$work/groups"
+  grep -qx "event-normalizer-${CLIENT}" "$work/groups" && grep -qx "log-normalizer-${CLIENT}" "$work/groups" \
+    && grep -qx "graph-builder-${CLIENT}" "$work/groups"
 }
-poll 30 groups_exist || fail "consumer groups event-normalizer-$CLIENT and log-normalizer-$CLIENT exist (have: $(tr '\n' ' ' <"$work/groups"))"
-ok "consumer groups event-normalizer-$CLIENT, log-normalizer-$CLIENT exist"
-for role in event-normalizer log-normalizer; do
+poll 30 groups_exist || fail "consumer groups event-normalizer-$CLIENT, log-normalizer-$CLIENT and graph-builder-$CLIENT exist (have: $(tr '\n' ' ' <"$work/groups"))"
+ok "consumer groups event-normalizer-$CLIENT, log-normalizer-$CLIENT, graph-builder-$CLIENT exist"
+for role in event-normalizer log-normalizer graph-builder; do
   docker logs "kg-${role}-${CLIENT}" 2>&1 | grep -q "worker started client_id=${CLIENT} role=\"${role}\"" \
     || fail "docker logs kg-${role}-${CLIENT} shows that client's worker"
 done
@@ -179,7 +180,7 @@ before=$(containers)
 docker kill --signal KILL "$CP" >/dev/null
 docker start "$CP" >/dev/null
 poll 60 get /ready || fail "the restarted control plane becomes ready"
-adopted() { client_json | python3 -c 'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w)>=2 and all(x["state"]=="running" for x in w) else 1)'; }
+adopted() { client_json | python3 -c 'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w)>=3 and all(x["state"]=="running" for x in w) else 1)'; }
 poll 30 adopted || fail "the restarted control plane lists the workers"
 sleep_passes() { # three reconcile passes, so anything wrong it would do has been done
   local target=$(( $(get /metrics | sed -n 's/^cp_reconciles_total //p') + 3 ))

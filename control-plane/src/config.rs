@@ -104,7 +104,7 @@ pub struct RunArgs {
         long,
         env = "CP_ROLES",
         value_delimiter = ',',
-        default_value = "event-normalizer,log-normalizer"
+        default_value = "event-normalizer,log-normalizer,graph-builder"
     )]
     pub roles: Vec<String>,
 

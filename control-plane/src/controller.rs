@@ -712,6 +712,12 @@ mod tests {
             h.runtime.calls_of("remove").len() == 4
         })
         .await;
+        // Deregistered (with the delete policy): its data goes once its workers are gone;
+        // the merely stale client keeps its data.
+        eventually("af-10's data removed", || {
+            h.runtime.calls_of("remove_client_data") == ["af-10"]
+        })
+        .await;
         assert!(h.table.get(&ClientId::parse("af-10").unwrap()).is_none());
         h.stop().await;
     }

@@ -295,7 +295,7 @@ impl DemoAgent {
             .wait_for(
                 "the demo client's workers",
                 Duration::from_secs(60),
-                |agent| agent.running_workers() >= 2,
+                |agent| agent.running_workers() >= 3,
             )
             .await
         {

@@ -141,7 +141,11 @@ pub async fn run_ingest(
     // The topics may not exist yet (a real cluster whose topic setup has not run): wait
     // for them rather than failing, so start order does not matter.
     let start_watermarks = loop {
-        match assign_partitions(&consumer, &settings, clock.now()) {
+        // Metadata and watermark look-ups block for up to their timeout; keep them off the
+        // async threads so the API stays responsive while Kafka is unreachable.
+        let attempt =
+            tokio::task::block_in_place(|| assign_partitions(&consumer, &settings, clock.now()));
+        match attempt {
             Ok(watermarks) => break watermarks,
             Err(reason) => {
                 warn!(%reason, "waiting for the registry and heartbeat topics");

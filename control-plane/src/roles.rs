@@ -19,10 +19,10 @@ use serde::{Deserialize, Serialize};
 use crate::runtime::WorkerSpec;
 
 /// Roles the `worker` binary knows.
-pub const KNOWN_ROLES: &[&str] = &["event-normalizer", "log-normalizer"];
+pub const KNOWN_ROLES: &[&str] = &["event-normalizer", "log-normalizer", "graph-builder"];
 
 /// The roles every client gets unless configured otherwise.
-pub const DEFAULT_ROLES: &[&str] = &["event-normalizer", "log-normalizer"];
+pub const DEFAULT_ROLES: &[&str] = &["event-normalizer", "log-normalizer", "graph-builder"];
 
 /// The default worker image, used by the Docker runtime.
 pub const DEFAULT_IMAGE: &str = "kg-worker:latest";
@@ -175,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn default_role_set_gives_each_client_both_normalizers() {
+    fn default_role_set_gives_each_client_both_normalizers_and_a_graph_builder() {
         let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
         let specs = RoleSet::builtin(&enabled, DEFAULT_IMAGE)
             .unwrap()
@@ -183,7 +183,11 @@ mod tests {
         let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(
             names,
-            ["kg-event-normalizer-af-9", "kg-log-normalizer-af-9"]
+            [
+                "kg-event-normalizer-af-9",
+                "kg-log-normalizer-af-9",
+                "kg-graph-builder-af-9"
+            ]
         );
         assert_eq!(specs[0].env["CLIENT_ID"], "af-9");
         assert_eq!(specs[0].args, ["--role", "event-normalizer"]);

@@ -302,9 +302,15 @@ impl ControlPlane {
         let text =
             std::fs::read_to_string(self.data_dir.join("control-plane.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
+        let workers: Vec<String> = self
+            .worker_dirs()
+            .iter()
+            .map(|name| format!("--- {name}:\n{}", tail(&self.worker_log(name), 8)))
+            .collect();
         format!(
-            "control-plane log tail:\n{}",
-            lines[lines.len().saturating_sub(40)..].join("\n")
+            "control-plane log tail:\n{}\nworkers:\n{}",
+            lines[lines.len().saturating_sub(40)..].join("\n"),
+            workers.join("\n")
         )
     }
 
@@ -322,6 +328,11 @@ impl Drop for ControlPlane {
         self.kill();
         self.kill_workers();
     }
+}
+
+fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Minimal blocking HTTP over std, to keep the tests free of an async HTTP stack.

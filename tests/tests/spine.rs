@@ -10,13 +10,16 @@ use serde_json::Value;
 
 const EVENT_NORMALIZER: &str = "kg-event-normalizer";
 const LOG_NORMALIZER: &str = "kg-log-normalizer";
+const GRAPH_BUILDER: &str = "kg-graph-builder";
 
-fn both_running(plane: &ControlPlane, client: &str) -> Option<Vec<(String, String)>> {
+/// The client's workers when exactly one per default role runs, sorted by name.
+fn all_running(plane: &ControlPlane, client: &str) -> Option<Vec<(String, String)>> {
     let workers = plane.running_workers(client);
     let names: Vec<&str> = workers.iter().map(|(name, _)| name.as_str()).collect();
     (names
         == [
             format!("{EVENT_NORMALIZER}-{client}"),
+            format!("{GRAPH_BUILDER}-{client}"),
             format!("{LOG_NORMALIZER}-{client}"),
         ])
     .then_some(workers)
@@ -56,11 +59,11 @@ async fn chart_registration_runs_workers_that_normalize_then_stale_reregister_an
         None,
     )?;
     let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_millis(500))?;
-    let workers = poll("both workers running", Duration::from_secs(30), || {
-        both_running(&plane, client)
+    let workers = poll("all three workers running", Duration::from_secs(30), || {
+        all_running(&plane, client)
     })
     .with_context(|| plane.log_tail())?;
-    assert_eq!(workers.len(), 2);
+    assert_eq!(workers.len(), 3);
     let record = plane.client(client).context("client record")?;
     assert_eq!(record["state"], "active");
     assert_eq!(record["registration"]["cluster_name"], "prod-eu");
@@ -138,7 +141,7 @@ async fn chart_registration_runs_workers_that_normalize_then_stale_reregister_an
     poll(
         "workers back after re-registration",
         Duration::from_secs(30),
-        || both_running(&plane, client),
+        || all_running(&plane, client),
     )
     .with_context(|| plane.log_tail())?;
 
@@ -178,7 +181,7 @@ async fn agent_quirks_are_handled_as_the_protocol_says() -> Result<()> {
     poll(
         "the colon-split client's workers",
         Duration::from_secs(30),
-        || both_running(&plane, "af-7"),
+        || all_running(&plane, "af-7"),
     )
     .with_context(|| plane.log_tail())?;
 
@@ -191,7 +194,7 @@ async fn agent_quirks_are_handled_as_the_protocol_says() -> Result<()> {
         None,
     )?;
     let first = poll("af-8's workers", Duration::from_secs(30), || {
-        both_running(&plane, "af-8")
+        all_running(&plane, "af-8")
     })?;
     kcat_produce(
         b,
@@ -215,11 +218,11 @@ async fn agent_quirks_are_handled_as_the_protocol_says() -> Result<()> {
         || (plane.metric("cp_reconciles_total") >= passes + 3.0).then_some(()),
     )?;
     assert_eq!(
-        both_running(&plane, "af-8"),
+        all_running(&plane, "af-8"),
         Some(first),
         "workers changed after a repeated registration"
     );
-    assert_eq!(plane.worker_dirs().len(), 4);
+    assert_eq!(plane.worker_dirs().len(), 6);
 
     // A zstd heartbeat keyed <id>::<id>, produced by kcat, counts as that client's.
     let before = plane.client("af-8").context("af-8")?["last_heartbeat"].clone();
@@ -348,8 +351,9 @@ async fn a_poison_record_is_dead_lettered_and_the_worker_keeps_going() -> Result
         None,
     )?;
     let before = poll("workers", Duration::from_secs(30), || {
-        both_running(&plane, client)
-    })?;
+        all_running(&plane, client)
+    })
+    .with_context(|| plane.log_tail())?;
 
     kcat_produce(
         &broker.bootstrap,
@@ -383,7 +387,7 @@ async fn a_poison_record_is_dead_lettered_and_the_worker_keeps_going() -> Result
     )?;
     assert_eq!(good["event_type_abstract"], "POD_BACKOFF");
     assert_eq!(
-        both_running(&plane, client),
+        all_running(&plane, client),
         Some(before),
         "the worker restarted"
     );
@@ -404,7 +408,7 @@ async fn a_worker_killed_with_sigkill_loses_no_record() -> Result<()> {
         None,
     )?;
     poll("workers", Duration::from_secs(30), || {
-        both_running(&plane, client)
+        all_running(&plane, client)
     })?;
     let worker = format!("{EVENT_NORMALIZER}-{client}");
     let first_pid = plane.worker_pid(&worker).context("pid")?;
@@ -484,13 +488,14 @@ async fn a_restarted_control_plane_adopts_the_running_workers() -> Result<()> {
     )?;
     let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_secs(1))?;
     let before = poll("workers", Duration::from_secs(30), || {
-        both_running(&plane, client)
-    })?;
+        all_running(&plane, client)
+    })
+    .with_context(|| plane.log_tail())?;
 
     plane.kill();
     plane.spawn()?;
     let after = poll("workers listed again", Duration::from_secs(30), || {
-        both_running(&plane, client)
+        all_running(&plane, client)
     })
     .with_context(|| plane.log_tail())?;
     assert_eq!(before, after, "workers were replaced instead of adopted");
@@ -500,9 +505,9 @@ async fn a_restarted_control_plane_adopts_the_running_workers() -> Result<()> {
         Duration::from_secs(10),
         || (plane.metric("cp_reconciles_total") >= passes + 3.0).then_some(()),
     )?;
-    assert_eq!(both_running(&plane, client), Some(before));
-    assert_eq!(plane.worker_dirs().len(), 2);
-    assert!(plane.metric(r#"cp_lifecycle_events_total{event="worker_adopted"}"#) >= 2.0);
+    assert_eq!(all_running(&plane, client), Some(before));
+    assert_eq!(plane.worker_dirs().len(), 3);
+    assert!(plane.metric(r#"cp_lifecycle_events_total{event="worker_adopted"}"#) >= 3.0);
     heartbeats.stop().await;
     Ok(())
 }
