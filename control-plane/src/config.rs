@@ -34,6 +34,10 @@ pub enum Command {
     /// Prints the consumer groups the cluster knows, one per line (for scripts and
     /// operators: kcat cannot list groups).
     ListGroups(ListGroupsArgs),
+    /// Prints a consumer group's committed offsets on a topic (`topic partition offset`
+    /// lines); exits non-zero when it has none. Works on the embedded broker, which does
+    /// not answer group listings.
+    GroupOffsets(GroupOffsetsArgs),
 }
 
 /// Where workers run.
@@ -185,6 +189,20 @@ pub struct BrokerArgs {
 pub struct ListGroupsArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct GroupOffsetsArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    /// The consumer group.
+    #[arg(long, env = "KAFKA_GROUP")]
+    pub group: String,
+
+    /// The topic whose committed offsets are read.
+    #[arg(long, env = "KAFKA_TOPIC")]
+    pub topic: String,
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -22,7 +22,7 @@ use rdkafka::ClientConfig;
 use serde_json::json;
 use tokio::sync::oneshot;
 
-use crate::config::{BrokerArgs, CreateTopicsArgs, DevArgs, ListGroupsArgs};
+use crate::config::{BrokerArgs, CreateTopicsArgs, DevArgs, GroupOffsetsArgs, ListGroupsArgs};
 use crate::controller::{Controller, Status};
 use crate::runtime::Runtime;
 use crate::table::ClientTable;
@@ -39,6 +39,10 @@ pub enum DevError {
     DemoClientSetup(#[from] rdkafka::error::KafkaError),
     #[error("gave up creating topics after {0:?}: {1}")]
     TopicsTimeout(Duration, String),
+    #[error("failed to read consumer groups: {0}")]
+    Groups(String),
+    #[error("group {group} has no committed offsets on {topic}")]
+    NoOffsets { group: String, topic: String },
 }
 
 /// `control-plane embedded-broker`: runs until SIGTERM/SIGINT. The broker is not `Send`, so
@@ -112,14 +116,59 @@ pub async fn create_topics(args: CreateTopicsArgs) -> Result<(), DevError> {
 
 /// `control-plane list-groups`.
 pub fn list_groups(args: ListGroupsArgs) -> Result<(), DevError> {
-    let consumer: rdkafka::consumer::BaseConsumer = args.kafka.client_config().create()?;
-    let groups = consumer.fetch_group_list(None, Duration::from_secs(10))?;
+    let consumer: rdkafka::consumer::BaseConsumer = args
+        .kafka
+        .client_config()
+        .create()
+        .map_err(|error| DevError::Groups(error.to_string()))?;
+    let groups = consumer
+        .fetch_group_list(None, Duration::from_secs(10))
+        .map_err(|error| DevError::Groups(error.to_string()))?;
     let mut names: Vec<&str> = groups.groups().iter().map(|group| group.name()).collect();
     names.sort_unstable();
     for name in names {
         println!("{name}");
     }
     Ok(())
+}
+
+/// `control-plane group-offsets`.
+pub fn group_offsets(args: GroupOffsetsArgs) -> Result<(), DevError> {
+    let failed = |error: rdkafka::error::KafkaError| DevError::Groups(error.to_string());
+    let consumer: rdkafka::consumer::BaseConsumer = args
+        .kafka
+        .client_config()
+        .set("group.id", &args.group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .map_err(failed)?;
+    let metadata = consumer
+        .fetch_metadata(Some(&args.topic), Duration::from_secs(10))
+        .map_err(failed)?;
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    for topic in metadata.topics() {
+        for partition in topic.partitions() {
+            partitions.add_partition(&args.topic, partition.id());
+        }
+    }
+    let committed = consumer
+        .committed_offsets(partitions, Duration::from_secs(10))
+        .map_err(failed)?;
+    let mut any = false;
+    for element in committed.elements() {
+        if let rdkafka::Offset::Offset(offset) = element.offset() {
+            any = true;
+            println!("{} {} {offset}", element.topic(), element.partition());
+        }
+    }
+    if any {
+        Ok(())
+    } else {
+        Err(DevError::NoOffsets {
+            group: args.group,
+            topic: args.topic,
+        })
+    }
 }
 
 /// `control-plane dev`.

@@ -20,6 +20,7 @@ async fn main() -> anyhow::Result<()> {
         Command::EmbeddedBroker(args) => control_plane::dev::embedded_broker(args).await?,
         Command::CreateTopics(args) => control_plane::dev::create_topics(args).await?,
         Command::ListGroups(args) => control_plane::dev::list_groups(args)?,
+        Command::GroupOffsets(args) => control_plane::dev::group_offsets(args)?,
     }
     Ok(())
 }

@@ -1,0 +1,191 @@
+#!/usr/bin/env bash
+# Worker end-to-end throughput through the embedded broker: one `worker --role
+# event-normalizer` (release build), raw.k8s.events → events.normalized, counted by a
+# consumer of events.normalized that runs while the load is produced. See
+# docs/benchmarks.md for the method and the results.
+#
+#   bash scripts/bench-worker-throughput.sh              # 3 runs, median
+#
+# Environment:
+#   RUNS=3            runs (each with a fresh broker and worker); the median is reported
+#   MODE=concurrent   concurrent: produce while the worker consumes, never more than
+#                       WINDOW records ahead of the outputs seen (the embedded broker keeps
+#                       at most 5 MiB per partition, so a producer far ahead loses input)
+#                     drain: freeze the worker (SIGSTOP), pre-produce ROUND_RECORDS, resume
+#                       it (SIGCONT) and time the outputs; ROUNDS rounds per run. Isolates
+#                       the worker from the load generator's CPU.
+#   RECORDS=300000    records per concurrent run (the run also ends after MAX_SECS)
+#   MAX_SECS=40       bound on one concurrent run's producing phase
+#   WINDOW=12000      concurrent mode's records in flight (~2.6 MB per partition)
+#   ROUNDS=5 ROUND_RECORDS=20000
+#   WORKER_ENV=""     extra environment for the worker, e.g.
+#                       WORKER_ENV="KAFKA_EXTRA_CONFIG=fetch.queue.backoff.ms=10"
+#   SKIP_BUILD=1      use the binaries already in target/release
+#
+# Bounded in time (about RUNS × (MAX_SECS + 20) s, plus the build); every process it
+# starts is stopped on exit.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+RUNS=${RUNS:-3}
+MODE=${MODE:-concurrent}
+RECORDS=${RECORDS:-300000}
+MAX_SECS=${MAX_SECS:-40}
+WINDOW=${WINDOW:-12000}
+ROUNDS=${ROUNDS:-5}
+ROUND_RECORDS=${ROUND_RECORDS:-20000}
+WORKER_ENV=${WORKER_ENV:-}
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-throughput.XXXXXX")
+STARTED=()
+
+alive() {
+    [ -r "/proc/$1/stat" ] || return 1
+    local state
+    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+    [ -n "$state" ] && [ "$state" != Z ]
+}
+
+# stop <pid> <name> <grace seconds>: SIGTERM, then SIGKILL after the grace period.
+stop() {
+    local pid=$1 name=$2 grace=$3
+    kill -CONT "$pid" 2>/dev/null || true
+    if alive "$pid"; then
+        kill -TERM "$pid" 2>/dev/null || true
+        local i
+        for ((i = 0; i < grace * 10; i++)); do
+            alive "$pid" || break
+            sleep 0.1
+        done
+        if alive "$pid"; then
+            echo "  note: $name (pid $pid) still running ${grace}s after SIGTERM; sending SIGKILL" >&2
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    wait "$pid" 2>/dev/null || true
+}
+
+cleanup() {
+    local i entry
+    # Newest first: workers before the broker they talk to.
+    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
+        entry=${STARTED[i]}
+        stop "${entry%%:*}" "${entry#*:}" 15
+    done
+    STARTED=()
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+forget() { # forget <pid>: it has been stopped already
+    local keep=() entry
+    for entry in "${STARTED[@]}"; do
+        [ "${entry%%:*}" = "$1" ] || keep+=("$entry")
+    done
+    STARTED=("${keep[@]+"${keep[@]}"}")
+}
+
+machine() {
+    echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores," \
+        "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
+    if git rev-parse --git-dir >/dev/null 2>&1; then
+        echo "git: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (working tree modified)')"
+    else
+        echo "git: not a git checkout"
+    fi
+}
+
+# Busy CPU ticks of the whole machine (all cores), from /proc/stat.
+machine_busy() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9}' /proc/stat; }
+proc_ticks() { sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | awk '{print $12 + $13}' || echo 0; }
+
+BIN=$WORK/bin
+mkdir -p "$BIN"
+if [ -z "${SKIP_BUILD:-}" ]; then
+    echo "building (release)…" >&2
+    cargo build --release --bins -p control-plane -p worker >&2
+    cargo build --release -p kg-tests --bin kg-bench >&2
+fi
+# Private copies: other people may rebuild target/release while this runs.
+cp target/release/control-plane target/release/worker target/release/kg-bench "$BIN/"
+
+machine
+echo "mode=$MODE runs=$RUNS worker_env=\"$WORKER_ENV\""
+if [ "$MODE" = concurrent ]; then
+    echo "records=$RECORDS max_secs=$MAX_SECS window=$WINDOW"
+else
+    echo "rounds=$ROUNDS round_records=$ROUND_RECORDS"
+fi
+echo "event: $("$BIN/kg-bench" event --client bench-tp | tail -1)"
+
+RATES=()
+HZ=$(getconf CLK_TCK)
+for ((run = 1; run <= RUNS; run++)); do
+    dir=$WORK/run-$run
+    mkdir -p "$dir"
+    "$BIN/control-plane" embedded-broker </dev/null >"$dir/broker.out" 2>"$dir/broker.err" &
+    broker=$!
+    STARTED+=("$broker:embedded-broker")
+    for ((i = 0; i < 300; i++)); do
+        grep -q '^bootstrap=' "$dir/broker.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    bootstrap=$(sed -n 's/^bootstrap=//p' "$dir/broker.out" | head -1)
+    [ -n "$bootstrap" ] || { echo "the embedded broker printed no bootstrap line" >&2; exit 1; }
+
+    client=bench-tp-$run
+    # shellcheck disable=SC2086 # WORKER_ENV is a list of assignments
+    env $WORKER_ENV CLIENT_ID=$client KAFKA_BOOTSTRAP_SERVERS="$bootstrap" \
+        WORKER_LISTEN=127.0.0.1:0 WORKER_ADDR_FILE="$dir/worker.addr" WORKER_DATA_DIR="$dir/data" \
+        "$BIN/worker" --role event-normalizer >"$dir/worker.log" 2>&1 &
+    worker=$!
+    STARTED+=("$worker:worker")
+    for ((i = 0; i < 300; i++)); do
+        [ -s "$dir/worker.addr" ] && break
+        sleep 0.1
+    done
+    [ -s "$dir/worker.addr" ] || { echo "the worker wrote no address; log:" >&2; tail "$dir/worker.log" >&2; exit 1; }
+    metrics=http://$(cat "$dir/worker.addr")/metrics
+
+    load_before=$(cut -d' ' -f1 /proc/loadavg)
+    busy_before=$(machine_busy)
+    ours_before=$(($(proc_ticks "$worker") + $(proc_ticks "$broker")))
+    t0=$(date +%s.%N)
+    if [ "$MODE" = concurrent ]; then
+        timeout $((MAX_SECS + 120)) "$BIN/kg-bench" throughput --bootstrap "$bootstrap" --client "$client" \
+            --records "$RECORDS" --window "$WINDOW" --max-secs "$MAX_SECS" --metrics-url "$metrics" \
+            >"$dir/result" 2>"$dir/progress"
+    else
+        sleep 3 # the worker joins its group first, so a round starts with it assigned
+        timeout $((ROUNDS * 60 + 60)) "$BIN/kg-bench" drain --bootstrap "$bootstrap" --client "$client" \
+            --worker-pid "$worker" --rounds "$ROUNDS" --round-records "$ROUND_RECORDS" \
+            --metrics-url "$metrics" >"$dir/result" 2>"$dir/progress"
+    fi
+    t1=$(date +%s.%N)
+    busy=$(($(machine_busy) - busy_before))
+    ours=$(($(proc_ticks "$worker") + $(proc_ticks "$broker") - ours_before))
+    load_after=$(cut -d' ' -f1 /proc/loadavg)
+    result=$(grep '^RESULT' "$dir/result" | tail -1)
+    rate=$(tr ' ' '\n' <<<"$result" | sed -n 's/^rate=//p')
+    RATES+=("$rate")
+    awk -v busy="$busy" -v ours="$ours" -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v run="$run" \
+        -v l0="$load_before" -v l1="$load_after" 'BEGIN {
+            secs = t1 - t0
+            printf "run %d: load1 %s→%s; during the run the machine was busy %.2f cores, worker+broker %.2f cores\n",
+                run, l0, l1, busy / hz / secs, ours / hz / secs
+        }'
+    [ "$MODE" = drain ] && sed 's/^/  /' "$dir/progress"
+    echo "  $result"
+
+    stop "$worker" worker 15
+    forget "$worker"
+    if grep -v ' INFO \|CONFWARN' "$dir/worker.log" | grep -q .; then
+        echo "  worker warnings:" && grep -v ' INFO \|CONFWARN' "$dir/worker.log" | head -5 | sed 's/^/    /'
+    fi
+    stop "$broker" embedded-broker 5
+    forget "$broker"
+done
+
+median=$(printf '%s\n' "${RATES[@]}" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
+echo "rates (records/s): ${RATES[*]}"
+echo "FIGURE worker_throughput_records_per_sec median=$median runs=${RATES[*]} mode=$MODE target=50000 met=$([ "${median:-0}" -ge 50000 ] && echo yes || echo no)"
