@@ -19,6 +19,8 @@ TOKEN=test-control-plane-token
 API="http://127.0.0.1:${PORT}"
 CP=kg-control-plane
 work=$(mktemp -d)
+# Clients registered together to kill the control plane in the middle of spawning.
+BURST=("${CLIENT}-b1" "${CLIENT}-b2" "${CLIENT}-b3" "${CLIENT}-b4" "${CLIENT}-b5")
 broker_pid=""
 heartbeat_pid=""
 passed=0
@@ -27,10 +29,12 @@ started=$(date +%s)
 cleanup() {
   [ -n "$heartbeat_pid" ] && kill "$heartbeat_pid" 2>/dev/null || true
   docker rm -f "$CP" >/dev/null 2>&1 || true
-  # Every worker container this run's control plane made, found by label.
-  ids=$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${CLIENT}")
-  [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
-  docker volume rm -f "kg-data-${CLIENT}" >/dev/null 2>&1 || true
+  # Every worker container (and data volume) of this run's clients, found by label.
+  for client in "$CLIENT" "${BURST[@]}"; do
+    ids=$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${client}")
+    [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
+    docker volume rm -f "kg-data-${client}" >/dev/null 2>&1 || true
+  done
   [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
   rm -rf "$work"
 }
@@ -201,6 +205,26 @@ sleep_passes || fail "the restarted control plane reconciles"
 after=$(containers)
 [ "$before" = "$after" ] || fail "the same containers are adopted (before: $before; after: $after)"
 ok "SIGKILL + restart → the same $expected containers adopted (same ids, no duplicates)"
+
+# ---- 6b. SIGKILL in the middle of spawning → exactly one set per client ----------------
+for c in "${BURST[@]}"; do
+  produce cluster.registry "$c" "{\"client_id\":\"$c\",\"cluster_name\":\"burst\"}"
+done
+some_spawning() { docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${BURST[0]}" | grep -q .; }
+poll 60 some_spawning || fail "the burst of registrations starts spawning"
+docker kill --signal KILL "$CP" >/dev/null
+spawned_before=$(for c in "${BURST[@]}"; do docker ps -aq --filter "label=kg.client-id=$c"; done | wc -l)
+docker start "$CP" >/dev/null
+poll 60 get /ready || fail "the control plane restarted mid-spawn becomes ready"
+one_set_each() {
+  for c in "${BURST[@]}"; do
+    [ "$(docker ps -q --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=$c" | wc -l)" -eq "$expected" ] || return 1
+    [ "$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=$c" | wc -l)" -eq "$expected" ] || return 1
+  done
+}
+poll 90 one_set_each || fail "after a SIGKILL mid-spawn every client has exactly one running set ($(docker ps -a --filter label=kg.managed-by=kg-control-plane --format '{{.Names}} {{.State}}' | sort | tr '\n' ' '))"
+ok "SIGKILL mid-spawn ($spawned_before of $(( ${#BURST[@]} * expected )) containers made) + restart → exactly one running set per client"
+for c in "${BURST[@]}"; do printf '%s\x1f\n' "$c" | kcat -P -b "$BOOTSTRAP" -t cluster.registry -K $'\x1f' -Z; done
 
 # ---- 7. tombstone → removed --------------------------------------------------------------
 kill "$heartbeat_pid"; wait "$heartbeat_pid" 2>/dev/null || true; heartbeat_pid=""
