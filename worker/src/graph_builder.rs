@@ -12,7 +12,7 @@ use kg_shared::topics::{
 };
 use kg_shared::ClientId;
 
-use crate::graph::{decode_input, GraphInput, GraphStore, SqliteGraphStore, StoreError};
+use crate::graph::{decode_input_at, GraphInput, GraphStore, SqliteGraphStore, StoreError};
 use crate::handler::{key_ownership, Outcome, RecordHandler};
 
 /// The client's store, shared by the pipeline (writes) and the HTTP queries (reads).
@@ -57,13 +57,20 @@ impl RecordHandler for GraphBuilder {
         ]
     }
 
-    fn handle(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
+    fn handle(
+        &self,
+        topic: &str,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Outcome {
         match key_ownership(key, &self.client) {
             None => return Outcome::Unattributed,
             Some(false) => return Outcome::Foreign,
             Some(true) => {}
         }
-        match decode_input(topic, key, value) {
+        let fallback_time = timestamp_ms.and_then(chrono::DateTime::from_timestamp_millis);
+        match decode_input_at(topic, key, value, fallback_time) {
             Ok(Some(input)) => {
                 self.pending
                     .lock()

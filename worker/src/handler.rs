@@ -37,8 +37,15 @@ pub enum Outcome {
 pub trait RecordHandler: Send + Sync + 'static {
     /// The topics this role consumes.
     fn input_topics(&self) -> &'static [&'static str];
-    /// Decides what to do with one record of `topic`.
-    fn handle(&self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome;
+    /// Decides what to do with one record of `topic` (`timestamp_ms`: the Kafka record's
+    /// timestamp, for records that carry no time of their own).
+    fn handle(
+        &self,
+        topic: &str,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Outcome;
 
     /// Writes what the batch absorbed; called before the batch's offsets are committed,
     /// and again (with the same contents) after a failure, so it must be idempotent.
@@ -83,7 +90,13 @@ impl RecordHandler for EventNormalizer {
         &[RAW_K8S_EVENTS]
     }
 
-    fn handle(&self, _topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
+    fn handle(
+        &self,
+        _topic: &str,
+        _timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Outcome {
         match key_ownership(key, &self.client) {
             None => return Outcome::Unattributed,
             Some(false) => return Outcome::Foreign,
@@ -117,7 +130,13 @@ impl RecordHandler for LogNormalizer {
         &[RAW_K8S_LOGS]
     }
 
-    fn handle(&self, _topic: &str, key: Option<&[u8]>, value: Option<&[u8]>) -> Outcome {
+    fn handle(
+        &self,
+        _topic: &str,
+        _timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Outcome {
         match key_ownership(key, &self.client) {
             Some(false) => return Outcome::Foreign,
             Some(true) => {}

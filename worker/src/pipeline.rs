@@ -217,7 +217,12 @@ async fn handle_message(
         (message.topic().to_string(), message.partition()),
         message.offset(),
     );
-    match handler.handle(message.topic(), message.key(), message.payload()) {
+    match handler.handle(
+        message.topic(),
+        message.timestamp().to_millis(),
+        message.key(),
+        message.payload(),
+    ) {
         Outcome::Foreign => {
             metrics.skipped_foreign.inc();
         }
