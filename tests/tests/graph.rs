@@ -99,7 +99,10 @@ fn raw_k8s_event(e: &ScenarioEvent) -> String {
 }
 
 /// Resource snapshots and topology for `client`.
-fn state(client: &str) -> (Vec<(String, String)>, Vec<(String, String)>) {
+/// Kafka records as (key, value).
+type Records = Vec<(String, String)>;
+
+fn state(client: &str) -> (Records, Records) {
     let resource = |kind: &str, uid: &str, ns: Option<&str>, name: &str, node: Option<&str>| {
         (
             format!("{client}::{kind}:{uid}"),
