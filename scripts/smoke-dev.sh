@@ -21,6 +21,7 @@ check "all three workers run" 'workers running: kg-event-normalizer-demo-001 \(r
 check "an OOMKilled event is normalized" 'events.normalized MEMORY_OOM +WARNING'
 check "a crash loop is normalized" 'events.normalized POD_CRASH_LOOP'
 check "an error log line is normalized" 'logs.normalized +CONNECTION_REFUSED +ERROR'
+check "the RCA endpoint names OOMKilled as the crash loop's root cause" 'likely root cause of CrashLoopBackOff is OOMKilled'
 check "the workers are reaped" 'client demo-001 is stale and its workers are gone'
 if [ -n "$(ls -A "$data/state/workers" 2>/dev/null)" ]; then echo "FAILED: worker records left behind"; fail=1; fi
 if ((fail)); then tail -40 "$data/dev.err"; exit 1; fi

@@ -205,6 +205,8 @@ pub async fn dev(mut args: DevArgs) -> Result<(), DevError> {
                 heartbeat_timeout_secs: timeout_secs,
                 table: handles.table.clone(),
                 status: handles.status.clone(),
+                api: handles.api_addr,
+                seen: Arc::default(),
             };
             tokio::spawn(async move {
                 if let Err(error) = agent.run().await {
@@ -231,6 +233,9 @@ struct DemoAgent {
     heartbeat_timeout_secs: u64,
     table: ClientTable,
     status: Arc<Status>,
+    api: std::net::SocketAddr,
+    /// Normalized event ids by reason, as the observer sees them.
+    seen: Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>,
 }
 
 fn say(line: impl AsRef<str>) {
@@ -359,6 +364,7 @@ impl DemoAgent {
             Self::send(&events, RAW_K8S_LOGS, &key, &log).await;
         }
         say("streamed 8 Kubernetes events and 5 log lines; normalized records follow");
+        self.explain("CrashLoopBackOff").await;
 
         let _ = heartbeats.await;
         say(format!(
@@ -384,6 +390,50 @@ impl DemoAgent {
         Ok(())
     }
 
+    /// Asks the control plane what probably caused the event with `reason`, as an operator
+    /// would: `GET /clients/{id}/rca?event_id=…`.
+    async fn explain(&self, reason: &str) {
+        let Ok(http) = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+        else {
+            return;
+        };
+        let until = tokio::time::Instant::now() + Duration::from_secs(30);
+        while tokio::time::Instant::now() < until {
+            let event_id = self
+                .seen
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .get(reason)
+                .cloned();
+            if let Some(event_id) = event_id {
+                let url = format!("http://{}/clients/{}/rca", self.api, self.client);
+                let answer = http
+                    .get(&url)
+                    .query(&[("event_id", &event_id)])
+                    .send()
+                    .await;
+                if let Ok(answer) = answer {
+                    if let Ok(body) = answer.json::<serde_json::Value>().await {
+                        if let Some(best) = body["candidates"].as_array().and_then(|c| c.first()) {
+                            say(format!(
+                                "GET /clients/{}/rca?event_id={event_id}: the likely root cause of {reason} is {} (confidence {:.2}, path {})",
+                                self.client,
+                                best["reason"].as_str().unwrap_or("?"),
+                                best["confidence"].as_f64().unwrap_or(0.0),
+                                best["path"].as_array().map(|p| p.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(" -> ")).unwrap_or_default(),
+                            ));
+                            return;
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        say(format!("no root cause found for {reason} within 30 s"));
+    }
+
     fn worker_summary(&self) -> String {
         self.table
             .get(&self.client)
@@ -406,6 +456,7 @@ impl DemoAgent {
             .create()?;
         consumer.subscribe(&[EVENTS_NORMALIZED, LOGS_NORMALIZED])?;
         let prefix = format!("{}::", self.client);
+        let seen = self.seen.clone();
         Ok(tokio::spawn(async move {
             while let Ok(message) = consumer.recv().await {
                 let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
@@ -418,6 +469,15 @@ impl DemoAgent {
                 else {
                     continue;
                 };
+                if let (Some(reason), Some(id)) =
+                    (value["reason"].as_str(), value["event_id"].as_str())
+                {
+                    if message.topic() == EVENTS_NORMALIZED {
+                        seen.lock()
+                            .unwrap_or_else(|poisoned| poisoned.into_inner())
+                            .insert(reason.to_string(), id.to_string());
+                    }
+                }
                 let line = if message.topic() == EVENTS_NORMALIZED {
                     format!(
                         "{} {:<22} {:<8} {}",
@@ -449,7 +509,7 @@ impl DemoAgent {
 /// A small, realistic incident: a pod is scheduled, pulls, starts, fails its probe, is
 /// OOM-killed and crash-loops; its node reports memory pressure.
 pub fn demo_events(client: &str) -> Vec<(String, serde_json::Value)> {
-    let now = Utc::now().to_rfc3339();
+    let start = Utc::now() - chrono::Duration::seconds(90);
     let pod = json!({"kind": "Pod", "name": "checkout-7d9f", "namespace": "shop", "uid": "b1e2c3d4-0001",
                      "labels": {"app": "checkout"}});
     let steps = [
@@ -491,6 +551,8 @@ pub fn demo_events(client: &str) -> Vec<(String, serde_json::Value)> {
         .enumerate()
         .map(|(n, (reason, kind, message))| {
             let uid = format!("demo-evt-{n:04}");
+            // Ten seconds apart, in the order they happen: causes come before effects.
+            let now = (start + chrono::Duration::seconds(10 * n as i64)).to_rfc3339();
             (
                 format!("{client}::event::{uid}"),
                 json!({"event_id": format!("evt-{uid}"), "reason": reason, "message": message, "type": kind,
