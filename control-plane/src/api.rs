@@ -15,10 +15,13 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::controller::Status;
+use crate::events::EventLog;
+use crate::ingest::Input;
 use crate::ingest::Publisher;
 use crate::metrics::ControlPlaneMetrics;
 use crate::runtime::{worker_name, Runtime, RuntimeError};
 use crate::table::{ClientRecord, ClientTable};
+use tokio::sync::mpsc;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -31,6 +34,10 @@ pub struct ApiState {
     pub publisher: Option<Arc<Publisher>>,
     /// Bearer token for mutating verbs; when unset they are refused.
     pub api_token: Option<String>,
+    /// Lifecycle events, per client.
+    pub events: EventLog,
+    /// Where operator commands (restarts) go: the controller.
+    pub commands: Option<mpsc::Sender<Input>>,
 }
 
 /// All routes.
@@ -43,6 +50,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/clients/{id}", get(get_client).delete(deregister))
         .route("/clients/{id}/workers/{role}/logs", get(worker_logs))
         .route("/clients/{id}/rca", get(rca))
+        .route("/clients/{id}/events", get(client_events))
+        .route("/clients/{id}/restart", axum::routing::post(restart))
         .route("/clients/{id}/graph/stats", get(graph_stats))
         .with_state(state)
 }
@@ -101,23 +110,35 @@ async fn get_client(State(state): State<ApiState>, Path(id): Path<String>) -> Re
     }
 }
 
-async fn deregister(
-    State(state): State<ApiState>,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-) -> Response {
+/// None when the request carries the configured bearer token, else the refusal.
+fn refuse_unauthorized(state: &ApiState, headers: &HeaderMap, verb: &str) -> Option<Response> {
     let Some(expected) = state.api_token.as_deref().filter(|token| !token.is_empty()) else {
-        return error(
+        return Some(error(
             StatusCode::FORBIDDEN,
-            "deregistration over the API is disabled: set CP_API_TOKEN to enable it",
-        );
+            format!("{verb} over the API is disabled: set CP_API_TOKEN to enable it"),
+        ));
     };
     let presented = headers
         .get(AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "));
-    if !presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
-        return error(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+    if presented.is_some_and(|token| constant_time_eq(token.as_bytes(), expected.as_bytes())) {
+        None
+    } else {
+        Some(error(
+            StatusCode::UNAUTHORIZED,
+            "a valid bearer token is required",
+        ))
+    }
+}
+
+async fn deregister(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = refuse_unauthorized(&state, &headers, "deregistration") {
+        return refusal;
     }
     let id = match ClientId::parse(&id) {
         Ok(id) => id,
@@ -143,6 +164,87 @@ async fn deregister(
             .into_response(),
         Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
     }
+}
+
+#[derive(Deserialize)]
+struct RestartQuery {
+    role: Option<String>,
+    #[serde(default)]
+    only_failed: bool,
+}
+
+/// `POST /clients/{id}/restart[?role=R][&only_failed=true]`: restarts the client's workers
+/// (or one role's, or only the failed ones), clearing their backoff and give-up.
+async fn restart(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<RestartQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Some(refusal) = refuse_unauthorized(&state, &headers, "restart") {
+        return refusal;
+    }
+    let id = match ClientId::parse(&id) {
+        Ok(id) => id,
+        Err(invalid) => return bad_id(invalid),
+    };
+    let Some(record) = state.table.get(&id).map(|r| r.value().clone()) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("client {id} is not registered"),
+        );
+    };
+    let workers: Vec<String> = record
+        .workers
+        .iter()
+        .filter(|w| query.role.as_ref().is_none_or(|role| *role == w.role))
+        .filter(|w| !query.only_failed || w.state == "failed")
+        .map(|w| w.name.clone())
+        .collect();
+    let Some(commands) = &state.commands else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no controller to send the restart to",
+        );
+    };
+    let command = Input::Restart {
+        client_id: id.clone(),
+        role: query.role.clone(),
+        only_failed: query.only_failed,
+    };
+    if commands.send(command).await.is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the controller is stopping",
+        );
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({ "client_id": id, "restarting": workers })),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+}
+
+/// `GET /clients/{id}/events?limit=N`: the client's last lifecycle events, oldest first.
+async fn client_events(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    let id = match ClientId::parse(&id) {
+        Ok(id) => id,
+        Err(invalid) => return bad_id(invalid),
+    };
+    let limit = query
+        .limit
+        .unwrap_or(50)
+        .min(crate::events::EVENTS_PER_CLIENT);
+    Json(state.events.last(id.as_str(), limit)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -281,6 +383,8 @@ mod tests {
             runtime: Arc::new(FakeRuntime::new()),
             publisher: None,
             api_token: token.map(str::to_string),
+            events: EventLog::default(),
+            commands: None,
         }
     }
 

@@ -99,9 +99,29 @@ pub struct RunArgs {
     #[arg(long, env = "CP_STOP_GRACE_SECS", default_value_t = 10)]
     pub stop_grace_secs: u64,
 
-    /// How long an exited worker stays down before it is started again.
-    #[arg(long, env = "CP_RESTART_DELAY_SECS", default_value_t = 2)]
-    pub restart_delay_secs: u64,
+    /// Restart backoff: the first delay; doubled for each consecutive failure.
+    #[arg(long, env = "CP_RESTART_BACKOFF_BASE_MS", default_value_t = 1000)]
+    pub restart_backoff_base_ms: u64,
+
+    /// Restart backoff: the longest delay.
+    #[arg(long, env = "CP_RESTART_BACKOFF_MAX_SECS", default_value_t = 300)]
+    pub restart_backoff_max_secs: u64,
+
+    /// A worker running this long is healthy again: its backoff starts over.
+    #[arg(long, env = "CP_RESTART_RESET_AFTER_SECS", default_value_t = 600)]
+    pub restart_reset_after_secs: u64,
+
+    /// The window in which restarts are counted…
+    #[arg(long, env = "CP_RESTART_WINDOW_SECS", default_value_t = 900)]
+    pub restart_window_secs: u64,
+
+    /// …and how many it may hold before the worker is given up as failed.
+    #[arg(long, env = "CP_RESTART_MAX_IN_WINDOW", default_value_t = 10)]
+    pub restart_max_in_window: u32,
+
+    /// ± this fraction of each delay, so workers that failed together retry apart.
+    #[arg(long, env = "CP_RESTART_JITTER", default_value_t = 0.2)]
+    pub restart_jitter: f64,
 
     /// Roles every client gets, comma separated (ignored when a roles file is given).
     #[arg(

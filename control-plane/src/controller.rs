@@ -20,13 +20,21 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::events::{EventLog, LifecycleEvent};
 use crate::ingest::Input;
 use crate::metrics::{ControlPlaneMetrics, OperationLabel, StateLabel};
+use crate::plan::RestartGate;
 use crate::plan::{plan, Desired, DesiredClient, RecreateReason, RemoveReason};
 use crate::roles::RoleSet;
 use crate::runtime::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
+use crate::supervise::{
+    BackoffSettings, ExitDecision, ExitInfo, RestartPolicy, Supervision, WorkerPhase,
+};
+use crate::table::WorkerView;
 use crate::table::{Applied, ClientState, TableWriter};
 use crate::Clock;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
 
 /// Readiness, as `/ready` reports it.
 #[derive(Debug, Default)]
@@ -55,6 +63,8 @@ pub struct ControllerSettings {
     pub shutdown_grace: Duration,
     /// Delete a deregistered client's durable data once its workers are gone.
     pub delete_data_on_deregister: bool,
+    /// Restart backoff, window and give-up.
+    pub backoff: BackoffSettings,
 }
 
 /// One unit of work for the executor.
@@ -69,6 +79,15 @@ pub enum Action {
 }
 
 impl Action {
+    /// What the action does, for the worker's phase while it is in flight.
+    fn kind(&self) -> &'static str {
+        match self {
+            Action::Create(_) => "create",
+            Action::Recreate(..) => "recreate",
+            Action::Remove(..) | Action::RemoveData(_) => "remove",
+        }
+    }
+
     /// What the action works on: a worker name, or `data:<client>` for data removal.
     fn target(&self) -> String {
         match self {
@@ -104,9 +123,20 @@ pub struct Controller {
     status: Arc<Status>,
     clock: Arc<dyn Clock>,
     specs: HashMap<ClientId, Vec<WorkerSpec>>,
-    /// Targets with an action in flight, and the client each belongs to.
-    in_flight: HashMap<String, String>,
+    /// Targets with an action in flight: the client each belongs to, and what is done.
+    in_flight: HashMap<String, (String, &'static str)>,
     last_states: HashMap<String, &'static str>,
+    /// Per worker (client and role): restarts, backoff, give-up.
+    supervision: HashMap<String, Supervision>,
+    /// Restart policy by role.
+    policies: HashMap<String, RestartPolicy>,
+    events: EventLog,
+    /// The latest listing, for operator restarts between passes.
+    last_observed: Vec<ObservedWorker>,
+    /// Operators' restart requests, carried out on the next pass.
+    restart_requests: Vec<(ClientId, Option<String>, bool)>,
+    /// The last lines of given-up workers, filled in by background log reads.
+    last_lines: Arc<DashMap<String, String>>,
     registry_replayed: bool,
     /// Deregistered clients whose data is deleted once their workers are gone.
     data_to_remove: HashSet<String>,
@@ -123,7 +153,13 @@ impl Controller {
         metrics: Arc<ControlPlaneMetrics>,
         status: Arc<Status>,
         clock: Arc<dyn Clock>,
+        events: EventLog,
     ) -> Self {
+        let policies = roles
+            .roles
+            .iter()
+            .map(|role| (role.name.clone(), role.restart))
+            .collect();
         Self {
             runtime,
             writer,
@@ -136,6 +172,12 @@ impl Controller {
             specs: HashMap::new(),
             in_flight: HashMap::new(),
             last_states: HashMap::new(),
+            supervision: HashMap::new(),
+            policies,
+            events,
+            last_observed: Vec::new(),
+            last_lines: Arc::new(DashMap::new()),
+            restart_requests: Vec::new(),
             registry_replayed: false,
             data_to_remove: HashSet::new(),
         }
@@ -200,6 +242,13 @@ impl Controller {
     pub fn apply(&mut self, input: Input) {
         let now = self.clock.now();
         match input {
+            Input::Restart {
+                client_id,
+                role,
+                only_failed,
+            } => {
+                self.restart_requests.push((client_id, role, only_failed));
+            }
             Input::RegistryReplayed => {
                 self.registry_replayed = true;
                 self.status.registry_replayed.store(true, Ordering::Relaxed);
@@ -215,8 +264,12 @@ impl Controller {
                         self.metrics.registrations.inc();
                         self.data_to_remove.remove(client.as_str());
                         if first_time {
-                            self.metrics.lifecycle("client_registered");
-                            info!(event = "client_registered", client_id = %client, recovered_from_split = split, "client registered");
+                            self.lifecycle(
+                                client.as_str(),
+                                "client_registered",
+                                None,
+                                format!("recovered_from_split={split}"),
+                            );
                         } else {
                             info!(event = "client_reregistered", client_id = %client, recovered_from_split = split, "registration repeated");
                         }
@@ -233,12 +286,11 @@ impl Controller {
             } => match self.writer.deregister(&client, at) {
                 Applied::Deregistered => {
                     self.metrics.deregistrations.inc();
-                    self.metrics.lifecycle("client_deregistered");
+                    self.lifecycle(client.as_str(), "client_deregistered", None, String::new());
                     self.specs.remove(&client);
                     if self.settings.delete_data_on_deregister {
                         self.data_to_remove.insert(client.to_string());
                     }
-                    info!(event = "client_deregistered", client_id = %client, "client deregistered");
                 }
                 Applied::Superseded => {
                     info!(client_id = %client, "tombstone older than the latest registration; ignored");
@@ -250,8 +302,12 @@ impl Controller {
                     Applied::Heartbeat { revived } => {
                         self.metrics.heartbeats.inc();
                         if revived {
-                            self.metrics.lifecycle("client_revived");
-                            info!(event = "client_revived", client_id = %client_id, "heartbeat from a stale client");
+                            self.lifecycle(
+                                client_id.as_str(),
+                                "client_revived",
+                                None,
+                                "heartbeat from a stale client".into(),
+                            );
                         }
                     }
                     Applied::UnknownClientHeartbeat => {
@@ -292,11 +348,17 @@ impl Controller {
         self.status
             .first_listing_done
             .store(true, Ordering::Relaxed);
-        self.note_exits(&observed);
-        self.writer.set_workers(&observed);
+        self.note_adoptions(&observed);
+        self.supervise(&observed, now);
+        let views = self.worker_views(&observed);
+        self.writer.set_workers(views);
+        self.last_observed = observed.clone();
         for client in self.writer.refresh_liveness(now) {
-            self.metrics.lifecycle("client_stale");
-            info!(event = "client_stale", client_id = %client, timeout_secs = self.settings.heartbeat_timeout.as_secs(), "no heartbeat within the timeout; reaping its workers");
+            let detail = format!(
+                "no heartbeat for {}s; reaping its workers",
+                self.settings.heartbeat_timeout.as_secs()
+            );
+            self.lifecycle(client.as_str(), "client_stale", None, detail);
         }
         self.update_gauges(&observed);
         self.metrics.reconciles.inc();
@@ -318,20 +380,42 @@ impl Controller {
                 .map(|(w, s, r)| Action::Recreate(w, s, r)),
         );
         planned.extend(plan.to_create.into_iter().map(Action::Create));
+        for action in self.requested_restarts(&observed) {
+            if !planned.iter().any(|p| p.target() == action.target()) {
+                planned.push(action);
+            }
+        }
         let with_workers: HashSet<&str> = observed.iter().map(|w| w.client_id.as_str()).collect();
-        let busy: HashSet<&str> = self.in_flight.values().map(String::as_str).collect();
+        let busy: HashSet<&str> = self
+            .in_flight
+            .values()
+            .map(|(client, _)| client.as_str())
+            .collect();
         for client in &self.data_to_remove {
             if !with_workers.contains(client.as_str()) && !busy.contains(client.as_str()) {
                 planned.push(Action::RemoveData(client.clone()));
             }
         }
         for action in planned {
+            self.spawn_action(action, semaphore, actions);
+        }
+    }
+
+    fn spawn_action(
+        &mut self,
+        action: Action,
+        semaphore: &Arc<Semaphore>,
+        actions: &mut JoinSet<ActionReport>,
+    ) {
+        {
             let name = action.target();
             if self.in_flight.contains_key(&name) {
-                continue;
+                return;
             }
-            self.in_flight
-                .insert(name.clone(), action.client_id().to_string());
+            self.in_flight.insert(
+                name.clone(),
+                (action.client_id().to_string(), action.kind()),
+            );
             let runtime = self.runtime.clone();
             let semaphore = semaphore.clone();
             let timeout = self.settings.action_timeout;
@@ -367,12 +451,29 @@ impl Controller {
                 specs,
             });
         }
+        let now = self.clock.now();
+        let restart_gates = self
+            .supervision
+            .iter()
+            .filter(|(_, s)| s.last_exit.is_some() && s.running_since.is_none())
+            .map(|(name, s)| {
+                let gate = if s.restart_due(now) {
+                    RestartGate::Due
+                } else if s.next_retry_at.is_some() {
+                    RestartGate::NotYet
+                } else {
+                    RestartGate::Never
+                };
+                (name.clone(), gate)
+            })
+            .collect();
         Desired {
             clients,
             heartbeat_timeout: chrono::Duration::from_std(self.settings.heartbeat_timeout)
                 .unwrap_or(chrono::Duration::seconds(120)),
             restart_delay: chrono::Duration::from_std(self.settings.restart_delay)
                 .unwrap_or(chrono::Duration::seconds(2)),
+            restart_gates,
         }
     }
 
@@ -383,29 +484,54 @@ impl Controller {
                 if let Some(client) = report.name.strip_prefix("data:") {
                     self.data_to_remove.remove(client);
                 }
-                self.metrics.lifecycle(event);
-                info!(event, client_id = %report.client_id, worker = %report.name, "worker action done");
+                let now = self.clock.now();
+                match event {
+                    "worker_restarted" | "worker_restarted_by_operator" => {
+                        if let Some(supervision) = self.supervision.get_mut(&report.name) {
+                            supervision.note_restarted(now);
+                        }
+                    }
+                    "worker_reaped" | "worker_removed" => {
+                        self.supervision.remove(&report.name);
+                    }
+                    _ => {}
+                }
+                let client = report.client_id.clone();
+                self.lifecycle(&client, event, Some(&report.name), String::new());
             }
             Err((operation, ref error)) => self.runtime_error_for(operation, &report, error),
         }
     }
 
-    fn note_exits(&mut self, observed: &[ObservedWorker]) {
+    /// Records, logs and counts a lifecycle event.
+    fn lifecycle(&mut self, client: &str, event: &str, worker: Option<&str>, detail: String) {
+        self.metrics.lifecycle(event);
+        info!(event, client_id = %client, worker = worker.unwrap_or(""), %detail, "lifecycle event");
+        self.events.record(
+            client,
+            LifecycleEvent {
+                at: self.clock.now(),
+                event: event.to_string(),
+                worker: worker.map(str::to_string),
+                detail,
+            },
+        );
+    }
+
+    /// Running workers found by the first listing were started by an earlier instance.
+    fn note_adoptions(&mut self, observed: &[ObservedWorker]) {
+        let first_listing = self.last_states.is_empty();
         let mut current = HashMap::with_capacity(observed.len());
         for worker in observed {
             let label = worker.state.label();
-            let previous = self.last_states.get(&worker.name).copied();
-            if label == "exited" && previous == Some("running") {
-                let exit_code = match worker.state {
-                    RuntimeState::Exited { exit_code, .. } => exit_code,
-                    _ => None,
-                };
-                self.metrics.lifecycle("worker_exited");
-                warn!(event = "worker_exited", client_id = %worker.client_id, worker = %worker.name, ?exit_code, "worker exited");
-            }
-            if previous.is_none() && label == "running" && self.last_states.is_empty() {
-                self.metrics.lifecycle("worker_adopted");
-                info!(event = "worker_adopted", client_id = %worker.client_id, worker = %worker.name, id = %worker.id, "found a running worker at start-up");
+            if first_listing && label == "running" {
+                let detail = format!("id {}", worker.id);
+                self.lifecycle(
+                    &worker.client_id,
+                    "worker_adopted",
+                    Some(&worker.name),
+                    detail,
+                );
             }
             current.insert(worker.name.clone(), label);
         }
@@ -414,6 +540,151 @@ impl Controller {
             current.insert(String::new(), "none");
         }
         self.last_states = current;
+    }
+
+    /// Feeds the listing to each worker's supervision: running time (for the reset) and
+    /// new exits (for the policy's decision).
+    fn supervise(&mut self, observed: &[ObservedWorker], now: DateTime<Utc>) {
+        for worker in observed {
+            match &worker.state {
+                RuntimeState::Running { .. } => {
+                    self.supervision
+                        .entry(worker.name.clone())
+                        .or_default()
+                        .observe_running(now, &self.settings.backoff);
+                }
+                RuntimeState::Exited {
+                    exit_code,
+                    exited_at,
+                    oom_killed,
+                } => {
+                    let supervision = self.supervision.entry(worker.name.clone()).or_default();
+                    if supervision
+                        .last_exit
+                        .as_ref()
+                        .is_some_and(|exit| exit.at == *exited_at)
+                    {
+                        continue;
+                    }
+                    let policy = self
+                        .policies
+                        .get(&worker.role)
+                        .copied()
+                        .unwrap_or(RestartPolicy::Always);
+                    let exit = ExitInfo::new(*exit_code, *oom_killed, *exited_at);
+                    let reason = exit.reason.clone();
+                    let decision = supervision.observe_exit(
+                        &worker.name,
+                        exit,
+                        policy,
+                        &self.settings.backoff,
+                        now,
+                    );
+                    let (client, name) = (worker.client_id.clone(), worker.name.clone());
+                    self.lifecycle(&client, "worker_exited", Some(&name), reason);
+                    match decision {
+                        ExitDecision::RestartAt(at) => {
+                            let detail = format!("next retry at {} ({policy})", at.to_rfc3339());
+                            self.lifecycle(&client, "worker_restarting", Some(&name), detail);
+                        }
+                        ExitDecision::Stay => {
+                            let detail = format!("left stopped by policy {policy}");
+                            self.lifecycle(&client, "worker_stopped", Some(&name), detail);
+                        }
+                        ExitDecision::GiveUp(reason) => {
+                            self.lifecycle(&client, "worker_gave_up", Some(&name), reason);
+                            self.fetch_last_lines(&name);
+                        }
+                    }
+                }
+                RuntimeState::Created => {}
+            }
+        }
+    }
+
+    /// Turns operators' restart requests into recreations of the matching workers, whose
+    /// supervision starts over.
+    fn requested_restarts(&mut self, observed: &[ObservedWorker]) -> Vec<Action> {
+        let requests = std::mem::take(&mut self.restart_requests);
+        let mut actions = Vec::new();
+        for (client, role, only_failed) in requests {
+            let Some(specs) = self.specs.get(&client).cloned() else {
+                continue;
+            };
+            for worker in observed.iter().filter(|w| w.client_id == client.as_str()) {
+                if role.as_ref().is_some_and(|role| *role != worker.role) {
+                    continue;
+                }
+                let supervision = self.supervision.get(&worker.name);
+                let failed = supervision.is_some_and(|s| s.failed_reason.is_some());
+                if only_failed && !failed {
+                    continue;
+                }
+                let Some(spec) = specs.iter().find(|spec| spec.name == worker.name) else {
+                    continue;
+                };
+                if let Some(supervision) = self.supervision.get_mut(&worker.name) {
+                    supervision.reset_by_operator();
+                }
+                self.last_lines.remove(&worker.name);
+                actions.push(Action::Recreate(
+                    worker.clone(),
+                    spec.clone(),
+                    RecreateReason::Requested,
+                ));
+            }
+        }
+        actions
+    }
+
+    /// Keeps the last lines a given-up worker wrote, for the API: the answer to "why?".
+    fn fetch_last_lines(&mut self, name: &str) {
+        let runtime = self.runtime.clone();
+        let name = name.to_string();
+        let timeout = self.settings.action_timeout;
+        let lines = self.last_lines.clone();
+        tokio::spawn(async move {
+            if let Ok(Ok(text)) = tokio::time::timeout(timeout, runtime.logs(&name, 20)).await {
+                lines.insert(name, text);
+            }
+        });
+    }
+
+    /// Each worker as the API shows it.
+    fn worker_views(&self, observed: &[ObservedWorker]) -> Vec<(String, WorkerView)> {
+        observed
+            .iter()
+            .map(|worker| {
+                let supervision = self.supervision.get(&worker.name);
+                let in_flight = self.in_flight.get(&worker.name).map(|(_, kind)| *kind);
+                let phase = phase(worker, supervision, in_flight);
+                let exit_code = match &worker.state {
+                    RuntimeState::Exited { exit_code, .. } => *exit_code,
+                    _ => None,
+                };
+                let view = WorkerView {
+                    role: worker.role.clone(),
+                    name: worker.name.clone(),
+                    id: worker.id.clone(),
+                    state: phase.as_str().to_string(),
+                    exit_code,
+                    restart_policy: self
+                        .policies
+                        .get(&worker.role)
+                        .copied()
+                        .unwrap_or(RestartPolicy::Always)
+                        .to_string(),
+                    restart_count: supervision.map_or(0, |s| s.restart_count),
+                    last_exit_reason: supervision
+                        .and_then(|s| s.last_exit.as_ref())
+                        .map(|exit| exit.reason.clone()),
+                    next_retry_at: supervision.and_then(|s| s.next_retry_at),
+                    failed_reason: supervision.and_then(|s| s.failed_reason.clone()),
+                    last_lines: self.last_lines.get(&worker.name).map(|l| l.value().clone()),
+                };
+                (worker.client_id.clone(), view)
+            })
+            .collect()
     }
 
     fn update_gauges(&self, observed: &[ObservedWorker]) {
@@ -487,6 +758,28 @@ impl Controller {
     }
 }
 
+/// The phase of a listed worker, from the runtime's state, supervision and any action in
+/// flight.
+fn phase(
+    worker: &ObservedWorker,
+    supervision: Option<&Supervision>,
+    in_flight: Option<&'static str>,
+) -> WorkerPhase {
+    match (in_flight, &worker.state) {
+        (Some("remove"), _) => WorkerPhase::Stopping,
+        (Some(_), RuntimeState::Running { .. }) => WorkerPhase::Stopping,
+        (Some(_), _) => WorkerPhase::Starting,
+        (None, RuntimeState::Running { .. }) => WorkerPhase::Running,
+        (None, RuntimeState::Created) => WorkerPhase::Starting,
+        (None, RuntimeState::Exited { .. }) => match supervision {
+            Some(s) if s.failed_reason.is_some() => WorkerPhase::Failed,
+            Some(s) if s.next_retry_at.is_some() => WorkerPhase::BackingOff,
+            Some(s) if s.stopped => WorkerPhase::Stopped,
+            _ => WorkerPhase::BackingOff,
+        },
+    }
+}
+
 async fn call<T>(
     operation: &'static str,
     timeout: Duration,
@@ -544,6 +837,7 @@ pub async fn execute(
             Ok(match reason {
                 RecreateReason::SpecChanged => "worker_recreated",
                 RecreateReason::NotRunning => "worker_restarted",
+                RecreateReason::Requested => "worker_restarted_by_operator",
             })
         }
         Action::RemoveData(client) => {
@@ -582,6 +876,7 @@ mod tests {
         runtime: Arc<FakeRuntime>,
         clock: Arc<ManualClock>,
         table: crate::table::ClientTable,
+        events: EventLog,
         inputs: mpsc::Sender<Input>,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         task: tokio::task::JoinHandle<()>,
@@ -595,6 +890,7 @@ mod tests {
         let runtime = Arc::new(FakeRuntime::new());
         let clock = Arc::new(ManualClock::new(start()));
         let table: crate::table::ClientTable = Arc::new(DashMap::new());
+        let events = EventLog::default();
         let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
         let controller = Controller::new(
             runtime.clone(),
@@ -610,10 +906,17 @@ mod tests {
                 stop_grace: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(1),
                 delete_data_on_deregister: true,
+                backoff: BackoffSettings {
+                    base: chrono::Duration::seconds(10),
+                    jitter: 0.0,
+                    max_restarts_in_window: 3,
+                    ..BackoffSettings::default()
+                },
             },
             Arc::new(ControlPlaneMetrics::new()),
             Arc::new(Status::default()),
             clock.clone(),
+            events.clone(),
         );
         let (inputs, rx) = mpsc::channel(100);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -624,6 +927,7 @@ mod tests {
             runtime,
             clock,
             table,
+            events,
             inputs,
             stop: Some(stop),
             task,
@@ -661,7 +965,7 @@ mod tests {
         assert!(h.runtime.calls_of("create").is_empty());
         h.inputs.send(Input::RegistryReplayed).await.unwrap();
         eventually("two workers started", || {
-            h.runtime.calls_of("start").len() == 2
+            h.runtime.calls_of("start").len() == 3
         })
         .await;
         h.stop().await;
@@ -674,7 +978,7 @@ mod tests {
         h.inputs.send(registration("af-9")).await.unwrap();
         h.inputs.send(registration("af-10")).await.unwrap();
         eventually("four workers started", || {
-            h.runtime.calls_of("start").len() == 4
+            h.runtime.calls_of("start").len() == 6
         })
         .await;
 
@@ -690,7 +994,7 @@ mod tests {
         h.clock.advance(chrono::Duration::seconds(21));
         eventually("af-9's workers removed", || {
             let removed = h.runtime.calls_of("remove");
-            removed.len() == 2 && removed.iter().all(|name| name.ends_with("-af-9"))
+            removed.len() == 3 && removed.iter().all(|name| name.ends_with("-af-9"))
         })
         .await;
         assert_eq!(
@@ -709,7 +1013,7 @@ mod tests {
             .await
             .unwrap();
         eventually("af-10's workers removed", || {
-            h.runtime.calls_of("remove").len() == 4
+            h.runtime.calls_of("remove").len() == 6
         })
         .await;
         // Deregistered (with the delete policy): its data goes once its workers are gone;
@@ -741,7 +1045,7 @@ mod tests {
                 .iter()
                 .filter(|n| n.ends_with("-fast"))
                 .count()
-                == 2
+                == 3
         })
         .await;
         h.stop().await;
@@ -758,7 +1062,7 @@ mod tests {
         h.inputs.send(Input::RegistryReplayed).await.unwrap();
         h.inputs.send(registration("af-9")).await.unwrap();
         eventually("both workers started despite one failure", || {
-            h.runtime.calls_of("start").len() == 2
+            h.runtime.calls_of("start").len() == 3
         })
         .await;
         assert_eq!(
@@ -768,6 +1072,117 @@ mod tests {
                 .filter(|n| n.starts_with("kg-event"))
                 .count(),
             2
+        );
+        h.stop().await;
+    }
+
+    fn worker_state(h: &Harness, client: &str, name: &str) -> Option<WorkerView> {
+        h.table
+            .get(&ClientId::parse(client).unwrap())?
+            .workers
+            .iter()
+            .find(|w| w.name == name)
+            .cloned()
+    }
+
+    #[tokio::test]
+    async fn a_crashed_worker_backs_off_then_restarts_and_gives_up_after_the_window() {
+        let h = harness();
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("af-9")).await.unwrap();
+        let name = "kg-event-normalizer-af-9";
+        eventually("workers started", || h.runtime.calls_of("start").len() == 3).await;
+
+        // Crash 1: backing off for the base delay (10 s of the injected clock).
+        h.runtime.crash(name, 1);
+        eventually("backing off", || {
+            worker_state(&h, "af-9", name)
+                .is_some_and(|w| w.state == "backing-off" && w.next_retry_at.is_some())
+        })
+        .await;
+        let starts = h.runtime.calls_of("start").len();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(
+            h.runtime.calls_of("start").len(),
+            starts,
+            "restarted before its backoff ran out"
+        );
+        h.clock.advance(chrono::Duration::seconds(10));
+        eventually("restarted after the delay", || {
+            worker_state(&h, "af-9", name)
+                .is_some_and(|w| w.state == "running" && w.restart_count == 1)
+        })
+        .await;
+
+        // Crashes 2 and 3 back off 20 s and 40 s; the 4th is over the window's 3 restarts.
+        for delay in [20, 40] {
+            h.runtime.crash(name, 1);
+            eventually("backing off again", || {
+                worker_state(&h, "af-9", name).is_some_and(|w| w.state == "backing-off")
+            })
+            .await;
+            h.clock.advance(chrono::Duration::seconds(delay - 1));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(worker_state(&h, "af-9", name).unwrap().state, "backing-off");
+            h.clock.advance(chrono::Duration::seconds(1));
+            eventually("running again", || {
+                worker_state(&h, "af-9", name).is_some_and(|w| w.state == "running")
+            })
+            .await;
+        }
+        h.runtime.crash(name, 3);
+        eventually("given up", || {
+            worker_state(&h, "af-9", name).is_some_and(|w| {
+                w.state == "failed"
+                    && w.failed_reason
+                        .as_deref()
+                        .is_some_and(|r| r.contains("exit code 3"))
+            })
+        })
+        .await;
+        let events: Vec<String> = h
+            .events
+            .last("af-9", 100)
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        assert!(events.contains(&"worker_gave_up".to_string()), "{events:?}");
+        assert!(
+            events.contains(&"worker_restarting".to_string()),
+            "{events:?}"
+        );
+
+        // Another client's worker kept running through all of it.
+        h.inputs.send(registration("af-10")).await.unwrap();
+        eventually("the other client runs", || {
+            worker_state(&h, "af-10", "kg-event-normalizer-af-10")
+                .is_some_and(|w| w.state == "running")
+        })
+        .await;
+
+        // An operator's restart of the failed workers brings it back.
+        h.inputs
+            .send(Input::Restart {
+                client_id: ClientId::parse("af-9").unwrap(),
+                role: None,
+                only_failed: true,
+            })
+            .await
+            .unwrap();
+        eventually("restarted by the operator", || {
+            worker_state(&h, "af-9", name)
+                .is_some_and(|w| w.state == "running" && w.failed_reason.is_none())
+        })
+        .await;
+        // Only the failed worker was recreated.
+        assert_eq!(
+            h.runtime
+                .calls_of("remove")
+                .iter()
+                .filter(|n| n.ends_with("-af-9"))
+                .count(),
+            4,
+            "three restarts and the operator's"
         );
         h.stop().await;
     }

@@ -47,6 +47,13 @@ pub enum Input {
     },
     /// Everything that was on `cluster.registry` at start-up has been applied.
     RegistryReplayed,
+    /// An operator asked (over the API) to restart a client's workers: all, one role, or
+    /// only the failed ones.
+    Restart {
+        client_id: ClientId,
+        role: Option<String>,
+        only_failed: bool,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]

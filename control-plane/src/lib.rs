@@ -11,11 +11,13 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod dev;
+pub mod events;
 pub mod ingest;
 pub mod metrics;
 pub mod plan;
 pub mod roles;
 pub mod runtime;
+pub mod supervise;
 pub mod table;
 
 use std::future::Future;
@@ -177,7 +179,11 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    let (inputs_tx, inputs_rx) = mpsc::channel(10_000);
+    let events = events::EventLog::default();
     let router = api::router(api::ApiState {
+        events: events.clone(),
+        commands: Some(inputs_tx.clone()),
         table: table.clone(),
         metrics: metrics.clone(),
         status: status.clone(),
@@ -195,7 +201,6 @@ pub async fn run(
         }
     });
 
-    let (inputs_tx, inputs_rx) = mpsc::channel(10_000);
     let ingest_task = {
         let kafka = args.kafka.clone();
         let metrics = metrics.clone();
@@ -233,17 +238,26 @@ pub async fn run(
         args.kafka.to_env(),
         ControllerSettings {
             heartbeat_timeout,
-            restart_delay: Duration::from_secs(args.restart_delay_secs),
+            restart_delay: Duration::from_millis(args.restart_backoff_base_ms),
             reconcile_interval: Duration::from_millis(args.reconcile_interval_ms.max(50)),
             max_concurrent_actions: args.max_concurrent_actions,
             action_timeout: Duration::from_secs(args.action_timeout_secs.max(1)),
             stop_grace: Duration::from_secs(args.stop_grace_secs),
             shutdown_grace: Duration::from_secs(10),
             delete_data_on_deregister: args.deregistered_data == config::DeregisteredData::Delete,
+            backoff: supervise::BackoffSettings {
+                base: chrono::Duration::milliseconds(args.restart_backoff_base_ms.max(1) as i64),
+                cap: chrono::Duration::seconds(args.restart_backoff_max_secs.max(1) as i64),
+                reset_after: chrono::Duration::seconds(args.restart_reset_after_secs as i64),
+                window: chrono::Duration::seconds(args.restart_window_secs as i64),
+                max_restarts_in_window: args.restart_max_in_window.max(1),
+                jitter: args.restart_jitter.clamp(0.0, 1.0),
+            },
         },
         metrics,
         status,
         clock,
+        events,
     );
     controller.run(inputs_rx, shutdown).await;
     let _ = stop_tx.send(true);

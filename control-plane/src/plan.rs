@@ -3,7 +3,7 @@
 //! that close the gap. No I/O, no clock: everything it needs is passed in, so it is tested
 //! with tables and properties.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Duration, Utc};
 use kg_shared::ClientId;
@@ -26,8 +26,22 @@ pub struct Desired {
     pub clients: Vec<DesiredClient>,
     /// A client not seen for this long is stale and its workers go.
     pub heartbeat_timeout: Duration,
-    /// An exited worker is started again once it has been down this long.
+    /// An exited worker that supervision has not judged yet is started again once it has
+    /// been down this long.
     pub restart_delay: Duration,
+    /// Supervision's verdict on exited workers, by name.
+    pub restart_gates: HashMap<String, RestartGate>,
+}
+
+/// Supervision's verdict on an exited worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartGate {
+    /// Its backoff has run out: start it again.
+    Due,
+    /// Backing off.
+    NotYet,
+    /// Its policy leaves it stopped, or it was given up as failed.
+    Never,
 }
 
 /// Why a worker is recreated.
@@ -37,6 +51,8 @@ pub enum RecreateReason {
     SpecChanged,
     /// It exited (or never started) and its client is live.
     NotRunning,
+    /// An operator asked for it.
+    Requested,
 }
 
 /// Why a worker is removed.
@@ -100,7 +116,12 @@ pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) 
                         (*spec).clone(),
                         RecreateReason::SpecChanged,
                     ));
-                } else if needs_restart(&worker.state, now, desired.restart_delay) {
+                } else if needs_restart(
+                    &worker.state,
+                    desired.restart_gates.get(&worker.name).copied(),
+                    now,
+                    desired.restart_delay,
+                ) {
                     result.to_recreate.push((
                         worker.clone(),
                         (*spec).clone(),
@@ -128,11 +149,17 @@ pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) 
     result
 }
 
-fn needs_restart(state: &RuntimeState, now: DateTime<Utc>, delay: Duration) -> bool {
-    match state {
-        RuntimeState::Running { .. } => false,
-        RuntimeState::Created => true,
-        RuntimeState::Exited { exited_at, .. } => now - *exited_at >= delay,
+fn needs_restart(
+    state: &RuntimeState,
+    gate: Option<RestartGate>,
+    now: DateTime<Utc>,
+    delay: Duration,
+) -> bool {
+    match (state, gate) {
+        (RuntimeState::Running { .. }, _) => false,
+        (RuntimeState::Created, _) => true,
+        (RuntimeState::Exited { .. }, Some(gate)) => gate == RestartGate::Due,
+        (RuntimeState::Exited { exited_at, .. }, None) => now - *exited_at >= delay,
     }
 }
 
@@ -165,6 +192,7 @@ mod tests {
             clients,
             heartbeat_timeout: Duration::seconds(120),
             restart_delay: Duration::seconds(2),
+            restart_gates: HashMap::new(),
         }
     }
 
@@ -188,7 +216,11 @@ mod tests {
         let plan = plan(&desired(vec![client("af-9", 0)]), &[], t(1));
         assert_eq!(
             names(&plan.to_create),
-            ["kg-event-normalizer-af-9", "kg-log-normalizer-af-9"]
+            [
+                "kg-event-normalizer-af-9",
+                "kg-graph-builder-af-9",
+                "kg-log-normalizer-af-9"
+            ]
         );
         assert!(plan.to_remove.is_empty() && plan.to_recreate.is_empty());
     }
@@ -207,7 +239,7 @@ mod tests {
         let d = desired(vec![wanted]);
         assert!(plan(&d, &observed, t(119)).is_empty());
         let at_deadline = plan(&d, &observed, t(120));
-        assert_eq!(at_deadline.to_remove.len(), 2);
+        assert_eq!(at_deadline.to_remove.len(), 3);
         assert!(at_deadline
             .to_remove
             .iter()
@@ -223,7 +255,7 @@ mod tests {
         let gone = client("af-9", 0);
         let observed: Vec<_> = gone.specs.iter().map(running).collect();
         let plan = plan(&desired(vec![]), &observed, t(1));
-        assert_eq!(plan.to_remove.len(), 2);
+        assert_eq!(plan.to_remove.len(), 3);
         assert!(plan
             .to_remove
             .iter()
@@ -247,6 +279,7 @@ mod tests {
         observed[1].state = RuntimeState::Exited {
             exit_code: Some(137),
             exited_at: t(10),
+            oom_killed: false,
         };
         let d = desired(vec![wanted]);
         assert!(plan(&d, &observed, t(11)).is_empty());
@@ -256,12 +289,33 @@ mod tests {
     }
 
     #[test]
+    fn plan_follows_supervision_for_exited_workers() {
+        let wanted = client("af-9", 0);
+        let mut observed: Vec<_> = wanted.specs.iter().map(running).collect();
+        for worker in observed.iter_mut() {
+            worker.state = RuntimeState::Exited {
+                exit_code: Some(1),
+                exited_at: t(0),
+                oom_killed: false,
+            };
+        }
+        let mut d = desired(vec![wanted]);
+        let gates = [RestartGate::Due, RestartGate::NotYet, RestartGate::Never];
+        for (worker, gate) in observed.iter().zip(gates) {
+            d.restart_gates.insert(worker.name.clone(), gate);
+        }
+        let plan = plan(&d, &observed, t(100));
+        assert_eq!(plan.to_recreate.len(), 1);
+        assert_eq!(plan.to_recreate[0].0.name, observed[0].name);
+    }
+
+    #[test]
     fn plan_removes_workers_of_a_role_no_longer_configured() {
         let mut wanted = client("af-9", 0);
         let observed: Vec<_> = wanted.specs.iter().map(running).collect();
         wanted.specs.truncate(1);
         let plan = plan(&desired(vec![wanted]), &observed, t(1));
-        assert_eq!(plan.to_remove.len(), 1);
+        assert_eq!(plan.to_remove.len(), 2);
         assert_eq!(plan.to_remove[0].1, RemoveReason::RoleRemoved);
     }
 
@@ -280,7 +334,7 @@ mod tests {
         impostor.client_id = "other".into();
         let plan = plan(&desired(vec![wanted]), &[impostor], t(1));
         assert_eq!(plan.to_remove.len(), 1);
-        assert_eq!(plan.to_create.len(), 2);
+        assert_eq!(plan.to_create.len(), 3);
     }
 
     fn arb_state() -> impl Strategy<Value = RuntimeState> {
@@ -291,6 +345,7 @@ mod tests {
                 RuntimeState::Exited {
                     exit_code: code,
                     exited_at: t(s),
+                    oom_killed: false,
                 }
             }),
         ]

@@ -17,6 +17,7 @@ use kg_shared::ClientId;
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::WorkerSpec;
+use crate::supervise::RestartPolicy;
 
 /// Roles the `worker` binary knows.
 pub const KNOWN_ROLES: &[&str] = &["event-normalizer", "log-normalizer", "graph-builder"];
@@ -64,6 +65,15 @@ pub struct RoleTemplate {
     pub memory_limit_mb: Option<u64>,
     #[serde(default)]
     pub cpu_limit: Option<f64>,
+    /// When an exited worker is started again: `no`, `always`, `on-failure[:max]`,
+    /// `unless-stopped`. Enforced by the control plane; not part of the spec hash, so a
+    /// change does not recreate running workers.
+    #[serde(default = "default_restart")]
+    pub restart: RestartPolicy,
+}
+
+fn default_restart() -> RestartPolicy {
+    RestartPolicy::Always
 }
 
 impl RoleTemplate {
@@ -74,6 +84,7 @@ impl RoleTemplate {
             env: BTreeMap::new(),
             memory_limit_mb: Some(256),
             cpu_limit: Some(0.5),
+            restart: default_restart(),
         }
     }
 }

@@ -17,7 +17,6 @@ use kg_shared::ClientId;
 use serde::Serialize;
 
 use crate::plan::is_live;
-use crate::runtime::ObservedWorker;
 
 /// Liveness as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -35,25 +34,21 @@ pub struct WorkerView {
     pub role: String,
     pub name: String,
     pub id: String,
+    /// creating, starting, running, degraded, backing-off, stopping, stopped, failed.
     pub state: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-}
-
-impl From<&ObservedWorker> for WorkerView {
-    fn from(worker: &ObservedWorker) -> Self {
-        let exit_code = match &worker.state {
-            crate::runtime::RuntimeState::Exited { exit_code, .. } => *exit_code,
-            _ => None,
-        };
-        Self {
-            role: worker.role.clone(),
-            name: worker.name.clone(),
-            id: worker.id.clone(),
-            state: worker.state.label().to_string(),
-            exit_code,
-        }
-    }
+    pub restart_policy: String,
+    pub restart_count: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit_reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_retry_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failed_reason: Option<String>,
+    /// What a given-up worker last wrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_lines: Option<String>,
 }
 
 /// One registered client.
@@ -221,14 +216,12 @@ impl TableWriter {
         newly_stale
     }
 
-    /// Publishes the latest listing into each client's worker list.
-    pub fn set_workers(&mut self, observed: &[ObservedWorker]) {
-        let mut by_client: HashMap<&str, Vec<WorkerView>> = HashMap::new();
-        for worker in observed {
-            by_client
-                .entry(worker.client_id.as_str())
-                .or_default()
-                .push(WorkerView::from(worker));
+    /// Publishes the latest listing, as (client id, view) pairs, into each client's
+    /// worker list.
+    pub fn set_workers(&mut self, views: Vec<(String, WorkerView)>) {
+        let mut by_client: HashMap<String, Vec<WorkerView>> = HashMap::new();
+        for (client, view) in views {
+            by_client.entry(client).or_default().push(view);
         }
         for mut record in self.table.iter_mut() {
             record.workers = by_client

@@ -187,8 +187,8 @@ impl ControlPlane {
                 self.options.heartbeat_timeout_secs.to_string(),
             )
             .env(
-                "CP_RESTART_DELAY_SECS",
-                self.options.restart_delay_secs.to_string(),
+                "CP_RESTART_BACKOFF_BASE_MS",
+                (self.options.restart_delay_secs * 1000).to_string(),
             )
             .env("CP_RECONCILE_INTERVAL_MS", "250")
             .env("CP_STOP_GRACE_SECS", "5")

@@ -345,6 +345,7 @@ impl Runtime for DockerRuntime {
                 exit_code: container_state.exit_code.map(|code| code as i32),
                 exited_at: parse_time(container_state.finished_at.as_deref())
                     .unwrap_or_else(Utc::now),
+                oom_killed: container_state.oom_killed.unwrap_or(false),
             }
         };
         Ok(ObservedWorker {

@@ -78,6 +78,7 @@ impl FakeRuntime {
             entry.1 = RuntimeState::Exited {
                 exit_code: Some(exit_code),
                 exited_at: Utc::now(),
+                oom_killed: false,
             };
         }
     }
@@ -205,6 +206,7 @@ impl Runtime for FakeRuntime {
             entry.1 = RuntimeState::Exited {
                 exit_code: Some(0),
                 exited_at: Utc::now(),
+                oom_killed: false,
             };
         }
         Ok(())

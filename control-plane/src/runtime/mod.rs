@@ -99,6 +99,9 @@ pub enum RuntimeState {
         /// child, or it was killed by a signal).
         exit_code: Option<i32>,
         exited_at: DateTime<Utc>,
+        /// The kernel killed it for exceeding its memory limit (Docker reports this).
+        #[serde(default)]
+        oom_killed: bool,
     },
 }
 

@@ -123,6 +123,8 @@ impl ProcessRuntime {
                         RuntimeState::Exited {
                             exit_code,
                             exited_at,
+                            // The process runtime has no memory limit to be killed for.
+                            oom_killed: false,
                         },
                     )
                 }
