@@ -144,13 +144,13 @@ worker_rss() {
         h=$(kb "$worker" VmHWM)
         rss+=("$r")
         hwm+=("$h")
-        echo "run $run: VmRSS $(mb "$r") MB, VmHWM $(mb "$h") MB (anonymous $(mb "$(anon_kb "$worker")") MB," \
+        echo "run $run: VmRSS $(mb "$r") MiB, VmHWM $(mb "$h") MiB (anonymous $(mb "$(anon_kb "$worker")") MiB," \
             "threads $(sed -n 's/^Threads:[[:space:]]*//p' "/proc/$worker/status")), load1 $(cut -d' ' -f1 /proc/loadavg), health: $health"
         cleanup
     done
     local m
     m=$(median "${rss[@]}")
-    echo "FIGURE idle_worker_rss_mb median=$(mb "$m") runs=$(for v in "${rss[@]}"; do printf '%s ' "$(mb "$v")"; done)hwm_median=$(mb "$(median "${hwm[@]}")") target=30 met=$([ "$m" -le $((30 * 1024)) ] && echo yes || echo no)"
+    echo "FIGURE idle_worker_rss_mib median=$(mb "$m") runs=$(for v in "${rss[@]}"; do printf '%s ' "$(mb "$v")"; done)hwm_median=$(mb "$(median "${hwm[@]}")") target=30 met=$([ "$m" -le $((30 * 1024)) ] && echo yes || echo no)"
 }
 
 metric() { # metric <api> <series>: the value of one metric line
@@ -203,7 +203,7 @@ control_plane_rss() {
         wait "$agents" || true
         rss+=("$r")
         hwm+=("$h")
-        echo "run $run: VmRSS $(mb "$r") MB, VmHWM $(mb "$h") MB (anonymous $(mb "$anon") MB, threads $threads; before registration $(mb "$base") MB), load1 $(cut -d' ' -f1 /proc/loadavg)"
+        echo "run $run: VmRSS $(mb "$r") MiB, VmHWM $(mb "$h") MiB (anonymous $(mb "$anon") MiB, threads $threads; before registration $(mb "$base") MiB), load1 $(cut -d' ' -f1 /proc/loadavg)"
         awk -v a="$r_mid" -v b="$r_end" -v t0="$t_mid" -v t1="$t_end" \
             'BEGIN {printf "  cp_reconciles_total %d → %d over %.0fs: %.2f/s\n", a, b, t1 - t0, (b - a) / (t1 - t0)}'
         echo "  $clients"
@@ -214,7 +214,7 @@ control_plane_rss() {
     done
     local m
     m=$(median "${rss[@]}")
-    echo "FIGURE control_plane_rss_mb median=$(mb "$m") runs=$(for v in "${rss[@]}"; do printf '%s ' "$(mb "$v")"; done)hwm_median=$(mb "$(median "${hwm[@]}")") target=25 met=$([ "$m" -le $((25 * 1024)) ] && echo yes || echo no)"
+    echo "FIGURE control_plane_rss_mib median=$(mb "$m") runs=$(for v in "${rss[@]}"; do printf '%s ' "$(mb "$v")"; done)hwm_median=$(mb "$(median "${hwm[@]}")") target=25 met=$([ "$m" -le $((25 * 1024)) ] && echo yes || echo no)"
 }
 
 case $WHAT in

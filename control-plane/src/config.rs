@@ -166,6 +166,37 @@ pub struct RunArgs {
     #[arg(long, env = "CP_DEREGISTERED_DATA", value_enum, default_value = "keep")]
     pub deregistered_data: DeregisteredData,
 
+    /// Admission: the most clients this control plane runs workers for.
+    #[arg(long, env = "CP_MAX_CLIENTS", default_value_t = 5000)]
+    pub max_clients: usize,
+
+    /// Admission: new clients admitted per minute (a burst of as many is allowed); the
+    /// registry's replay at start-up is not limited.
+    #[arg(long, env = "CP_MAX_NEW_CLIENTS_PER_MINUTE", default_value_t = 600)]
+    pub max_new_clients_per_minute: u32,
+
+    /// Admission: when set, only these client ids (comma separated) are admitted.
+    #[arg(long, env = "CP_CLIENT_ALLOWLIST", value_delimiter = ',')]
+    pub client_allowlist: Vec<String>,
+
+    /// Workers carrying our labels whose client was never registered are removed after
+    /// this long (a deregistered client's are removed at once).
+    #[arg(long, env = "CP_ORPHAN_GRACE_SECS", default_value_t = 60)]
+    pub orphan_grace_secs: u64,
+
+    /// Only report orphans (log and `cp_orphans`), never remove them.
+    #[arg(long, env = "CP_ORPHAN_DRY_RUN")]
+    pub orphan_dry_run: bool,
+
+    /// At most this many workers are recreated per pass after a role template changed.
+    #[arg(long, env = "CP_MAX_RECREATES_PER_PASS", default_value_t = 2)]
+    pub max_recreates_per_pass: usize,
+
+    /// On SIGTERM/SIGINT also stop and remove every worker (by default they keep running:
+    /// they do not need the control plane to process).
+    #[arg(long, env = "CP_STOP_WORKERS_ON_EXIT")]
+    pub stop_workers_on_exit: bool,
+
     /// Bearer token for mutating API verbs (DELETE /clients/{id}); unset refuses them.
     #[arg(long, env = "CP_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,

@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 use tracing::{info, info_span, warn, Instrument};
 
+use crate::admission::{Admission, AdmissionSettings};
 use crate::events::{EventLog, LifecycleEvent};
 use crate::ingest::Input;
 use crate::metrics::{ControlPlaneMetrics, OperationLabel, StateLabel};
@@ -65,6 +66,13 @@ pub struct ControllerSettings {
     pub delete_data_on_deregister: bool,
     /// Restart backoff, window and give-up.
     pub backoff: BackoffSettings,
+    pub admission: AdmissionSettings,
+    /// Never-registered clients' workers are removed after this long…
+    pub orphan_grace: chrono::Duration,
+    /// …unless only reporting.
+    pub orphan_dry_run: bool,
+    /// Spec-change recreations per pass.
+    pub max_recreates_per_pass: usize,
 }
 
 /// One unit of work for the executor.
@@ -133,6 +141,9 @@ pub struct Controller {
     events: EventLog,
     /// The latest listing, for operator restarts between passes.
     last_observed: Vec<ObservedWorker>,
+    admission: Admission,
+    /// Workers of never-registered clients, and when each was first seen.
+    orphans_since: HashMap<String, DateTime<Utc>>,
     /// Operators' restart requests, carried out on the next pass.
     restart_requests: Vec<(ClientId, Option<String>, bool)>,
     /// The last lines of given-up workers, filled in by background log reads.
@@ -155,6 +166,7 @@ impl Controller {
         clock: Arc<dyn Clock>,
         events: EventLog,
     ) -> Self {
+        let admission = Admission::new(settings.admission.clone());
         let policies = roles
             .roles
             .iter()
@@ -178,6 +190,8 @@ impl Controller {
             last_observed: Vec::new(),
             last_lines: Arc::new(DashMap::new()),
             restart_requests: Vec::new(),
+            admission,
+            orphans_since: HashMap::new(),
             registry_replayed: false,
             data_to_remove: HashSet::new(),
         }
@@ -259,6 +273,33 @@ impl Controller {
             } => {
                 let client = registration.client_id.clone();
                 let split = registration.recovered_from_split;
+                if !self.writer.contains(&client) {
+                    let admitted = self.admission.admit_new(
+                        client.as_str(),
+                        self.writer.table().len(),
+                        !self.registry_replayed,
+                        now,
+                    );
+                    if let Err(refusal) = admitted {
+                        self.metrics
+                            .admission_refused
+                            .get_or_create(&crate::metrics::ReasonLabel {
+                                reason: refusal.reason_code().to_string(),
+                            })
+                            .inc();
+                        warn!(client_id = %client, reason = refusal.reason_code(), "registration refused by admission");
+                        self.events.record(
+                            client.as_str(),
+                            LifecycleEvent {
+                                at: now,
+                                event: "client_refused".into(),
+                                worker: None,
+                                detail: refusal.reason_code().into(),
+                            },
+                        );
+                        return;
+                    }
+                }
                 match self.writer.register(registration, at, now) {
                     Applied::Registered { first_time } => {
                         self.metrics.registrations.inc();
@@ -369,16 +410,25 @@ impl Controller {
         let desired = self.desired();
         let plan = plan(&desired, &observed, now);
         let mut planned: Vec<Action> = Vec::new();
-        planned.extend(
-            plan.to_remove
-                .into_iter()
-                .map(|(w, r)| Action::Remove(w, r)),
-        );
-        planned.extend(
-            plan.to_recreate
-                .into_iter()
-                .map(|(w, s, r)| Action::Recreate(w, s, r)),
-        );
+        let removals = self.hold_orphans(plan.to_remove, now);
+        planned.extend(removals.into_iter().map(|(w, r)| Action::Remove(w, r)));
+        // A changed template recreates a bounded number of workers at a time, so a bad
+        // template cannot take every client down at once.
+        let mut spec_changes = 0;
+        for (worker, spec, reason) in plan.to_recreate {
+            if reason == RecreateReason::SpecChanged {
+                let in_flight = self
+                    .in_flight
+                    .values()
+                    .filter(|(_, kind)| *kind == "recreate")
+                    .count();
+                if spec_changes + in_flight >= self.settings.max_recreates_per_pass.max(1) {
+                    continue;
+                }
+                spec_changes += 1;
+            }
+            planned.push(Action::Recreate(worker, spec, reason));
+        }
         planned.extend(plan.to_create.into_iter().map(Action::Create));
         for action in self.requested_restarts(&observed) {
             if !planned.iter().any(|p| p.target() == action.target()) {
@@ -600,6 +650,37 @@ impl Controller {
                 RuntimeState::Created => {}
             }
         }
+    }
+
+    /// Workers of clients that were never registered (as opposed to deregistered) are
+    /// orphans: left alone for the grace period (a registration may be on its way), then
+    /// removed, or only reported in dry-run mode.
+    fn hold_orphans(
+        &mut self,
+        removals: Vec<(ObservedWorker, RemoveReason)>,
+        now: DateTime<Utc>,
+    ) -> Vec<(ObservedWorker, RemoveReason)> {
+        let mut kept = Vec::with_capacity(removals.len());
+        let mut orphans = HashMap::new();
+        for (worker, reason) in removals {
+            let orphan = reason == RemoveReason::ClientUnknown
+                && !self.writer.was_deregistered(&worker.client_id);
+            if !orphan {
+                kept.push((worker, reason));
+                continue;
+            }
+            let since = self.orphans_since.get(&worker.name).copied().unwrap_or_else(|| {
+                warn!(event = "orphan_found", worker = %worker.name, client_id = %worker.client_id, dry_run = self.settings.orphan_dry_run, "a worker with our labels belongs to no registered client");
+                now
+            });
+            orphans.insert(worker.name.clone(), since);
+            if !self.settings.orphan_dry_run && now - since >= self.settings.orphan_grace {
+                kept.push((worker, reason));
+            }
+        }
+        self.metrics.orphans.set(orphans.len() as i64);
+        self.orphans_since = orphans;
+        kept
     }
 
     /// Turns operators' restart requests into recreations of the matching workers, whose
@@ -906,6 +987,14 @@ mod tests {
                 stop_grace: Duration::from_secs(1),
                 shutdown_grace: Duration::from_secs(1),
                 delete_data_on_deregister: true,
+                admission: AdmissionSettings {
+                    max_clients: 100,
+                    max_new_per_minute: 100,
+                    allowlist: HashSet::new(),
+                },
+                orphan_grace: chrono::Duration::seconds(60),
+                orphan_dry_run: false,
+                max_recreates_per_pass: 1,
                 backoff: BackoffSettings {
                     base: chrono::Duration::seconds(10),
                     jitter: 0.0,
@@ -1184,6 +1273,30 @@ mod tests {
             4,
             "three restarts and the operator's"
         );
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn workers_of_a_never_registered_client_are_orphans_removed_after_the_grace() {
+        let h = harness();
+        let stray = ClientId::parse("stray").unwrap();
+        for spec in RoleSet::builtin(&["event-normalizer".into()], DEFAULT_IMAGE)
+            .unwrap()
+            .render(&stray, &[])
+        {
+            h.runtime.insert_running(spec);
+        }
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(
+            h.runtime.calls_of("remove").is_empty(),
+            "removed within the grace"
+        );
+        h.clock.advance(chrono::Duration::seconds(60));
+        eventually("the orphan removed", || {
+            h.runtime.calls_of("remove") == ["kg-event-normalizer-stray"]
+        })
+        .await;
         h.stop().await;
     }
 }

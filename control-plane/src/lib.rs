@@ -7,6 +7,7 @@
 
 pub use kg_shared::telemetry::{init_tracing, termination_signal};
 
+pub mod admission;
 pub mod api;
 pub mod config;
 pub mod controller;
@@ -245,6 +246,19 @@ pub async fn run(
             stop_grace: Duration::from_secs(args.stop_grace_secs),
             shutdown_grace: Duration::from_secs(10),
             delete_data_on_deregister: args.deregistered_data == config::DeregisteredData::Delete,
+            admission: admission::AdmissionSettings {
+                max_clients: args.max_clients,
+                max_new_per_minute: args.max_new_clients_per_minute.max(1),
+                allowlist: args
+                    .client_allowlist
+                    .iter()
+                    .map(|id| id.trim().to_string())
+                    .filter(|id| !id.is_empty())
+                    .collect(),
+            },
+            orphan_grace: chrono::Duration::seconds(args.orphan_grace_secs as i64),
+            orphan_dry_run: args.orphan_dry_run,
+            max_recreates_per_pass: args.max_recreates_per_pass,
             backoff: supervise::BackoffSettings {
                 base: chrono::Duration::milliseconds(args.restart_backoff_base_ms.max(1) as i64),
                 cap: chrono::Duration::seconds(args.restart_backoff_max_secs.max(1) as i64),
@@ -260,6 +274,10 @@ pub async fn run(
         events,
     );
     controller.run(inputs_rx, shutdown).await;
+    if args.stop_workers_on_exit {
+        info!("stopping every worker (CP_STOP_WORKERS_ON_EXIT)");
+        Controller::stop_all(runtime.as_ref(), Duration::from_secs(args.stop_grace_secs)).await;
+    }
     let _ = stop_tx.send(true);
     let _ = ingest_task.await;
     let _ = api_task.await;

@@ -43,6 +43,8 @@ pub struct ControlPlaneMetrics {
     pub reconciles: Counter,
     pub clients: Family<StateLabel, Gauge>,
     pub workers: Family<StateLabel, Gauge>,
+    pub admission_refused: Family<ReasonLabel, Counter>,
+    pub orphans: Gauge,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -69,6 +71,8 @@ impl ControlPlaneMetrics {
             reconciles: Counter::default(),
             clients: Family::default(),
             workers: Family::default(),
+            admission_refused: Family::default(),
+            orphans: Gauge::default(),
         };
         registry.register(
             "registrations",
@@ -134,6 +138,16 @@ impl ControlPlaneMetrics {
             "workers",
             "Managed workers by runtime state",
             metrics.workers.clone(),
+        );
+        registry.register(
+            "admission_refused",
+            "Registrations refused by admission, by reason",
+            metrics.admission_refused.clone(),
+        );
+        registry.register(
+            "orphans",
+            "Workers carrying our labels that no registered client owns",
+            metrics.orphans.clone(),
         );
         Self {
             registry,

@@ -169,6 +169,18 @@ impl TableWriter {
         Applied::Registered { first_time }
     }
 
+    /// Whether the client was deregistered by a tombstone (rather than never registered).
+    pub fn was_deregistered(&self, client: &str) -> bool {
+        ClientId::parse(client)
+            .map(|id| self.registry_clock.contains_key(&id) && !self.table.contains_key(&id))
+            .unwrap_or(false)
+    }
+
+    /// Whether the client is in the table.
+    pub fn contains(&self, client: &ClientId) -> bool {
+        self.table.contains_key(client)
+    }
+
     /// Applies a tombstone produced at `at`.
     pub fn deregister(&mut self, client: &ClientId, at: DateTime<Utc>) -> Applied {
         if self.superseded(client, at) {

@@ -3,7 +3,8 @@
 //! [`registry`] and [`heartbeat`] (tolerant decoding of what deployed agents send),
 //! [`records`] (the normalized event and log records), [`dlq`] (dead-letter envelopes).
 //! With the `kafka` feature, [`kafka`] adds the Kafka glue: client configuration from the
-//! environment, the embedded broker, and topic setup; with `telemetry`, [`telemetry`]
+//! environment, the embedded broker, and topic setup, and [`checks`] the start-up checks
+//! both binaries run (data directory, free space, Kafka, topics); with `telemetry`, [`telemetry`]
 //! sets up tracing and waits for the termination signal.
 
 pub mod client_id;
@@ -14,6 +15,8 @@ pub mod records;
 pub mod registry;
 pub mod topics;
 
+#[cfg(feature = "kafka")]
+pub mod checks;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 

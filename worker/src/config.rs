@@ -6,6 +6,10 @@ use std::path::PathBuf;
 
 use kg_shared::kafka::KafkaArgs;
 use kg_shared::telemetry::LogFormat;
+use kg_shared::topics::{
+    EVENTS_NORMALIZED, LOGS_NORMALIZED, RAW_K8S_EVENTS, RAW_K8S_LOGS, STATE_K8S_RESOURCE,
+    STATE_K8S_TOPOLOGY,
+};
 use kg_shared::ClientId;
 
 /// Which job this worker process does for its client.
@@ -27,6 +31,25 @@ impl Role {
             Role::LogNormalizer => "log-normalizer",
             Role::GraphBuilder => "graph-builder",
         }
+    }
+
+    /// The topics the role consumes.
+    pub fn input_topics(self) -> &'static [&'static str] {
+        match self {
+            Role::EventNormalizer => &[RAW_K8S_EVENTS],
+            Role::LogNormalizer => &[RAW_K8S_LOGS],
+            Role::GraphBuilder => &[
+                EVENTS_NORMALIZED,
+                LOGS_NORMALIZED,
+                STATE_K8S_RESOURCE,
+                STATE_K8S_TOPOLOGY,
+            ],
+        }
+    }
+
+    /// Whether the role keeps state on disk (its data directory must be writable).
+    pub fn keeps_state(self) -> bool {
+        self == Role::GraphBuilder
     }
 
     /// The consumer group operators' scripts expect: `<role>-<client id>`.
@@ -93,6 +116,11 @@ pub struct WorkerConfig {
     /// unassigned before its successor gets them.
     #[arg(long, env = "WORKER_SESSION_TIMEOUT_MS", default_value_t = 10_000)]
     pub session_timeout_ms: u64,
+
+    /// How long librdkafka waits to fetch again once its prefetch queue is full
+    /// (fetch.queue.backoff.ms).
+    #[arg(long, env = "WORKER_FETCH_QUEUE_BACKOFF_MS", default_value_t = 10)]
+    pub fetch_queue_backoff_ms: u64,
 
     /// Where a new consumer group starts: earliest (no record is missed) or latest.
     #[arg(long, env = "WORKER_AUTO_OFFSET_RESET", default_value = "earliest")]

@@ -7,9 +7,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use kg_shared::topics::{
-    EVENTS_NORMALIZED, LOGS_NORMALIZED, STATE_K8S_RESOURCE, STATE_K8S_TOPOLOGY,
-};
 use kg_shared::ClientId;
 
 use crate::graph::{decode_input_at, GraphInput, GraphStore, SqliteGraphStore, StoreError};
@@ -49,12 +46,7 @@ impl GraphBuilder {
 
 impl RecordHandler for GraphBuilder {
     fn input_topics(&self) -> &'static [&'static str] {
-        &[
-            EVENTS_NORMALIZED,
-            LOGS_NORMALIZED,
-            STATE_K8S_RESOURCE,
-            STATE_K8S_TOPOLOGY,
-        ]
+        crate::config::Role::GraphBuilder.input_topics()
     }
 
     fn handle(

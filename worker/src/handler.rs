@@ -3,7 +3,7 @@
 //! [`crate::pipeline`].
 
 use kg_shared::keys::{event_output_key, key_belongs_to, log_output_key, parse_key};
-use kg_shared::topics::{EVENTS_NORMALIZED, LOGS_NORMALIZED, RAW_K8S_EVENTS, RAW_K8S_LOGS};
+use kg_shared::topics::{EVENTS_NORMALIZED, LOGS_NORMALIZED};
 use kg_shared::ClientId;
 
 use crate::config::Role;
@@ -87,7 +87,7 @@ pub struct EventNormalizer {
 
 impl RecordHandler for EventNormalizer {
     fn input_topics(&self) -> &'static [&'static str] {
-        &[RAW_K8S_EVENTS]
+        Role::EventNormalizer.input_topics()
     }
 
     fn handle(
@@ -127,7 +127,7 @@ pub struct LogNormalizer {
 
 impl RecordHandler for LogNormalizer {
     fn input_topics(&self) -> &'static [&'static str] {
-        &[RAW_K8S_LOGS]
+        Role::LogNormalizer.input_topics()
     }
 
     fn handle(

@@ -118,6 +118,7 @@ pub async fn run(
         producer_queue_kbytes: config.producer_queue_kbytes,
         auto_offset_reset: config.auto_offset_reset.clone(),
         session_timeout_ms: config.session_timeout_ms,
+        fetch_queue_backoff_ms: config.fetch_queue_backoff_ms,
     };
     let result = pipeline::run_pipeline(
         &config.kafka,

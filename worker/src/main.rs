@@ -1,11 +1,33 @@
-//! Entry point: parse the configuration, start tracing, run until SIGTERM.
+//! Entry point: parse the configuration, start tracing, run the start-up checks
+//! (`kg_shared::checks`), run until SIGTERM. A failed required check prints one
+//! `startup check failed: …` line and exits 2; any other fatal error prints one line and
+//! exits 1.
+
+use std::process::ExitCode;
 
 use clap::Parser;
+use kg_shared::checks::{self, StartupCheckSettings};
+use worker::config::WorkerConfig;
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = worker::config::WorkerConfig::parse();
+async fn main() -> ExitCode {
+    let config = WorkerConfig::parse();
     kg_shared::telemetry::init_tracing(config.log_format);
-    worker::run(config, kg_shared::telemetry::termination_signal()).await?;
-    Ok(())
+    let settings = StartupCheckSettings::from_env_or_exit();
+    // Only the graph builder keeps state on disk. Kafka is required: a worker that cannot
+    // reach it does nothing, and exit 2 shows up in the control plane's API and restarts
+    // with its back-off. Missing input topics are reported: the consumer waits for them.
+    let mut startup = Vec::new();
+    if config.role.keeps_state() {
+        startup.push(settings.data_dir(&config.data_dir, "WORKER_DATA_DIR"));
+    }
+    startup.extend(settings.kafka_checks(&config.kafka, config.role.input_topics(), false));
+    checks::run_or_exit(startup).await;
+    match worker::run(config, kg_shared::telemetry::termination_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("worker: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }

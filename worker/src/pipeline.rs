@@ -55,6 +55,7 @@ pub struct PipelineSettings {
     pub producer_queue_kbytes: u64,
     pub auto_offset_reset: String,
     pub session_timeout_ms: u64,
+    pub fetch_queue_backoff_ms: u64,
 }
 
 /// Feeds librdkafka's periodic statistics into the lag gauge.
@@ -192,13 +193,27 @@ pub async fn run_pipeline(
             break;
         }
     }
-    if !uncommitted.is_empty() {
-        commit(&consumer, &uncommitted, CommitMode::Sync, &metrics);
-    }
     let remaining = shutdown_deadline
         .map(|deadline| deadline.saturating_duration_since(Instant::now()))
-        .unwrap_or(Duration::from_secs(1));
-    let _ = rdkafka::producer::Producer::flush(&producer, remaining);
+        .unwrap_or(Duration::from_secs(1))
+        .max(Duration::from_millis(500));
+    let _ = rdkafka::producer::Producer::flush(&producer, remaining / 2);
+    // The final commit and the consumer's close (leaving the group) block until the broker
+    // answers; with the broker gone they would block forever. Both run on a thread of their
+    // own, waited for until the grace runs out: what is not committed is redelivered.
+    let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+    let closer_metrics = metrics.clone();
+    std::thread::spawn(move || {
+        if !uncommitted.is_empty() {
+            commit(&consumer, &uncommitted, CommitMode::Sync, &closer_metrics);
+        }
+        drop(consumer);
+        let _ = done_tx.send(());
+    });
+    let waited = tokio::task::spawn_blocking(move || done_rx.recv_timeout(remaining)).await;
+    if !matches!(waited, Ok(Ok(()))) {
+        warn!(?remaining, "the final commit or the group leave did not finish within the grace; exiting without it");
+    }
     info!("pipeline stopped");
     Ok(())
 }
@@ -419,6 +434,12 @@ fn create_consumer(
         )
         .set("queued.min.messages", "1000")
         .set("fetch.max.bytes", "4194304")
+        // librdkafka waits this long before fetching again once its local queue is full;
+        // the default (1 s) caps a worker at one queue-full per partition per second.
+        .set(
+            "fetch.queue.backoff.ms",
+            settings.fetch_queue_backoff_ms.to_string(),
+        )
         .set("statistics.interval.ms", "5000")
         .set(
             "session.timeout.ms",

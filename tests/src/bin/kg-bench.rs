@@ -10,9 +10,12 @@
 //!                     [--metrics-url http://…/metrics]
 //! kg-bench agents     --bootstrap B [--clients 1000] [--prefix bench-] [--interval-secs 30]
 //!                     [--duration-secs 150]
+//! kg-bench clients    --api http://host:port [--prefix bench-] [--workers 2]
+//! kg-bench http-get   --url http://host:port/path
+//! kg-bench event      --client C
 //! ```
 //!
-//! `throughput` produces realistic ~1 KB Kubernetes Events keyed `<client>::event::<uid>` to
+//! `throughput` produces realistic ~1.3 KB Kubernetes Events keyed `<client>::event::<uid>` to
 //! raw.k8s.events while a consumer of events.normalized (assigned to every partition, no
 //! group) counts the worker's outputs for the client. The producer never runs more than
 //! `--window` records ahead of the outputs seen, so the embedded broker (which keeps at most
@@ -25,6 +28,9 @@
 //!
 //! `agents` registers `--clients` clients on cluster.registry the way the Helm chart does
 //! and heartbeats every one of them on cluster.heartbeat every `--interval-secs`.
+//!
+//! `clients` summarizes the control plane's `GET /clients`, `http-get` prints a body (so
+//! the scripts need neither curl nor jq), `event` prints one generated event and its size.
 //!
 //! Every subcommand ends with one `RESULT key=value …` line for the scripts.
 
@@ -56,6 +62,15 @@ fn main() -> Result<()> {
         "throughput" => throughput(&options),
         "drain" => drain(&options),
         "agents" => agents(&options),
+        "http-get" => {
+            let (code, body) = blocking_get(options.str("url")?)?;
+            print!("{body}");
+            if code != 200 {
+                bail!("GET {} answered {code}", options.str("url")?);
+            }
+            Ok(())
+        }
+        "clients" => clients(&options),
         "event" => {
             // Prints one generated event, to check its shape and size.
             let (key, value) = raw_event(options.str("client")?, 0);
@@ -104,7 +119,7 @@ impl Options {
 }
 
 /// A realistic kubelet Event as the exporter sends it (the shape of the normalize bench's
-/// event: involved object with labels and annotations), about 1.1 KB, with a distinct uid
+/// event: involved object with labels and annotations), about 1.3 KB, with a distinct uid
 /// per `n`. Key: `<client>::event::<uid>`.
 fn raw_event(client: &str, n: u64) -> (String, String) {
     const REASONS: [(&str, &str, &str); 8] = [
@@ -469,7 +484,8 @@ fn drain(options: &Options) -> Result<()> {
     let client = options.str("client")?;
     let pid = Pid::from_raw(options.str("worker-pid")?.parse().context("--worker-pid")?);
     let rounds = options.num("rounds", 5)?;
-    // 20,000 × ~1.1 KB over 6 partitions ≈ 3.7 MB per partition: under the 5 MiB limit.
+    // 20,000 × ~1.3 KB over 6 partitions ≈ 4.3 MB per partition before lz4: under the mock
+    // broker's 5 MiB limit.
     let round_records = options.num("round-records", 20_000)?;
     let metrics_url = options.opt("metrics-url");
 
@@ -566,6 +582,45 @@ fn drain(options: &Options) -> Result<()> {
         median(&ts_rates),
         list(&ts_rates),
         producer.context().failed.load(Ordering::Relaxed),
+    );
+    Ok(())
+}
+
+/// Summarizes the control plane's `GET /clients` for the clients named `<prefix>…`: how
+/// many are registered, active, and have exactly the expected number of running workers.
+fn clients(options: &Options) -> Result<()> {
+    let api = options.str("api")?.trim_end_matches('/');
+    let prefix = options.opt("prefix").unwrap_or("bench-");
+    let workers = options.num("workers", 2)? as usize;
+    let (code, body) = blocking_get(&format!("{api}/clients"))?;
+    if code != 200 {
+        bail!("GET {api}/clients answered {code}");
+    }
+    let all: Vec<serde_json::Value> = serde_json::from_str(&body).context("parse /clients")?;
+    let ours: Vec<&serde_json::Value> = all
+        .iter()
+        .filter(|c| {
+            c["client_id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with(prefix))
+        })
+        .collect();
+    let active = ours.iter().filter(|c| c["state"] == "active").count();
+    let running = |c: &serde_json::Value| {
+        c["workers"]
+            .as_array()
+            .map_or(0, |w| w.iter().filter(|w| w["state"] == "running").count())
+    };
+    let full = ours
+        .iter()
+        .filter(|c| c["state"] == "active" && running(c) == workers)
+        .count();
+    let running_total: usize = ours.iter().map(|c| running(c)).sum();
+    println!(
+        "RESULT mode=clients registered={} active={active} active_with_{workers}_running={full} \
+         running_workers={running_total} body_bytes={}",
+        ours.len(),
+        body.len()
     );
     Ok(())
 }
