@@ -125,12 +125,13 @@ pub struct Controller {
     runtime: Arc<dyn Runtime>,
     writer: TableWriter,
     roles: RoleSet,
-    base_env: Vec<(String, String)>,
     settings: ControllerSettings,
     metrics: Arc<ControlPlaneMetrics>,
     status: Arc<Status>,
     clock: Arc<dyn Clock>,
-    specs: HashMap<ClientId, Vec<WorkerSpec>>,
+    specs: HashMap<ClientId, Arc<[WorkerSpec]>>,
+    /// Each role's environment, shared by all specs.
+    role_envs: Vec<Arc<std::collections::BTreeMap<String, String>>>,
     /// Targets with an action in flight: the client each belongs to, and what is done.
     in_flight: HashMap<String, (String, &'static str)>,
     last_states: HashMap<String, &'static str>,
@@ -139,8 +140,6 @@ pub struct Controller {
     /// Restart policy by role.
     policies: HashMap<String, RestartPolicy>,
     events: EventLog,
-    /// The latest listing, for operator restarts between passes.
-    last_observed: Vec<ObservedWorker>,
     admission: Admission,
     /// Workers of never-registered clients, and when each was first seen.
     orphans_since: HashMap<String, DateTime<Utc>>,
@@ -167,6 +166,7 @@ impl Controller {
         events: EventLog,
     ) -> Self {
         let admission = Admission::new(settings.admission.clone());
+        let role_envs = roles.role_envs(&base_env);
         let policies = roles
             .roles
             .iter()
@@ -176,18 +176,17 @@ impl Controller {
             runtime,
             writer,
             roles,
-            base_env,
             settings,
             metrics,
             status,
             clock,
             specs: HashMap::new(),
+            role_envs,
             in_flight: HashMap::new(),
             last_states: HashMap::new(),
             supervision: HashMap::new(),
             policies,
             events,
-            last_observed: Vec::new(),
             last_lines: Arc::new(DashMap::new()),
             restart_requests: Vec::new(),
             admission,
@@ -393,7 +392,6 @@ impl Controller {
         self.supervise(&observed, now);
         let views = self.worker_views(&observed);
         self.writer.set_workers(views);
-        self.last_observed = observed.clone();
         for client in self.writer.refresh_liveness(now) {
             let detail = format!(
                 "no heartbeat for {}s; reaping its workers",
@@ -447,6 +445,12 @@ impl Controller {
             }
         }
         for action in planned {
+            // Beyond the concurrency cap nothing is queued: the plan is recomputed on the
+            // next pass (one follows every completed action), which keeps memory flat
+            // when thousands of clients need work at once.
+            if self.in_flight.len() >= self.settings.max_concurrent_actions.max(1) {
+                break;
+            }
             self.spawn_action(action, semaphore, actions);
         }
     }
@@ -493,7 +497,11 @@ impl Controller {
             let specs = self
                 .specs
                 .entry(record.client_id.clone())
-                .or_insert_with(|| self.roles.render(&record.client_id, &self.base_env))
+                .or_insert_with(|| {
+                    self.roles
+                        .render_with(&record.client_id, &self.role_envs)
+                        .into()
+                })
                 .clone();
             clients.push(DesiredClient {
                 client_id: record.client_id.clone(),

@@ -80,6 +80,8 @@ impl Publisher {
             .set("compression.type", "zstd")
             .set("enable.idempotence", "true")
             .set("linger.ms", "5")
+            // Dead letters and tombstones are few; a small queue keeps the idle footprint small.
+            .set("queue.buffering.max.kbytes", "4096")
             .create()
             .map_err(IngestError::Producer)?;
         Ok(Self { producer })
@@ -142,6 +144,10 @@ pub async fn run_ingest(
         .set("group.id", "kg-control-plane")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // librdkafka prefetches up to 64 MiB per partition by default; ingest handles each
+        // record in microseconds, so a small queue costs nothing and keeps memory flat.
+        .set("queued.max.messages.kbytes", "512")
+        .set("queued.min.messages", "1000")
         .create()
         .map_err(IngestError::Consumer)?;
 

@@ -17,7 +17,8 @@ pub struct DesiredClient {
     /// The later of the last registration and the last heartbeat.
     pub last_seen: DateTime<Utc>,
     /// The workers it should have while it is live.
-    pub specs: Vec<WorkerSpec>,
+    /// Shared with the controller's cache: a pass clones no spec it does not act on.
+    pub specs: std::sync::Arc<[WorkerSpec]>,
 }
 
 /// Everything that should be.
@@ -96,7 +97,7 @@ pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) 
     for client in &desired.clients {
         registered.insert(client.client_id.as_str());
         if is_live(client.last_seen, now, desired.heartbeat_timeout) {
-            for spec in &client.specs {
+            for spec in client.specs.iter() {
                 wanted.insert(spec.name.as_str(), spec);
             }
         } else {
@@ -181,7 +182,7 @@ mod tests {
     fn client(id: &str, last_seen: i64) -> DesiredClient {
         let client_id = ClientId::parse(id).unwrap();
         DesiredClient {
-            specs: roles().render(&client_id, &[]),
+            specs: roles().render(&client_id, &[]).into(),
             client_id,
             last_seen: t(last_seen),
         }
@@ -313,7 +314,7 @@ mod tests {
     fn plan_removes_workers_of_a_role_no_longer_configured() {
         let mut wanted = client("af-9", 0);
         let observed: Vec<_> = wanted.specs.iter().map(running).collect();
-        wanted.specs.truncate(1);
+        wanted.specs = wanted.specs[..1].to_vec().into();
         let plan = plan(&desired(vec![wanted]), &observed, t(1));
         assert_eq!(plan.to_remove.len(), 2);
         assert_eq!(plan.to_remove[0].1, RemoveReason::RoleRemoved);
@@ -384,7 +385,7 @@ mod tests {
             let mut expected = BTreeMap::new();
             for c in &desired.clients {
                 if is_live(c.last_seen, t(now), desired.heartbeat_timeout) {
-                    for spec in &c.specs { expected.insert(spec.name.clone(), spec.spec_hash.clone()); }
+                    for spec in c.specs.iter() { expected.insert(spec.name.clone(), spec.spec_hash.clone()); }
                 }
             }
             prop_assert_eq!(after, expected);

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kg_shared::ClientId;
 use serde::{Deserialize, Serialize};
@@ -151,16 +152,29 @@ impl RoleSet {
         Ok(Self { image, roles })
     }
 
-    /// The specs of `client`'s workers. `base_env` (the Kafka settings) comes first so a
-    /// role's own env can override it.
-    pub fn render(&self, client: &ClientId, base_env: &[(String, String)]) -> Vec<WorkerSpec> {
+    /// Each role's environment (`base_env`, the Kafka settings, first, so a role's own env
+    /// can override it), built once and shared by every client's worker of that role.
+    pub fn role_envs(&self, base_env: &[(String, String)]) -> Vec<Arc<BTreeMap<String, String>>> {
         self.roles
             .iter()
             .map(|role| {
                 let mut env: BTreeMap<String, String> = base_env.iter().cloned().collect();
                 env.extend(role.env.clone());
-                env.insert("CLIENT_ID".into(), client.to_string());
-                env.insert("WORKER_ROLE".into(), role.name.clone());
+                Arc::new(env)
+            })
+            .collect()
+    }
+
+    /// The specs of `client`'s workers, with environments from [`Self::role_envs`].
+    pub fn render_with(
+        &self,
+        client: &ClientId,
+        role_envs: &[Arc<BTreeMap<String, String>>],
+    ) -> Vec<WorkerSpec> {
+        self.roles
+            .iter()
+            .zip(role_envs)
+            .map(|(role, env)| {
                 let mut args = vec!["--role".to_string(), role.name.clone()];
                 args.extend(role.args.iter().cloned());
                 WorkerSpec::new(
@@ -168,12 +182,17 @@ impl RoleSet {
                     &role.name,
                     &self.image,
                     args,
-                    env,
+                    env.clone(),
                     role.memory_limit_mb,
                     role.cpu_limit,
                 )
             })
             .collect()
+    }
+
+    /// The specs of `client`'s workers.
+    pub fn render(&self, client: &ClientId, base_env: &[(String, String)]) -> Vec<WorkerSpec> {
+        self.render_with(client, &self.role_envs(base_env))
     }
 }
 
@@ -200,7 +219,9 @@ mod tests {
                 "kg-graph-builder-af-9"
             ]
         );
-        assert_eq!(specs[0].env["CLIENT_ID"], "af-9");
+        let env: BTreeMap<&str, &str> = specs[0].full_env().collect();
+        assert_eq!(env["CLIENT_ID"], "af-9");
+        assert_eq!(env["WORKER_ROLE"], "event-normalizer");
         assert_eq!(specs[0].args, ["--role", "event-normalizer"]);
     }
 

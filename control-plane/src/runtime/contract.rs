@@ -26,7 +26,7 @@ pub fn contract_spec(client: &str, image: &str) -> WorkerSpec {
         "event-normalizer",
         image,
         vec!["--role".into(), "event-normalizer".into()],
-        env,
+        std::sync::Arc::new(env),
         Some(128),
         Some(0.5),
     )

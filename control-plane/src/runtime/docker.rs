@@ -80,7 +80,7 @@ impl DockerRuntime {
     }
 
     fn container_body(&self, spec: &WorkerSpec) -> ContainerCreateBody {
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let mut env: Vec<String> = spec.full_env().map(|(k, v)| format!("{k}={v}")).collect();
         let mut labels = HashMap::from([
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
             (LABEL_CLIENT_ID.to_string(), spec.client_id.to_string()),

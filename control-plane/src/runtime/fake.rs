@@ -19,9 +19,30 @@ pub struct Call {
     pub name: String,
 }
 
+/// What the fake keeps of a worker: its labels, as a real runtime would (not the whole
+/// spec, so a benchmark on the fake measures the control plane, not the fake).
+#[derive(Debug, Clone)]
+struct FakeWorker {
+    name: String,
+    client_id: String,
+    role: String,
+    spec_hash: String,
+}
+
+impl From<&WorkerSpec> for FakeWorker {
+    fn from(spec: &WorkerSpec) -> Self {
+        Self {
+            name: spec.name.clone(),
+            client_id: spec.client_id.to_string(),
+            role: spec.role.clone(),
+            spec_hash: spec.spec_hash.clone(),
+        }
+    }
+}
+
 #[derive(Default)]
 struct FakeState {
-    workers: BTreeMap<String, (WorkerSpec, RuntimeState, u64)>,
+    workers: BTreeMap<String, (FakeWorker, RuntimeState, u64)>,
     calls: Vec<Call>,
     failures: HashMap<(&'static str, String), RuntimeError>,
     delays: HashMap<(&'static str, String), Duration>,
@@ -91,7 +112,7 @@ impl FakeRuntime {
         state.workers.insert(
             spec.name.clone(),
             (
-                spec,
+                FakeWorker::from(&spec),
                 RuntimeState::Running {
                     started_at: Utc::now(),
                 },
@@ -139,13 +160,13 @@ impl FakeRuntime {
     }
 }
 
-fn observed(spec: &WorkerSpec, state: &RuntimeState, id: u64) -> ObservedWorker {
+fn observed(worker: &FakeWorker, state: &RuntimeState, id: u64) -> ObservedWorker {
     ObservedWorker {
-        name: spec.name.clone(),
+        name: worker.name.clone(),
         id: format!("fake-{id}"),
-        client_id: spec.client_id.to_string(),
-        role: spec.role.clone(),
-        spec_hash: spec.spec_hash.clone(),
+        client_id: worker.client_id.clone(),
+        role: worker.role.clone(),
+        spec_hash: worker.spec_hash.clone(),
         state: state.clone(),
     }
 }
@@ -174,10 +195,12 @@ impl Runtime for FakeRuntime {
         }
         state.next_id += 1;
         let id = state.next_id;
+        let worker = FakeWorker::from(spec);
+        let created = observed(&worker, &RuntimeState::Created, id);
         state
             .workers
-            .insert(spec.name.clone(), (spec.clone(), RuntimeState::Created, id));
-        Ok(observed(spec, &RuntimeState::Created, id))
+            .insert(spec.name.clone(), (worker, RuntimeState::Created, id));
+        Ok(created)
     }
 
     async fn start(&self, name: &str) -> Result<(), RuntimeError> {

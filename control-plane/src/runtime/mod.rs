@@ -10,6 +10,7 @@ pub mod fake;
 pub mod process;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,7 +30,9 @@ pub struct WorkerSpec {
     pub image: String,
     /// Arguments after the binary (`--role <role>` and the role's extra arguments).
     pub args: Vec<String>,
-    pub env: BTreeMap<String, String>,
+    /// The role's environment, shared by every client's worker of that role (memory stays
+    /// flat with thousands of clients); [`WorkerSpec::full_env`] adds the client's own.
+    pub env: Arc<BTreeMap<String, String>>,
     pub memory_limit_mb: Option<u64>,
     pub cpu_limit: Option<f64>,
     /// Hash of everything above except the name, hex.
@@ -43,7 +46,7 @@ impl WorkerSpec {
         role: &str,
         image: &str,
         args: Vec<String>,
-        env: BTreeMap<String, String>,
+        env: Arc<BTreeMap<String, String>>,
         memory_limit_mb: Option<u64>,
         cpu_limit: Option<f64>,
     ) -> Self {
@@ -60,6 +63,19 @@ impl WorkerSpec {
         };
         spec.spec_hash = spec.compute_hash();
         spec
+    }
+
+    /// Everything the worker's environment holds: the role's, then `CLIENT_ID` and
+    /// `WORKER_ROLE`.
+    pub fn full_env(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.env
+            .iter()
+            .filter(|(key, _)| key.as_str() != "CLIENT_ID" && key.as_str() != "WORKER_ROLE")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain([
+                ("CLIENT_ID", self.client_id.as_str()),
+                ("WORKER_ROLE", self.role.as_str()),
+            ])
     }
 
     fn compute_hash(&self) -> String {

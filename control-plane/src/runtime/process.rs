@@ -229,7 +229,7 @@ impl Runtime for ProcessRuntime {
             .args(&spec.args)
             .env_clear()
             .envs(std::env::vars().filter(|(key, _)| key == "PATH" || key == "RUST_LOG"))
-            .envs(&spec.env)
+            .envs(spec.full_env())
             .env("WORKER_LISTEN", "127.0.0.1:0")
             .env("WORKER_ADDR_FILE", dir.join(ADDR_FILE))
             .env(
