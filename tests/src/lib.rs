@@ -129,6 +129,8 @@ pub struct ControlPlaneOptions {
     pub heartbeat_timeout_secs: u64,
     pub api_token: Option<String>,
     pub restart_delay_secs: u64,
+    /// Further settings for the control plane's environment.
+    pub extra_env: Vec<(String, String)>,
 }
 
 impl Default for ControlPlaneOptions {
@@ -137,6 +139,7 @@ impl Default for ControlPlaneOptions {
             heartbeat_timeout_secs: 120,
             api_token: Some("test-token".into()),
             restart_delay_secs: 1,
+            extra_env: Vec::new(),
         }
     }
 }
@@ -196,6 +199,7 @@ impl ControlPlane {
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
+        command.envs(self.options.extra_env.iter().cloned());
         match &self.options.api_token {
             Some(token) => command.env("CP_API_TOKEN", token),
             None => command.env_remove("CP_API_TOKEN"),
