@@ -197,6 +197,18 @@ pub struct RunArgs {
     #[arg(long, env = "CP_STOP_WORKERS_ON_EXIT")]
     pub stop_workers_on_exit: bool,
 
+    /// How often every running worker's `/health` is probed (0 disables probing).
+    #[arg(long, env = "CP_HEALTH_INTERVAL_SECS", default_value_t = 15)]
+    pub health_interval_secs: u64,
+
+    /// Timeout of one health probe.
+    #[arg(long, env = "CP_HEALTH_TIMEOUT_SECS", default_value_t = 3)]
+    pub health_timeout_secs: u64,
+
+    /// Consecutive failed probes after which a worker is restarted under its policy.
+    #[arg(long, env = "CP_HEALTH_FAILURES", default_value_t = 3)]
+    pub health_failures: u32,
+
     /// Bearer token for mutating API verbs (DELETE /clients/{id}); unset refuses them.
     #[arg(long, env = "CP_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,

@@ -73,6 +73,32 @@ pub struct ControllerSettings {
     pub orphan_dry_run: bool,
     /// Spec-change recreations per pass.
     pub max_recreates_per_pass: usize,
+    pub health: HealthSettings,
+}
+
+/// Health probes of running workers (`GET /health` on each worker).
+#[derive(Debug, Clone)]
+pub struct HealthSettings {
+    /// How often every running worker is probed; zero disables probing.
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed probes that count as a crash (restarted under the policy).
+    pub failures: u32,
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, PartialEq)]
+enum Probe {
+    Healthy,
+    Degraded(String),
+    Failed(String),
+}
+
+struct ProbeReport {
+    name: String,
+    client: String,
+    role: String,
+    probe: Option<Probe>,
 }
 
 /// One unit of work for the executor.
@@ -143,6 +169,14 @@ pub struct Controller {
     admission: Admission,
     /// Workers of never-registered clients, and when each was first seen.
     orphans_since: HashMap<String, DateTime<Utc>>,
+    /// Per running worker: consecutive failed probes, and whether it reports degraded.
+    health: HashMap<String, (u32, bool)>,
+    /// Workers failed by their health checks, restarted when their backoff is due.
+    unhealthy: HashSet<String>,
+    /// Running workers (name, client, role) as of the last listing: what is probed.
+    running: Vec<(String, String, String)>,
+    probing: HashSet<String>,
+    http: reqwest::Client,
     /// Operators' restart requests, carried out on the next pass.
     restart_requests: Vec<(ClientId, Option<String>, bool)>,
     /// The last lines of given-up workers, filled in by background log reads.
@@ -189,6 +223,11 @@ impl Controller {
             events,
             last_lines: Arc::new(DashMap::new()),
             restart_requests: Vec::new(),
+            health: HashMap::new(),
+            unhealthy: HashSet::new(),
+            running: Vec::new(),
+            probing: HashSet::new(),
+            http: reqwest::Client::new(),
             admission,
             orphans_since: HashMap::new(),
             registry_replayed: false,
@@ -207,10 +246,22 @@ impl Controller {
         let mut actions: JoinSet<ActionReport> = JoinSet::new();
         let mut next_reconcile = Instant::now();
         let mut inputs_open = true;
+        let mut probes: JoinSet<ProbeReport> = JoinSet::new();
+        let probing = !self.settings.health.interval.is_zero();
+        let mut next_probe = Instant::now() + self.settings.health.interval;
         loop {
             tokio::select! {
                 biased;
                 _ = &mut shutdown => break,
+                Some(joined) = probes.join_next(), if !probes.is_empty() => {
+                    if let Ok(report) = joined {
+                        self.on_probe(report);
+                    }
+                }
+                _ = sleep_until(next_probe), if probing => {
+                    self.spawn_probes(&mut probes);
+                    next_probe = Instant::now() + self.settings.health.interval;
+                }
                 Some(joined) = actions.join_next(), if !actions.is_empty() => {
                     if let Ok(report) = joined {
                         self.finish(report);
@@ -390,6 +441,13 @@ impl Controller {
             .store(true, Ordering::Relaxed);
         self.note_adoptions(&observed);
         self.supervise(&observed, now);
+        self.running = observed
+            .iter()
+            .filter(|w| matches!(w.state, RuntimeState::Running { .. }))
+            .map(|w| (w.name.clone(), w.client_id.clone(), w.role.clone()))
+            .collect();
+        self.health
+            .retain(|name, _| self.running.iter().any(|(n, _, _)| n == name));
         let views = self.worker_views(&observed);
         self.writer.set_workers(views);
         for client in self.writer.refresh_liveness(now) {
@@ -428,6 +486,11 @@ impl Controller {
             planned.push(Action::Recreate(worker, spec, reason));
         }
         planned.extend(plan.to_create.into_iter().map(Action::Create));
+        for action in self.unhealthy_restarts(&observed, now) {
+            if !planned.iter().any(|p| p.target() == action.target()) {
+                planned.push(action);
+            }
+        }
         for action in self.requested_restarts(&observed) {
             if !planned.iter().any(|p| p.target() == action.target()) {
                 planned.push(action);
@@ -691,6 +754,126 @@ impl Controller {
         kept
     }
 
+    /// Probes every running worker that is not being probed or acted on already.
+    fn spawn_probes(&mut self, probes: &mut JoinSet<ProbeReport>) {
+        for (name, client, role) in self.running.clone() {
+            if self.probing.contains(&name) || self.in_flight.contains_key(&name) {
+                continue;
+            }
+            self.probing.insert(name.clone());
+            let runtime = self.runtime.clone();
+            let http = self.http.clone();
+            let timeout = self.settings.health.timeout;
+            probes.spawn(async move {
+                let probe = probe(runtime.as_ref(), &http, &name, timeout).await;
+                ProbeReport {
+                    name,
+                    client,
+                    role,
+                    probe,
+                }
+            });
+        }
+    }
+
+    /// Counts a probe's verdict; enough consecutive failures count as a crash.
+    fn on_probe(&mut self, report: ProbeReport) {
+        self.probing.remove(&report.name);
+        let Some(probe) = report.probe else {
+            return;
+        };
+        let threshold = self.settings.health.failures.max(1);
+        let entry = self.health.entry(report.name.clone()).or_default();
+        let failed = match probe {
+            Probe::Healthy => {
+                *entry = (0, false);
+                None
+            }
+            Probe::Degraded(_) => {
+                *entry = (0, true);
+                None
+            }
+            Probe::Failed(detail) => {
+                entry.0 += 1;
+                (entry.0 >= threshold).then(|| {
+                    *entry = (0, false);
+                    detail
+                })
+            }
+        };
+        let Some(detail) = failed else {
+            return;
+        };
+        let now = self.clock.now();
+        let policy = self
+            .policies
+            .get(&report.role)
+            .copied()
+            .unwrap_or(RestartPolicy::Always);
+        let mut exit = ExitInfo::new(None, false, now);
+        exit.reason = format!("health check failed {threshold} times: {detail}");
+        let reason = exit.reason.clone();
+        let decision = self
+            .supervision
+            .entry(report.name.clone())
+            .or_default()
+            .observe_exit(&report.name, exit, policy, &self.settings.backoff, now);
+        self.lifecycle(
+            &report.client,
+            "worker_unhealthy",
+            Some(&report.name),
+            reason,
+        );
+        match decision {
+            ExitDecision::RestartAt(at) => {
+                self.unhealthy.insert(report.name.clone());
+                let detail = format!("next retry at {} ({policy})", at.to_rfc3339());
+                self.lifecycle(
+                    &report.client,
+                    "worker_restarting",
+                    Some(&report.name),
+                    detail,
+                );
+            }
+            ExitDecision::GiveUp(reason) => {
+                self.lifecycle(&report.client, "worker_gave_up", Some(&report.name), reason);
+                self.fetch_last_lines(&report.name);
+            }
+            ExitDecision::Stay => {}
+        }
+    }
+
+    /// Recreates workers failed by their health checks once their backoff is due.
+    fn unhealthy_restarts(
+        &mut self,
+        observed: &[ObservedWorker],
+        now: DateTime<Utc>,
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for worker in observed {
+            let due = self
+                .supervision
+                .get(&worker.name)
+                .is_some_and(|s| s.next_retry_at.is_some_and(|at| now >= at));
+            if !due || !self.unhealthy.contains(&worker.name) {
+                continue;
+            }
+            let spec = ClientId::parse(&worker.client_id)
+                .ok()
+                .and_then(|client| self.specs.get(&client).cloned())
+                .and_then(|specs| specs.iter().find(|s| s.name == worker.name).cloned());
+            if let Some(spec) = spec {
+                self.unhealthy.remove(&worker.name);
+                actions.push(Action::Recreate(
+                    worker.clone(),
+                    spec,
+                    RecreateReason::NotRunning,
+                ));
+            }
+        }
+        actions
+    }
+
     /// Turns operators' restart requests into recreations of the matching workers, whose
     /// supervision starts over.
     fn requested_restarts(&mut self, observed: &[ObservedWorker]) -> Vec<Action> {
@@ -746,7 +929,15 @@ impl Controller {
             .map(|worker| {
                 let supervision = self.supervision.get(&worker.name);
                 let in_flight = self.in_flight.get(&worker.name).map(|(_, kind)| *kind);
-                let phase = phase(worker, supervision, in_flight);
+                let mut phase = phase(worker, supervision, in_flight);
+                let unwell = self
+                    .health
+                    .get(&worker.name)
+                    .is_some_and(|(failures, degraded)| *failures > 0 || *degraded)
+                    || self.unhealthy.contains(&worker.name);
+                if phase == WorkerPhase::Running && unwell {
+                    phase = WorkerPhase::Degraded;
+                }
                 let exit_code = match &worker.state {
                     RuntimeState::Exited { exit_code, .. } => *exit_code,
                     _ => None,
@@ -845,6 +1036,41 @@ impl Controller {
         });
         futures::future::join_all(stops).await;
     }
+}
+
+/// Asks a worker's `/health`; None when the worker has no known endpoint.
+async fn probe(
+    runtime: &dyn Runtime,
+    http: &reqwest::Client,
+    name: &str,
+    timeout: Duration,
+) -> Option<Probe> {
+    let endpoint = match tokio::time::timeout(timeout, runtime.endpoint(name)).await {
+        Ok(Ok(Some(endpoint))) => endpoint,
+        _ => return None,
+    };
+    let answer = http
+        .get(format!("http://{endpoint}/health"))
+        .timeout(timeout)
+        .send()
+        .await;
+    let response = match answer {
+        Ok(response) => response,
+        Err(error) => return Some(Probe::Failed(format!("no answer: {error}"))),
+    };
+    let failed = !response.status().is_success();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    let reason = body["reason"].as_str().unwrap_or_default().to_string();
+    Some(match body["status"].as_str() {
+        _ if failed => Probe::Failed(if reason.is_empty() {
+            "unhealthy".into()
+        } else {
+            reason
+        }),
+        Some("degraded") => Probe::Degraded(reason),
+        Some("failed") => Probe::Failed(reason),
+        _ => Probe::Healthy,
+    })
 }
 
 /// The phase of a listed worker, from the runtime's state, supervision and any action in
@@ -1003,6 +1229,11 @@ mod tests {
                 orphan_grace: chrono::Duration::seconds(60),
                 orphan_dry_run: false,
                 max_recreates_per_pass: 1,
+                health: HealthSettings {
+                    interval: Duration::from_millis(50),
+                    timeout: Duration::from_secs(1),
+                    failures: 3,
+                },
                 backoff: BackoffSettings {
                     base: chrono::Duration::seconds(10),
                     jitter: 0.0,
@@ -1305,6 +1536,49 @@ mod tests {
             h.runtime.calls_of("remove") == ["kg-event-normalizer-stray"]
         })
         .await;
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_worker_failing_its_health_checks_is_restarted_under_its_policy() {
+        // A worker whose /health says failed, as a stalled worker's does.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route(
+            "/health",
+            axum::routing::get(|| async {
+                (
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    axum::Json(serde_json::json!({"status": "failed", "reason": "stalled"})),
+                )
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let h = harness();
+        let name = "kg-event-normalizer-af-9";
+        h.runtime.set_endpoint(name, &addr.to_string());
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("af-9")).await.unwrap();
+        eventually("degraded after failed probes", || {
+            worker_state(&h, "af-9", name).is_some_and(|w| w.state == "degraded")
+        })
+        .await;
+        eventually("marked unhealthy", || {
+            h.events
+                .last("af-9", 100)
+                .iter()
+                .any(|e| e.event == "worker_unhealthy")
+        })
+        .await;
+        // Its backoff (10 s of the injected clock) runs out: it is recreated.
+        h.clock.advance(chrono::Duration::seconds(10));
+        eventually("recreated", || {
+            h.runtime.calls_of("remove").iter().any(|n| n == name)
+        })
+        .await;
+        // The other workers, healthy (no endpoint to fail), were left alone.
+        assert!(h.runtime.calls_of("remove").iter().all(|n| n == name));
         h.stop().await;
     }
 }

@@ -259,6 +259,11 @@ pub async fn run(
             orphan_grace: chrono::Duration::seconds(args.orphan_grace_secs as i64),
             orphan_dry_run: args.orphan_dry_run,
             max_recreates_per_pass: args.max_recreates_per_pass,
+            health: controller::HealthSettings {
+                interval: Duration::from_secs(args.health_interval_secs),
+                timeout: Duration::from_secs(args.health_timeout_secs.max(1)),
+                failures: args.health_failures.max(1),
+            },
             backoff: supervise::BackoffSettings {
                 base: chrono::Duration::milliseconds(args.restart_backoff_base_ms.max(1) as i64),
                 cap: chrono::Duration::seconds(args.restart_backoff_max_secs.max(1) as i64),

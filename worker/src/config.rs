@@ -122,6 +122,15 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_FETCH_QUEUE_BACKOFF_MS", default_value_t = 10)]
     pub fetch_queue_backoff_ms: u64,
 
+    /// `/health` reports `degraded` beyond this consumer lag (records).
+    #[arg(long, env = "WORKER_DEGRADED_LAG", default_value_t = 100_000)]
+    pub degraded_lag: i64,
+
+    /// `/health` reports `failed` (503) when records wait and nothing was committed for
+    /// this long.
+    #[arg(long, env = "WORKER_STALL_SECS", default_value_t = 300)]
+    pub stall_secs: u64,
+
     /// Where a new consumer group starts: earliest (no record is missed) or latest.
     #[arg(long, env = "WORKER_AUTO_OFFSET_RESET", default_value = "earliest")]
     pub auto_offset_reset: String,

@@ -24,6 +24,14 @@ pub struct HttpState {
     pub metrics: Arc<WorkerMetrics>,
     /// The graph builder's store; None for the normalizers.
     pub graph: Option<SharedStore>,
+    pub health: HealthThresholds,
+}
+
+/// When `/health` says degraded or failed.
+#[derive(Clone, Copy, Debug)]
+pub struct HealthThresholds {
+    pub degraded_lag: i64,
+    pub stall_secs: u64,
 }
 
 /// The routes, without a socket, so tests can call them directly.
@@ -38,15 +46,44 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-async fn health(State(state): State<HttpState>) -> impl IntoResponse {
-    Json(json!({
-        "status": "healthy",
-        "client_id": state.client_id,
-        "role": state.role,
-        "records_in": state.metrics.records_in.get(),
-        "records_out": state.metrics.records_out.get(),
-        "consumer_lag": state.metrics.consumer_lag.get(),
-    }))
+/// Tri-state health, for the control plane's probes: `healthy`; `degraded` (200) when the
+/// worker lags by more than `degraded_lag` records; `failed` (503) when it has records to
+/// read but committed nothing for `stall_secs`.
+async fn health(State(state): State<HttpState>) -> Response {
+    let lag = state.metrics.consumer_lag.get();
+    let last = state
+        .metrics
+        .last_progress_ms
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let idle_secs = (chrono::Utc::now().timestamp_millis() - last).max(0) / 1000;
+    let (code, status, reason) = if lag > 0 && idle_secs as u64 >= state.health.stall_secs {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "failed",
+            format!("{lag} records waiting and nothing committed for {idle_secs}s"),
+        )
+    } else if lag > state.health.degraded_lag {
+        (
+            StatusCode::OK,
+            "degraded",
+            format!("lagging by {lag} records"),
+        )
+    } else {
+        (StatusCode::OK, "healthy", String::new())
+    };
+    (
+        code,
+        Json(json!({
+            "status": status,
+            "reason": reason,
+            "client_id": state.client_id,
+            "role": state.role,
+            "records_in": state.metrics.records_in.get(),
+            "records_out": state.metrics.records_out.get(),
+            "consumer_lag": lag,
+        })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

@@ -98,6 +98,10 @@ pub async fn run(
         role: role.as_str(),
         metrics: metrics.clone(),
         graph,
+        health: http::HealthThresholds {
+            degraded_lag: config.degraded_lag,
+            stall_secs: config.stall_secs,
+        },
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -25,6 +25,8 @@ pub struct WorkerMetrics {
     pub commits_failed: Counter,
     pub consumer_lag: Gauge,
     pub batches: Counter,
+    /// When the last batch was committed (or the worker started), ms since the epoch.
+    pub last_progress_ms: std::sync::atomic::AtomicI64,
     pub flush_failures: Counter,
 }
 
@@ -48,6 +50,9 @@ impl WorkerMetrics {
             commits_failed: Counter::default(),
             consumer_lag: Gauge::default(),
             batches: Counter::default(),
+            last_progress_ms: std::sync::atomic::AtomicI64::new(
+                chrono::Utc::now().timestamp_millis(),
+            ),
             flush_failures: Counter::default(),
             registry: Registry::default(),
         };

@@ -189,6 +189,10 @@ pub async fn run_pipeline(
         }
         commit(&consumer, &uncommitted, CommitMode::Async, &metrics);
         metrics.batches.inc();
+        metrics.last_progress_ms.store(
+            Utc::now().timestamp_millis(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         if stop_after_batch {
             break;
         }

@@ -45,6 +45,7 @@ struct FakeState {
     workers: BTreeMap<String, (FakeWorker, RuntimeState, u64)>,
     calls: Vec<Call>,
     failures: HashMap<(&'static str, String), RuntimeError>,
+    endpoints: HashMap<String, String>,
     delays: HashMap<(&'static str, String), Duration>,
     next_id: u64,
 }
@@ -91,6 +92,13 @@ impl FakeRuntime {
         self.lock()
             .delays
             .insert((operation, name.to_string()), delay);
+    }
+
+    /// Gives a worker an HTTP endpoint (for health probes).
+    pub fn set_endpoint(&self, name: &str, endpoint: &str) {
+        self.lock()
+            .endpoints
+            .insert(name.to_string(), endpoint.to_string());
     }
 
     /// Simulates a worker ending on its own.
@@ -272,7 +280,7 @@ impl Runtime for FakeRuntime {
 
     async fn endpoint(&self, name: &str) -> Result<Option<String>, RuntimeError> {
         self.enter("endpoint", name).await?;
-        Ok(None)
+        Ok(self.lock().endpoints.get(name).cloned())
     }
 
     async fn remove_client_data(&self, client_id: &str) -> Result<(), RuntimeError> {
