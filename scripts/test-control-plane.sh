@@ -216,15 +216,47 @@ docker kill --signal KILL "$CP" >/dev/null
 spawned_before=$(for c in "${BURST[@]}"; do docker ps -aq --filter "label=kg.client-id=$c"; done | wc -l)
 docker start "$CP" >/dev/null
 poll 60 get /ready || fail "the control plane restarted mid-spawn becomes ready"
-one_set_each() {
-  for c in "${BURST[@]}"; do
+one_set_each() { # clients...
+  for c in "$@"; do
     [ "$(docker ps -q --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=$c" | wc -l)" -eq "$expected" ] || return 1
     [ "$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=$c" | wc -l)" -eq "$expected" ] || return 1
   done
 }
-poll 90 one_set_each || fail "after a SIGKILL mid-spawn every client has exactly one running set ($(docker ps -a --filter label=kg.managed-by=kg-control-plane --format '{{.Names}} {{.State}}' | sort | tr '\n' ' '))"
+poll 90 one_set_each "${BURST[@]}" || fail "after a SIGKILL mid-spawn every client has exactly one running set ($(docker ps -a --filter label=kg.managed-by=kg-control-plane --format '{{.Names}} {{.State}}' | sort | tr '\n' ' '))"
 ok "SIGKILL mid-spawn ($spawned_before of $(( ${#BURST[@]} * expected )) containers made) + restart → exactly one running set per client"
 for c in "${BURST[@]}"; do printf '%s\x1f\n' "$c" | kcat -P -b "$BOOTSTRAP" -t cluster.registry -K $'\x1f' -Z; done
+
+# ---- 6c. docker kill a healthy worker → back within the policy's first delay -------------
+victim="kg-event-normalizer-${CLIENT}"
+old_id=$(docker inspect --format '{{.Id}}' "$victim")
+killed_at=$(date +%s%3N)
+docker kill "$victim" >/dev/null
+back_running() {
+  [ "$(docker inspect --format '{{.State.Running}}' "$victim" 2>/dev/null)" = true ] \
+    && [ "$(docker inspect --format '{{.Id}}' "$victim")" != "$old_id" ]
+}
+poll 30 back_running || fail "a killed worker comes back"
+back_ms=$(( $(date +%s%3N) - killed_at ))
+# The first delay is CP_RESTART_BACKOFF_BASE_MS (1 s); allow a reconcile pass and Docker's own time.
+[ "$back_ms" -le 6000 ] || fail "a killed worker comes back within the first delay (took ${back_ms} ms)"
+ok "docker kill $victim → recreated and running after ${back_ms} ms (policy always, first delay 1 s)"
+
+# ---- 6d. SIGTERM to the control plane mid-spawn → no half-created container --------------
+LATE=("${CLIENT}-t1" "${CLIENT}-t2" "${CLIENT}-t3")
+BURST+=("${LATE[@]}")
+for c in "${LATE[@]}"; do
+  produce cluster.registry "$c" "{\"client_id\":\"$c\",\"cluster_name\":\"late\"}"
+done
+late_spawning() { docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${LATE[0]}" | grep -q .; }
+poll 60 late_spawning || fail "the late registrations start spawning"
+docker stop --time 30 "$CP" >/dev/null
+half=$(for c in "${LATE[@]}"; do docker ps -a --filter "label=kg.client-id=$c" --filter status=created -q; done | wc -l)
+[ "$half" -eq 0 ] || fail "SIGTERM leaves no half-created container ($half in state created)"
+docker start "$CP" >/dev/null
+poll 60 get /ready || fail "the control plane restarted after SIGTERM becomes ready"
+poll 90 one_set_each "${LATE[@]}" || fail "after SIGTERM every client converges to one running set"
+ok "SIGTERM mid-spawn → no half-created container; after restart exactly one running set per client"
+for c in "${LATE[@]}"; do printf '%s\x1f\n' "$c" | kcat -P -b "$BOOTSTRAP" -t cluster.registry -K $'\x1f' -Z; done
 
 # ---- 7. tombstone → removed --------------------------------------------------------------
 kill "$heartbeat_pid"; wait "$heartbeat_pid" 2>/dev/null || true; heartbeat_pid=""
