@@ -141,7 +141,9 @@ for role in event-normalizer log-normalizer graph-builder; do
   [ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "$user" != root ] || fail "$name runs as a non-root user (got '$user')"
 done
 ok "registration → $expected containers running, named kg-<role>-$CLIENT, labelled, non-root"
-client_json | grep -q '"state":"running"' || fail "the API shows running workers"
+# (Output is captured before matching: with pipefail, `… | grep -q` fails when grep exits
+# early and the writer gets SIGPIPE.)
+[[ "$(client_json)" == *'"state":"running"'* ]] || fail "the API shows running workers"
 ok "GET /clients/$CLIENT shows the workers running"
 
 # ---- 3. the original test event comes out normalized -----------------------------------
@@ -173,7 +175,8 @@ for pair in "event-normalizer raw.k8s.events" "log-normalizer raw.k8s.logs" "gra
 done
 ok "consumer groups event-normalizer-$CLIENT, log-normalizer-$CLIENT, graph-builder-$CLIENT exist"
 for role in event-normalizer log-normalizer graph-builder; do
-  docker logs "kg-${role}-${CLIENT}" 2>&1 | grep -q "worker started client_id=${CLIENT} role=\"${role}\"" \
+  logs=$(docker logs "kg-${role}-${CLIENT}" 2>&1)
+  [[ "$logs" == *"worker started client_id=${CLIENT} role=\"${role}\""* ]] \
     || fail "docker logs kg-${role}-${CLIENT} shows that client's worker"
 done
 ok "docker logs of each container shows $CLIENT's worker"
@@ -210,7 +213,7 @@ ok "SIGKILL + restart → the same $expected containers adopted (same ids, no du
 for c in "${BURST[@]}"; do
   produce cluster.registry "$c" "{\"client_id\":\"$c\",\"cluster_name\":\"burst\"}"
 done
-some_spawning() { docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${BURST[0]}" | grep -q .; }
+some_spawning() { [ -n "$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${BURST[0]}")" ]; }
 poll 60 some_spawning || fail "the burst of registrations starts spawning"
 docker kill --signal KILL "$CP" >/dev/null
 spawned_before=$(for c in "${BURST[@]}"; do docker ps -aq --filter "label=kg.client-id=$c"; done | wc -l)
@@ -247,7 +250,7 @@ BURST+=("${LATE[@]}")
 for c in "${LATE[@]}"; do
   produce cluster.registry "$c" "{\"client_id\":\"$c\",\"cluster_name\":\"late\"}"
 done
-late_spawning() { docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${LATE[0]}" | grep -q .; }
+late_spawning() { [ -n "$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${LATE[0]}")" ]; }
 poll 60 late_spawning || fail "the late registrations start spawning"
 docker stop --time 30 "$CP" >/dev/null
 half=$(for c in "${LATE[@]}"; do docker ps -a --filter "label=kg.client-id=$c" --filter status=created -q; done | wc -l)
