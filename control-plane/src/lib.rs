@@ -136,7 +136,7 @@ pub async fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPl
                 runtime::docker::DockerRuntime::connect(settings, Duration::from_secs(10)).await?,
             ))
         }
-        RuntimeKind::Fake => Ok(Arc::new(runtime::fake::FakeRuntime::new())),
+        RuntimeKind::Fake => Ok(Arc::new(runtime::fake::FakeRuntime::unrecorded())),
     }
 }
 

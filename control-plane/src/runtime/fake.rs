@@ -10,7 +10,7 @@ use chrono::Utc;
 
 use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
 
-const MAX_RECORDED_CALLS: usize = 100_000;
+const MAX_RECORDED_CALLS: usize = 20_000;
 
 /// One recorded call: operation and worker name (`*` for list).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +46,9 @@ struct FakeState {
     calls: Vec<Call>,
     failures: HashMap<(&'static str, String), RuntimeError>,
     endpoints: HashMap<String, String>,
+    /// Off for `CP_RUNTIME=fake` (benchmarks): a call log that grows with every probe would
+    /// be measured as the control plane's memory.
+    record_calls: bool,
     delays: HashMap<(&'static str, String), Duration>,
     next_id: u64,
 }
@@ -57,7 +60,15 @@ pub struct FakeRuntime {
 }
 
 impl FakeRuntime {
+    /// A fake that records every call, for tests.
     pub fn new() -> Self {
+        let runtime = Self::default();
+        runtime.lock().record_calls = true;
+        runtime
+    }
+
+    /// A fake that records nothing: the stand-in runtime of `CP_RUNTIME=fake`.
+    pub fn unrecorded() -> Self {
         Self::default()
     }
 
@@ -139,14 +150,16 @@ impl FakeRuntime {
     async fn enter(&self, operation: &'static str, name: &str) -> Result<(), RuntimeError> {
         let (delay, failure) = {
             let mut state = self.lock();
-            // Bounded, so a long-running benchmark on the fake does not grow without limit.
-            if state.calls.len() >= MAX_RECORDED_CALLS {
-                state.calls.drain(..MAX_RECORDED_CALLS / 2);
+            if state.record_calls {
+                // Bounded, so a long test does not grow without limit.
+                if state.calls.len() >= MAX_RECORDED_CALLS {
+                    state.calls.drain(..MAX_RECORDED_CALLS / 2);
+                }
+                state.calls.push(Call {
+                    operation,
+                    name: name.to_string(),
+                });
             }
-            state.calls.push(Call {
-                operation,
-                name: name.to_string(),
-            });
             let delay = state
                 .delays
                 .get(&(operation, name.to_string()))
