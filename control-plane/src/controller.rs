@@ -1202,6 +1202,10 @@ mod tests {
     }
 
     fn harness() -> Harness {
+        harness_with(|_| {})
+    }
+
+    fn harness_with(tune: impl FnOnce(&mut ControllerSettings)) -> Harness {
         let runtime = Arc::new(FakeRuntime::new());
         let clock = Arc::new(ManualClock::new(start()));
         let table: crate::table::ClientTable = Arc::new(DashMap::new());
@@ -1212,34 +1216,38 @@ mod tests {
             TableWriter::new(table.clone(), chrono::Duration::seconds(120)),
             RoleSet::builtin(&enabled, DEFAULT_IMAGE).unwrap(),
             vec![],
-            ControllerSettings {
-                heartbeat_timeout: Duration::from_secs(120),
-                restart_delay: Duration::from_secs(2),
-                reconcile_interval: Duration::from_millis(20),
-                max_concurrent_actions: 4,
-                action_timeout: Duration::from_secs(5),
-                stop_grace: Duration::from_secs(1),
-                shutdown_grace: Duration::from_secs(1),
-                delete_data_on_deregister: true,
-                admission: AdmissionSettings {
-                    max_clients: 100,
-                    max_new_per_minute: 100,
-                    allowlist: HashSet::new(),
-                },
-                orphan_grace: chrono::Duration::seconds(60),
-                orphan_dry_run: false,
-                max_recreates_per_pass: 1,
-                health: HealthSettings {
-                    interval: Duration::from_millis(50),
-                    timeout: Duration::from_secs(1),
-                    failures: 3,
-                },
-                backoff: BackoffSettings {
-                    base: chrono::Duration::seconds(10),
-                    jitter: 0.0,
-                    max_restarts_in_window: 3,
-                    ..BackoffSettings::default()
-                },
+            {
+                let mut settings = ControllerSettings {
+                    heartbeat_timeout: Duration::from_secs(120),
+                    restart_delay: Duration::from_secs(2),
+                    reconcile_interval: Duration::from_millis(20),
+                    max_concurrent_actions: 4,
+                    action_timeout: Duration::from_secs(5),
+                    stop_grace: Duration::from_secs(1),
+                    shutdown_grace: Duration::from_secs(1),
+                    delete_data_on_deregister: true,
+                    admission: AdmissionSettings {
+                        max_clients: 100,
+                        max_new_per_minute: 100,
+                        allowlist: HashSet::new(),
+                    },
+                    orphan_grace: chrono::Duration::seconds(60),
+                    orphan_dry_run: false,
+                    max_recreates_per_pass: 1,
+                    health: HealthSettings {
+                        interval: Duration::from_millis(50),
+                        timeout: Duration::from_secs(1),
+                        failures: 3,
+                    },
+                    backoff: BackoffSettings {
+                        base: chrono::Duration::seconds(10),
+                        jitter: 0.0,
+                        max_restarts_in_window: 3,
+                        ..BackoffSettings::default()
+                    },
+                };
+                tune(&mut settings);
+                settings
             },
             Arc::new(ControlPlaneMetrics::new()),
             Arc::new(Status::default()),
@@ -1579,6 +1587,62 @@ mod tests {
         .await;
         // The other workers, healthy (no endpoint to fail), were left alone.
         assert!(h.runtime.calls_of("remove").iter().all(|n| n == name));
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_changed_template_recreates_one_worker_at_a_time() {
+        let h = harness(); // max_recreates_per_pass: 1
+        let client = ClientId::parse("af-9").unwrap();
+        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
+        for mut spec in RoleSet::builtin(&enabled, DEFAULT_IMAGE)
+            .unwrap()
+            .render(&client, &[])
+        {
+            spec.spec_hash = "an-older-template".into();
+            h.runtime.insert_running(spec);
+        }
+        h.runtime.delay("create", "*", Duration::from_millis(100));
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("af-9")).await.unwrap();
+        eventually("all three recreated", || {
+            h.runtime.calls_of("start").len() == 3
+        })
+        .await;
+        // Never two recreations at once: each remove is followed by that worker's start
+        // before the next remove.
+        let sequence: Vec<(&str, String)> = h
+            .runtime
+            .calls()
+            .into_iter()
+            .filter(|c| c.operation == "remove" || c.operation == "start")
+            .map(|c| (c.operation, c.name))
+            .collect();
+        for pair in sequence.chunks(2) {
+            assert_eq!(pair[0].0, "remove", "{sequence:?}");
+            assert_eq!(pair[1], ("start", pair[0].1.clone()), "{sequence:?}");
+        }
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn orphans_are_only_reported_in_dry_run() {
+        let h = harness_with(|settings| settings.orphan_dry_run = true);
+        let stray = ClientId::parse("stray").unwrap();
+        for spec in RoleSet::builtin(&["event-normalizer".into()], DEFAULT_IMAGE)
+            .unwrap()
+            .render(&stray, &[])
+        {
+            h.runtime.insert_running(spec);
+        }
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.clock.advance(chrono::Duration::seconds(3600));
+        let passes = h.runtime.calls_of("list").len();
+        eventually("several passes", || {
+            h.runtime.calls_of("list").len() >= passes + 5
+        })
+        .await;
+        assert!(h.runtime.calls_of("remove").is_empty());
         h.stop().await;
     }
 }
