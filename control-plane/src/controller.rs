@@ -177,6 +177,8 @@ pub struct Controller {
     running: Vec<(String, String, String)>,
     probing: HashSet<String>,
     http: reqwest::Client,
+    /// Each worker's phase as last shown, to report transitions the controller does not make.
+    last_phases: std::sync::Mutex<HashMap<String, WorkerPhase>>,
     /// Operators' restart requests, carried out on the next pass.
     restart_requests: Vec<(ClientId, Option<String>, bool)>,
     /// The last lines of given-up workers, filled in by background log reads.
@@ -223,6 +225,7 @@ impl Controller {
             events,
             last_lines: Arc::new(DashMap::new()),
             restart_requests: Vec::new(),
+            last_phases: std::sync::Mutex::new(HashMap::new()),
             health: HashMap::new(),
             unhealthy: HashSet::new(),
             running: Vec::new(),
@@ -888,8 +891,9 @@ impl Controller {
                     continue;
                 }
                 let supervision = self.supervision.get(&worker.name);
-                let failed = supervision.is_some_and(|s| s.failed_reason.is_some());
-                if only_failed && !failed {
+                let in_flight = self.in_flight.get(&worker.name).map(|(_, kind)| *kind);
+                let current = phase(worker, supervision, in_flight);
+                if !current.can_restart() || (only_failed && !current.is_failed()) {
                     continue;
                 }
                 let Some(spec) = specs.iter().find(|spec| spec.name == worker.name) else {
@@ -924,7 +928,7 @@ impl Controller {
 
     /// Each worker as the API shows it.
     fn worker_views(&self, observed: &[ObservedWorker]) -> Vec<(String, WorkerView)> {
-        observed
+        let views = observed
             .iter()
             .map(|worker| {
                 let supervision = self.supervision.get(&worker.name);
@@ -937,6 +941,15 @@ impl Controller {
                     || self.unhealthy.contains(&worker.name);
                 if phase == WorkerPhase::Running && unwell {
                     phase = WorkerPhase::Degraded;
+                }
+                let previous = self
+                    .last_phases
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .insert(worker.name.clone(), phase);
+                if let Some(previous) = previous.filter(|p| !p.can_become(phase)) {
+                    warn!(worker = %worker.name, from = previous.as_str(), to = phase.as_str(), "unexpected worker state transition");
+                    self.metrics.lifecycle("unexpected_transition");
                 }
                 let exit_code = match &worker.state {
                     RuntimeState::Exited { exit_code, .. } => *exit_code,
@@ -964,7 +977,13 @@ impl Controller {
                 };
                 (worker.client_id.clone(), view)
             })
-            .collect()
+            .collect();
+        // Forget workers that are gone, so the map stays the size of the listing.
+        self.last_phases
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .retain(|name, _| observed.iter().any(|w| &w.name == name));
+        views
     }
 
     fn update_gauges(&self, observed: &[ObservedWorker]) {

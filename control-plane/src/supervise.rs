@@ -211,6 +211,34 @@ impl WorkerPhase {
     pub fn is_failed(self) -> bool {
         self == WorkerPhase::Failed
     }
+
+    /// Whether a restart may act on the worker now: not while the control plane is
+    /// already creating, starting or stopping it.
+    pub fn can_restart(self) -> bool {
+        !matches!(
+            self,
+            WorkerPhase::Creating | WorkerPhase::Starting | WorkerPhase::Stopping
+        )
+    }
+
+    /// The transitions the controller makes; anything else is a bug (or another actor
+    /// touching our workers) and is reported.
+    pub fn can_become(self, next: WorkerPhase) -> bool {
+        use WorkerPhase::*;
+        self == next
+            || match self {
+                Creating => matches!(next, Starting | Running | Stopping),
+                Starting => matches!(next, Running | BackingOff | Stopping | Stopped | Failed),
+                Running | Degraded => matches!(
+                    next,
+                    Running | Degraded | BackingOff | Stopping | Stopped | Failed
+                ),
+                BackingOff => matches!(next, Starting | Running | Stopping | Failed),
+                Stopping => matches!(next, Creating | Starting | Stopped | BackingOff | Failed),
+                Stopped => matches!(next, Starting | Stopping),
+                Failed => matches!(next, Starting | Stopping),
+            }
+    }
 }
 
 /// Deterministic jitter in [0, 1) from a name and an attempt number.
@@ -346,6 +374,17 @@ mod tests {
 
     fn crash(at: i64) -> ExitInfo {
         ExitInfo::new(Some(1), false, t(at))
+    }
+
+    #[test]
+    fn a_failed_or_stopped_worker_only_leaves_by_a_start_or_a_stop() {
+        use WorkerPhase::*;
+        for next in [Running, Degraded, BackingOff] {
+            assert!(!Failed.can_become(next) && !Stopped.can_become(next));
+        }
+        assert!(Failed.can_become(Starting) && Stopped.can_become(Stopping));
+        assert!(Running.can_become(BackingOff) && BackingOff.can_become(Starting));
+        assert!(!Creating.can_restart() && !Stopping.can_restart() && Failed.can_restart());
     }
 
     #[test]
