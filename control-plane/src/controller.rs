@@ -449,8 +449,9 @@ impl Controller {
             .filter(|w| matches!(w.state, RuntimeState::Running { .. }))
             .map(|w| (w.name.clone(), w.client_id.clone(), w.role.clone()))
             .collect();
+        let running: HashSet<&str> = self.running.iter().map(|(n, _, _)| n.as_str()).collect();
         self.health
-            .retain(|name, _| self.running.iter().any(|(n, _, _)| n == name));
+            .retain(|name, _| running.contains(name.as_str()));
         let views = self.worker_views(&observed);
         self.writer.set_workers(views);
         for client in self.writer.refresh_liveness(now) {
@@ -979,10 +980,11 @@ impl Controller {
             })
             .collect();
         // Forget workers that are gone, so the map stays the size of the listing.
+        let listed: HashSet<&str> = observed.iter().map(|w| w.name.as_str()).collect();
         self.last_phases
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|name, _| observed.iter().any(|w| &w.name == name));
+            .retain(|name, _| listed.contains(name.as_str()));
         views
     }
 
