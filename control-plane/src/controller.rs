@@ -1227,15 +1227,19 @@ mod tests {
     }
 
     fn harness_with(tune: impl FnOnce(&mut ControllerSettings)) -> Harness {
+        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
+        harness_with_roles(RoleSet::builtin(&enabled, DEFAULT_IMAGE).unwrap(), tune)
+    }
+
+    fn harness_with_roles(roles: RoleSet, tune: impl FnOnce(&mut ControllerSettings)) -> Harness {
         let runtime = Arc::new(FakeRuntime::new());
         let clock = Arc::new(ManualClock::new(start()));
         let table: crate::table::ClientTable = Arc::new(DashMap::new());
         let events = EventLog::default();
-        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
         let controller = Controller::new(
             runtime.clone(),
             TableWriter::new(table.clone(), chrono::Duration::seconds(120)),
-            RoleSet::builtin(&enabled, DEFAULT_IMAGE).unwrap(),
+            roles,
             vec![],
             {
                 let mut settings = ControllerSettings {
@@ -1664,6 +1668,106 @@ mod tests {
         })
         .await;
         assert!(h.runtime.calls_of("remove").is_empty());
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn each_policy_decides_what_an_exit_leads_to() {
+        let mut roles = RoleSet::builtin(
+            &[
+                "event-normalizer".into(),
+                "log-normalizer".into(),
+                "graph-builder".into(),
+            ],
+            DEFAULT_IMAGE,
+        )
+        .unwrap();
+        roles.roles[0].restart = RestartPolicy::No;
+        roles.roles[1].restart = RestartPolicy::OnFailure {
+            max_retries: Some(1),
+        };
+        roles.roles[2].restart = RestartPolicy::UnlessStopped;
+        let h = harness_with_roles(roles, |_| {});
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("af-9")).await.unwrap();
+        eventually("three running", || h.runtime.calls_of("start").len() == 3).await;
+        let (no, on_failure, unless) = (
+            "kg-event-normalizer-af-9",
+            "kg-log-normalizer-af-9",
+            "kg-graph-builder-af-9",
+        );
+        h.runtime.crash(no, 1);
+        h.runtime.crash(on_failure, 0);
+        h.runtime.crash(unless, 0);
+        eventually("verdicts", || {
+            let state = |n| worker_state(&h, "af-9", n).map(|w| w.state);
+            state(no).as_deref() == Some("stopped")
+                && state(on_failure).as_deref() == Some("stopped")
+                && state(unless).as_deref() == Some("backing-off")
+        })
+        .await;
+        h.clock.advance(chrono::Duration::seconds(10));
+        eventually("unless-stopped restarted", || {
+            worker_state(&h, "af-9", unless).is_some_and(|w| w.state == "running")
+        })
+        .await;
+        // on-failure:1 restarts a failure once, then gives up.
+        h.runtime.clear_calls();
+        h.inputs
+            .send(Input::Restart {
+                client_id: ClientId::parse("af-9").unwrap(),
+                role: Some("log-normalizer".into()),
+                only_failed: false,
+            })
+            .await
+            .unwrap();
+        eventually("restarted by the operator", || {
+            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == "running")
+        })
+        .await;
+        h.runtime.crash(on_failure, 1);
+        eventually("backing off", || {
+            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == "backing-off")
+        })
+        .await;
+        h.clock.advance(chrono::Duration::seconds(10));
+        eventually("running again", || {
+            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == "running")
+        })
+        .await;
+        h.runtime.crash(on_failure, 1);
+        eventually("given up", || {
+            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == "failed")
+        })
+        .await;
+        assert_eq!(worker_state(&h, "af-9", no).unwrap().state, "stopped");
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_registration_flood_past_admission_is_refused_not_queued() {
+        let h = harness_with(|settings| {
+            settings.admission.max_new_per_minute = 2;
+        });
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        for id in ["c-1", "c-2", "c-3", "c-4"] {
+            h.inputs.send(registration(id)).await.unwrap();
+        }
+        eventually("two admitted and spawned", || {
+            h.runtime.calls_of("start").len() == 6
+        })
+        .await;
+        assert_eq!(h.table.len(), 2);
+        let refused: Vec<String> = ["c-3", "c-4"]
+            .iter()
+            .flat_map(|id| h.events.last(id, 10))
+            .map(|e| e.detail)
+            .collect();
+        assert_eq!(refused, ["rate_limited", "rate_limited"]);
+        // A minute later the bucket has refilled: a new registration of c-3 is admitted.
+        h.clock.advance(chrono::Duration::seconds(60));
+        h.inputs.send(registration("c-3")).await.unwrap();
+        eventually("c-3 admitted", || h.table.len() == 3).await;
         h.stop().await;
     }
 }
