@@ -623,6 +623,15 @@ impl Controller {
                 }
                 let client = report.client_id.clone();
                 self.lifecycle(&client, event, Some(&report.name), String::new());
+                if matches!(
+                    event,
+                    "worker_spawned"
+                        | "worker_restarted"
+                        | "worker_restarted_by_operator"
+                        | "worker_recreated"
+                ) {
+                    self.lifecycle(&client, "worker_started", Some(&report.name), String::new());
+                }
             }
             Err((operation, ref error)) => self.runtime_error_for(operation, &report, error),
         }

@@ -126,6 +126,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_DEGRADED_LAG", default_value_t = 100_000)]
     pub degraded_lag: i64,
 
+    /// `/health` reports `degraded` when more than this fraction of the records read in the
+    /// last minute went to the dead-letter topic.
+    #[arg(long, env = "WORKER_DEGRADED_DLQ_RATIO", default_value_t = 0.1)]
+    pub degraded_dlq_ratio: f64,
+
     /// `/health` reports `failed` (503) when records wait and nothing was committed for
     /// this long.
     #[arg(long, env = "WORKER_STALL_SECS", default_value_t = 300)]

@@ -25,6 +25,7 @@ pub struct HttpState {
     /// The graph builder's store; None for the normalizers.
     pub graph: Option<SharedStore>,
     pub health: HealthThresholds,
+    pub dlq_window: Arc<std::sync::Mutex<DlqWindow>>,
 }
 
 /// When `/health` says degraded or failed.
@@ -32,6 +33,27 @@ pub struct HttpState {
 pub struct HealthThresholds {
     pub degraded_lag: i64,
     pub stall_secs: u64,
+    /// Degraded when more than this fraction of the records read in the last minute were
+    /// dead-lettered (judged once at least 100 were read).
+    pub degraded_dlq_ratio: f64,
+}
+
+/// Counters as of the start of the current DLQ-rate window.
+#[derive(Debug)]
+pub struct DlqWindow {
+    started: std::time::Instant,
+    records_in: u64,
+    dead_letters: u64,
+}
+
+impl Default for DlqWindow {
+    fn default() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            records_in: 0,
+            dead_letters: 0,
+        }
+    }
 }
 
 /// The routes, without a socket, so tests can call them directly.
@@ -44,6 +66,28 @@ pub fn router(state: HttpState) -> Router {
         .route("/graph/incidents", get(incidents))
         .route("/graph/incidents/{id}", get(incident_events))
         .with_state(state)
+}
+
+/// The share of records dead-lettered since the window started; the window restarts
+/// every minute.
+fn dlq_ratio(state: &HttpState) -> Option<f64> {
+    let records_in = state.metrics.records_in.get();
+    let dead_letters = state.metrics.dlq_total.get();
+    let mut window = state
+        .dlq_window
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let read = records_in.saturating_sub(window.records_in);
+    let ratio = (read >= 100)
+        .then(|| dead_letters.saturating_sub(window.dead_letters) as f64 / read as f64);
+    if window.started.elapsed() >= std::time::Duration::from_secs(60) {
+        *window = DlqWindow {
+            started: std::time::Instant::now(),
+            records_in,
+            dead_letters,
+        };
+    }
+    ratio
 }
 
 /// Tri-state health, for the control plane's probes: `healthy`; `degraded` (200) when the
@@ -67,6 +111,14 @@ async fn health(State(state): State<HttpState>) -> Response {
             StatusCode::OK,
             "degraded",
             format!("lagging by {lag} records"),
+        )
+    } else if let Some(ratio) =
+        dlq_ratio(&state).filter(|ratio| *ratio > state.health.degraded_dlq_ratio)
+    {
+        (
+            StatusCode::OK,
+            "degraded",
+            format!("{:.0}% of recent records dead-lettered", ratio * 100.0),
         )
     } else {
         (StatusCode::OK, "healthy", String::new())
@@ -152,4 +204,72 @@ pub async fn bind(listen: SocketAddr) -> std::io::Result<(tokio::net::TcpListene
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let local = listener.local_addr()?;
     Ok((listener, local))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    fn state(metrics: Arc<WorkerMetrics>) -> HttpState {
+        HttpState {
+            client_id: "af-9".into(),
+            role: "event-normalizer",
+            metrics,
+            graph: None,
+            health: HealthThresholds {
+                degraded_lag: 1000,
+                stall_secs: 300,
+                degraded_dlq_ratio: 0.1,
+            },
+            dlq_window: Default::default(),
+        }
+    }
+
+    async fn health_of(state: HttpState) -> (StatusCode, serde_json::Value) {
+        let response = router(state)
+            .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn health_is_tri_state() {
+        let metrics = Arc::new(WorkerMetrics::new("af-9", "event-normalizer"));
+        assert_eq!(
+            health_of(state(metrics.clone())).await.1["status"],
+            "healthy"
+        );
+
+        metrics.consumer_lag.set(5000);
+        assert_eq!(
+            health_of(state(metrics.clone())).await.1["status"],
+            "degraded"
+        );
+
+        // Records waiting and nothing committed for longer than the stall bound.
+        let long_ago = chrono::Utc::now().timestamp_millis() - 301_000;
+        metrics
+            .last_progress_ms
+            .store(long_ago, std::sync::atomic::Ordering::Relaxed);
+        let (status, body) = health_of(state(metrics.clone())).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["status"], "failed");
+    }
+
+    #[tokio::test]
+    async fn a_high_dead_letter_rate_is_degraded() {
+        let metrics = Arc::new(WorkerMetrics::new("af-9", "event-normalizer"));
+        metrics.records_in.inc_by(200);
+        metrics.dlq_total.inc_by(50);
+        let (_, body) = health_of(state(metrics)).await;
+        assert_eq!(body["status"], "degraded", "{body}");
+    }
 }

@@ -101,7 +101,9 @@ pub async fn run(
         health: http::HealthThresholds {
             degraded_lag: config.degraded_lag,
             stall_secs: config.stall_secs,
+            degraded_dlq_ratio: config.degraded_dlq_ratio,
         },
+        dlq_window: Default::default(),
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -21,6 +21,8 @@ pub struct WorkerMetrics {
     pub skipped_foreign: Counter,
     pub unattributed: Counter,
     pub dlq: Family<ReasonLabel, Counter>,
+    /// All dead letters, whatever the reason (for the health check's DLQ rate).
+    pub dlq_total: Counter,
     pub produce_retries: Counter,
     pub commits_failed: Counter,
     pub consumer_lag: Gauge,
@@ -46,6 +48,7 @@ impl WorkerMetrics {
             skipped_foreign: Counter::default(),
             unattributed: Counter::default(),
             dlq: Family::default(),
+            dlq_total: Counter::default(),
             produce_retries: Counter::default(),
             commits_failed: Counter::default(),
             consumer_lag: Gauge::default(),

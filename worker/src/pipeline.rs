@@ -365,12 +365,15 @@ async fn await_deliveries(
             match outcome {
                 Ok(Ok(_)) => {
                     match &item.dead_letter {
-                        Some(reason) => metrics
-                            .dlq
-                            .get_or_create(&crate::metrics::ReasonLabel {
-                                reason: reason.clone(),
-                            })
-                            .inc(),
+                        Some(reason) => {
+                            metrics.dlq_total.inc();
+                            metrics
+                                .dlq
+                                .get_or_create(&crate::metrics::ReasonLabel {
+                                    reason: reason.clone(),
+                                })
+                                .inc()
+                        }
                         None => metrics.records_out.inc(),
                     };
                 }
