@@ -1779,4 +1779,53 @@ mod tests {
         eventually("c-3 admitted", || h.table.len() == 3).await;
         h.stop().await;
     }
+
+    #[tokio::test]
+    async fn a_healthy_run_resets_the_backoff() {
+        let h = harness_with(|settings| {
+            settings.backoff.reset_after = chrono::Duration::seconds(600);
+        });
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("af-9")).await.unwrap();
+        let name = "kg-event-normalizer-af-9";
+        eventually("started", || h.runtime.calls_of("start").len() == 3).await;
+        let crash_and_wait = |expected_delay: i64| {
+            let h = &h;
+            async move {
+                h.runtime.crash(name, 1);
+                eventually(
+                    &format!("backing off before a {expected_delay} s retry"),
+                    || worker_state(h, "af-9", name).is_some_and(|w| w.state == "backing-off"),
+                )
+                .await;
+                let w = worker_state(h, "af-9", name).unwrap();
+                let delay = (w.next_retry_at.unwrap() - h.clock.now()).num_seconds();
+                assert_eq!(delay, expected_delay);
+                h.clock.advance(chrono::Duration::seconds(expected_delay));
+                eventually("running", || {
+                    worker_state(h, "af-9", name).is_some_and(|w| w.state == "running")
+                })
+                .await;
+            }
+        };
+        crash_and_wait(10).await;
+        crash_and_wait(20).await;
+        // Ten healthy minutes (heartbeating, so the client stays live): the next failure
+        // starts over at the base delay.
+        h.inputs
+            .send(Input::Heartbeat {
+                client_id: ClientId::parse("af-9").unwrap(),
+                at: h.clock.now() + chrono::Duration::seconds(601),
+            })
+            .await
+            .unwrap();
+        h.clock.advance(chrono::Duration::seconds(601));
+        let passes = h.runtime.calls_of("list").len();
+        eventually("a pass sees it running", || {
+            h.runtime.calls_of("list").len() >= passes + 2
+        })
+        .await;
+        crash_and_wait(10).await;
+        h.stop().await;
+    }
 }
