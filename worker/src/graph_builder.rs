@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use kg_shared::ClientId;
 
 use crate::graph::{decode_input_at, GraphInput, GraphStore, SqliteGraphStore, StoreError};
-use crate::handler::{key_ownership, Outcome, RecordHandler};
+use crate::handler::{skip_unless_keyed_for, Outcome, RecordHandler};
 
 /// The client's store, shared by the pipeline (writes) and the HTTP queries (reads).
 pub type SharedStore = Arc<Mutex<Box<dyn GraphStore>>>;
@@ -56,10 +56,8 @@ impl RecordHandler for GraphBuilder {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Outcome {
-        match key_ownership(key, &self.client) {
-            None => return Outcome::Unattributed,
-            Some(false) => return Outcome::Foreign,
-            Some(true) => {}
+        if let Some(skipped) = skip_unless_keyed_for(key, &self.client) {
+            return skipped;
         }
         let fallback_time = timestamp_ms.and_then(chrono::DateTime::from_timestamp_millis);
         match decode_input_at(topic, key, value, fallback_time) {

@@ -73,6 +73,16 @@ pub(crate) fn key_ownership(key: Option<&[u8]>, client: &ClientId) -> Option<boo
     parse_key(key).map(|_| false)
 }
 
+/// For roles whose tenant comes from the key alone: the outcome of a record that is not
+/// this client's (another tenant's, or nobody's), or None when it is ours.
+pub(crate) fn skip_unless_keyed_for(key: Option<&[u8]>, client: &ClientId) -> Option<Outcome> {
+    match key_ownership(key, client) {
+        None => Some(Outcome::Unattributed),
+        Some(false) => Some(Outcome::Foreign),
+        Some(true) => None,
+    }
+}
+
 fn null_value() -> Outcome {
     Outcome::DeadLetter {
         reason_code: "null_value",
@@ -97,10 +107,8 @@ impl RecordHandler for EventNormalizer {
         key: Option<&[u8]>,
         value: Option<&[u8]>,
     ) -> Outcome {
-        match key_ownership(key, &self.client) {
-            None => return Outcome::Unattributed,
-            Some(false) => return Outcome::Foreign,
-            Some(true) => {}
+        if let Some(skipped) = skip_unless_keyed_for(key, &self.client) {
+            return skipped;
         }
         let Some(value) = value else {
             return null_value();
