@@ -41,57 +41,23 @@ ROLES=${ROLES:-event-normalizer,log-normalizer}
 WORKERS_PER_CLIENT=$(tr ',' '\n' <<<"$ROLES" | grep -c .)
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-rss.XXXXXX")
-STARTED=()
-
-alive() {
-    [ -r "/proc/$1/stat" ] || return 1
-    local state
-    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
-    [ -n "$state" ] && [ "$state" != Z ]
-}
-
-# stop <pid> <name> <grace seconds>: SIGTERM, then SIGKILL after the grace period.
-stop() {
-    local pid=$1 name=$2 grace=$3
-    if alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        local i
-        for ((i = 0; i < grace * 10; i++)); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            echo "  note: $name (pid $pid) still running ${grace}s after SIGTERM; sending SIGKILL" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local i entry
-    # Newest first: the broker's clients before the broker.
-    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-        entry=${STARTED[i]}
-        stop "${entry%%:*}" "${entry#*:}" 15
-    done
-    STARTED=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-machine() {
-    echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores," \
-        "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
-    if git rev-parse --git-dir >/dev/null 2>&1; then
-        echo "git: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (working tree modified)')"
-    else
-        echo "git: not a git checkout"
-    fi
-}
+# shellcheck source=lib/bench-common.sh
+source scripts/lib/bench-common.sh
 
 kb() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
 anon_kb() { sed -n 's/^Anonymous:[[:space:]]*\([0-9]*\) kB/\1/p' "/proc/$1/smaps_rollup" 2>/dev/null || echo '?'; }
+# Where the resident memory is: the binary's own pages, shared libraries, the main heap,
+# and other anonymous memory (thread arenas and stacks, mmapped allocations).
+breakdown() {
+    awk '/^[0-9a-f]+-[0-9a-f]+ / {name = $6; next}
+        /^Rss:/ {
+            if (name ~ /\/(control-plane|worker)( \(deleted\))?$/) bin += $2
+            else if (name ~ /\.so/) lib += $2
+            else if (name == "[heap]") heap += $2
+            else other += $2
+        }
+        END {printf "binary %.1f, shared libraries %.1f, [heap] %.1f, other %.1f MiB", bin / 1024, lib / 1024, heap / 1024, other / 1024}' "/proc/$1/smaps"
+}
 mb() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 
@@ -150,7 +116,7 @@ worker_rss() {
     done
     local m
     m=$(median "${rss[@]}")
-    echo "FIGURE idle_worker_rss_mib median=$(mb "$m") runs=$(for v in "${rss[@]}"; do printf '%s ' "$(mb "$v")"; done)hwm_median=$(mb "$(median "${hwm[@]}")") target=30 met=$([ "$m" -le $((30 * 1024)) ] && echo yes || echo no)"
+    echo "FIGURE idle_worker_rss_mib median=$(mb "$m") runs=$(for v in "${rss[@]}"; do printf '%s ' "$(mb "$v")"; done)hwm_median=$(mb "$(median "${hwm[@]}")") target=30MB met=$([ $((m * 1024)) -le 30000000 ] && echo yes || echo no)"
 }
 
 metric() { # metric <api> <series>: the value of one metric line
@@ -179,6 +145,7 @@ control_plane_rss() {
             sleep 0.2
         done
         base=$(kb "$cp" VmRSS)
+        base_parts=$(breakdown "$cp")
 
         "$BIN/kg-bench" agents --bootstrap "$BOOTSTRAP" --clients "$CLIENTS" --prefix bench- \
             --interval-secs "$HEARTBEAT_SECS" --duration-secs "$DURATION_SECS" \
@@ -198,12 +165,14 @@ control_plane_rss() {
         r=$(kb "$cp" VmRSS)
         h=$(kb "$cp" VmHWM)
         anon=$(anon_kb "$cp")
+        parts=$(breakdown "$cp")
         threads=$(sed -n 's/^Threads:[[:space:]]*//p' "/proc/$cp/status")
         clients=$("$BIN/kg-bench" clients --api "$api" --prefix bench- --workers "$WORKERS_PER_CLIENT")
         wait "$agents" || true
         rss+=("$r")
         hwm+=("$h")
         echo "run $run: VmRSS $(mb "$r") MiB, VmHWM $(mb "$h") MiB (anonymous $(mb "$anon") MiB, threads $threads; before registration $(mb "$base") MiB), load1 $(cut -d' ' -f1 /proc/loadavg)"
+        echo "  resident: $parts (before registration: $base_parts)"
         awk -v a="$r_mid" -v b="$r_end" -v t0="$t_mid" -v t1="$t_end" \
             'BEGIN {printf "  cp_reconciles_total %d → %d over %.0fs: %.2f/s\n", a, b, t1 - t0, (b - a) / (t1 - t0)}'
         echo "  $clients"
@@ -214,7 +183,7 @@ control_plane_rss() {
     done
     local m
     m=$(median "${rss[@]}")
-    echo "FIGURE control_plane_rss_mib median=$(mb "$m") runs=$(for v in "${rss[@]}"; do printf '%s ' "$(mb "$v")"; done)hwm_median=$(mb "$(median "${hwm[@]}")") target=25 met=$([ "$m" -le $((25 * 1024)) ] && echo yes || echo no)"
+    echo "FIGURE control_plane_rss_mib median=$(mb "$m") runs=$(for v in "${rss[@]}"; do printf '%s ' "$(mb "$v")"; done)hwm_median=$(mb "$(median "${hwm[@]}")") target=25MB met=$([ $((m * 1024)) -le 25000000 ] && echo yes || echo no)"
 }
 
 case $WHAT in

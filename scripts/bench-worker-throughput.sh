@@ -37,45 +37,8 @@ ROUND_RECORDS=${ROUND_RECORDS:-20000}
 WORKER_ENV=${WORKER_ENV:-}
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-throughput.XXXXXX")
-STARTED=()
-
-alive() {
-    [ -r "/proc/$1/stat" ] || return 1
-    local state
-    state=$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
-    [ -n "$state" ] && [ "$state" != Z ]
-}
-
-# stop <pid> <name> <grace seconds>: SIGTERM, then SIGKILL after the grace period.
-stop() {
-    local pid=$1 name=$2 grace=$3
-    kill -CONT "$pid" 2>/dev/null || true
-    if alive "$pid"; then
-        kill -TERM "$pid" 2>/dev/null || true
-        local i
-        for ((i = 0; i < grace * 10; i++)); do
-            alive "$pid" || break
-            sleep 0.1
-        done
-        if alive "$pid"; then
-            echo "  note: $name (pid $pid) still running ${grace}s after SIGTERM; sending SIGKILL" >&2
-            kill -KILL "$pid" 2>/dev/null || true
-        fi
-    fi
-    wait "$pid" 2>/dev/null || true
-}
-
-cleanup() {
-    local i entry
-    # Newest first: workers before the broker they talk to.
-    for ((i = ${#STARTED[@]} - 1; i >= 0; i--)); do
-        entry=${STARTED[i]}
-        stop "${entry%%:*}" "${entry#*:}" 15
-    done
-    STARTED=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+# shellcheck source=lib/bench-common.sh
+source scripts/lib/bench-common.sh
 
 forget() { # forget <pid>: it has been stopped already
     local keep=() entry
@@ -83,16 +46,6 @@ forget() { # forget <pid>: it has been stopped already
         [ "${entry%%:*}" = "$1" ] || keep+=("$entry")
     done
     STARTED=("${keep[@]+"${keep[@]}"}")
-}
-
-machine() {
-    echo "machine: $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(nproc) cores," \
-        "$(awk '/MemTotal/ {printf "%.1f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
-    if git rev-parse --git-dir >/dev/null 2>&1; then
-        echo "git: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- . 2>/dev/null || echo ' (working tree modified)')"
-    else
-        echo "git: not a git checkout"
-    fi
 }
 
 # Busy CPU ticks of the whole machine (all cores), from /proc/stat.

@@ -194,10 +194,10 @@ async fn restart(
             format!("client {id} is not registered"),
         );
     };
-    let workers: Vec<String> = record
+    let workers: Vec<std::sync::Arc<str>> = record
         .workers
         .iter()
-        .filter(|w| query.role.as_ref().is_none_or(|role| *role == w.role))
+        .filter(|w| query.role.as_ref().is_none_or(|role| **role == *w.role))
         .filter(|w| !query.only_failed || w.state == "failed")
         .map(|w| w.name.clone())
         .collect();

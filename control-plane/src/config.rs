@@ -209,6 +209,11 @@ pub struct RunArgs {
     #[arg(long, env = "CP_HEALTH_FAILURES", default_value_t = 3)]
     pub health_failures: u32,
 
+    /// Health probes in flight at once; a round over many workers works through them this
+    /// many at a time.
+    #[arg(long, env = "CP_HEALTH_MAX_CONCURRENT_PROBES", default_value_t = 16)]
+    pub health_max_concurrent_probes: usize,
+
     /// Bearer token for mutating API verbs (DELETE /clients/{id}); unset refuses them.
     #[arg(long, env = "CP_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
@@ -246,6 +251,16 @@ pub struct BrokerArgs {
     /// Number of brokers in the embedded cluster.
     #[arg(long, env = "EMBEDDED_BROKERS", default_value_t = 1)]
     pub brokers: i32,
+
+    /// Kafka's `group.initial.rebalance.delay.ms` for the embedded cluster. 0 by default, as
+    /// in the compose stack's Kafka: Kafka's own default (3000) delays every new client's
+    /// first record by 3 s.
+    #[arg(
+        long,
+        env = "EMBEDDED_GROUP_INITIAL_REBALANCE_DELAY_MS",
+        default_value_t = 0
+    )]
+    pub group_initial_rebalance_delay_ms: u64,
 }
 
 #[derive(Debug, Clone, clap::Args)]

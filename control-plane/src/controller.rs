@@ -7,7 +7,7 @@
 //! Nothing is created, adopted or removed before the registry has been replayed and the
 //! runtime listed once: until then the control plane does not know what should run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -27,7 +27,9 @@ use crate::metrics::{ControlPlaneMetrics, OperationLabel, StateLabel};
 use crate::plan::RestartGate;
 use crate::plan::{plan, Desired, DesiredClient, RecreateReason, RemoveReason};
 use crate::roles::RoleSet;
-use crate::runtime::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
+use crate::runtime::{
+    ObservedWorker, Runtime, RuntimeError, RuntimeState, SharedRoleParts, WorkerSpec,
+};
 use crate::supervise::{
     BackoffSettings, ExitDecision, ExitInfo, RestartPolicy, Supervision, WorkerPhase,
 };
@@ -84,6 +86,9 @@ pub struct HealthSettings {
     pub timeout: Duration,
     /// Consecutive failed probes that count as a crash (restarted under the policy).
     pub failures: u32,
+    /// Probes in flight at once. A round over thousands of workers is worked through this
+    /// many at a time, so it never holds a task per worker.
+    pub max_concurrent: usize,
 }
 
 /// What one probe found.
@@ -95,9 +100,9 @@ enum Probe {
 }
 
 struct ProbeReport {
-    name: String,
-    client: String,
-    role: String,
+    name: Arc<str>,
+    client: Arc<str>,
+    role: Arc<str>,
     probe: Option<Probe>,
 }
 
@@ -123,11 +128,11 @@ impl Action {
     }
 
     /// What the action works on: a worker name, or `data:<client>` for data removal.
-    fn target(&self) -> String {
+    fn target(&self) -> Arc<str> {
         match self {
             Action::Create(spec) => spec.name.clone(),
             Action::Recreate(worker, _, _) | Action::Remove(worker, _) => worker.name.clone(),
-            Action::RemoveData(client) => format!("data:{client}"),
+            Action::RemoveData(client) => format!("data:{client}").into(),
         }
     }
 
@@ -141,8 +146,8 @@ impl Action {
 }
 
 struct ActionReport {
-    name: String,
-    client_id: String,
+    name: Arc<str>,
+    client_id: Arc<str>,
     result: Result<&'static str, (&'static str, RuntimeError)>,
 }
 
@@ -150,35 +155,36 @@ struct ActionReport {
 pub struct Controller {
     runtime: Arc<dyn Runtime>,
     writer: TableWriter,
-    roles: RoleSet,
     settings: ControllerSettings,
     metrics: Arc<ControlPlaneMetrics>,
     status: Arc<Status>,
     clock: Arc<dyn Clock>,
     specs: HashMap<ClientId, Arc<[WorkerSpec]>>,
     /// Each role's environment, shared by all specs.
-    role_envs: Vec<Arc<std::collections::BTreeMap<String, String>>>,
+    role_parts: Vec<SharedRoleParts>,
     /// Targets with an action in flight: the client each belongs to, and what is done.
-    in_flight: HashMap<String, (String, &'static str)>,
-    last_states: HashMap<String, &'static str>,
+    in_flight: HashMap<Arc<str>, (Arc<str>, &'static str)>,
+    last_states: HashMap<Arc<str>, &'static str>,
     /// Per worker (client and role): restarts, backoff, give-up.
-    supervision: HashMap<String, Supervision>,
+    supervision: HashMap<Arc<str>, Supervision>,
     /// Restart policy by role.
     policies: HashMap<String, RestartPolicy>,
     events: EventLog,
     admission: Admission,
     /// Workers of never-registered clients, and when each was first seen.
-    orphans_since: HashMap<String, DateTime<Utc>>,
+    orphans_since: HashMap<Arc<str>, DateTime<Utc>>,
     /// Per running worker: consecutive failed probes, and whether it reports degraded.
-    health: HashMap<String, (u32, bool)>,
+    health: HashMap<Arc<str>, (u32, bool)>,
     /// Workers failed by their health checks, restarted when their backoff is due.
-    unhealthy: HashSet<String>,
+    unhealthy: HashSet<Arc<str>>,
     /// Running workers (name, client, role) as of the last listing: what is probed.
-    running: Vec<(String, String, String)>,
-    probing: HashSet<String>,
+    running: Vec<(Arc<str>, Arc<str>, Arc<str>)>,
+    probing: HashSet<Arc<str>>,
+    /// Workers (name, client, role) still to be probed in the current round.
+    probe_queue: VecDeque<(Arc<str>, Arc<str>, Arc<str>)>,
     http: reqwest::Client,
     /// Each worker's phase as last shown, to report transitions the controller does not make.
-    last_phases: std::sync::Mutex<HashMap<String, WorkerPhase>>,
+    last_phases: std::sync::Mutex<HashMap<Arc<str>, WorkerPhase>>,
     /// Operators' restart requests, carried out on the next pass.
     restart_requests: Vec<(ClientId, Option<String>, bool)>,
     /// The last lines of given-up workers, filled in by background log reads.
@@ -202,7 +208,7 @@ impl Controller {
         events: EventLog,
     ) -> Self {
         let admission = Admission::new(settings.admission.clone());
-        let role_envs = roles.role_envs(&base_env);
+        let role_parts = roles.shared_parts(&base_env);
         let policies = roles
             .roles
             .iter()
@@ -211,13 +217,12 @@ impl Controller {
         Self {
             runtime,
             writer,
-            roles,
             settings,
             metrics,
             status,
             clock,
             specs: HashMap::new(),
-            role_envs,
+            role_parts,
             in_flight: HashMap::new(),
             last_states: HashMap::new(),
             supervision: HashMap::new(),
@@ -230,6 +235,7 @@ impl Controller {
             unhealthy: HashSet::new(),
             running: Vec::new(),
             probing: HashSet::new(),
+            probe_queue: VecDeque::new(),
             http: reqwest::Client::new(),
             admission,
             orphans_since: HashMap::new(),
@@ -260,8 +266,10 @@ impl Controller {
                     if let Ok(report) = joined {
                         self.on_probe(report);
                     }
+                    self.spawn_probes(&mut probes);
                 }
                 _ = sleep_until(next_probe), if probing => {
+                    self.queue_probe_round();
                     self.spawn_probes(&mut probes);
                     next_probe = Instant::now() + self.settings.health.interval;
                 }
@@ -345,7 +353,7 @@ impl Controller {
                             client.as_str(),
                             LifecycleEvent {
                                 at: now,
-                                event: "client_refused".into(),
+                                event: "client_refused",
                                 worker: None,
                                 detail: refusal.reason_code().into(),
                             },
@@ -449,9 +457,8 @@ impl Controller {
             .filter(|w| matches!(w.state, RuntimeState::Running { .. }))
             .map(|w| (w.name.clone(), w.client_id.clone(), w.role.clone()))
             .collect();
-        let running: HashSet<&str> = self.running.iter().map(|(n, _, _)| n.as_str()).collect();
-        self.health
-            .retain(|name, _| running.contains(name.as_str()));
+        let running: HashSet<&str> = self.running.iter().map(|(n, _, _)| &**n).collect();
+        self.health.retain(|name, _| running.contains(&**name));
         let views = self.worker_views(&observed);
         self.writer.set_workers(views);
         for client in self.writer.refresh_liveness(now) {
@@ -500,11 +507,11 @@ impl Controller {
                 planned.push(action);
             }
         }
-        let with_workers: HashSet<&str> = observed.iter().map(|w| w.client_id.as_str()).collect();
+        let with_workers: HashSet<&str> = observed.iter().map(|w| &*w.client_id).collect();
         let busy: HashSet<&str> = self
             .in_flight
             .values()
-            .map(|(client, _)| client.as_str())
+            .map(|(client, _)| &**client)
             .collect();
         for client in &self.data_to_remove {
             if !with_workers.contains(client.as_str()) && !busy.contains(client.as_str()) {
@@ -533,15 +540,13 @@ impl Controller {
             if self.in_flight.contains_key(&name) {
                 return;
             }
-            self.in_flight.insert(
-                name.clone(),
-                (action.client_id().to_string(), action.kind()),
-            );
+            let client_id: Arc<str> = action.client_id().into();
+            self.in_flight
+                .insert(name.clone(), (client_id.clone(), action.kind()));
             let runtime = self.runtime.clone();
             let semaphore = semaphore.clone();
             let timeout = self.settings.action_timeout;
             let grace = self.settings.stop_grace;
-            let client_id = action.client_id().to_string();
             let span = info_span!("action", client_id = %client_id, worker = %name);
             actions.spawn(
                 async move {
@@ -564,11 +569,7 @@ impl Controller {
             let specs = self
                 .specs
                 .entry(record.client_id.clone())
-                .or_insert_with(|| {
-                    self.roles
-                        .render_with(&record.client_id, &self.role_envs)
-                        .into()
-                })
+                .or_insert_with(|| RoleSet::render_with(&record.client_id, &self.role_parts).into())
                 .clone();
             clients.push(DesiredClient {
                 client_id: record.client_id.clone(),
@@ -638,15 +639,21 @@ impl Controller {
     }
 
     /// Records, logs and counts a lifecycle event.
-    fn lifecycle(&mut self, client: &str, event: &str, worker: Option<&str>, detail: String) {
+    fn lifecycle(
+        &mut self,
+        client: &str,
+        event: &'static str,
+        worker: Option<&Arc<str>>,
+        detail: String,
+    ) {
         self.metrics.lifecycle(event);
-        info!(event, client_id = %client, worker = worker.unwrap_or(""), %detail, "lifecycle event");
+        info!(event, client_id = %client, worker = worker.map_or("", |w| &**w), %detail, "lifecycle event");
         self.events.record(
             client,
             LifecycleEvent {
                 at: self.clock.now(),
-                event: event.to_string(),
-                worker: worker.map(str::to_string),
+                event,
+                worker: worker.cloned(),
                 detail,
             },
         );
@@ -671,7 +678,7 @@ impl Controller {
         }
         // An empty map would make the next listing look like start-up again.
         if current.is_empty() {
-            current.insert(String::new(), "none");
+            current.insert(Arc::from(""), "none");
         }
         self.last_states = current;
     }
@@ -681,11 +688,13 @@ impl Controller {
     fn supervise(&mut self, observed: &[ObservedWorker], now: DateTime<Utc>) {
         for worker in observed {
             match &worker.state {
+                // Only a worker that has exited before has anything to supervise while it
+                // runs (its backoff reset); a map entry per healthy worker would cost
+                // memory per client for nothing.
                 RuntimeState::Running { .. } => {
-                    self.supervision
-                        .entry(worker.name.clone())
-                        .or_default()
-                        .observe_running(now, &self.settings.backoff);
+                    if let Some(supervision) = self.supervision.get_mut(&worker.name) {
+                        supervision.observe_running(now, &self.settings.backoff);
+                    }
                 }
                 RuntimeState::Exited {
                     exit_code,
@@ -702,7 +711,7 @@ impl Controller {
                     }
                     let policy = self
                         .policies
-                        .get(&worker.role)
+                        .get(&*worker.role)
                         .copied()
                         .unwrap_or(RestartPolicy::Always);
                     let exit = ExitInfo::new(*exit_code, *oom_killed, *exited_at);
@@ -767,9 +776,21 @@ impl Controller {
         kept
     }
 
-    /// Probes every running worker that is not being probed or acted on already.
+    /// Queues every running worker for a probe, unless the previous round is still being
+    /// worked through (then that round simply runs on).
+    fn queue_probe_round(&mut self) {
+        if self.probe_queue.is_empty() {
+            self.probe_queue.extend(self.running.iter().cloned());
+        }
+    }
+
+    /// Starts queued probes up to the concurrency limit, skipping workers that are being
+    /// probed or acted on already.
     fn spawn_probes(&mut self, probes: &mut JoinSet<ProbeReport>) {
-        for (name, client, role) in self.running.clone() {
+        while probes.len() < self.settings.health.max_concurrent.max(1) {
+            let Some((name, client, role)) = self.probe_queue.pop_front() else {
+                break;
+            };
             if self.probing.contains(&name) || self.in_flight.contains_key(&name) {
                 continue;
             }
@@ -820,7 +841,7 @@ impl Controller {
         let now = self.clock.now();
         let policy = self
             .policies
-            .get(&report.role)
+            .get(&*report.role)
             .copied()
             .unwrap_or(RestartPolicy::Always);
         let mut exit = ExitInfo::new(None, false, now);
@@ -896,8 +917,8 @@ impl Controller {
             let Some(specs) = self.specs.get(&client).cloned() else {
                 continue;
             };
-            for worker in observed.iter().filter(|w| w.client_id == client.as_str()) {
-                if role.as_ref().is_some_and(|role| *role != worker.role) {
+            for worker in observed.iter().filter(|w| &*w.client_id == client.as_str()) {
+                if role.as_ref().is_some_and(|role| **role != *worker.role) {
                     continue;
                 }
                 let supervision = self.supervision.get(&worker.name);
@@ -912,7 +933,7 @@ impl Controller {
                 if let Some(supervision) = self.supervision.get_mut(&worker.name) {
                     supervision.reset_by_operator();
                 }
-                self.last_lines.remove(&worker.name);
+                self.last_lines.remove(&*worker.name);
                 actions.push(Action::Recreate(
                     worker.clone(),
                     spec.clone(),
@@ -937,7 +958,7 @@ impl Controller {
     }
 
     /// Each worker as the API shows it.
-    fn worker_views(&self, observed: &[ObservedWorker]) -> Vec<(String, WorkerView)> {
+    fn worker_views(&self, observed: &[ObservedWorker]) -> Vec<(Arc<str>, WorkerView)> {
         let views = observed
             .iter()
             .map(|worker| {
@@ -969,31 +990,30 @@ impl Controller {
                     role: worker.role.clone(),
                     name: worker.name.clone(),
                     id: worker.id.clone(),
-                    state: phase.as_str().to_string(),
+                    state: phase.as_str(),
                     exit_code,
                     restart_policy: self
                         .policies
-                        .get(&worker.role)
+                        .get(&*worker.role)
                         .copied()
-                        .unwrap_or(RestartPolicy::Always)
-                        .to_string(),
+                        .unwrap_or(RestartPolicy::Always),
                     restart_count: supervision.map_or(0, |s| s.restart_count),
                     last_exit_reason: supervision
                         .and_then(|s| s.last_exit.as_ref())
                         .map(|exit| exit.reason.clone()),
                     next_retry_at: supervision.and_then(|s| s.next_retry_at),
                     failed_reason: supervision.and_then(|s| s.failed_reason.clone()),
-                    last_lines: self.last_lines.get(&worker.name).map(|l| l.value().clone()),
+                    last_lines: self.last_lines.get(&*worker.name).map(|l| l.value().clone()),
                 };
                 (worker.client_id.clone(), view)
             })
             .collect();
         // Forget workers that are gone, so the map stays the size of the listing.
-        let listed: HashSet<&str> = observed.iter().map(|w| w.name.as_str()).collect();
+        let listed: HashSet<&str> = observed.iter().map(|w| &*w.name).collect();
         self.last_phases
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .retain(|name, _| listed.contains(name.as_str()));
+            .retain(|name, _| listed.contains(&**name));
         views
     }
 
@@ -1272,6 +1292,7 @@ mod tests {
                         interval: Duration::from_millis(50),
                         timeout: Duration::from_secs(1),
                         failures: 3,
+                        max_concurrent: 16,
                     },
                     backoff: BackoffSettings {
                         base: chrono::Duration::seconds(10),
@@ -1451,7 +1472,7 @@ mod tests {
             .get(&ClientId::parse(client).unwrap())?
             .workers
             .iter()
-            .find(|w| w.name == name)
+            .find(|w| &*w.name == name)
             .cloned()
     }
 
@@ -1510,17 +1531,14 @@ mod tests {
             })
         })
         .await;
-        let events: Vec<String> = h
+        let events: Vec<&str> = h
             .events
             .last("af-9", 100)
             .into_iter()
             .map(|e| e.event)
             .collect();
-        assert!(events.contains(&"worker_gave_up".to_string()), "{events:?}");
-        assert!(
-            events.contains(&"worker_restarting".to_string()),
-            "{events:?}"
-        );
+        assert!(events.contains(&"worker_gave_up"), "{events:?}");
+        assert!(events.contains(&"worker_restarting"), "{events:?}");
 
         // Another client's worker kept running through all of it.
         h.inputs.send(registration("af-10")).await.unwrap();
@@ -1578,6 +1596,30 @@ mod tests {
             h.runtime.calls_of("remove") == ["kg-event-normalizer-stray"]
         })
         .await;
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_probe_round_over_many_workers_keeps_to_the_concurrency_limit() {
+        let h = harness_with(|settings| settings.health.max_concurrent = 2);
+        // Every probe's endpoint lookup takes a while, so unbounded probes would overlap.
+        h.runtime.delay("endpoint", "*", Duration::from_millis(30));
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        let clients = ["af-1", "af-2", "af-3", "af-4"];
+        for client in clients {
+            h.inputs.send(registration(client)).await.unwrap();
+        }
+        let workers = clients.len() * DEFAULT_ROLES.len();
+        eventually("every worker probed", || {
+            let probed: HashSet<String> = h.runtime.calls_of("endpoint").into_iter().collect();
+            probed.len() == workers
+        })
+        .await;
+        let most = h.runtime.max_concurrent("endpoint");
+        assert!(
+            (1..=2).contains(&most),
+            "{most} probes were in flight at once; the limit is 2"
+        );
         h.stop().await;
     }
 
@@ -1710,9 +1752,9 @@ mod tests {
         h.runtime.crash(unless, 0);
         eventually("verdicts", || {
             let state = |n| worker_state(&h, "af-9", n).map(|w| w.state);
-            state(no).as_deref() == Some("stopped")
-                && state(on_failure).as_deref() == Some("stopped")
-                && state(unless).as_deref() == Some("backing-off")
+            state(no) == Some("stopped")
+                && state(on_failure) == Some("stopped")
+                && state(unless) == Some("backing-off")
         })
         .await;
         h.clock.advance(chrono::Duration::seconds(10));

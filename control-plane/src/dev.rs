@@ -49,6 +49,9 @@ pub enum DevError {
 /// this must run on the thread that drives the main future.
 pub async fn embedded_broker(args: BrokerArgs) -> Result<(), DevError> {
     let broker = EmbeddedBroker::start(args.brokers.max(1))?;
+    broker.set_group_initial_rebalance_delay(Duration::from_millis(
+        args.group_initial_rebalance_delay_ms,
+    ));
     println!("bootstrap={}", broker.bootstrap_servers());
     let _ = std::io::stdout().flush();
     tracing::info!(bootstrap = %broker.bootstrap_servers(), brokers = args.brokers, "embedded broker running");

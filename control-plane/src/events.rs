@@ -12,14 +12,15 @@ use serde::Serialize;
 /// Events kept per client.
 pub const EVENTS_PER_CLIENT: usize = 100;
 
-/// One lifecycle event.
+/// One lifecycle event. Kept small (a static name, a shared worker name): a client has
+/// several from its registration alone, and the control plane holds them for every client.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LifecycleEvent {
     pub at: DateTime<Utc>,
     /// `worker_spawned`, `worker_exited`, `worker_restarting`, `worker_gave_up`, …
-    pub event: String,
+    pub event: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub worker: Option<String>,
+    pub worker: Option<Arc<str>>,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
@@ -63,15 +64,15 @@ mod tests {
                 "af-9",
                 LifecycleEvent {
                     at: Utc::now(),
-                    event: format!("e{n}"),
+                    event: "worker_spawned",
                     worker: None,
-                    detail: String::new(),
+                    detail: format!("e{n}"),
                 },
             );
         }
         let all = log.last("af-9", 1000);
         assert_eq!(all.len(), EVENTS_PER_CLIENT);
-        assert_eq!(all[0].event, "e5");
+        assert_eq!(all[0].detail, "e5");
         assert_eq!(log.last("af-9", 2).len(), 2);
         assert!(log.last("other", 10).is_empty());
     }

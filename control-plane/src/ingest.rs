@@ -45,7 +45,8 @@ pub enum Input {
         client_id: ClientId,
         at: DateTime<Utc>,
     },
-    /// Everything that was on `cluster.registry` at start-up has been applied.
+    /// Everything that was on `cluster.registry` at start-up has been applied, and so have
+    /// the heartbeats of the last timeout that were on `cluster.heartbeat`.
     RegistryReplayed,
     /// An operator asked (over the API) to restart a client's workers: all, one role, or
     /// only the failed ones.
@@ -124,9 +125,14 @@ pub struct IngestSettings {
     pub metadata_timeout: Duration,
 }
 
-/// Per topic and partition, the high watermark when ingest started: offsets below it are
-/// replay.
-type Watermarks = HashMap<(String, i32), i64>;
+/// A partition of one of the two topics ingest reads, by the topic's static name.
+type TopicPartition = (&'static str, i32);
+
+/// Per partition, the high watermark when ingest started: offsets below it are replay.
+type Watermarks = HashMap<TopicPartition, i64>;
+
+/// Partitions still to be read up to the high watermark they had at start.
+type Pending = HashMap<TopicPartition, i64>;
 
 /// Runs until `shutdown` resolves.
 pub async fn run_ingest(
@@ -153,13 +159,13 @@ pub async fn run_ingest(
 
     // The topics may not exist yet (a real cluster whose topic setup has not run): wait
     // for them rather than failing, so start order does not matter.
-    let start_watermarks = loop {
+    let (start_watermarks, mut pending) = loop {
         // Metadata and watermark look-ups block for up to their timeout; keep them off the
         // async threads so the API stays responsive while Kafka is unreachable.
         let attempt =
             tokio::task::block_in_place(|| assign_partitions(&consumer, &settings, clock.now()));
         match attempt {
-            Ok(watermarks) => break watermarks,
+            Ok(started) => break started,
             Err(reason) => {
                 warn!(%reason, "waiting for the registry and heartbeat topics");
                 tokio::select! {
@@ -169,21 +175,16 @@ pub async fn run_ingest(
             }
         }
     };
-    let mut registry_pending: HashMap<i32, i64> = start_watermarks
-        .iter()
-        .filter(|((topic, _), high)| topic == CLUSTER_REGISTRY && **high > 0)
-        .map(|((_, partition), high)| (*partition, *high))
-        .collect();
-    info!(
-        registry_partitions_to_replay = registry_pending.len(),
-        "ingest started"
-    );
+    info!(partitions_to_replay = pending.len(), "ingest started");
     let mut replay_announced = false;
     let mut progress = tokio::time::interval(Duration::from_millis(250));
     loop {
-        if !replay_announced && registry_pending.is_empty() {
+        // The controller mutates nothing until this: the whole registry, and the heartbeats
+        // of the last timeout, or a restarted control plane would see registered clients
+        // without their recent heartbeats and reap live clients' workers.
+        if !replay_announced && pending.is_empty() {
             replay_announced = true;
-            info!("registry replayed");
+            info!("registry and recent heartbeats replayed");
             if inputs.send(Input::RegistryReplayed).await.is_err() {
                 return Ok(());
             }
@@ -194,7 +195,7 @@ pub async fn run_ingest(
             _ = progress.tick(), if !replay_announced => {
                 // Compaction and deletion can leave the last offsets empty, so watermarks
                 // are also compared with the consumer's position.
-                retire_by_position(&consumer, &mut registry_pending);
+                retire_by_position(&consumer, &mut pending);
                 continue;
             }
             received = consumer.recv() => received,
@@ -207,8 +208,14 @@ pub async fn run_ingest(
             }
         };
         let now = clock.now();
+        let topic = if message.topic() == CLUSTER_REGISTRY {
+            CLUSTER_REGISTRY
+        } else {
+            CLUSTER_HEARTBEAT
+        };
+        let key = (topic, message.partition());
         let replaying = start_watermarks
-            .get(&(message.topic().to_string(), message.partition()))
+            .get(&key)
             .is_some_and(|high| message.offset() < *high);
         let at = if replaying {
             message
@@ -219,13 +226,13 @@ pub async fn run_ingest(
         } else {
             now
         };
-        let input = if message.topic() == CLUSTER_REGISTRY {
-            if registry_pending
-                .get(&message.partition())
-                .is_some_and(|high| message.offset() + 1 >= *high)
-            {
-                registry_pending.remove(&message.partition());
-            }
+        if pending
+            .get(&key)
+            .is_some_and(|high| message.offset() + 1 >= *high)
+        {
+            pending.remove(&key);
+        }
+        let input = if topic == CLUSTER_REGISTRY {
             registry_input(&message, at, now, &metrics, &publisher).await
         } else {
             heartbeat_input(&message, at, now, &metrics, &publisher).await
@@ -242,8 +249,9 @@ fn assign_partitions(
     consumer: &StreamConsumer,
     settings: &IngestSettings,
     now: DateTime<Utc>,
-) -> Result<Watermarks, String> {
+) -> Result<(Watermarks, Pending), String> {
     let mut watermarks = Watermarks::new();
+    let mut pending = Pending::new();
     let mut assignment = TopicPartitionList::new();
     let mut heartbeat_by_time = TopicPartitionList::new();
     let since = now
@@ -266,8 +274,11 @@ fn assign_partitions(
             let (_, high) = consumer
                 .fetch_watermarks(topic, partition, settings.metadata_timeout)
                 .map_err(|error| format!("watermarks of {topic}/{partition}: {error}"))?;
-            watermarks.insert((topic.to_string(), partition), high);
+            watermarks.insert((topic, partition), high);
             if topic == CLUSTER_REGISTRY {
+                if high > 0 {
+                    pending.insert((CLUSTER_REGISTRY, partition), high);
+                }
                 assignment
                     .add_partition_offset(topic, partition, Offset::Beginning)
                     .map_err(|error| error.to_string())?;
@@ -297,6 +308,18 @@ fn assign_partitions(
                 _ => Offset::Beginning,
             })
             .unwrap_or(Offset::Beginning);
+        let high = watermarks
+            .get(&(CLUSTER_HEARTBEAT, element.partition()))
+            .copied()
+            .unwrap_or(0);
+        let replay_from = match offset {
+            Offset::Offset(from) => Some(from),
+            Offset::Beginning => Some(0),
+            _ => None,
+        };
+        if replay_from.is_some_and(|from| from < high) {
+            pending.insert((CLUSTER_HEARTBEAT, element.partition()), high);
+        }
         assignment
             .add_partition_offset(element.topic(), element.partition(), offset)
             .map_err(|error| error.to_string())?;
@@ -304,21 +327,21 @@ fn assign_partitions(
     consumer
         .assign(&assignment)
         .map_err(|error| format!("assign: {error}"))?;
-    Ok(watermarks)
+    Ok((watermarks, pending))
 }
 
-fn retire_by_position(consumer: &StreamConsumer, pending: &mut HashMap<i32, i64>) {
+fn retire_by_position(consumer: &StreamConsumer, pending: &mut Pending) {
     if pending.is_empty() {
         return;
     }
     if let Ok(position) = consumer.position() {
-        for element in position.elements_for_topic(CLUSTER_REGISTRY) {
-            if let Offset::Offset(next) = element.offset() {
-                if pending
-                    .get(&element.partition())
-                    .is_some_and(|high| next >= *high)
-                {
-                    pending.remove(&element.partition());
+        for topic in [CLUSTER_REGISTRY, CLUSTER_HEARTBEAT] {
+            for element in position.elements_for_topic(topic) {
+                if let Offset::Offset(next) = element.offset() {
+                    let key = (topic, element.partition());
+                    if pending.get(&key).is_some_and(|high| next >= *high) {
+                        pending.remove(&key);
+                    }
                 }
             }
         }

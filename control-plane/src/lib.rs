@@ -263,6 +263,7 @@ pub async fn run(
                 interval: Duration::from_secs(args.health_interval_secs),
                 timeout: Duration::from_secs(args.health_timeout_secs.max(1)),
                 failures: args.health_failures.max(1),
+                max_concurrent: args.health_max_concurrent_probes.max(1),
             },
             backoff: supervise::BackoffSettings {
                 base: chrono::Duration::milliseconds(args.restart_backoff_base_ms.max(1) as i64),

@@ -31,7 +31,7 @@ pub struct Desired {
     /// been down this long.
     pub restart_delay: Duration,
     /// Supervision's verdict on exited workers, by name.
-    pub restart_gates: HashMap<String, RestartGate>,
+    pub restart_gates: HashMap<std::sync::Arc<str>, RestartGate>,
 }
 
 /// Supervision's verdict on an exited worker.
@@ -98,7 +98,7 @@ pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) 
         registered.insert(client.client_id.as_str());
         if is_live(client.last_seen, now, desired.heartbeat_timeout) {
             for spec in client.specs.iter() {
-                wanted.insert(spec.name.as_str(), spec);
+                wanted.insert(&*spec.name, spec);
             }
         } else {
             stale.insert(client.client_id.as_str());
@@ -108,9 +108,9 @@ pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) 
 
     let mut seen: BTreeSet<&str> = BTreeSet::new();
     for worker in observed {
-        match wanted.get(worker.name.as_str()) {
-            Some(spec) if spec.client_id.as_str() == worker.client_id => {
-                seen.insert(spec.name.as_str());
+        match wanted.get(&*worker.name) {
+            Some(spec) if spec.client_id.as_str() == &*worker.client_id => {
+                seen.insert(&*spec.name);
                 if worker.spec_hash != spec.spec_hash {
                     result.to_recreate.push((
                         worker.clone(),
@@ -119,7 +119,7 @@ pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) 
                     ));
                 } else if needs_restart(
                     &worker.state,
-                    desired.restart_gates.get(&worker.name).copied(),
+                    desired.restart_gates.get(&*worker.name).copied(),
                     now,
                     desired.restart_delay,
                 ) {
@@ -131,9 +131,9 @@ pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) 
                 }
             }
             _ => {
-                let reason = if stale.contains(worker.client_id.as_str()) {
+                let reason = if stale.contains(&*worker.client_id) {
                     RemoveReason::ClientStale
-                } else if registered.contains(worker.client_id.as_str()) {
+                } else if registered.contains(&*worker.client_id) {
                     RemoveReason::RoleRemoved
                 } else {
                     RemoveReason::ClientUnknown
@@ -169,6 +169,7 @@ mod tests {
     use super::*;
     use crate::roles::{RoleSet, DEFAULT_IMAGE, DEFAULT_ROLES};
     use proptest::prelude::*;
+    use std::sync::Arc;
 
     fn t(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_760_000_000 + seconds, 0).unwrap()
@@ -200,8 +201,8 @@ mod tests {
     fn running(spec: &WorkerSpec) -> ObservedWorker {
         ObservedWorker {
             name: spec.name.clone(),
-            id: format!("id-{}", spec.name),
-            client_id: spec.client_id.to_string(),
+            id: format!("id-{}", spec.name).into(),
+            client_id: spec.client_id.as_str().into(),
             role: spec.role.clone(),
             spec_hash: spec.spec_hash.clone(),
             state: RuntimeState::Running { started_at: t(0) },
@@ -209,7 +210,7 @@ mod tests {
     }
 
     fn names(specs: &[WorkerSpec]) -> Vec<&str> {
-        specs.iter().map(|s| s.name.as_str()).collect()
+        specs.iter().map(|s| &*s.name).collect()
     }
 
     #[test]
@@ -363,7 +364,7 @@ mod tests {
         ) {
             let desired = desired(clients.iter().map(|(id, seen)| client(id, *seen)).collect());
             let set = roles();
-            let mut observed: BTreeMap<String, ObservedWorker> = BTreeMap::new();
+            let mut observed: BTreeMap<Arc<str>, ObservedWorker> = BTreeMap::new();
             for (id, role, state, same_hash) in observed_clients {
                 let spec = &set.render(&ClientId::parse(&id).unwrap(), &[])[role];
                 let mut worker = running(spec);
@@ -375,7 +376,7 @@ mod tests {
             let plan = plan(&desired, &observed, t(now));
 
             // Apply it the way the executor does.
-            let mut after: BTreeMap<String, String> = observed.iter().map(|w| (w.name.clone(), w.spec_hash.clone())).collect();
+            let mut after: BTreeMap<Arc<str>, Arc<str>> = observed.iter().map(|w| (w.name.clone(), w.spec_hash.clone())).collect();
             for (worker, _) in &plan.to_remove { after.remove(&worker.name); }
             for (worker, spec, _) in &plan.to_recreate { after.remove(&worker.name); after.insert(spec.name.clone(), spec.spec_hash.clone()); }
             for spec in &plan.to_create {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use kg_shared::ClientId;
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::WorkerSpec;
+use crate::runtime::{SharedRoleParts, WorkerSpec};
 use crate::supervise::RestartPolicy;
 
 /// Roles the `worker` binary knows.
@@ -152,47 +152,41 @@ impl RoleSet {
         Ok(Self { image, roles })
     }
 
-    /// Each role's environment (`base_env`, the Kafka settings, first, so a role's own env
-    /// can override it), built once and shared by every client's worker of that role.
-    pub fn role_envs(&self, base_env: &[(String, String)]) -> Vec<Arc<BTreeMap<String, String>>> {
+    /// What every client's worker of each role shares, built once: the role's name,
+    /// image, arguments and environment (`base_env`, the Kafka settings, first, so a
+    /// role's own env can override it).
+    pub fn shared_parts(&self, base_env: &[(String, String)]) -> Vec<SharedRoleParts> {
+        let image: Arc<str> = self.image.as_str().into();
         self.roles
             .iter()
             .map(|role| {
                 let mut env: BTreeMap<String, String> = base_env.iter().cloned().collect();
                 env.extend(role.env.clone());
-                Arc::new(env)
+                let mut args = vec!["--role".to_string(), role.name.clone()];
+                args.extend(role.args.iter().cloned());
+                SharedRoleParts {
+                    role: role.name.as_str().into(),
+                    image: image.clone(),
+                    args: args.into(),
+                    env: Arc::new(env),
+                    memory_limit_mb: role.memory_limit_mb,
+                    cpu_limit: role.cpu_limit,
+                }
             })
             .collect()
     }
 
-    /// The specs of `client`'s workers, with environments from [`Self::role_envs`].
-    pub fn render_with(
-        &self,
-        client: &ClientId,
-        role_envs: &[Arc<BTreeMap<String, String>>],
-    ) -> Vec<WorkerSpec> {
-        self.roles
+    /// The specs of `client`'s workers, from [`Self::shared_parts`].
+    pub fn render_with(client: &ClientId, parts: &[SharedRoleParts]) -> Vec<WorkerSpec> {
+        parts
             .iter()
-            .zip(role_envs)
-            .map(|(role, env)| {
-                let mut args = vec!["--role".to_string(), role.name.clone()];
-                args.extend(role.args.iter().cloned());
-                WorkerSpec::new(
-                    client.clone(),
-                    &role.name,
-                    &self.image,
-                    args,
-                    env.clone(),
-                    role.memory_limit_mb,
-                    role.cpu_limit,
-                )
-            })
+            .map(|part| WorkerSpec::new(client.clone(), part))
             .collect()
     }
 
     /// The specs of `client`'s workers.
     pub fn render(&self, client: &ClientId, base_env: &[(String, String)]) -> Vec<WorkerSpec> {
-        self.render_with(client, &self.role_envs(base_env))
+        Self::render_with(client, &self.shared_parts(base_env))
     }
 }
 
@@ -210,7 +204,7 @@ mod tests {
         let specs = RoleSet::builtin(&enabled, DEFAULT_IMAGE)
             .unwrap()
             .render(&client(), &[]);
-        let names: Vec<_> = specs.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<_> = specs.iter().map(|s| &*s.name).collect();
         assert_eq!(
             names,
             [
@@ -222,7 +216,7 @@ mod tests {
         let env: BTreeMap<&str, &str> = specs[0].full_env().collect();
         assert_eq!(env["CLIENT_ID"], "af-9");
         assert_eq!(env["WORKER_ROLE"], "event-normalizer");
-        assert_eq!(specs[0].args, ["--role", "event-normalizer"]);
+        assert_eq!(*specs[0].args, ["--role", "event-normalizer"]);
     }
 
     #[test]

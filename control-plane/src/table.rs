@@ -15,8 +15,10 @@ use dashmap::DashMap;
 use kg_shared::registry::Registration;
 use kg_shared::ClientId;
 use serde::Serialize;
+use serde_json::value::RawValue;
 
 use crate::plan::is_live;
+use crate::supervise::RestartPolicy;
 
 /// Liveness as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -31,14 +33,14 @@ pub enum ClientState {
 /// One worker as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct WorkerView {
-    pub role: String,
-    pub name: String,
-    pub id: String,
+    pub role: Arc<str>,
+    pub name: Arc<str>,
+    pub id: Arc<str>,
     /// creating, starting, running, degraded, backing-off, stopping, stopped, failed.
-    pub state: String,
+    pub state: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
-    pub restart_policy: String,
+    pub restart_policy: RestartPolicy,
     pub restart_count: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit_reason: Option<String>,
@@ -60,8 +62,10 @@ pub struct ClientRecord {
     /// When the latest registration was produced (or received, when live).
     pub registered_at: DateTime<Utc>,
     pub last_heartbeat: Option<DateTime<Utc>>,
-    /// Every field of the latest registration, unknown ones included.
-    pub registration: serde_json::Map<String, serde_json::Value>,
+    /// Every field of the latest registration, unknown ones included, as compact JSON:
+    /// the API only ever shows it, and a parsed map costs several times the bytes per
+    /// client.
+    pub registration: Box<RawValue>,
     pub registrations_seen: u64,
     pub workers: Vec<WorkerView>,
 }
@@ -147,8 +151,8 @@ impl TableWriter {
                     .or(record.cluster_name.take());
                 // A recovered colon-split registration carries only the id: keep the richer
                 // metadata we already have.
-                if !registration.recovered_from_split || record.registration.is_empty() {
-                    record.registration = registration.fields.clone();
+                if !registration.recovered_from_split || record.registration.get() == "{}" {
+                    record.registration = compact(&registration);
                 }
                 record.registrations_seen += 1;
                 record.state = state_at(record.last_seen(), now, timeout);
@@ -161,7 +165,7 @@ impl TableWriter {
                     cluster_name: registration.cluster_name.clone(),
                     registered_at: at,
                     last_heartbeat: None,
-                    registration: registration.fields.clone(),
+                    registration: compact(&registration),
                     registrations_seen: 1,
                     workers: Vec::new(),
                 }
@@ -230,17 +234,25 @@ impl TableWriter {
 
     /// Publishes the latest listing, as (client id, view) pairs, into each client's
     /// worker list.
-    pub fn set_workers(&mut self, views: Vec<(String, WorkerView)>) {
-        let mut by_client: HashMap<String, Vec<WorkerView>> = HashMap::new();
-        for (client, view) in views {
-            by_client.entry(client).or_default().push(view);
-        }
+    pub fn set_workers(&mut self, mut views: Vec<(Arc<str>, WorkerView)>) {
+        // Grouped by sorting (stable: each client's workers keep the listing's order) and
+        // written into each client's existing vector, so a pass allocates no second copy
+        // of every client's worker list.
+        views.sort_by(|a, b| a.0.cmp(&b.0));
         for mut record in self.table.iter_mut() {
-            record.workers = by_client
-                .remove(record.client_id.as_str())
-                .unwrap_or_default();
+            let client = record.client_id.as_str();
+            let start = views.partition_point(|(c, _)| &**c < client);
+            let count = views[start..].partition_point(|(c, _)| &**c == client);
+            let workers = &mut record.workers;
+            workers.clear();
+            workers.reserve_exact(count);
+            workers.extend(views[start..start + count].iter().map(|(_, v)| v.clone()));
         }
     }
+}
+
+fn compact(registration: &Registration) -> Box<RawValue> {
+    serde_json::value::to_raw_value(&registration.fields).expect("a JSON map always serializes")
 }
 
 fn state_at(last_seen: DateTime<Utc>, now: DateTime<Utc>, timeout: Duration) -> ClientState {

@@ -7,6 +7,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -20,7 +21,9 @@ const QUOTE_LIMIT: usize = 80;
 /// A client id that is a lowercase DNS label.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(transparent)]
-pub struct ClientId(String);
+// `Arc<str>`: the control plane keeps each id in several maps and in every worker spec,
+// and clones of it are then free.
+pub struct ClientId(Arc<str>);
 
 /// Why a string is not a client id.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
@@ -94,7 +97,7 @@ impl ClientId {
     /// Checks `s` and wraps it.
     pub fn parse(s: &str) -> Result<ClientId, InvalidClientId> {
         Self::check(s)?;
-        Ok(ClientId(s.to_owned()))
+        Ok(ClientId(s.into()))
     }
 
     /// Whether `s` is a valid client id, without building one.
@@ -109,7 +112,7 @@ impl ClientId {
 
     /// The id as an owned string.
     pub fn into_string(self) -> String {
-        self.0
+        self.0.to_string()
     }
 
     fn check(s: &str) -> Result<(), InvalidClientId> {
@@ -162,7 +165,7 @@ impl TryFrom<String> for ClientId {
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         ClientId::check(&s)?;
-        Ok(ClientId(s))
+        Ok(ClientId(s.into()))
     }
 }
 
@@ -176,7 +179,7 @@ impl TryFrom<&str> for ClientId {
 
 impl From<ClientId> for String {
     fn from(id: ClientId) -> String {
-        id.0
+        id.0.to_string()
     }
 }
 
@@ -196,13 +199,13 @@ impl Borrow<str> for ClientId {
 
 impl PartialEq<str> for ClientId {
     fn eq(&self, other: &str) -> bool {
-        self.0 == other
+        &*self.0 == other
     }
 }
 
 impl PartialEq<&str> for ClientId {
     fn eq(&self, other: &&str) -> bool {
-        self.0 == *other
+        &*self.0 == *other
     }
 }
 

@@ -12,7 +12,7 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::DefaultProducerContext;
+use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::topics::{TopicSpec, ALL_TOPICS};
@@ -188,13 +188,30 @@ pub fn parse_extra_config(raw: &str) -> Vec<(&str, &str)> {
 /// librdkafka-based clients can talk to it. It is not `Send`: keep it on the thread that
 /// created it.
 pub struct EmbeddedBroker {
-    cluster: MockCluster<'static, DefaultProducerContext>,
+    // The mock cluster belongs to this client (created with `test.mock.num.brokers`) rather
+    // than to a `MockCluster::new`, because only a client handle lets us reach the mock's
+    // group settings, which rust-rdkafka's `MockCluster` does not wrap.
+    owner: BaseProducer,
 }
 
+/// The embedded broker's `group.initial.rebalance.delay.ms`. Kafka's default (3 s) holds
+/// every new consumer group's first join for that long; each client's workers form new
+/// groups, so the delay would be added to every registration's first record. The compose
+/// stack's Kafka sets 0 too, for the same reason.
+pub const EMBEDDED_GROUP_INITIAL_REBALANCE_DELAY: Duration = Duration::ZERO;
+
 impl EmbeddedBroker {
-    /// Starts `broker_count` brokers and creates every topic of [`ALL_TOPICS`].
+    /// Starts `broker_count` brokers, creates every topic of [`ALL_TOPICS`] and sets the
+    /// initial rebalance delay to [`EMBEDDED_GROUP_INITIAL_REBALANCE_DELAY`].
     pub fn start(broker_count: i32) -> Result<Self, KafkaSetupError> {
-        let cluster = MockCluster::new(broker_count).map_err(KafkaSetupError::EmbeddedBroker)?;
+        let owner: BaseProducer = ClientConfig::new()
+            .set("test.mock.num.brokers", broker_count.max(1).to_string())
+            // The owner never produces; keep its own connections quiet and small.
+            .set("log_level", "3")
+            .create()
+            .map_err(KafkaSetupError::EmbeddedBroker)?;
+        let broker = Self { owner };
+        let cluster = broker.cluster();
         for spec in ALL_TOPICS.iter() {
             cluster
                 .create_topic(spec.name, spec.partitions, 1)
@@ -203,17 +220,42 @@ impl EmbeddedBroker {
                     source,
                 })?;
         }
-        Ok(Self { cluster })
+        drop(cluster);
+        broker.set_group_initial_rebalance_delay(EMBEDDED_GROUP_INITIAL_REBALANCE_DELAY);
+        Ok(broker)
+    }
+
+    fn cluster(&self) -> MockCluster<'_, DefaultProducerContext> {
+        self.owner
+            .client()
+            .mock_cluster()
+            .expect("a client created with test.mock.num.brokers owns a mock cluster")
+    }
+
+    /// Sets how long the first member of a new consumer group waits for others before the
+    /// group's first assignment, as Kafka's `group.initial.rebalance.delay.ms` does.
+    #[allow(unsafe_code)]
+    pub fn set_group_initial_rebalance_delay(&self, delay: Duration) {
+        let delay_ms = i32::try_from(delay.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: `owner` was created with `test.mock.num.brokers`, so its handle owns a mock
+        // cluster that lives as long as `owner`, which `&self` keeps alive for this call. The
+        // setter only enqueues an operation for the mock cluster's own thread.
+        unsafe {
+            let cluster =
+                rdkafka::bindings::rd_kafka_handle_mock_cluster(self.owner.client().native_ptr());
+            assert!(!cluster.is_null(), "the owner client has no mock cluster");
+            rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, delay_ms);
+        }
     }
 
     /// `host:port[,host:port…]` of the brokers.
     pub fn bootstrap_servers(&self) -> String {
-        self.cluster.bootstrap_servers()
+        self.cluster().bootstrap_servers()
     }
 
     /// Makes one broker unreachable, to rehearse an outage.
     pub fn broker_down(&self, broker_id: i32) -> Result<(), KafkaSetupError> {
-        self.cluster
+        self.cluster()
             .broker_down(broker_id)
             .map_err(|source| KafkaSetupError::BrokerControl {
                 broker: broker_id,
@@ -224,7 +266,7 @@ impl EmbeddedBroker {
 
     /// Brings a broker taken down by [`Self::broker_down`] back.
     pub fn broker_up(&self, broker_id: i32) -> Result<(), KafkaSetupError> {
-        self.cluster
+        self.cluster()
             .broker_up(broker_id)
             .map_err(|source| KafkaSetupError::BrokerControl {
                 broker: broker_id,
@@ -287,4 +329,53 @@ pub async fn ensure_topics(
         }
     }
     Ok(created)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Instant;
+
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    use super::*;
+
+    /// Polls a fresh group's only member until the group assigns it a partition, or until
+    /// `within` has passed; returns whether it was assigned.
+    fn assigned_within(bootstrap: &str, group: &str, within: Duration) -> bool {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        consumer
+            .subscribe(&[crate::topics::CLUSTER_HEARTBEAT])
+            .expect("subscribe");
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            let _ = consumer.poll(Duration::from_millis(100));
+            if consumer.assignment().is_ok_and(|a| a.count() > 0) {
+                return true;
+            }
+        }
+        false
+    }
+
+    #[test]
+    fn the_initial_rebalance_delay_reaches_the_embedded_broker() {
+        let broker = EmbeddedBroker::start(1).expect("embedded broker");
+        let bootstrap = broker.bootstrap_servers();
+        // Kafka's default would assign after 3 s; a 30 s delay must hold the group longer,
+        // which proves the setter reaches the mock cluster.
+        broker.set_group_initial_rebalance_delay(Duration::from_secs(30));
+        assert!(
+            !assigned_within(&bootstrap, "held-back", Duration::from_secs(6)),
+            "a new group was assigned despite a 30 s initial rebalance delay"
+        );
+        // And the start-up default (no delay) lets a new group in at once.
+        broker.set_group_initial_rebalance_delay(EMBEDDED_GROUP_INITIAL_REBALANCE_DELAY);
+        assert!(
+            assigned_within(&bootstrap, "let-in", Duration::from_secs(20)),
+            "a new group was not assigned with no initial rebalance delay"
+        );
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use kg_shared::ClientId;
 
-use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
+use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, SharedRoleParts, WorkerSpec};
 
 /// A spec for the contract's worker: a real worker role, so real runtimes can run it; it
 /// points at a broker address nobody listens on, which a worker tolerates by retrying.
@@ -21,15 +21,15 @@ pub fn contract_spec(client: &str, image: &str) -> WorkerSpec {
         "KAFKA_BOOTSTRAP_SERVERS".to_string(),
         "127.0.0.1:1".to_string(),
     );
-    WorkerSpec::new(
-        client,
-        "event-normalizer",
-        image,
-        vec!["--role".into(), "event-normalizer".into()],
-        std::sync::Arc::new(env),
-        Some(128),
-        Some(0.5),
-    )
+    let parts = SharedRoleParts {
+        role: "event-normalizer".into(),
+        image: image.into(),
+        args: vec!["--role".to_string(), "event-normalizer".to_string()].into(),
+        env: std::sync::Arc::new(env),
+        memory_limit_mb: Some(128),
+        cpu_limit: Some(0.5),
+    };
+    WorkerSpec::new(client, &parts)
 }
 
 /// Polls `check` until it returns `Some` or `deadline` passes.
@@ -59,7 +59,7 @@ async fn find(runtime: &dyn Runtime, name: &str) -> Result<Option<ObservedWorker
         .list()
         .await
         .map_err(|error| broken("list succeeds", error))?;
-    Ok(listed.into_iter().find(|worker| worker.name == name))
+    Ok(listed.into_iter().find(|worker| &*worker.name == name))
 }
 
 /// Runs the whole contract with workers for `client` (a client id no other test uses).
@@ -92,7 +92,7 @@ pub async fn run_contract(
         .create(&spec)
         .await
         .map_err(|error| broken("create succeeds", error))?;
-    if created.client_id != client
+    if &*created.client_id != client
         || created.role != spec.role
         || created.spec_hash != spec.spec_hash
     {
@@ -101,8 +101,8 @@ pub async fn run_contract(
     let listed = find(runtime, &name)
         .await?
         .ok_or_else(|| broken("a created worker is listed", &name))?;
-    if listed.client_id != client
-        || listed.role != "event-normalizer"
+    if &*listed.client_id != client
+        || &*listed.role != "event-normalizer"
         || listed.spec_hash != spec.spec_hash
     {
         return Err(broken("list reports client, role and spec hash", listed));

@@ -6,6 +6,7 @@
 //! HTTP codes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -84,8 +85,8 @@ impl DockerRuntime {
         let mut labels = HashMap::from([
             (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
             (LABEL_CLIENT_ID.to_string(), spec.client_id.to_string()),
-            (LABEL_ROLE.to_string(), spec.role.clone()),
-            (LABEL_SPEC_HASH.to_string(), spec.spec_hash.clone()),
+            (LABEL_ROLE.to_string(), spec.role.to_string()),
+            (LABEL_SPEC_HASH.to_string(), spec.spec_hash.to_string()),
         ]);
         // On the host network every worker shares the host's ports, so each gets a free
         // one, recorded in a label; on a bridge network each has its own address and the
@@ -124,8 +125,8 @@ impl DockerRuntime {
             ..Default::default()
         };
         ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: Some(spec.args.clone()),
+            image: Some(spec.image.to_string()),
+            cmd: Some(spec.args.to_vec()),
             env: Some(env),
             user: Some(self.settings.user.clone()),
             labels: Some(labels),
@@ -187,6 +188,13 @@ fn checked(name: &str) -> Result<&str, RuntimeError> {
     }
 }
 
+/// One of our labels, empty when missing.
+fn label(labels: &HashMap<String, String>, key: &str) -> Arc<str> {
+    labels
+        .get(key)
+        .map_or_else(|| Arc::from(""), |value| value.as_str().into())
+}
+
 fn parse_time(raw: Option<&str>) -> Option<DateTime<Utc>> {
     raw.and_then(|raw| DateTime::parse_from_rfc3339(raw).ok())
         .map(|time| time.with_timezone(&Utc))
@@ -243,11 +251,11 @@ impl Runtime for DockerRuntime {
                 },
             };
             workers.push(ObservedWorker {
-                name,
-                id,
-                client_id: labels.get(LABEL_CLIENT_ID).cloned().unwrap_or_default(),
-                role: labels.get(LABEL_ROLE).cloned().unwrap_or_default(),
-                spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+                name: name.into(),
+                id: id.into(),
+                client_id: label(&labels, LABEL_CLIENT_ID),
+                role: label(&labels, LABEL_ROLE),
+                spec_hash: label(&labels, LABEL_SPEC_HASH),
                 state,
             });
         }
@@ -265,8 +273,8 @@ impl Runtime for DockerRuntime {
             .map_err(|error| map_error("create", name, error))?;
         Ok(ObservedWorker {
             name: spec.name.clone(),
-            id: created.id,
-            client_id: spec.client_id.to_string(),
+            id: created.id.into(),
+            client_id: spec.client_id.as_str().into(),
             role: spec.role.clone(),
             spec_hash: spec.spec_hash.clone(),
             state: RuntimeState::Created,
@@ -349,11 +357,11 @@ impl Runtime for DockerRuntime {
             }
         };
         Ok(ObservedWorker {
-            name: name.to_string(),
-            id: inspected.id.unwrap_or_default(),
-            client_id: labels.get(LABEL_CLIENT_ID).cloned().unwrap_or_default(),
-            role: labels.get(LABEL_ROLE).cloned().unwrap_or_default(),
-            spec_hash: labels.get(LABEL_SPEC_HASH).cloned().unwrap_or_default(),
+            name: name.into(),
+            id: inspected.id.unwrap_or_default().into(),
+            client_id: label(&labels, LABEL_CLIENT_ID),
+            role: label(&labels, LABEL_ROLE),
+            spec_hash: label(&labels, LABEL_SPEC_HASH),
             state,
         })
     }

@@ -2,7 +2,7 @@
 //! injects failures, delays and crashes on command.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,17 +23,19 @@ pub struct Call {
 /// spec, so a benchmark on the fake measures the control plane, not the fake).
 #[derive(Debug, Clone)]
 struct FakeWorker {
-    name: String,
-    client_id: String,
-    role: String,
-    spec_hash: String,
+    name: Arc<str>,
+    id: Arc<str>,
+    client_id: Arc<str>,
+    role: Arc<str>,
+    spec_hash: Arc<str>,
 }
 
-impl From<&WorkerSpec> for FakeWorker {
-    fn from(spec: &WorkerSpec) -> Self {
+impl FakeWorker {
+    fn new(spec: &WorkerSpec, id: u64) -> Self {
         Self {
             name: spec.name.clone(),
-            client_id: spec.client_id.to_string(),
+            id: format!("fake-{id}").into(),
+            client_id: spec.client_id.as_str().into(),
             role: spec.role.clone(),
             spec_hash: spec.spec_hash.clone(),
         }
@@ -42,7 +44,7 @@ impl From<&WorkerSpec> for FakeWorker {
 
 #[derive(Default)]
 struct FakeState {
-    workers: BTreeMap<String, (FakeWorker, RuntimeState, u64)>,
+    workers: BTreeMap<Arc<str>, (FakeWorker, RuntimeState)>,
     calls: Vec<Call>,
     failures: HashMap<(&'static str, String), RuntimeError>,
     endpoints: HashMap<String, String>,
@@ -51,6 +53,8 @@ struct FakeState {
     record_calls: bool,
     delays: HashMap<(&'static str, String), Duration>,
     next_id: u64,
+    /// Calls of each operation inside their injected delay now, and the most ever seen.
+    in_progress: HashMap<&'static str, (usize, usize)>,
 }
 
 /// The recording fake.
@@ -105,6 +109,14 @@ impl FakeRuntime {
             .insert((operation, name.to_string()), delay);
     }
 
+    /// The most calls of `operation` that were ever inside their injected delay at once.
+    pub fn max_concurrent(&self, operation: &str) -> usize {
+        self.lock()
+            .in_progress
+            .get(operation)
+            .map_or(0, |(_, most)| *most)
+    }
+
     /// Gives a worker an HTTP endpoint (for health probes).
     pub fn set_endpoint(&self, name: &str, endpoint: &str) {
         self.lock()
@@ -127,15 +139,14 @@ impl FakeRuntime {
     pub fn insert_running(&self, spec: WorkerSpec) {
         let mut state = self.lock();
         state.next_id += 1;
-        let id = state.next_id;
+        let worker = FakeWorker::new(&spec, state.next_id);
         state.workers.insert(
             spec.name.clone(),
             (
-                FakeWorker::from(&spec),
+                worker,
                 RuntimeState::Running {
                     started_at: Utc::now(),
                 },
-                id,
             ),
         );
     }
@@ -172,7 +183,16 @@ impl FakeRuntime {
             (delay, failure)
         };
         if let Some(delay) = delay {
+            {
+                let mut state = self.lock();
+                let (now, most) = state.in_progress.entry(operation).or_default();
+                *now += 1;
+                *most = (*most).max(*now);
+            }
             tokio::time::sleep(delay).await;
+            if let Some((now, _)) = self.lock().in_progress.get_mut(operation) {
+                *now -= 1;
+            }
         }
         match failure {
             Some(error) => Err(error),
@@ -181,10 +201,10 @@ impl FakeRuntime {
     }
 }
 
-fn observed(worker: &FakeWorker, state: &RuntimeState, id: u64) -> ObservedWorker {
+fn observed(worker: &FakeWorker, state: &RuntimeState) -> ObservedWorker {
     ObservedWorker {
         name: worker.name.clone(),
-        id: format!("fake-{id}"),
+        id: worker.id.clone(),
         client_id: worker.client_id.clone(),
         role: worker.role.clone(),
         spec_hash: worker.spec_hash.clone(),
@@ -204,7 +224,7 @@ impl Runtime for FakeRuntime {
             .lock()
             .workers
             .values()
-            .map(|(spec, state, id)| observed(spec, state, *id))
+            .map(|(worker, state)| observed(worker, state))
             .collect())
     }
 
@@ -212,15 +232,14 @@ impl Runtime for FakeRuntime {
         self.enter("create", &spec.name).await?;
         let mut state = self.lock();
         if state.workers.contains_key(&spec.name) {
-            return Err(RuntimeError::Conflict(spec.name.clone()));
+            return Err(RuntimeError::Conflict(spec.name.to_string()));
         }
         state.next_id += 1;
-        let id = state.next_id;
-        let worker = FakeWorker::from(spec);
-        let created = observed(&worker, &RuntimeState::Created, id);
+        let worker = FakeWorker::new(spec, state.next_id);
+        let created = observed(&worker, &RuntimeState::Created);
         state
             .workers
-            .insert(spec.name.clone(), (worker, RuntimeState::Created, id));
+            .insert(spec.name.clone(), (worker, RuntimeState::Created));
         Ok(created)
     }
 
@@ -261,7 +280,7 @@ impl Runtime for FakeRuntime {
         let mut state = self.lock();
         match state.workers.get(name) {
             None => Err(RuntimeError::NotFound(name.to_string())),
-            Some((_, RuntimeState::Running { .. }, _)) => {
+            Some((_, RuntimeState::Running { .. })) => {
                 Err(RuntimeError::Conflict(name.to_string()))
             }
             Some(_) => {
@@ -276,14 +295,14 @@ impl Runtime for FakeRuntime {
         self.lock()
             .workers
             .get(name)
-            .map(|(spec, state, id)| observed(spec, state, *id))
+            .map(|(worker, state)| observed(worker, state))
             .ok_or_else(|| RuntimeError::NotFound(name.to_string()))
     }
 
     async fn logs(&self, name: &str, tail: usize) -> Result<String, RuntimeError> {
         self.enter("logs", name).await?;
         let state = self.lock();
-        let (spec, _, _) = state
+        let (spec, _) = state
             .workers
             .get(name)
             .ok_or_else(|| RuntimeError::NotFound(name.to_string()))?;

@@ -18,48 +18,56 @@ use chrono::{DateTime, Utc};
 use kg_shared::ClientId;
 use serde::{Deserialize, Serialize};
 
+/// One role's part of every worker spec, shared by all clients' workers of that role.
+#[derive(Debug, Clone)]
+pub struct SharedRoleParts {
+    pub role: Arc<str>,
+    pub image: Arc<str>,
+    pub args: Arc<[String]>,
+    pub env: Arc<BTreeMap<String, String>>,
+    pub memory_limit_mb: Option<u64>,
+    pub cpu_limit: Option<f64>,
+}
+
 /// Everything needed to run one worker; its hash decides whether a running worker still
 /// matches the configuration.
+///
+/// Strings are `Arc<str>` here and in [`ObservedWorker`]: the controller keeps several
+/// maps keyed by worker name and rebuilds its views on every pass, and with thousands of
+/// workers, sharing one allocation per name (and one per role for role, image and
+/// arguments) is what keeps its memory flat.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkerSpec {
     /// `kg-<role>-<client id>`: unique, and what operators type in `docker logs`.
-    pub name: String,
+    pub name: Arc<str>,
     pub client_id: ClientId,
-    pub role: String,
+    pub role: Arc<str>,
     /// Container image; ignored by the process runtime.
-    pub image: String,
+    pub image: Arc<str>,
     /// Arguments after the binary (`--role <role>` and the role's extra arguments).
-    pub args: Vec<String>,
+    pub args: Arc<[String]>,
     /// The role's environment, shared by every client's worker of that role (memory stays
     /// flat with thousands of clients); [`WorkerSpec::full_env`] adds the client's own.
     pub env: Arc<BTreeMap<String, String>>,
     pub memory_limit_mb: Option<u64>,
     pub cpu_limit: Option<f64>,
     /// Hash of everything above except the name, hex.
-    pub spec_hash: String,
+    pub spec_hash: Arc<str>,
 }
 
 impl WorkerSpec {
-    /// Builds a spec and computes its hash.
-    pub fn new(
-        client_id: ClientId,
-        role: &str,
-        image: &str,
-        args: Vec<String>,
-        env: Arc<BTreeMap<String, String>>,
-        memory_limit_mb: Option<u64>,
-        cpu_limit: Option<f64>,
-    ) -> Self {
+    /// Builds `client_id`'s spec of a role and computes its hash.
+    pub fn new(client_id: ClientId, parts: &SharedRoleParts) -> Self {
         let mut spec = Self {
-            name: worker_name(role, &client_id),
+            name: worker_name(&parts.role, &client_id).into(),
             client_id,
-            role: role.to_string(),
-            image: image.to_string(),
-            args,
-            env,
-            memory_limit_mb,
-            cpu_limit,
-            spec_hash: String::new(),
+            role: parts.role.clone(),
+            image: parts.image.clone(),
+            args: parts.args.clone(),
+            env: parts.env.clone(),
+            memory_limit_mb: parts.memory_limit_mb,
+            cpu_limit: parts.cpu_limit,
+            spec_hash: Arc::from(""),
         };
         spec.spec_hash = spec.compute_hash();
         spec
@@ -74,11 +82,11 @@ impl WorkerSpec {
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .chain([
                 ("CLIENT_ID", self.client_id.as_str()),
-                ("WORKER_ROLE", self.role.as_str()),
+                ("WORKER_ROLE", &*self.role),
             ])
     }
 
-    fn compute_hash(&self) -> String {
+    fn compute_hash(&self) -> Arc<str> {
         // serde_json over BTreeMap is canonical (sorted keys), so equal specs hash equal.
         let canonical = serde_json::json!({
             "client_id": self.client_id,
@@ -93,6 +101,7 @@ impl WorkerSpec {
             "{:016x}",
             xxhash_rust::xxh3::xxh3_64(canonical.to_string().as_bytes())
         )
+        .into()
     }
 }
 
@@ -135,12 +144,12 @@ impl RuntimeState {
 /// One worker as listed by a runtime, identified by its labels, never by parsing its name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ObservedWorker {
-    pub name: String,
+    pub name: Arc<str>,
     /// The runtime's own id (container id, or `<name>@<pid>` for processes).
-    pub id: String,
-    pub client_id: String,
-    pub role: String,
-    pub spec_hash: String,
+    pub id: Arc<str>,
+    pub client_id: Arc<str>,
+    pub role: Arc<str>,
+    pub spec_hash: Arc<str>,
     pub state: RuntimeState,
 }
 

@@ -132,8 +132,8 @@ impl ProcessRuntime {
         };
         Ok(ObservedWorker {
             name: spec.name,
-            id,
-            client_id: spec.client_id.to_string(),
+            id: id.into(),
+            client_id: spec.client_id.as_str().into(),
             role: spec.role,
             spec_hash: spec.spec_hash,
             state,
@@ -183,16 +183,16 @@ impl Runtime for ProcessRuntime {
     async fn create(&self, spec: &WorkerSpec) -> Result<ObservedWorker, RuntimeError> {
         let dir = self.dir(&spec.name)?;
         if dir.join(SPEC_FILE).exists() {
-            return Err(RuntimeError::Conflict(spec.name.clone()));
+            return Err(RuntimeError::Conflict(spec.name.to_string()));
         }
         let failed = |error: std::io::Error| RuntimeError::Failed {
             operation: "create",
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             reason: error.to_string(),
         };
         let json = serde_json::to_vec_pretty(spec).map_err(|error| RuntimeError::Failed {
             operation: "create",
-            name: spec.name.clone(),
+            name: spec.name.to_string(),
             reason: error.to_string(),
         })?;
         // Built aside and renamed into place, so a listing never sees a half-made record.
@@ -226,7 +226,7 @@ impl Runtime for ProcessRuntime {
         let _ = fs::remove_file(dir.join(ADDR_FILE));
         let mut command = Command::new(&self.worker_bin);
         command
-            .args(&spec.args)
+            .args(spec.args.iter())
             .env_clear()
             .envs(std::env::vars().filter(|(key, _)| key == "PATH" || key == "RUST_LOG"))
             .envs(spec.full_env())
