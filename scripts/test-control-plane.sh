@@ -42,8 +42,15 @@ trap cleanup EXIT
 
 fail() {
   echo "FAIL  $1"
+  # The whole log goes to a file (CI keeps only part of what is printed); the lines about
+  # the test client come first because they usually say what went wrong.
+  local full=${TEST_CP_EVIDENCE_DIR:-$work}/control-plane.log
+  mkdir -p "$(dirname "$full")"
+  docker logs "$CP" >"$full" 2>&1 || true
+  echo "----- evidence: control-plane log about ${CLIENT} (last 25; whole log: $full) -----"
+  grep -a -E "client_id=${CLIENT}( |$)|ingest|starting|stopped" "$full" | tail -25 || true
   echo "----- evidence: control-plane log (tail) -----"
-  docker logs --tail 40 "$CP" 2>&1 || true
+  tail -20 "$full"
   echo "----- evidence: docker ps -a (ours) -----"
   docker ps -a --filter "label=kg.managed-by=kg-control-plane" --format '{{.Names}} {{.ID}} {{.Status}}' || true
   echo "----- $passed passed, 1 failed -----"
@@ -265,7 +272,8 @@ for c in "${LATE[@]}"; do printf '%s\x1f\n' "$c" | kcat -P -b "$BOOTSTRAP" -t cl
 kill "$heartbeat_pid"; wait "$heartbeat_pid" 2>/dev/null || true; heartbeat_pid=""
 printf '%s\x1f\n' "$CLIENT" | kcat -P -b "$BOOTSTRAP" -t cluster.registry -K $'\x1f' -Z
 poll 30 expect_none || fail "a tombstone removes the containers"
-[ "$(curl -s -o /dev/null -w '%{http_code}' "$API/clients/$CLIENT")" = 404 ] || fail "the client is gone from the API"
+after_tombstone=$(curl -s -w ' HTTP %{http_code}' "$API/clients/$CLIENT" || true)
+[[ "$after_tombstone" == *" HTTP 404" ]] || fail "the client is gone from the API (GET /clients/$CLIENT: $after_tombstone)"
 ok "tombstone → containers removed, client deregistered"
 
 echo "----- $passed passed, 0 failed in $(( $(date +%s) - started ))s -----"

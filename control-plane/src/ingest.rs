@@ -254,6 +254,7 @@ fn assign_partitions(
     let mut pending = Pending::new();
     let mut assignment = TopicPartitionList::new();
     let mut heartbeat_by_time = TopicPartitionList::new();
+    let mut lows: HashMap<TopicPartition, i64> = HashMap::new();
     let since = now
         - chrono::Duration::from_std(settings.heartbeat_timeout)
             .unwrap_or(chrono::Duration::seconds(120));
@@ -271,12 +272,15 @@ fn assign_partitions(
             return Err(format!("topic {topic} has no partitions (does it exist?)"));
         }
         for partition in partitions {
-            let (_, high) = consumer
+            let (low, high) = consumer
                 .fetch_watermarks(topic, partition, settings.metadata_timeout)
                 .map_err(|error| format!("watermarks of {topic}/{partition}: {error}"))?;
             watermarks.insert((topic, partition), high);
+            lows.insert((topic, partition), low);
             if topic == CLUSTER_REGISTRY {
-                if high > 0 {
+                // An emptied partition (low = high > 0) has nothing to wait for: no record
+                // would ever arrive to retire it.
+                if low < high {
                     pending.insert((CLUSTER_REGISTRY, partition), high);
                 }
                 assignment
@@ -295,30 +299,55 @@ fn assign_partitions(
     }
     // Where the broker cannot look offsets up by time, reading the heartbeats from the
     // beginning is correct too (old ones are simply stale), only slower.
-    let heartbeat_start = consumer
+    let by_time = consumer
         .offsets_for_times(heartbeat_by_time.clone(), settings.metadata_timeout)
         .ok();
+    // "Nothing that recent" and "cannot look up by time" both come back as the end of
+    // the log (librdkafka's mock broker answers every time query so). Asking again from
+    // the epoch tells them apart: a broker that can look up answers a non-empty
+    // partition's first offset.
+    let mut from_epoch = TopicPartitionList::new();
     for element in heartbeat_by_time.elements() {
-        let offset = heartbeat_start
+        let answered_end = by_time
             .as_ref()
             .and_then(|found| found.find_partition(element.topic(), element.partition()))
-            .map(|found| match found.offset() {
-                Offset::Offset(offset) => Offset::Offset(offset),
-                Offset::End => Offset::End,
-                _ => Offset::Beginning,
-            })
-            .unwrap_or(Offset::Beginning);
-        let high = watermarks
-            .get(&(CLUSTER_HEARTBEAT, element.partition()))
-            .copied()
-            .unwrap_or(0);
+            .is_some_and(|found| found.offset() == Offset::End);
+        if answered_end {
+            from_epoch
+                .add_partition_offset(element.topic(), element.partition(), Offset::Offset(0))
+                .map_err(|error| error.to_string())?;
+        }
+    }
+    let epoch = if from_epoch.count() > 0 {
+        consumer
+            .offsets_for_times(from_epoch, settings.metadata_timeout)
+            .ok()
+    } else {
+        None
+    };
+    for element in heartbeat_by_time.elements() {
+        let lookup = |list: &Option<TopicPartitionList>| {
+            list.as_ref()
+                .and_then(|found| found.find_partition(element.topic(), element.partition()))
+                .map(|found| found.offset())
+        };
+        let key = (CLUSTER_HEARTBEAT, element.partition());
+        let high = watermarks.get(&key).copied().unwrap_or(0);
+        let low = lows.get(&key).copied().unwrap_or(0);
+        let offset = heartbeat_replay_start(lookup(&by_time), lookup(&epoch), low, high);
+        if offset == Offset::Beginning {
+            info!(
+                partition = element.partition(),
+                "the broker cannot look heartbeat offsets up by time; reading them from the beginning"
+            );
+        }
         let replay_from = match offset {
-            Offset::Offset(from) => Some(from),
-            Offset::Beginning => Some(0),
+            Offset::Offset(from) => Some(from.max(low)),
+            Offset::Beginning => Some(low),
             _ => None,
         };
         if replay_from.is_some_and(|from| from < high) {
-            pending.insert((CLUSTER_HEARTBEAT, element.partition()), high);
+            pending.insert(key, high);
         }
         assignment
             .add_partition_offset(element.topic(), element.partition(), offset)
@@ -328,6 +357,32 @@ fn assign_partitions(
         .assign(&assignment)
         .map_err(|error| format!("assign: {error}"))?;
     Ok((watermarks, pending))
+}
+
+/// Where a heartbeat partition is read from: the first offset at or after "now minus the
+/// timeout" (`by_time`), checked against the answer for the epoch (`from_epoch`, asked
+/// only when `by_time` was the end) so a broker that cannot look up by time is read from
+/// the beginning instead of from the end, which would lose every recent heartbeat.
+fn heartbeat_replay_start(
+    by_time: Option<Offset>,
+    from_epoch: Option<Offset>,
+    low_watermark: i64,
+    high_watermark: i64,
+) -> Offset {
+    if low_watermark >= high_watermark {
+        // Empty (never written, or every record deleted): only new heartbeats matter.
+        return Offset::End;
+    }
+    match by_time {
+        Some(Offset::Offset(offset)) => Offset::Offset(offset),
+        // Nothing that recent, provided the broker can look up at all: it answers the
+        // epoch with an offset.
+        Some(Offset::End) => match from_epoch {
+            Some(Offset::Offset(_)) => Offset::End,
+            _ => Offset::Beginning,
+        },
+        _ => Offset::Beginning,
+    }
 }
 
 fn retire_by_position(consumer: &StreamConsumer, pending: &mut Pending) {
@@ -481,4 +536,52 @@ async fn dead_letter(
         Err(error) => warn!(%error, "failed to dead-letter a skipped record"),
     }
     debug!(reason_code, "dead-lettered");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_are_read_from_the_offset_the_broker_found_by_time() {
+        assert_eq!(
+            heartbeat_replay_start(Some(Offset::Offset(42)), None, 10, 50),
+            Offset::Offset(42)
+        );
+    }
+
+    #[test]
+    fn a_broker_that_finds_nothing_recent_but_can_look_up_means_the_end() {
+        assert_eq!(
+            heartbeat_replay_start(Some(Offset::End), Some(Offset::Offset(10)), 10, 50),
+            Offset::End
+        );
+    }
+
+    #[test]
+    fn a_broker_that_answers_the_end_even_for_the_epoch_cannot_look_up_so_read_everything() {
+        // librdkafka's mock broker: every time query comes back as the end of the log.
+        assert_eq!(
+            heartbeat_replay_start(Some(Offset::End), Some(Offset::End), 0, 50),
+            Offset::Beginning
+        );
+        assert_eq!(
+            heartbeat_replay_start(Some(Offset::End), None, 0, 50),
+            Offset::Beginning
+        );
+    }
+
+    #[test]
+    fn a_failed_look_up_reads_everything() {
+        assert_eq!(heartbeat_replay_start(None, None, 0, 50), Offset::Beginning);
+    }
+
+    #[test]
+    fn an_empty_partition_is_read_from_the_end_whatever_the_broker_answered() {
+        assert_eq!(heartbeat_replay_start(None, None, 0, 0), Offset::End);
+        assert_eq!(
+            heartbeat_replay_start(Some(Offset::End), Some(Offset::End), 30, 30),
+            Offset::End
+        );
+    }
 }

@@ -100,6 +100,11 @@ pub enum ControlPlaneError {
         #[source]
         source: std::io::Error,
     },
+    /// Without ingest the controller would go on acting on a table that no longer
+    /// changes, reaping every client as its heartbeats stop arriving; exiting lets the
+    /// supervisor (Docker, systemd) restart it, and the restart replays what was missed.
+    #[error("ingest stopped while the control plane was running: {reason}")]
+    IngestStopped { reason: String },
 }
 
 /// What a running control plane exposes to an embedding caller (dev mode, tests).
@@ -202,7 +207,7 @@ pub async fn run(
         }
     });
 
-    let ingest_task = {
+    let mut ingest_task = {
         let kafka = args.kafka.clone();
         let metrics = metrics.clone();
         let publisher = publisher.clone();
@@ -213,12 +218,7 @@ pub async fn run(
                 heartbeat_timeout,
                 metadata_timeout: Duration::from_secs(5),
             };
-            if let Err(failure) =
-                ingest::run_ingest(&kafka, settings, metrics, publisher, clock, inputs_tx, stop)
-                    .await
-            {
-                error!(error = %failure, "ingest stopped");
-            }
+            ingest::run_ingest(&kafka, settings, metrics, publisher, clock, inputs_tx, stop).await
         })
     };
 
@@ -279,13 +279,34 @@ pub async fn run(
         clock,
         events,
     );
-    controller.run(inputs_rx, shutdown).await;
+    let mut ingest_ended: Option<String> = None;
+    let shutdown_or_ingest_end = async {
+        tokio::select! {
+            _ = shutdown => {}
+            joined = &mut ingest_task => {
+                ingest_ended = Some(match joined {
+                    Ok(Ok(())) => "it returned".to_string(),
+                    Ok(Err(failure)) => failure.to_string(),
+                    Err(join) if join.is_panic() => "it panicked".to_string(),
+                    Err(join) => join.to_string(),
+                });
+            }
+        }
+    };
+    controller.run(inputs_rx, shutdown_or_ingest_end).await;
     if args.stop_workers_on_exit {
         info!("stopping every worker (CP_STOP_WORKERS_ON_EXIT)");
         Controller::stop_all(runtime.as_ref(), Duration::from_secs(args.stop_grace_secs)).await;
     }
     let _ = stop_tx.send(true);
-    let _ = ingest_task.await;
+    if let Some(reason) = ingest_ended {
+        let _ = api_task.await;
+        error!(%reason, "ingest stopped; the control plane exits so that it is restarted");
+        return Err(ControlPlaneError::IngestStopped { reason });
+    }
+    if let Ok(Err(failure)) = ingest_task.await {
+        error!(error = %failure, "ingest failed while stopping");
+    }
     let _ = api_task.await;
     info!("control plane stopped; workers left running");
     Ok(())

@@ -512,6 +512,67 @@ async fn a_restarted_control_plane_adopts_the_running_workers() -> Result<()> {
     Ok(())
 }
 
+/// A restart must not take a live client for a stale one: its registration is older than
+/// the heartbeat timeout, so only the heartbeats it sent before the restart show it is
+/// live, and the first reconcile pass must already have read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_control_plane_keeps_a_live_client_registered_longer_ago_than_the_timeout(
+) -> Result<()> {
+    let broker = Broker::start()?;
+    let timeout_secs = 3;
+    let mut plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            heartbeat_timeout_secs: timeout_secs,
+            ..ControlPlaneOptions::default()
+        },
+    )?;
+    let client = "long-lived-1";
+    kcat_produce(
+        &broker.bootstrap,
+        "cluster.registry",
+        client,
+        Some(&chart_registration(client)),
+        None,
+    )?;
+    let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_millis(500))?;
+    let before = poll("workers", Duration::from_secs(30), || {
+        all_running(&plane, client)
+    })
+    .with_context(|| plane.log_tail())?;
+    // What is waited for here is time itself: the registration must age past the timeout.
+    poll(
+        "the registration to be older than the heartbeat timeout",
+        Duration::from_secs(30),
+        || {
+            let record = plane.client(client)?;
+            let registered: chrono::DateTime<chrono::Utc> =
+                record["registered_at"].as_str()?.parse().ok()?;
+            let age = chrono::Utc::now() - registered;
+            (age > chrono::Duration::seconds(timeout_secs as i64 + 1)).then_some(())
+        },
+    )?;
+
+    plane.kill();
+    plane.spawn()?;
+    let passes = plane.metric("cp_reconciles_total");
+    poll(
+        "three reconcile passes after the restart",
+        Duration::from_secs(10),
+        || (plane.metric("cp_reconciles_total") >= passes + 3.0).then_some(()),
+    )?;
+    let reaped = plane.metric(r#"cp_lifecycle_events_total{event="worker_reaped"}"#);
+    ensure!(
+        reaped == 0.0,
+        "a restart reaped {reaped} workers of a live client\n{}",
+        plane.log_tail()
+    );
+    assert_eq!(all_running(&plane, client), Some(before));
+    assert_eq!(plane.client(client).unwrap()["state"], "active");
+    heartbeats.stop().await;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_process_runtime_passes_the_runtime_contract() -> Result<()> {
     let dir = tempfile::tempdir()?;
