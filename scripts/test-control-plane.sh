@@ -259,13 +259,23 @@ for c in "${LATE[@]}"; do
 done
 late_spawning() { [ -n "$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${LATE[0]}")" ]; }
 poll 60 late_spawning || fail "the late registrations start spawning"
+# CLIENT registered longer ago than the timeout; only its heartbeats keep it live, so a
+# restart that did not replay them first would reap and recreate its containers.
+registered_long_ago() {
+  client_json | python3 -c 'import json,sys,datetime as d; r=d.datetime.fromisoformat(json.load(sys.stdin)["registered_at"].replace("Z","+00:00")); sys.exit(0 if (d.datetime.now(d.timezone.utc)-r).total_seconds() > '"$TIMEOUT"' + 1 else 1)'
+}
+poll $((TIMEOUT + 30)) registered_long_ago || fail "$CLIENT's registration ages past the timeout"
+client_before=$(containers)
 docker stop --time 30 "$CP" >/dev/null
 half=$(for c in "${LATE[@]}"; do docker ps -a --filter "label=kg.client-id=$c" --filter status=created -q; done | wc -l)
 [ "$half" -eq 0 ] || fail "SIGTERM leaves no half-created container ($half in state created)"
 docker start "$CP" >/dev/null
 poll 60 get /ready || fail "the control plane restarted after SIGTERM becomes ready"
 poll 90 one_set_each "${LATE[@]}" || fail "after SIGTERM every client converges to one running set"
-ok "SIGTERM mid-spawn → no half-created container; after restart exactly one running set per client"
+sleep_passes || fail "the control plane restarted after SIGTERM reconciles"
+[ "$(containers)" = "$client_before" ] \
+  || fail "$CLIENT, live but registered longer ago than the timeout, keeps its containers across the restart (before: $client_before; after: $(containers))"
+ok "SIGTERM mid-spawn → no half-created container; after restart exactly one running set per client, and $CLIENT's containers kept"
 for c in "${LATE[@]}"; do printf '%s\x1f\n' "$c" | kcat -P -b "$BOOTSTRAP" -t cluster.registry -K $'\x1f' -Z; done
 
 # ---- 7. tombstone → removed --------------------------------------------------------------
