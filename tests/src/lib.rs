@@ -274,6 +274,17 @@ impl ControlPlane {
             .sum()
     }
 
+    /// Waits until the controller has made `passes` more reconcile passes, so whatever
+    /// wrong it would do has been done.
+    pub fn wait_reconcile_passes(&self, passes: u32) -> Result<()> {
+        let target = self.metric("cp_reconciles_total") + f64::from(passes);
+        poll(
+            &format!("{passes} more reconcile passes"),
+            Duration::from_secs(10),
+            || (self.metric("cp_reconciles_total") >= target).then_some(()),
+        )
+    }
+
     /// Worker directories of the process runtime (one per existing worker).
     pub fn worker_dirs(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(self.data_dir.join("workers"))
@@ -630,6 +641,17 @@ impl Drop for Heartbeater {
 pub fn chart_registration(client: &str) -> String {
     format!(
         r#"{{"client_id":"{client}","cluster_name":"prod-eu","region":"unknown","timestamp":"2025-10-28T08:30:00Z","chart_version":"2.1.2"}}"#
+    )
+}
+
+/// Registers `client` the way the chart's post-install hook does, through kcat.
+pub fn register_with_chart(bootstrap: &str, client: &str) -> Result<()> {
+    kcat_produce(
+        bootstrap,
+        "cluster.registry",
+        client,
+        Some(&chart_registration(client)),
+        None,
     )
 }
 

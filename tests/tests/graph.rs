@@ -238,13 +238,7 @@ fn settled_stats(plane: &ControlPlane, client: &str, episodes: u64) -> Result<Va
 }
 
 fn register(bootstrap: &str, client: &str) -> Result<()> {
-    kcat_produce(
-        bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )
+    register_with_chart(bootstrap, client)
 }
 
 fn graph_builder_running(plane: &ControlPlane, client: &str) -> Option<()> {

@@ -51,13 +51,7 @@ async fn chart_registration_runs_workers_that_normalize_then_stale_reregister_an
     let client = "af-9";
 
     // The chart's exact registration, produced by an independent client.
-    kcat_produce(
-        &broker.bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )?;
+    register_with_chart(&broker.bootstrap, client)?;
     let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_millis(500))?;
     let workers = poll("all three workers running", Duration::from_secs(30), || {
         all_running(&plane, client)
@@ -131,13 +125,7 @@ async fn chart_registration_runs_workers_that_normalize_then_stale_reregister_an
     );
 
     // A new registration brings them back.
-    kcat_produce(
-        &broker.bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )?;
+    register_with_chart(&broker.bootstrap, client)?;
     poll(
         "workers back after re-registration",
         Duration::from_secs(30),
@@ -186,13 +174,7 @@ async fn agent_quirks_are_handled_as_the_protocol_says() -> Result<()> {
     .with_context(|| plane.log_tail())?;
 
     // A duplicate registration updates metadata and never creates a second set.
-    kcat_produce(
-        b,
-        "cluster.registry",
-        "af-8",
-        Some(&chart_registration("af-8")),
-        None,
-    )?;
+    register_with_chart(b, "af-8")?;
     let first = poll("af-8's workers", Duration::from_secs(30), || {
         all_running(&plane, "af-8")
     })?;
@@ -211,12 +193,7 @@ async fn agent_quirks_are_handled_as_the_protocol_says() -> Result<()> {
     let record = plane.client("af-8").context("af-8")?;
     assert_eq!(record["registrations_seen"], 2);
     // Give the controller a few passes to do anything wrong before comparing.
-    let passes = plane.metric("cp_reconciles_total");
-    poll(
-        "three more reconcile passes",
-        Duration::from_secs(10),
-        || (plane.metric("cp_reconciles_total") >= passes + 3.0).then_some(()),
-    )?;
+    plane.wait_reconcile_passes(3)?;
     assert_eq!(
         all_running(&plane, "af-8"),
         Some(first),
@@ -343,13 +320,7 @@ async fn a_poison_record_is_dead_lettered_and_the_worker_keeps_going() -> Result
     let broker = Broker::start()?;
     let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
     let client = "poison-1";
-    kcat_produce(
-        &broker.bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )?;
+    register_with_chart(&broker.bootstrap, client)?;
     let before = poll("workers", Duration::from_secs(30), || {
         all_running(&plane, client)
     })
@@ -400,13 +371,7 @@ async fn a_worker_killed_with_sigkill_loses_no_record() -> Result<()> {
     let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
     let client = "nolose-1";
     let foreign = "other-2";
-    kcat_produce(
-        &broker.bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )?;
+    register_with_chart(&broker.bootstrap, client)?;
     poll("workers", Duration::from_secs(30), || {
         all_running(&plane, client)
     })?;
@@ -479,13 +444,7 @@ async fn a_restarted_control_plane_adopts_the_running_workers() -> Result<()> {
     let broker = Broker::start()?;
     let mut plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
     let client = "adopt-1";
-    kcat_produce(
-        &broker.bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )?;
+    register_with_chart(&broker.bootstrap, client)?;
     let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_secs(1))?;
     let before = poll("workers", Duration::from_secs(30), || {
         all_running(&plane, client)
@@ -499,12 +458,7 @@ async fn a_restarted_control_plane_adopts_the_running_workers() -> Result<()> {
     })
     .with_context(|| plane.log_tail())?;
     assert_eq!(before, after, "workers were replaced instead of adopted");
-    let passes = plane.metric("cp_reconciles_total");
-    poll(
-        "three more reconcile passes",
-        Duration::from_secs(10),
-        || (plane.metric("cp_reconciles_total") >= passes + 3.0).then_some(()),
-    )?;
+    plane.wait_reconcile_passes(3)?;
     assert_eq!(all_running(&plane, client), Some(before));
     assert_eq!(plane.worker_dirs().len(), 3);
     assert!(plane.metric(r#"cp_lifecycle_events_total{event="worker_adopted"}"#) >= 3.0);
@@ -528,13 +482,7 @@ async fn a_restarted_control_plane_keeps_a_live_client_registered_longer_ago_tha
         },
     )?;
     let client = "long-lived-1";
-    kcat_produce(
-        &broker.bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )?;
+    register_with_chart(&broker.bootstrap, client)?;
     let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_millis(500))?;
     let before = poll("workers", Duration::from_secs(30), || {
         all_running(&plane, client)
@@ -555,12 +503,7 @@ async fn a_restarted_control_plane_keeps_a_live_client_registered_longer_ago_tha
 
     plane.kill();
     plane.spawn()?;
-    let passes = plane.metric("cp_reconciles_total");
-    poll(
-        "three reconcile passes after the restart",
-        Duration::from_secs(10),
-        || (plane.metric("cp_reconciles_total") >= passes + 3.0).then_some(()),
-    )?;
+    plane.wait_reconcile_passes(3)?;
     let reaped = plane.metric(r#"cp_lifecycle_events_total{event="worker_reaped"}"#);
     ensure!(
         reaped == 0.0,

@@ -40,13 +40,7 @@ async fn a_worker_that_crashes_on_start_backs_off_and_ends_failed_with_its_reaso
     )?;
     let client = "crashy-1";
     let name = "kg-event-normalizer-crashy-1";
-    kcat_produce(
-        &broker.bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )?;
+    register_with_chart(&broker.bootstrap, client)?;
 
     let backing_off = poll("the worker backing off", Duration::from_secs(30), || {
         worker(&plane, client, name).filter(|w| w["state"] == "backing-off")
@@ -70,10 +64,7 @@ async fn a_worker_that_crashes_on_start_backs_off_and_ends_failed_with_its_reaso
     );
 
     // It stays failed: no further restarts.
-    let passes = plane.metric("cp_reconciles_total");
-    poll("three more passes", Duration::from_secs(10), || {
-        (plane.metric("cp_reconciles_total") >= passes + 3.0).then_some(())
-    })?;
+    plane.wait_reconcile_passes(3)?;
     assert_eq!(
         worker(&plane, client, name).context("worker")?["restart_count"],
         3
@@ -110,13 +101,7 @@ async fn a_broker_outage_leaves_every_worker_running_and_loses_no_record() -> Re
     let mut broker = Broker::start()?;
     let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
     let client = "outage-1";
-    kcat_produce(
-        &broker.bootstrap,
-        "cluster.registry",
-        client,
-        Some(&chart_registration(client)),
-        None,
-    )?;
+    register_with_chart(&broker.bootstrap, client)?;
     let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_secs(1))?;
     let before = poll("the workers", Duration::from_secs(30), || {
         let workers = plane.running_workers(client);
