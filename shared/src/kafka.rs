@@ -1,21 +1,18 @@
 //! The Kafka glue every binary shares: connection settings read from flags and the
 //! environment ([`KafkaArgs`]), the embedded broker ([`EmbeddedBroker`], librdkafka's mock
-//! cluster, the default for development and tests), topic setup against a real cluster
-//! ([`ensure_topics`]).
+//! cluster, the default for development and tests). Topic setup against a real cluster is
+//! [`crate::topic_setup`].
 //!
 //! Kept apart from the pure modules so that decoding and normalization can be tested and
 //! benchmarked without a Kafka client.
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, DefaultProducerContext, Producer};
-use rdkafka::types::RDKafkaErrorCode;
 
-use crate::topics::{TopicSpec, ALL_TOPICS};
+use crate::topics::ALL_TOPICS;
 
 /// Failures of the Kafka glue.
 #[derive(Debug, thiserror::Error)]
@@ -65,7 +62,8 @@ pub struct KafkaArgs {
     )]
     pub security_protocol: String,
 
-    /// sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI) when SASL is used.
+    /// sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 or OAUTHBEARER) when SASL is
+    /// used. GSSAPI (Kerberos) is not built in.
     #[arg(long = "kafka-sasl-mechanism", env = "KAFKA_SASL_MECHANISM")]
     pub sasl_mechanism: Option<String>,
 
@@ -81,7 +79,8 @@ pub struct KafkaArgs {
     )]
     pub sasl_password: Option<String>,
 
-    /// CA certificate file for TLS.
+    /// CA certificate file for TLS; unset, librdkafka probes the usual system locations
+    /// (the OpenSSL built into the binaries has no system CA path of its own).
     #[arg(long = "kafka-ssl-ca-location", env = "KAFKA_SSL_CA_LOCATION")]
     pub ssl_ca_location: Option<String>,
 
@@ -128,8 +127,16 @@ impl KafkaArgs {
         if let Some(password) = &self.sasl_password {
             config.set("sasl.password", password);
         }
-        if let Some(ca) = &self.ssl_ca_location {
-            config.set("ssl.ca.location", ca);
+        match &self.ssl_ca_location {
+            Some(ca) => {
+                config.set("ssl.ca.location", ca);
+            }
+            // OpenSSL is vendored: its compiled-in CA directory is its own install prefix,
+            // not the system's, so without a location TLS could verify nothing.
+            None if self.security_protocol.to_ascii_lowercase().contains("ssl") => {
+                config.set("ssl.ca.location", "probe");
+            }
+            None => {}
         }
         for (key, value) in parse_extra_config(&self.extra_config) {
             config.set(key, value);
@@ -276,64 +283,11 @@ impl EmbeddedBroker {
     }
 }
 
-/// Creates the project's topics on a real cluster with their partitions, retention and
-/// cleanup policy. Topics that already exist are left as they are.
-pub async fn ensure_topics(
-    kafka: &KafkaArgs,
-    replication_factor: i32,
-    timeout: Duration,
-) -> Result<Vec<String>, KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> =
-        kafka
-            .client_config()
-            .create()
-            .map_err(|source| KafkaSetupError::AdminClient {
-                bootstrap: kafka.bootstrap_servers.clone(),
-                source,
-            })?;
-    let configs: Vec<Vec<(&'static str, String)>> =
-        ALL_TOPICS.iter().map(TopicSpec::kafka_configs).collect();
-    let new_topics: Vec<NewTopic<'_>> = ALL_TOPICS
-        .iter()
-        .zip(&configs)
-        .map(|(spec, config)| {
-            config.iter().fold(
-                NewTopic::new(
-                    spec.name,
-                    spec.partitions,
-                    TopicReplication::Fixed(replication_factor),
-                ),
-                |topic, (key, value)| topic.set(key, value),
-            )
-        })
-        .collect();
-    let options = AdminOptions::new().operation_timeout(Some(timeout));
-    let results = admin
-        .create_topics(new_topics.iter(), &options)
-        .await
-        .map_err(|source| KafkaSetupError::CreateTopic {
-            topic: "*".into(),
-            reason: source.to_string(),
-        })?;
-    let mut created = Vec::new();
-    for result in results {
-        match result {
-            Ok(topic) => created.push(topic),
-            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(KafkaSetupError::CreateTopic {
-                    topic,
-                    reason: code.to_string(),
-                })
-            }
-        }
-    }
-    Ok(created)
-}
-
 #[cfg(test)]
 mod tests {
     use std::time::Instant;
+
+    use rdkafka::producer::BaseProducer;
 
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
@@ -358,6 +312,49 @@ mod tests {
             }
         }
         false
+    }
+
+    fn secured(mechanism: &str) -> KafkaArgs {
+        KafkaArgs {
+            security_protocol: "sasl_ssl".into(),
+            sasl_mechanism: Some(mechanism.into()),
+            sasl_username: Some("user".into()),
+            sasl_password: Some("secret".into()),
+            ..KafkaArgs::plaintext("127.0.0.1:1")
+        }
+    }
+
+    /// The vendored build must keep what the README promises: TLS and the SASL mechanisms
+    /// librdkafka implements itself. librdkafka refuses, at client creation, a mechanism
+    /// it was built without.
+    #[test]
+    fn tls_and_sasl_plain_scram_and_oauthbearer_are_built_in() {
+        for mechanism in ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"] {
+            let created: Result<BaseProducer, _> = secured(mechanism).client_config().create();
+            assert!(created.is_ok(), "{mechanism}: {:?}", created.err());
+        }
+        let gssapi: Result<BaseProducer, _> = secured("GSSAPI").client_config().create();
+        assert!(gssapi.is_err(), "GSSAPI is documented as not built in");
+    }
+
+    #[test]
+    fn tls_without_a_ca_file_probes_the_system_locations() {
+        let config = secured("PLAIN").client_config();
+        assert_eq!(config.get("ssl.ca.location"), Some("probe"));
+        let with_file = KafkaArgs {
+            ssl_ca_location: Some("/etc/kafka/ca.pem".into()),
+            ..secured("PLAIN")
+        };
+        assert_eq!(
+            with_file.client_config().get("ssl.ca.location"),
+            Some("/etc/kafka/ca.pem")
+        );
+        assert_eq!(
+            KafkaArgs::plaintext("x:1")
+                .client_config()
+                .get("ssl.ca.location"),
+            None
+        );
     }
 
     #[test]
