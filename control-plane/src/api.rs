@@ -83,10 +83,19 @@ async fn ready(State(state): State<ApiState>) -> Response {
     (code, Json(body)).into_response()
 }
 
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+/// OpenMetrics for scrapers that ask for it, the Prometheus text format otherwise
+/// (`kg_shared::exposition` says why).
+async fn metrics(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = kg_shared::exposition::ExpositionFormat::negotiate(accept);
     (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.encode(),
+        [(CONTENT_TYPE, format.content_type())],
+        state.metrics.encode(format),
     )
 }
 

@@ -291,7 +291,11 @@ impl Controller {
                     None => inputs_open = false,
                 },
                 _ = sleep_until(next_reconcile) => {
+                    let started = std::time::Instant::now();
                     self.reconcile(&semaphore, &mut actions).await;
+                    self.metrics
+                        .reconcile_duration
+                        .observe(started.elapsed().as_secs_f64());
                     next_reconcile = Instant::now() + self.settings.reconcile_interval;
                 }
             }

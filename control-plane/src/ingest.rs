@@ -20,10 +20,12 @@ use kg_shared::kafka::KafkaArgs;
 use kg_shared::registry::{decode_registry, RegistryMessage};
 use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, DLQ_RAW};
 use kg_shared::ClientId;
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::statistics::Statistics;
+use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -134,6 +136,44 @@ type Watermarks = HashMap<TopicPartition, i64>;
 /// Partitions still to be read up to the high watermark they had at start.
 type Pending = HashMap<TopicPartition, i64>;
 
+/// Feeds librdkafka's periodic statistics into `cp_ingest_consumer_lag`, per partition.
+pub struct IngestContext {
+    metrics: Arc<ControlPlaneMetrics>,
+}
+
+impl ClientContext for IngestContext {
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for partition in stats.partitions.values() {
+                // librdkafka's own consumer_lag counts from committed or stored offsets,
+                // and ingest (assigned partitions, nothing committed) has neither: count
+                // from the last record handed to ingest, or, before any, from the fetch
+                // position. -1 is librdkafka's "unassigned" partition and "not known".
+                let position = if partition.app_offset >= 0 {
+                    partition.app_offset
+                } else {
+                    partition.next_offset
+                };
+                if partition.partition < 0 || position < 0 || partition.hi_offset < 0 {
+                    continue;
+                }
+                let lag = (partition.hi_offset - position).max(0);
+                self.metrics
+                    .ingest_consumer_lag
+                    .get_or_create(&crate::metrics::PartitionLabel {
+                        topic: topic.clone(),
+                        partition: partition.partition.to_string(),
+                    })
+                    .set(lag);
+            }
+        }
+    }
+}
+
+impl ConsumerContext for IngestContext {}
+
+type IngestConsumer = StreamConsumer<IngestContext>;
+
 /// Runs until `shutdown` resolves.
 pub async fn run_ingest(
     kafka: &KafkaArgs,
@@ -145,16 +185,19 @@ pub async fn run_ingest(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), IngestError> {
     tokio::pin!(shutdown);
-    let consumer: StreamConsumer = kafka
+    let consumer: IngestConsumer = kafka
         .client_config()
         .set("group.id", "kg-control-plane")
+        .set("statistics.interval.ms", "5000")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         // librdkafka prefetches up to 64 MiB per partition by default; ingest handles each
         // record in microseconds, so a small queue costs nothing and keeps memory flat.
         .set("queued.max.messages.kbytes", "512")
         .set("queued.min.messages", "1000")
-        .create()
+        .create_with_context(IngestContext {
+            metrics: metrics.clone(),
+        })
         .map_err(IngestError::Consumer)?;
 
     // The topics may not exist yet (a real cluster whose topic setup has not run): wait
@@ -246,7 +289,7 @@ pub async fn run_ingest(
 }
 
 fn assign_partitions(
-    consumer: &StreamConsumer,
+    consumer: &IngestConsumer,
     settings: &IngestSettings,
     now: DateTime<Utc>,
 ) -> Result<(Watermarks, Pending), String> {
@@ -385,7 +428,7 @@ fn heartbeat_replay_start(
     }
 }
 
-fn retire_by_position(consumer: &StreamConsumer, pending: &mut Pending) {
+fn retire_by_position(consumer: &IngestConsumer, pending: &mut Pending) {
     if pending.is_empty() {
         return;
     }

@@ -1,11 +1,12 @@
 //! The control plane's Prometheus metrics, one registry, exposed at `/metrics`.
 
-use prometheus_client::encoding::text::encode;
+use kg_shared::exposition::{render, ExpositionFormat};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -20,6 +21,25 @@ pub struct EventLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabel {
     pub operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: String,
+}
+
+/// Latency buckets from 1 ms to 60 s: reconcile passes and runtime calls range from a
+/// map update (fake runtime) to a container stop that waits out its grace period.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    [
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ]
+    .into_iter()
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(latency_buckets())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -45,6 +65,9 @@ pub struct ControlPlaneMetrics {
     pub workers: Family<StateLabel, Gauge>,
     pub admission_refused: Family<ReasonLabel, Counter>,
     pub orphans: Gauge,
+    pub reconcile_duration: Histogram,
+    pub runtime_call_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
+    pub ingest_consumer_lag: Family<PartitionLabel, Gauge>,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -73,6 +96,9 @@ impl ControlPlaneMetrics {
             workers: Family::default(),
             admission_refused: Family::default(),
             orphans: Gauge::default(),
+            reconcile_duration: latency_histogram(),
+            runtime_call_duration: Family::new_with_constructor(latency_histogram),
+            ingest_consumer_lag: Family::default(),
         };
         registry.register(
             "registrations",
@@ -149,6 +175,23 @@ impl ControlPlaneMetrics {
             "Workers carrying our labels that no registered client owns",
             metrics.orphans.clone(),
         );
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time one reconcile pass takes (gather, decide, dispatch)",
+            Unit::Seconds,
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register_with_unit(
+            "runtime_call_duration",
+            "Latency of runtime calls, by operation, failed ones included",
+            Unit::Seconds,
+            metrics.runtime_call_duration.clone(),
+        );
+        registry.register(
+            "ingest_consumer_lag",
+            "Records behind the end of cluster.registry and cluster.heartbeat, per partition",
+            metrics.ingest_consumer_lag.clone(),
+        );
         Self {
             registry,
             ..metrics
@@ -164,10 +207,8 @@ impl ControlPlaneMetrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        let _ = encode(&mut out, &self.registry);
-        out
+    /// Every metric, with the process metrics and build info, in `format`.
+    pub fn encode(&self, format: ExpositionFormat) -> String {
+        render(&self.registry, "control-plane", format)
     }
 }

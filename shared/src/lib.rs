@@ -19,7 +19,11 @@ pub mod topics;
 pub mod checks;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(feature = "kafka")]
+pub mod topic_setup;
 
+#[cfg(feature = "telemetry")]
+pub mod exposition;
 #[cfg(feature = "telemetry")]
 pub mod telemetry;
 

@@ -138,10 +138,19 @@ async fn health(State(state): State<HttpState>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+/// OpenMetrics for scrapers that ask for it, the Prometheus text format otherwise
+/// (`kg_shared::exposition` says why).
+async fn metrics(
+    State(state): State<HttpState>,
+    headers: axum::http::HeaderMap,
+) -> impl IntoResponse {
+    let accept = headers
+        .get(axum::http::header::ACCEPT)
+        .and_then(|value| value.to_str().ok());
+    let format = kg_shared::exposition::ExpositionFormat::negotiate(accept);
     (
-        [(CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.encode(),
+        [(CONTENT_TYPE, format.content_type())],
+        state.metrics.encode(format),
     )
 }
 

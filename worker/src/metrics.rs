@@ -1,16 +1,31 @@
 //! The worker's Prometheus metrics. Counters are cheap atomics so the hot path can bump
 //! them per record.
 
-use prometheus_client::encoding::text::encode;
+use kg_shared::exposition::{render, ExpositionFormat};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::Registry;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: String,
+}
+
+/// Batch latency buckets, 1 ms to 60 s: a batch lingers 20 ms by default and waits for
+/// every acknowledgement, longer while the broker is slow or away.
+fn batch_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
 }
 
 /// Every metric a worker exports, labelled with its client and role.
@@ -26,6 +41,8 @@ pub struct WorkerMetrics {
     pub produce_retries: Counter,
     pub commits_failed: Counter,
     pub consumer_lag: Gauge,
+    pub partition_lag: Family<PartitionLabel, Gauge>,
+    pub batch_duration: Histogram,
     pub batches: Counter,
     /// When the last batch was committed (or the worker started), ms since the epoch.
     pub last_progress_ms: std::sync::atomic::AtomicI64,
@@ -52,6 +69,8 @@ impl WorkerMetrics {
             produce_retries: Counter::default(),
             commits_failed: Counter::default(),
             consumer_lag: Gauge::default(),
+            partition_lag: Family::default(),
+            batch_duration: batch_histogram(),
             batches: Counter::default(),
             last_progress_ms: std::sync::atomic::AtomicI64::new(
                 chrono::Utc::now().timestamp_millis(),
@@ -99,6 +118,17 @@ impl WorkerMetrics {
             "Records behind the end of the input topic, summed over assigned partitions",
             metrics.consumer_lag.clone(),
         );
+        registry.register(
+            "partition_lag",
+            "Records behind the end of an assigned input partition",
+            metrics.partition_lag.clone(),
+        );
+        registry.register_with_unit(
+            "batch_duration",
+            "Time from a batch's first record to its offsets being committed (handling, output, acknowledgements)",
+            Unit::Seconds,
+            metrics.batch_duration.clone(),
+        );
         registry.register("batches", "Batches committed", metrics.batches.clone());
         registry.register(
             "flush_failures",
@@ -111,11 +141,8 @@ impl WorkerMetrics {
         }
     }
 
-    /// The Prometheus text exposition of every metric.
-    pub fn encode(&self) -> String {
-        let mut out = String::new();
-        // Writing into a String cannot fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+    /// Every metric, with the process metrics and build info, in `format`.
+    pub fn encode(&self, format: ExpositionFormat) -> String {
+        render(&self.registry, "worker", format)
     }
 }

@@ -65,13 +65,23 @@ pub struct LagReporter {
 
 impl ClientContext for LagReporter {
     fn stats(&self, statistics: Statistics) {
-        let lag: i64 = statistics
-            .topics
-            .values()
-            .flat_map(|topic| topic.partitions.values())
-            .filter(|partition| partition.partition >= 0 && partition.consumer_lag >= 0)
-            .map(|partition| partition.consumer_lag)
-            .sum();
+        let mut lag = 0;
+        for (topic, stats) in &statistics.topics {
+            // -1 is librdkafka's "unassigned" partition and its "lag not known yet".
+            for partition in stats.partitions.values() {
+                if partition.partition < 0 || partition.consumer_lag < 0 {
+                    continue;
+                }
+                lag += partition.consumer_lag;
+                self.metrics
+                    .partition_lag
+                    .get_or_create(&crate::metrics::PartitionLabel {
+                        topic: topic.clone(),
+                        partition: partition.partition.to_string(),
+                    })
+                    .set(partition.consumer_lag);
+            }
+        }
         self.metrics.consumer_lag.set(lag);
     }
 }
@@ -121,6 +131,7 @@ pub async fn run_pipeline(
             }
             received = consumer.recv() => received,
         };
+        let batch_started = std::time::Instant::now();
         let mut batch_offsets: HashMap<(String, i32), i64> = HashMap::new();
         let mut pending: Vec<Pending> = Vec::new();
         match first {
@@ -189,6 +200,9 @@ pub async fn run_pipeline(
         }
         commit(&consumer, &uncommitted, CommitMode::Async, &metrics);
         metrics.batches.inc();
+        metrics
+            .batch_duration
+            .observe(batch_started.elapsed().as_secs_f64());
         metrics.last_progress_ms.store(
             Utc::now().timestamp_millis(),
             std::sync::atomic::Ordering::Relaxed,

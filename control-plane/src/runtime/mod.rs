@@ -7,6 +7,7 @@
 pub mod contract;
 pub mod docker;
 pub mod fake;
+pub mod instrumented;
 pub mod process;
 
 use std::collections::BTreeMap;
