@@ -218,9 +218,27 @@ pub struct RunArgs {
     #[arg(long, env = "CP_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
-    /// Log line format.
+    /// Log line format, of the control plane and of every worker it starts.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+}
+
+impl RunArgs {
+    /// The environment every worker gets before its role's own: the Kafka settings, so
+    /// workers connect as the control plane does, and the log settings, so one
+    /// `LOG_FORMAT=json` (and one `RUST_LOG`) covers every process in both runtimes.
+    pub fn worker_base_env(&self) -> Vec<(String, String)> {
+        let mut env = self.kafka.to_env();
+        let format = match self.log_format {
+            LogFormat::Json => "json",
+            LogFormat::Text => "text",
+        };
+        env.push(("LOG_FORMAT".into(), format.into()));
+        if let Ok(filter) = std::env::var("RUST_LOG") {
+            env.push(("RUST_LOG".into(), filter));
+        }
+        env
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -295,4 +313,13 @@ pub struct CreateTopicsArgs {
     /// How long to keep retrying while the cluster is not reachable yet.
     #[arg(long, env = "KAFKA_WAIT_SECS", default_value_t = 120)]
     pub wait_secs: u64,
+
+    /// Set the configs of existing topics that differ from the catalog (all but
+    /// `cleanup.policy`; partition counts are only reported).
+    #[arg(long, env = "KAFKA_FIX_TOPIC_CONFIGS")]
+    pub fix_configs: bool,
+
+    /// Fail (exit 1) when an existing topic still differs from the catalog.
+    #[arg(long, env = "KAFKA_TOPICS_STRICT")]
+    pub strict: bool,
 }

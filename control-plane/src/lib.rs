@@ -156,9 +156,12 @@ pub async fn run(
         path: args.data_dir.clone(),
         source,
     })?;
-    let runtime = build_runtime(&args).await?;
-    let roles = RoleSet::load(args.roles_file.as_deref(), &args.roles, &args.worker_image)?;
     let metrics = Arc::new(ControlPlaneMetrics::new());
+    let runtime = runtime::instrumented::InstrumentedRuntime::wrap(
+        build_runtime(&args).await?,
+        metrics.clone(),
+    );
+    let roles = RoleSet::load(args.roles_file.as_deref(), &args.roles, &args.worker_image)?;
     let status = Arc::new(Status::default());
     let table: ClientTable = Arc::new(DashMap::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -236,7 +239,7 @@ pub async fn run(
             chrono::Duration::from_std(heartbeat_timeout).unwrap_or(chrono::Duration::seconds(120)),
         ),
         roles,
-        args.kafka.to_env(),
+        args.worker_base_env(),
         ControllerSettings {
             heartbeat_timeout,
             restart_delay: Duration::from_millis(args.restart_backoff_base_ms),
