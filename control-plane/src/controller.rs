@@ -407,7 +407,10 @@ impl Controller {
                 match self.writer.heartbeat(&client_id, at, now) {
                     Applied::Heartbeat { revived } => {
                         self.metrics.heartbeats.inc();
-                        if revived {
+                        // During the replay a registration older than the timeout is
+                        // provisionally stale until its replayed heartbeats arrive; that
+                        // is no revival, and nothing was reaped.
+                        if revived && self.registry_replayed {
                             self.lifecycle(
                                 client_id.as_str(),
                                 "client_revived",

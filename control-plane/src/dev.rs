@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use kg_shared::kafka::{ensure_topics, EmbeddedBroker, KafkaArgs, KafkaSetupError};
+use kg_shared::kafka::{EmbeddedBroker, KafkaArgs, KafkaSetupError};
+use kg_shared::topic_setup::ensure_topics;
 use kg_shared::topics::{
     CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, EVENTS_NORMALIZED, LOGS_NORMALIZED, RAW_K8S_EVENTS,
     RAW_K8S_LOGS,
@@ -39,6 +40,8 @@ pub enum DevError {
     DemoClientSetup(#[from] rdkafka::error::KafkaError),
     #[error("gave up creating topics after {0:?}: {1}")]
     TopicsTimeout(Duration, String),
+    #[error("{0} topic difference(s) left in place (--strict)")]
+    TopicDifferences(usize),
     #[error("failed to read consumer groups: {0}")]
     Groups(String),
     #[error("group {group} has no committed offsets on {topic}")]
@@ -88,21 +91,21 @@ pub async fn embedded_broker(args: BrokerArgs) -> Result<(), DevError> {
     Ok(())
 }
 
-/// `control-plane create-topics`: retries until the cluster answers or the wait runs out.
+/// `control-plane create-topics`: retries until the cluster answers or the wait runs out;
+/// then prints what it created, every way an existing topic differs from the catalog, and
+/// what `--fix-configs` fixed. With `--strict`, differences left in place fail the command.
 pub async fn create_topics(args: CreateTopicsArgs) -> Result<(), DevError> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
-    loop {
+    let report = loop {
         match ensure_topics(
             &args.kafka,
             args.replication_factor,
             Duration::from_secs(30),
+            args.fix_configs,
         )
         .await
         {
-            Ok(created) => {
-                println!("topics ready (created now: {})", created.join(", "));
-                return Ok(());
-            }
+            Ok(report) => break report,
             Err(error) if tokio::time::Instant::now() < deadline => {
                 tracing::warn!(%error, "kafka not ready; retrying");
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -114,7 +117,27 @@ pub async fn create_topics(args: CreateTopicsArgs) -> Result<(), DevError> {
                 ))
             }
         }
+    };
+    for (topic, reason) in &report.undescribed {
+        println!("warning: topic {topic}: the broker did not describe its configs ({reason}); only its partitions were compared");
     }
+    for difference in &report.differences {
+        let verb = if report.fixed.contains(difference) {
+            "fixed"
+        } else {
+            "difference"
+        };
+        println!("{verb}: {difference}");
+    }
+    println!("topics ready (created now: {})", report.created.join(", "));
+    let remaining = report.remaining().count();
+    if remaining > 0 {
+        println!("{remaining} difference(s) left in place");
+        if args.strict {
+            return Err(DevError::TopicDifferences(remaining));
+        }
+    }
+    Ok(())
 }
 
 /// `control-plane list-groups`.

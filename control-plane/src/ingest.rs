@@ -34,6 +34,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use crate::metrics::{ControlPlaneMetrics, ReasonLabel};
+use crate::replay_order::HeldHeartbeats;
 use crate::Clock;
 
 /// What ingest tells the controller.
@@ -220,8 +221,23 @@ pub async fn run_ingest(
     };
     info!(partitions_to_replay = pending.len(), "ingest started");
     let mut replay_announced = false;
+    // Heartbeats wait for the whole registry (`crate::replay_order` says why).
+    let mut held = HeldHeartbeats::default();
+    let mut registry_replayed = !registry_pending(&pending);
     let mut progress = tokio::time::interval(Duration::from_millis(250));
     loop {
+        if !registry_replayed && !registry_pending(&pending) {
+            registry_replayed = true;
+            debug!(
+                clients = held.len(),
+                "registry replayed; releasing the heartbeats read meanwhile"
+            );
+            for input in held.release() {
+                if inputs.send(input).await.is_err() {
+                    return Ok(());
+                }
+            }
+        }
         // The controller mutates nothing until this: the whole registry, and the heartbeats
         // of the last timeout, or a restarted control plane would see registered clients
         // without their recent heartbeats and reap live clients' workers.
@@ -280,12 +296,23 @@ pub async fn run_ingest(
         } else {
             heartbeat_input(&message, at, now, &metrics, &publisher).await
         };
-        if let Some(input) = input {
-            if inputs.send(input).await.is_err() {
-                return Ok(());
+        match input {
+            Some(Input::Heartbeat { client_id, at }) if !registry_replayed => {
+                held.hold(client_id, at);
             }
+            Some(input) => {
+                if inputs.send(input).await.is_err() {
+                    return Ok(());
+                }
+            }
+            None => {}
         }
     }
+}
+
+/// Whether a registry partition is still being replayed.
+fn registry_pending(pending: &Pending) -> bool {
+    pending.keys().any(|(topic, _)| *topic == CLUSTER_REGISTRY)
 }
 
 fn assign_partitions(
@@ -378,6 +405,15 @@ fn assign_partitions(
         let high = watermarks.get(&key).copied().unwrap_or(0);
         let low = lows.get(&key).copied().unwrap_or(0);
         let offset = heartbeat_replay_start(lookup(&by_time), lookup(&epoch), low, high);
+        debug!(
+            partition = element.partition(),
+            by_time = ?lookup(&by_time),
+            from_epoch = ?lookup(&epoch),
+            low,
+            high,
+            start = ?offset,
+            "heartbeat replay start"
+        );
         if offset == Offset::Beginning {
             info!(
                 partition = element.partition(),
@@ -438,6 +474,12 @@ fn retire_by_position(consumer: &IngestConsumer, pending: &mut Pending) {
                 if let Offset::Offset(next) = element.offset() {
                     let key = (topic, element.partition());
                     if pending.get(&key).is_some_and(|high| next >= *high) {
+                        debug!(
+                            topic,
+                            partition = element.partition(),
+                            next,
+                            "replayed up to the start's high watermark (by position)"
+                        );
                         pending.remove(&key);
                     }
                 }

@@ -16,6 +16,7 @@ pub mod events;
 pub mod ingest;
 pub mod metrics;
 pub mod plan;
+pub mod replay_order;
 pub mod roles;
 pub mod runtime;
 pub mod supervise;

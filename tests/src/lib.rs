@@ -71,14 +71,69 @@ pub fn poll<T>(what: &str, deadline: Duration, mut check: impl FnMut() -> Option
     }
 }
 
-/// The embedded broker as its own process.
+/// Which Kafka-protocol broker a test runs against. The end-to-end suites run on both:
+/// the embedded default (librdkafka's mock cluster, in its own process) and `noida-db`, an
+/// independent broker with real Kafka semantics (offsets by time, group listing, durable
+/// data), installed by `scripts/install-test-tools.sh`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BrokerKind {
+    Embedded,
+    NoidaDb,
+}
+
+/// Whether a missing tool (Docker Engine, noida-db, promtool) fails a test instead of
+/// skipping it: `.ci/run` sets `KG_TEST_STRICT=1`, so CI can never pass by skipping.
+pub fn strict() -> bool {
+    std::env::var("KG_TEST_STRICT").is_ok_and(|value| value == "1" || value == "true")
+}
+
+/// Skips (returns `Ok(None)`, after saying so on standard error) or, under
+/// [`strict`], fails when `tool` is missing.
+pub fn require_tool<T>(tool: &str, found: Option<T>, how: &str) -> Result<Option<T>> {
+    match found {
+        Some(found) => Ok(Some(found)),
+        None if strict() => bail!("{tool} is required (KG_TEST_STRICT=1) but missing: {how}"),
+        None => {
+            eprintln!("SKIPPED: {tool} is missing ({how}); set KG_TEST_STRICT=1 to fail instead");
+            Ok(None)
+        }
+    }
+}
+
+/// The noida-db binary: `$KG_NOIDA_DB`, else the virtual environment
+/// `scripts/install-test-tools.sh` makes under `$KG_TOOLS_DIR` (`~/.cache/kg-rca-tools`).
+pub fn noida_db_binary() -> Option<PathBuf> {
+    if let Ok(path) = std::env::var("KG_NOIDA_DB") {
+        return Some(PathBuf::from(path)).filter(|p| p.exists());
+    }
+    let tools = std::env::var("KG_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/kg-rca-tools")
+        });
+    Some(tools.join("noida/bin/noida-db")).filter(|p| p.exists())
+}
+
+/// A broker as its own process: the embedded broker (`control-plane embedded-broker`, which
+/// creates the topics itself) or noida-db on a free port with its own data directory
+/// (topics made with `control-plane create-topics`, as an operator would).
 pub struct Broker {
     child: Child,
     stdin: Option<ChildStdin>,
     pub bootstrap: String,
+    pub kind: BrokerKind,
+    noida: Option<NoidaState>,
+}
+
+struct NoidaState {
+    binary: PathBuf,
+    port: u16,
+    data: tempfile::TempDir,
 }
 
 impl Broker {
+    /// The embedded broker.
     pub fn start() -> Result<Self> {
         let mut child = Command::new(&binaries().control_plane)
             .arg("embedded-broker")
@@ -104,16 +159,138 @@ impl Broker {
             child,
             stdin,
             bootstrap,
+            kind: BrokerKind::Embedded,
+            noida: None,
         })
     }
 
-    /// Sends `down <id>` or `up <id>`.
+    /// A broker of `kind`; `Ok(None)` when noida-db is not installed and the run is not
+    /// [`strict`] (the test is then skipped, and says so).
+    pub fn start_kind(kind: BrokerKind) -> Result<Option<Self>> {
+        match kind {
+            BrokerKind::Embedded => Self::start().map(Some),
+            BrokerKind::NoidaDb => {
+                let Some(binary) = require_tool(
+                    "noida-db",
+                    noida_db_binary(),
+                    "run scripts/install-test-tools.sh",
+                )?
+                else {
+                    return Ok(None);
+                };
+                Self::start_noida(binary).map(Some)
+            }
+        }
+    }
+
+    fn start_noida(binary: PathBuf) -> Result<Self> {
+        let data = tempfile::tempdir()?;
+        let port = free_port()?;
+        let child = spawn_noida(&binary, port, data.path())?;
+        let mut broker = Self {
+            child,
+            stdin: None,
+            bootstrap: format!("127.0.0.1:{port}"),
+            kind: BrokerKind::NoidaDb,
+            noida: Some(NoidaState { binary, port, data }),
+        };
+        broker.wait_until_answering()?;
+        create_topics(&broker.bootstrap)?;
+        Ok(broker)
+    }
+
+    /// Restarts noida-db on the same port and data directory (SIGKILL, as a crash would,
+    /// when `kill` is set; SIGTERM otherwise).
+    pub fn restart(&mut self, kill: bool) -> Result<()> {
+        let state = self
+            .noida
+            .as_ref()
+            .context("only noida-db restarts (the embedded broker keeps nothing)")?;
+        let signal = if kill {
+            Signal::SIGKILL
+        } else {
+            Signal::SIGTERM
+        };
+        let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal);
+        let _ = self.child.wait();
+        self.child = spawn_noida(&state.binary, state.port, state.data.path())?;
+        self.wait_until_answering()
+    }
+
+    fn wait_until_answering(&mut self) -> Result<()> {
+        let bootstrap = self.bootstrap.clone();
+        poll(
+            "noida-db to answer metadata",
+            Duration::from_secs(60),
+            || {
+                if let Ok(Some(status)) = self.child.try_wait() {
+                    return Some(Err(anyhow::anyhow!("noida-db exited: {status}")));
+                }
+                Command::new("kcat")
+                    .args(["-L", "-b", &bootstrap, "-m", "2"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .ok()
+                    .filter(|status| status.success())
+                    .map(|_| Ok(()))
+            },
+        )?
+    }
+
+    /// Sends `down <id>` or `up <id>` (embedded broker only).
     pub fn command(&mut self, line: &str) -> Result<()> {
-        let stdin = self.stdin.as_mut().context("broker stdin")?;
+        let stdin = self
+            .stdin
+            .as_mut()
+            .context("broker stdin (only the embedded broker takes commands)")?;
         writeln!(stdin, "{line}")?;
         stdin.flush()?;
         Ok(())
     }
+}
+
+fn spawn_noida(binary: &Path, port: u16, data: &Path) -> Result<Child> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))?;
+    Command::new(binary)
+        .args(["start", "--only", "kafka", "--kafka-port"])
+        .arg(port.to_string())
+        .args(["--host", "127.0.0.1", "--data-dir"])
+        .arg(data)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .spawn()
+        .with_context(|| format!("start {}", binary.display()))
+}
+
+/// A port nobody listens on right now.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// `control-plane create-topics` against `bootstrap`, as an operator sets a cluster up.
+pub fn create_topics(bootstrap: &str) -> Result<String> {
+    let output = Command::new(&binaries().control_plane)
+        .arg("create-topics")
+        .env("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
+        .env("KAFKA_WAIT_SECS", "30")
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("run control-plane create-topics")?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    if !output.status.success() {
+        bail!(
+            "create-topics failed: {stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(stdout)
 }
 
 impl Drop for Broker {
@@ -121,6 +298,37 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Runs an end-to-end scenario once per broker: `on_both_brokers!(name)` turns
+/// `async fn name(kind: BrokerKind) -> Result<()>` into the tests `name::embedded` and
+/// `name::noida_db`.
+#[macro_export]
+macro_rules! on_both_brokers {
+    ($scenario:ident) => {
+        mod $scenario {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() -> anyhow::Result<()> {
+                super::$scenario($crate::BrokerKind::Embedded).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn noida_db() -> anyhow::Result<()> {
+                super::$scenario($crate::BrokerKind::NoidaDb).await
+            }
+        }
+    };
+}
+
+/// The broker of `kind`, or return `Ok(())` from the test when it is skipped.
+#[macro_export]
+macro_rules! broker_or_skip {
+    ($kind:expr) => {
+        match $crate::Broker::start_kind($kind)? {
+            Some(broker) => broker,
+            None => return Ok(()),
+        }
+    };
 }
 
 /// Options of a control plane under test.
@@ -306,6 +514,19 @@ impl ControlPlane {
         value["pid"].as_i64().map(|pid| pid as i32)
     }
 
+    /// `host:port` of a worker's HTTP server, from the process runtime's records.
+    pub fn worker_addr(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.data_dir.join("workers").join(name).join("addr"))
+            .ok()
+            .map(|addr| addr.trim().to_string())
+            .filter(|addr| !addr.is_empty())
+    }
+
+    /// The control plane's own log (standard output and error).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("control-plane.log")).unwrap_or_default()
+    }
+
     /// A worker's log file.
     pub fn worker_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.data_dir.join("workers").join(name).join("worker.log"))
@@ -363,18 +584,53 @@ pub mod http {
     }
 
     pub fn request(method: &str, url: &str, bearer: Option<&str>) -> Result<(u16, String)> {
+        let auth = bearer.map(|token| format!("Bearer {token}"));
+        let headers: Vec<(&str, &str)> = auth
+            .as_deref()
+            .map(|value| ("Authorization", value))
+            .into_iter()
+            .collect();
+        let response = request_with_headers(method, url, &headers)?;
+        Ok((response.code, response.body))
+    }
+
+    /// A whole answer: status, header block (lines `name: value`) and body.
+    pub struct Response {
+        pub code: u16,
+        pub head: String,
+        pub body: String,
+    }
+
+    impl Response {
+        /// A header's value, by case-insensitive name.
+        pub fn header(&self, name: &str) -> Option<&str> {
+            self.head.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then_some(value.trim())
+            })
+        }
+    }
+
+    pub fn request_with_headers(
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Response> {
         let rest = url.strip_prefix("http://").context("http urls only")?;
         let (host, path) = rest
             .split_once('/')
             .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
         let mut stream = TcpStream::connect(host)?;
         stream.set_read_timeout(Some(Duration::from_secs(10)))?;
-        let auth = bearer.map_or(String::new(), |token| {
-            format!("Authorization: Bearer {token}\r\n")
-        });
+        let extra: String = headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {value}\r\n"))
+            .collect();
         write!(
             stream,
-            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}Connection: close\r\nContent-Length: 0\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\nContent-Length: 0\r\n\r\n"
         )?;
         let mut response = Vec::new();
         stream.read_to_end(&mut response)?;
@@ -395,7 +651,11 @@ pub mod http {
         } else {
             body.to_string()
         };
-        Ok((code, body))
+        Ok(Response {
+            code,
+            head: head.to_string(),
+            body,
+        })
     }
 
     fn dechunk(mut body: &str) -> String {

@@ -1,5 +1,6 @@
-//! The spine, end to end: the real control plane and workers through the embedded broker,
-//! driven with kcat and rdkafka the way deployed agents drive them.
+//! The spine, end to end: the real control plane and workers, driven with kcat and rdkafka
+//! the way deployed agents drive them. The scenarios that matter run on both brokers of the
+//! test suite (`on_both_brokers!`): the embedded default and noida-db.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -36,10 +37,13 @@ fn find_normalized(bootstrap: &str, client: &str, raw_uid: &str) -> Option<(Stri
         })
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+on_both_brokers!(
+    chart_registration_runs_workers_that_normalize_then_stale_reregister_and_tombstone_work
+);
 async fn chart_registration_runs_workers_that_normalize_then_stale_reregister_and_tombstone_work(
+    kind: BrokerKind,
 ) -> Result<()> {
-    let broker = Broker::start()?;
+    let broker = broker_or_skip!(kind);
     let timeout_secs = 6;
     let plane = ControlPlane::start(
         &broker,
@@ -315,9 +319,11 @@ async fn agent_quirks_are_handled_as_the_protocol_says() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_poison_record_is_dead_lettered_and_the_worker_keeps_going() -> Result<()> {
-    let broker = Broker::start()?;
+on_both_brokers!(a_poison_record_is_dead_lettered_and_the_worker_keeps_going);
+async fn a_poison_record_is_dead_lettered_and_the_worker_keeps_going(
+    kind: BrokerKind,
+) -> Result<()> {
+    let broker = broker_or_skip!(kind);
     let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
     let client = "poison-1";
     register_with_chart(&broker.bootstrap, client)?;
@@ -365,9 +371,9 @@ async fn a_poison_record_is_dead_lettered_and_the_worker_keeps_going() -> Result
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_killed_with_sigkill_loses_no_record() -> Result<()> {
-    let broker = Broker::start()?;
+on_both_brokers!(a_worker_killed_with_sigkill_loses_no_record);
+async fn a_worker_killed_with_sigkill_loses_no_record(kind: BrokerKind) -> Result<()> {
+    let broker = broker_or_skip!(kind);
     let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
     let client = "nolose-1";
     let foreign = "other-2";
@@ -439,9 +445,9 @@ async fn a_worker_killed_with_sigkill_loses_no_record() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_restarted_control_plane_adopts_the_running_workers() -> Result<()> {
-    let broker = Broker::start()?;
+on_both_brokers!(a_restarted_control_plane_adopts_the_running_workers);
+async fn a_restarted_control_plane_adopts_the_running_workers(kind: BrokerKind) -> Result<()> {
+    let broker = broker_or_skip!(kind);
     let mut plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
     let client = "adopt-1";
     register_with_chart(&broker.bootstrap, client)?;
@@ -466,13 +472,16 @@ async fn a_restarted_control_plane_adopts_the_running_workers() -> Result<()> {
     Ok(())
 }
 
+on_both_brokers!(
+    a_restarted_control_plane_keeps_a_live_client_registered_longer_ago_than_the_timeout
+);
 /// A restart must not take a live client for a stale one: its registration is older than
 /// the heartbeat timeout, so only the heartbeats it sent before the restart show it is
 /// live, and the first reconcile pass must already have read them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_control_plane_keeps_a_live_client_registered_longer_ago_than_the_timeout(
+    kind: BrokerKind,
 ) -> Result<()> {
-    let broker = Broker::start()?;
+    let broker = broker_or_skip!(kind);
     let timeout_secs = 3;
     let mut plane = ControlPlane::start(
         &broker,
@@ -508,6 +517,13 @@ async fn a_restarted_control_plane_keeps_a_live_client_registered_longer_ago_tha
     ensure!(
         reaped == 0.0,
         "a restart reaped {reaped} workers of a live client\n{}",
+        plane.log_tail()
+    );
+    // Nor took it for stale in between: a revival would say it had been.
+    let revived = plane.metric(r#"cp_lifecycle_events_total{event="client_revived"}"#);
+    ensure!(
+        revived == 0.0,
+        "a restart revived a live client\n{}",
         plane.log_tail()
     );
     assert_eq!(all_running(&plane, client), Some(before));

@@ -117,6 +117,7 @@ pub async fn run(
 
     let settings = PipelineSettings {
         group_id: role.consumer_group(&config.client_id),
+        group_instance_id: Some(format!("kg-{}-{}", role.as_str(), config.client_id)),
         batch_max_records: config.batch_max_records.max(1),
         batch_linger: Duration::from_millis(config.batch_linger_ms),
         shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),

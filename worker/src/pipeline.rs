@@ -48,6 +48,11 @@ pub enum PipelineError {
 #[derive(Debug, Clone)]
 pub struct PipelineSettings {
     pub group_id: String,
+    /// Static group membership (`group.instance.id`): the worker's name, one per client
+    /// and role. A replacement (after SIGKILL, an OOM kill, a restart) takes the dead
+    /// member's place at once instead of waiting out its session timeout, and a second
+    /// copy of the same worker fences the first (docs/architecture.md, "Consumer groups").
+    pub group_instance_id: Option<String>,
     pub batch_max_records: usize,
     pub batch_linger: Duration,
     pub shutdown_grace: Duration,
@@ -443,8 +448,11 @@ fn create_consumer(
     settings: &PipelineSettings,
     metrics: Arc<WorkerMetrics>,
 ) -> Result<StreamConsumer<LagReporter>, PipelineError> {
-    kafka
-        .client_config()
+    let mut config = kafka.client_config();
+    if let Some(instance) = &settings.group_instance_id {
+        config.set("group.instance.id", instance);
+    }
+    config
         .set("group.id", &settings.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
