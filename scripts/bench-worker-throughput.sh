@@ -21,6 +21,12 @@
 #   WORKER_ENV=""     extra environment for the worker, e.g.
 #                       WORKER_ENV="KAFKA_EXTRA_CONFIG=fetch.queue.backoff.ms=10"
 #   SKIP_BUILD=1      use the binaries already in target/release
+#   BROKER=embedded   embedded: the embedded broker; noida-db: noida-db (scripts/
+#                       install-test-tools.sh installs it), topics by `create-topics`
+#   CEILING=1         pair every run with a no-op ceiling run on the same broker kind:
+#                       the same worker with WORKER_PASSTHROUGH=true (same consumer, producer
+#                       and batch loop, records forwarded unprocessed); the two alternate
+#                       which goes first, and the ratio of the medians is reported
 #
 # Bounded in time (about RUNS × (MAX_SECS + 20) s, plus the build); every process it
 # starts is stopped on exit.
@@ -35,6 +41,14 @@ WINDOW=${WINDOW:-12000}
 ROUNDS=${ROUNDS:-5}
 ROUND_RECORDS=${ROUND_RECORDS:-20000}
 WORKER_ENV=${WORKER_ENV:-}
+BROKER=${BROKER:-embedded}
+CEILING=${CEILING:-0}
+NOIDA=${KG_NOIDA_DB:-${KG_TOOLS_DIR:-$HOME/.cache/kg-rca-tools}/noida-db}
+case "$BROKER" in
+    embedded) ;;
+    noida-db) [ -x "$NOIDA" ] || { echo "noida-db not found at $NOIDA: run scripts/install-test-tools.sh" >&2; exit 1; } ;;
+    *) echo "BROKER must be embedded or noida-db" >&2; exit 2 ;;
+esac
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-throughput.XXXXXX")
 # shellcheck source=lib/bench-common.sh
@@ -71,24 +85,51 @@ else
 fi
 echo "event: $("$BIN/kg-bench" event --client bench-tp | tail -1)"
 
-RATES=()
 HZ=$(getconf CLK_TCK)
-for ((run = 1; run <= RUNS; run++)); do
-    dir=$WORK/run-$run
+
+# start_broker <dir>: starts a broker of kind $BROKER, sets $broker (pid) and $bootstrap.
+start_broker() {
+    local dir=$1 i
+    if [ "$BROKER" = embedded ]; then
+        "$BIN/control-plane" embedded-broker </dev/null >"$dir/broker.out" 2>"$dir/broker.err" &
+        broker=$!
+        STARTED+=("$broker:embedded-broker")
+        for ((i = 0; i < 300; i++)); do
+            grep -q '^bootstrap=' "$dir/broker.out" 2>/dev/null && break
+            sleep 0.1
+        done
+        bootstrap=$(sed -n 's/^bootstrap=//p' "$dir/broker.out" | head -1)
+        [ -n "$bootstrap" ] || { echo "the embedded broker printed no bootstrap line" >&2; exit 1; }
+    else
+        local port
+        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+        "$NOIDA" start --only kafka --kafka-port "$port" --host 127.0.0.1 --data-dir "$dir/noida" \
+            </dev/null >"$dir/broker.out" 2>"$dir/broker.err" &
+        broker=$!
+        STARTED+=("$broker:noida-db")
+        bootstrap=127.0.0.1:$port
+        for ((i = 0; i < 300; i++)); do
+            kcat -L -b "$bootstrap" -m 2 >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+        KAFKA_BOOTSTRAP_SERVERS=$bootstrap KAFKA_WAIT_SECS=30 RUST_LOG=warn \
+            "$BIN/control-plane" create-topics >"$dir/topics.out" 2>&1 \
+            || { echo "create-topics failed:" >&2; cat "$dir/topics.out" >&2; exit 1; }
+    fi
+}
+
+# one_run <run> <variant: worker|ceiling>: one measured run on a fresh broker; appends the
+# rate to RATES_<variant>.
+one_run() {
+    local run=$1 variant=$2 dir worker extra=""
+    dir=$WORK/run-$run-$variant
     mkdir -p "$dir"
-    "$BIN/control-plane" embedded-broker </dev/null >"$dir/broker.out" 2>"$dir/broker.err" &
-    broker=$!
-    STARTED+=("$broker:embedded-broker")
-    for ((i = 0; i < 300; i++)); do
-        grep -q '^bootstrap=' "$dir/broker.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    bootstrap=$(sed -n 's/^bootstrap=//p' "$dir/broker.out" | head -1)
-    [ -n "$bootstrap" ] || { echo "the embedded broker printed no bootstrap line" >&2; exit 1; }
+    start_broker "$dir"
+    [ "$variant" = ceiling ] && extra="WORKER_PASSTHROUGH=true"
 
     client=bench-tp-$run
     # shellcheck disable=SC2086 # WORKER_ENV is a list of assignments
-    env $WORKER_ENV CLIENT_ID=$client KAFKA_BOOTSTRAP_SERVERS="$bootstrap" \
+    env $WORKER_ENV $extra CLIENT_ID=$client KAFKA_BOOTSTRAP_SERVERS="$bootstrap" \
         WORKER_LISTEN=127.0.0.1:0 WORKER_ADDR_FILE="$dir/worker.addr" WORKER_DATA_DIR="$dir/data" \
         "$BIN/worker" --role event-normalizer >"$dir/worker.log" 2>&1 &
     worker=$!
@@ -103,6 +144,7 @@ for ((run = 1; run <= RUNS; run++)); do
     load_before=$(cut -d' ' -f1 /proc/loadavg)
     busy_before=$(machine_busy)
     ours_before=$(($(proc_ticks "$worker") + $(proc_ticks "$broker")))
+    worker_before=$(proc_ticks "$worker")
     t0=$(date +%s.%N)
     if [ "$MODE" = concurrent ]; then
         timeout $((MAX_SECS + 120)) "$BIN/kg-bench" throughput --bootstrap "$bootstrap" --client "$client" \
@@ -117,28 +159,55 @@ for ((run = 1; run <= RUNS; run++)); do
     t1=$(date +%s.%N)
     busy=$(($(machine_busy) - busy_before))
     ours=$(($(proc_ticks "$worker") + $(proc_ticks "$broker") - ours_before))
+    worker_ticks=$(($(proc_ticks "$worker") - worker_before))
     load_after=$(cut -d' ' -f1 /proc/loadavg)
     result=$(grep '^RESULT' "$dir/result" | tail -1)
     rate=$(tr ' ' '\n' <<<"$result" | sed -n 's/^rate=//p')
-    RATES+=("$rate")
+    if [ "$variant" = ceiling ]; then RATES_ceiling+=("$rate"); else RATES_worker+=("$rate"); fi
+    records_in=$(tr ' ' '\n' <<<"$result" | sed -n 's/^worker_in=//p')
     awk -v busy="$busy" -v ours="$ours" -v hz="$HZ" -v t0="$t0" -v t1="$t1" -v run="$run" \
-        -v l0="$load_before" -v l1="$load_after" 'BEGIN {
+        -v l0="$load_before" -v l1="$load_after" -v variant="$variant" -v wt="$worker_ticks" \
+        -v n="${records_in:-0}" 'BEGIN {
             secs = t1 - t0
-            printf "run %d: load1 %s→%s; during the run the machine was busy %.2f cores, worker+broker %.2f cores\n",
-                run, l0, l1, busy / hz / secs, ours / hz / secs
+            printf "run %d (%s): load1 %s→%s; during the run the machine was busy %.2f cores, worker+broker %.2f cores; worker CPU %.2f µs/record\n",
+                run, variant, l0, l1, busy / hz / secs, ours / hz / secs, (n > 0 ? wt / hz / n * 1e6 : 0)
         }'
     [ "$MODE" = drain ] && sed 's/^/  /' "$dir/progress"
     echo "  $result"
 
     stop "$worker" worker 15
     forget "$worker"
-    if grep -v ' INFO \|CONFWARN' "$dir/worker.log" | grep -q .; then
-        echo "  worker warnings:" && grep -v ' INFO \|CONFWARN' "$dir/worker.log" | head -5 | sed 's/^/    /'
+    if grep -v ' INFO \|CONFWARN\|benchmark pass-through' "$dir/worker.log" | grep -q .; then
+        echo "  worker warnings:" && grep -v ' INFO \|CONFWARN\|benchmark pass-through' "$dir/worker.log" | head -5 | sed 's/^/    /'
     fi
-    stop "$broker" embedded-broker 5
+    stop "$broker" "$BROKER" 5
     forget "$broker"
+}
+
+RATES_worker=()
+RATES_ceiling=()
+echo "broker=$BROKER ceiling=$CEILING"
+for ((run = 1; run <= RUNS; run++)); do
+    if [ "$CEILING" = 1 ] && ((run % 2 == 1)); then
+        one_run "$run" ceiling
+        one_run "$run" worker
+    elif [ "$CEILING" = 1 ]; then
+        one_run "$run" worker
+        one_run "$run" ceiling
+    else
+        one_run "$run" worker
+    fi
 done
 
-median=$(printf '%s\n' "${RATES[@]}" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}')
-echo "rates (records/s): ${RATES[*]}"
-echo "FIGURE worker_throughput_records_per_sec median=$median runs=${RATES[*]} mode=$MODE target=50000 met=$([ "${median:-0}" -ge 50000 ] && echo yes || echo no)"
+median_of() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
+median=$(median_of "${RATES_worker[@]}")
+echo "rates (records/s): ${RATES_worker[*]}"
+echo "FIGURE worker_throughput_records_per_sec broker=$BROKER median=$median runs=${RATES_worker[*]} mode=$MODE target=50000 met=$([ "${median:-0}" -ge 50000 ] && echo yes || echo no)"
+if [ "$CEILING" = 1 ]; then
+    ceiling=$(median_of "${RATES_ceiling[@]}")
+    echo "ceiling rates (records/s): ${RATES_ceiling[*]}"
+    awk -v w="$median" -v c="$ceiling" -v b="$BROKER" -v m="$MODE" 'BEGIN {
+        printf "FIGURE passthrough_ratio broker=%s worker_median=%d ceiling_median=%d ratio=%.3f mode=%s target=0.90 met=%s\n",
+            b, w, c, w / c, m, (w / c >= 0.9) ? "yes" : "no"
+    }'
+fi

@@ -41,6 +41,12 @@ if ! { [ -x "$noida" ] && "$tools_dir/noida/bin/pip" show noida-db 2>/dev/null |
     "$tools_dir/noida/bin/pip" install -q --disable-pip-version-check "noida-db==$NOIDA_VERSION"
 fi
 
+# The pip entry point is a Python wrapper that execs nothing: a signal to it leaves the
+# real broker running. Tests start the broker binary itself, linked here.
+real=$("$tools_dir/noida/bin/python" -c 'import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), "noida-db"))')
+[ -x "$real" ] || { echo "install-test-tools: noida-db's binary is not at $real" >&2; exit 1; }
+ln -sfn "$real" "$tools_dir/noida-db"
+
 echo "kcat: $(command -v kcat)"
 echo "promtool: $(command -v promtool)"
-echo "noida-db: $noida"
+echo "noida-db: $tools_dir/noida-db -> $real"

@@ -296,16 +296,16 @@ pub async fn run_ingest(
         } else {
             heartbeat_input(&message, at, now, &metrics, &publisher).await
         };
+        let Some(input) = input else { continue };
         match input {
-            Some(Input::Heartbeat { client_id, at }) if !registry_replayed => {
+            Input::Heartbeat { client_id, at } if !registry_replayed => {
                 held.hold(client_id, at);
             }
-            Some(input) => {
+            input => {
                 if inputs.send(input).await.is_err() {
                     return Ok(());
                 }
             }
-            None => {}
         }
     }
 }

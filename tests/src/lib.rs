@@ -100,8 +100,10 @@ pub fn require_tool<T>(tool: &str, found: Option<T>, how: &str) -> Result<Option
     }
 }
 
-/// The noida-db binary: `$KG_NOIDA_DB`, else the virtual environment
-/// `scripts/install-test-tools.sh` makes under `$KG_TOOLS_DIR` (`~/.cache/kg-rca-tools`).
+/// The noida-db broker binary: `$KG_NOIDA_DB`, else the link
+/// `scripts/install-test-tools.sh` makes under `$KG_TOOLS_DIR` (`~/.cache/kg-rca-tools`)
+/// to the binary inside its virtual environment. Not the pip entry point: that is a Python
+/// wrapper, and a signal to it leaves the broker running.
 pub fn noida_db_binary() -> Option<PathBuf> {
     if let Ok(path) = std::env::var("KG_NOIDA_DB") {
         return Some(PathBuf::from(path)).filter(|p| p.exists());
@@ -112,7 +114,7 @@ pub fn noida_db_binary() -> Option<PathBuf> {
             PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
                 .join(".cache/kg-rca-tools")
         });
-    Some(tools.join("noida/bin/noida-db")).filter(|p| p.exists())
+    Some(tools.join("noida-db")).filter(|p| p.exists())
 }
 
 /// A broker as its own process: the embedded broker (`control-plane embedded-broker`, which
@@ -211,7 +213,8 @@ impl Broker {
         } else {
             Signal::SIGTERM
         };
-        let _ = nix::sys::signal::kill(Pid::from_raw(self.child.id() as i32), signal);
+        // The whole process group: whatever the broker started goes with it.
+        let _ = nix::sys::signal::kill(Pid::from_raw(-(self.child.id() as i32)), signal);
         let _ = self.child.wait();
         self.child = spawn_noida(&state.binary, state.port, state.data.path())?;
         self.wait_until_answering()
@@ -255,7 +258,9 @@ fn spawn_noida(binary: &Path, port: u16, data: &Path) -> Result<Child> {
         .create(true)
         .append(true)
         .open(data.with_extension("log"))?;
+    use std::os::unix::process::CommandExt;
     Command::new(binary)
+        .process_group(0)
         .args(["start", "--only", "kafka", "--kafka-port"])
         .arg(port.to_string())
         .args(["--host", "127.0.0.1", "--data-dir"])
@@ -295,6 +300,10 @@ pub fn create_topics(bootstrap: &str) -> Result<String> {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        if self.noida.is_some() {
+            let _ =
+                nix::sys::signal::kill(Pid::from_raw(-(self.child.id() as i32)), Signal::SIGKILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

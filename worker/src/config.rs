@@ -143,6 +143,13 @@ pub struct WorkerConfig {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Benchmarks only: forward the role's input records unchanged (same key and value)
+    /// to its output topic, with the same consumer, producer and batch loop and no
+    /// processing, which measures the ceiling the normalizer is compared with
+    /// (docs/benchmarks.md). Refused for the graph builder.
+    #[arg(long, env = "WORKER_PASSTHROUGH", hide = true)]
+    pub passthrough: bool,
 }
 
 fn parse_client_id(raw: &str) -> Result<ClientId, String> {

@@ -64,6 +64,50 @@ pub fn normalizer_for(role: Role, client: ClientId) -> Option<Box<dyn RecordHand
     }
 }
 
+/// The no-op ceiling of a normalizer role (`--passthrough`, benchmarks only): every input
+/// record goes out unchanged, key and value, to the role's output topic. Same consumer,
+/// producer, batches and commits as the real role; only the processing is missing.
+pub struct Passthrough {
+    pub input: &'static [&'static str],
+    pub output: &'static str,
+}
+
+impl Passthrough {
+    /// The pass-through of a normalizer role; None for the graph builder, which writes no
+    /// topic.
+    pub fn for_role(role: Role) -> Option<Self> {
+        let output = match role {
+            Role::EventNormalizer => EVENTS_NORMALIZED,
+            Role::LogNormalizer => LOGS_NORMALIZED,
+            Role::GraphBuilder => return None,
+        };
+        Some(Self {
+            input: role.input_topics(),
+            output,
+        })
+    }
+}
+
+impl RecordHandler for Passthrough {
+    fn input_topics(&self) -> &'static [&'static str] {
+        self.input
+    }
+
+    fn handle(
+        &self,
+        _topic: &str,
+        _timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Outcome {
+        Outcome::Produce {
+            topic: self.output,
+            key: String::from_utf8_lossy(key.unwrap_or_default()).into_owned(),
+            value: value.unwrap_or_default().to_vec(),
+        }
+    }
+}
+
 /// Where a record's tenant comes from its key: ours, another's, or none at all.
 pub(crate) fn key_ownership(key: Option<&[u8]>, client: &ClientId) -> Option<bool> {
     let key = key?;

@@ -48,6 +48,8 @@ pub enum WorkerError {
     },
     #[error("failed to open the graph store: {0}")]
     Store(#[from] graph::StoreError),
+    #[error("--passthrough is for the normalizer roles, not {}", .0.as_str())]
+    NoPassthrough(config::Role),
 }
 
 /// Runs the worker until `shutdown` resolves and the pipeline has drained and committed.
@@ -61,6 +63,12 @@ pub async fn run(
         Box<dyn handler::RecordHandler>,
         Option<graph_builder::SharedStore>,
     ) = match handler::normalizer_for(role, config.client_id.clone()) {
+        _ if config.passthrough => {
+            let passthrough =
+                handler::Passthrough::for_role(role).ok_or(WorkerError::NoPassthrough(role))?;
+            tracing::warn!("benchmark pass-through: records are forwarded unprocessed");
+            (Box::new(passthrough), None)
+        }
         Some(handler) => (handler, None),
         None => {
             std::fs::create_dir_all(&config.data_dir).map_err(|source| WorkerError::DataDir {
