@@ -48,7 +48,7 @@ fail() {
   mkdir -p "$(dirname "$full")"
   docker logs "$CP" >"$full" 2>&1 || true
   echo "----- evidence: control-plane log about ${CLIENT} (last 25; whole log: $full) -----"
-  grep -a -E "client_id=${CLIENT}( |$)|ingest|starting|stopped" "$full" | tail -25 || true
+  grep -a -E "client_id=${CLIENT}( |$)|\"client_id\":\"${CLIENT}\"|ingest|starting|stopped" "$full" | tail -25 || true
   echo "----- evidence: control-plane log (tail) -----"
   tail -20 "$full"
   echo "----- evidence: docker ps -a (ours) -----"
@@ -117,7 +117,7 @@ start_control_plane() {
     -e KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" -e CP_RUNTIME=docker -e CP_DOCKER_NETWORK=host \
     -e CP_LISTEN="127.0.0.1:${PORT}" -e CP_HEARTBEAT_TIMEOUT_SECS="$TIMEOUT" \
     -e CP_RECONCILE_INTERVAL_MS=500 -e CP_STOP_GRACE_SECS=5 -e CP_API_TOKEN="$TOKEN" \
-    -e CP_DATA_DIR=/tmp/cp -e CP_WORKER_IMAGE=kg-worker:latest \
+    -e CP_DATA_DIR=/tmp/cp -e CP_WORKER_IMAGE=kg-worker:latest -e LOG_FORMAT=json \
     kg-control-plane:latest run >/dev/null
 }
 start_control_plane
@@ -181,12 +181,29 @@ for pair in "event-normalizer raw.k8s.events" "log-normalizer raw.k8s.logs" "gra
     || fail "consumer group ${role}-${CLIENT} exists with offsets on $topic ($(tail -3 "$work/groups"))"
 done
 ok "consumer groups event-normalizer-$CLIENT, log-normalizer-$CLIENT, graph-builder-$CLIENT exist"
+# LOG_FORMAT=json on the control plane reaches every worker it starts: every line of every
+# container's log (the control plane's too) is a JSON object, and each worker's first says
+# which client and role it serves.
+json_lines() { # container: fails unless every line of its log is a JSON object
+  docker logs "$1" 2>&1 | python3 -c '
+import json, sys
+for line in sys.stdin:
+    if line.strip() and not isinstance(json.loads(line), dict):  # a line that is no JSON raises: exit 1
+        sys.exit(1)'
+}
 for role in event-normalizer log-normalizer graph-builder; do
   logs=$(docker logs "kg-${role}-${CLIENT}" 2>&1)
-  [[ "$logs" == *"worker started client_id=${CLIENT} role=\"${role}\""* ]] \
-    || fail "docker logs kg-${role}-${CLIENT} shows that client's worker"
+  python3 -c '
+import json, sys
+lines = [json.loads(line) for line in sys.argv[1].splitlines() if line.strip()]
+started = [l for l in lines if l.get("fields", {}).get("message") == "worker started"]
+ok = started and started[0]["fields"].get("client_id") == sys.argv[2] and started[0]["fields"].get("role") == sys.argv[3]
+sys.exit(0 if ok else 1)' "$logs" "$CLIENT" "$role" 2>/dev/null \
+    || fail "docker logs kg-${role}-${CLIENT} shows that client's worker, in JSON"
+  json_lines "kg-${role}-${CLIENT}" || fail "every line of kg-${role}-${CLIENT}'s log is JSON (LOG_FORMAT=json)"
 done
-ok "docker logs of each container shows $CLIENT's worker"
+json_lines "$CP" || fail "every line of the control plane's log is JSON (LOG_FORMAT=json)"
+ok "docker logs of each container shows $CLIENT's worker; every line of every log is JSON"
 
 # ---- 5. heartbeats stop → removed; re-registration → back -------------------------------
 kill "$heartbeat_pid"; wait "$heartbeat_pid" 2>/dev/null || true; heartbeat_pid=""
