@@ -7,6 +7,7 @@
 //! both binaries run (data directory, free space, Kafka, topics); with `telemetry`, [`telemetry`]
 //! sets up tracing and waits for the termination signal.
 
+pub mod attribution;
 pub mod client_id;
 pub mod dlq;
 pub mod heartbeat;
