@@ -188,6 +188,18 @@ pub struct RunArgs {
     #[arg(long, env = "CP_ORPHAN_DRY_RUN")]
     pub orphan_dry_run: bool,
 
+    /// Also run the shared event attributor (`kg-event-attributor-shared`), which gives the
+    /// 2.1.x agents' untagged Kubernetes events to the client that owns their object
+    /// (docs/architecture.md, "Attributing untagged agent events"). The client id `shared`
+    /// is then reserved.
+    #[arg(long, env = "CP_EVENT_ATTRIBUTOR")]
+    pub event_attributor: bool,
+
+    /// How long the attributor keeps an untagged event waiting for its object to be
+    /// reported before counting it as unattributed (passed on as ATTRIBUTOR_WINDOW_SECS).
+    #[arg(long, env = "CP_ATTRIBUTOR_WINDOW_SECS", default_value_t = 600)]
+    pub attributor_window_secs: u64,
+
     /// At most this many workers are recreated per pass after a role template changed.
     #[arg(long, env = "CP_MAX_RECREATES_PER_PASS", default_value_t = 2)]
     pub max_recreates_per_pass: usize,

@@ -76,6 +76,10 @@ pub struct ControllerSettings {
     /// Spec-change recreations per pass.
     pub max_recreates_per_pass: usize,
     pub health: HealthSettings,
+    /// Whether the shared event attributor runs (under the pseudo-client `shared`).
+    pub event_attributor: bool,
+    /// The attributor's own settings, added to the workers' base environment.
+    pub attributor_env: Vec<(String, String)>,
 }
 
 /// Health probes of running workers (`GET /health` on each worker).
@@ -160,6 +164,9 @@ pub struct Controller {
     status: Arc<Status>,
     clock: Arc<dyn Clock>,
     specs: HashMap<ClientId, Arc<[WorkerSpec]>>,
+    /// The shared workers' pseudo-client and specs, when enabled: always desired, never
+    /// stale, never in the client table.
+    shared: Option<(ClientId, Arc<[WorkerSpec]>)>,
     /// Each role's environment, shared by all specs.
     role_parts: Vec<SharedRoleParts>,
     /// Targets with an action in flight: the client each belongs to, and what is done.
@@ -209,6 +216,17 @@ impl Controller {
     ) -> Self {
         let admission = Admission::new(settings.admission.clone());
         let role_parts = roles.shared_parts(&base_env);
+        let shared = settings.event_attributor.then(|| {
+            let client = ClientId::parse(crate::roles::SHARED_CLIENT).expect("a valid id");
+            let env: Vec<(String, String)> = base_env
+                .iter()
+                .chain(&settings.attributor_env)
+                .cloned()
+                .collect();
+            let specs: Arc<[WorkerSpec]> =
+                RoleSet::render_with(&client, &[roles.attributor_parts(&env)]).into();
+            (client, specs)
+        });
         let policies = roles
             .roles
             .iter()
@@ -221,7 +239,8 @@ impl Controller {
             metrics,
             status,
             clock,
-            specs: HashMap::new(),
+            specs: shared.iter().cloned().collect(),
+            shared,
             role_parts,
             in_flight: HashMap::new(),
             last_states: HashMap::new(),
@@ -338,6 +357,20 @@ impl Controller {
             } => {
                 let client = registration.client_id.clone();
                 let split = registration.recovered_from_split;
+                if self
+                    .shared
+                    .as_ref()
+                    .is_some_and(|(shared, _)| *shared == client)
+                {
+                    self.metrics
+                        .admission_refused
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: "reserved_id".into(),
+                        })
+                        .inc();
+                    warn!(client_id = %client, "registration refused: the id is reserved for the shared workers");
+                    return;
+                }
                 if !self.writer.contains(&client) {
                     let admitted = self.admission.admit_new(
                         client.as_str(),
@@ -571,7 +604,14 @@ impl Controller {
     }
 
     fn desired(&mut self) -> Desired {
-        let mut clients = Vec::with_capacity(self.writer.table().len());
+        let mut clients = Vec::with_capacity(self.writer.table().len() + 1);
+        if let Some((client_id, specs)) = &self.shared {
+            clients.push(DesiredClient {
+                client_id: client_id.clone(),
+                last_seen: self.clock.now(),
+                specs: specs.clone(),
+            });
+        }
         for record in self.writer.table().iter() {
             let specs = self
                 .specs
@@ -1295,6 +1335,8 @@ mod tests {
                     orphan_grace: chrono::Duration::seconds(60),
                     orphan_dry_run: false,
                     max_recreates_per_pass: 1,
+                    event_attributor: false,
+                    attributor_env: Vec::new(),
                     health: HealthSettings {
                         interval: Duration::from_millis(50),
                         timeout: Duration::from_secs(1),

@@ -263,6 +263,11 @@ pub async fn run(
             orphan_grace: chrono::Duration::seconds(args.orphan_grace_secs as i64),
             orphan_dry_run: args.orphan_dry_run,
             max_recreates_per_pass: args.max_recreates_per_pass,
+            event_attributor: args.event_attributor,
+            attributor_env: vec![(
+                "ATTRIBUTOR_WINDOW_SECS".into(),
+                args.attributor_window_secs.to_string(),
+            )],
             health: controller::HealthSettings {
                 interval: Duration::from_secs(args.health_interval_secs),
                 timeout: Duration::from_secs(args.health_timeout_secs.max(1)),

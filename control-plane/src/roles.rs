@@ -99,6 +99,13 @@ struct RolesFile {
     roles: Vec<RoleTemplate>,
 }
 
+/// The pseudo-client the shared workers run under (`kg-<role>-shared`); a registration
+/// of this id is refused while shared workers are enabled.
+pub const SHARED_CLIENT: &str = "shared";
+
+/// The role of the shared event attributor.
+pub const ATTRIBUTOR_ROLE: &str = "event-attributor";
+
 /// The configured roles and image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoleSet {
@@ -174,6 +181,19 @@ impl RoleSet {
                 }
             })
             .collect()
+    }
+
+    /// The shared event attributor's part: the role's image, `--role event-attributor`
+    /// and `base_env`; one worker for all clients, run under [`SHARED_CLIENT`].
+    pub fn attributor_parts(&self, base_env: &[(String, String)]) -> SharedRoleParts {
+        SharedRoleParts {
+            role: ATTRIBUTOR_ROLE.into(),
+            image: self.image.as_str().into(),
+            args: vec!["--role".to_string(), ATTRIBUTOR_ROLE.to_string()].into(),
+            env: Arc::new(base_env.iter().cloned().collect()),
+            memory_limit_mb: None,
+            cpu_limit: None,
+        }
     }
 
     /// The specs of `client`'s workers, from [`Self::shared_parts`].

@@ -100,23 +100,24 @@ struct ResourceOp<'a> {
     op: Option<Cow<'a, str>>,
 }
 
+/// The tenant and object uid of a `state.k8s.resource` key, `<client>::<kind>:<uid>`.
+pub fn resource_key_uid(key: &[u8]) -> Option<(&str, &str)> {
+    let tenant_key = parse_key(key)?;
+    if tenant_key.form != KeyForm::Pair {
+        return None;
+    }
+    let (_kind, uid) = tenant_key.rest.split_once(':')?;
+    (!uid.is_empty()).then_some((tenant_key.tenant, uid))
+}
+
 impl OwnerIndex {
     /// Applies one `state.k8s.resource` record: key `<client>::<kind>:<uid>`; a null value
     /// or `"op":"DELETE"` withdraws the claim.
     pub fn apply_resource(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> ResourceChange {
-        let Some(tenant_key) = key.and_then(parse_key) else {
-            return ResourceChange::Ignored("no tenant in the key");
-        };
-        if tenant_key.form != KeyForm::Pair {
-            return ResourceChange::Ignored("not a <client>::<kind>:<uid> key");
-        }
-        let Some((_kind, uid)) = tenant_key.rest.split_once(':') else {
+        let Some((tenant, uid)) = key.and_then(resource_key_uid) else {
             return ResourceChange::Ignored("not a <client>::<kind>:<uid> key");
         };
-        if uid.is_empty() {
-            return ResourceChange::Ignored("empty uid");
-        }
-        let Ok(client) = ClientId::parse(tenant_key.tenant) else {
+        let Ok(client) = ClientId::parse(tenant) else {
             return ResourceChange::Ignored("invalid client id");
         };
         let deleted = match value {

@@ -21,6 +21,10 @@ pub enum Role {
     LogNormalizer,
     /// events.normalized, logs.normalized, state.k8s.* → the client's graph store
     GraphBuilder,
+    /// Shared by every client, not one client's: untagged raw Events on events.normalized
+    /// and raw.k8s.events → raw.k8s.events keyed `<client>::event::<uid>`, for the one
+    /// client that reported the involved object on state.k8s.resource.
+    EventAttributor,
 }
 
 impl Role {
@@ -30,6 +34,7 @@ impl Role {
             Role::EventNormalizer => "event-normalizer",
             Role::LogNormalizer => "log-normalizer",
             Role::GraphBuilder => "graph-builder",
+            Role::EventAttributor => "event-attributor",
         }
     }
 
@@ -44,6 +49,7 @@ impl Role {
                 STATE_K8S_RESOURCE,
                 STATE_K8S_TOPOLOGY,
             ],
+            Role::EventAttributor => &[EVENTS_NORMALIZED, RAW_K8S_EVENTS],
         }
     }
 
@@ -70,9 +76,10 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_ROLE", value_enum)]
     pub role: Role,
 
-    /// The client (tenant) this worker serves; a lowercase DNS label.
+    /// The client (tenant) this worker serves; a lowercase DNS label. Every role but the
+    /// shared event attributor needs one.
     #[arg(long, env = "CLIENT_ID", value_parser = parse_client_id)]
-    pub client_id: ClientId,
+    pub client_id: Option<ClientId>,
 
     #[command(flatten)]
     pub kafka: KafkaArgs,
@@ -143,6 +150,15 @@ pub struct WorkerConfig {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Event attributor: how long an untagged event waits for its involved object to be
+    /// reported before it is counted as unattributed.
+    #[arg(long, env = "ATTRIBUTOR_WINDOW_SECS", default_value_t = 600)]
+    pub attributor_window_secs: u64,
+
+    /// Event attributor: most events waiting at once; past it the oldest is unattributed.
+    #[arg(long, env = "ATTRIBUTOR_MAX_PARKED", default_value_t = 100_000)]
+    pub attributor_max_parked: usize,
 
     /// Benchmarks only: forward the role's input records unchanged (same key and value)
     /// to its output topic, with the same consumer, producer and batch loop and no

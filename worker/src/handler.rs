@@ -60,7 +60,7 @@ pub fn normalizer_for(role: Role, client: ClientId) -> Option<Box<dyn RecordHand
     match role {
         Role::EventNormalizer => Some(Box::new(EventNormalizer { client })),
         Role::LogNormalizer => Some(Box::new(LogNormalizer { client })),
-        Role::GraphBuilder => None,
+        Role::GraphBuilder | Role::EventAttributor => None,
     }
 }
 
@@ -79,7 +79,7 @@ impl Passthrough {
         let output = match role {
             Role::EventNormalizer => EVENTS_NORMALIZED,
             Role::LogNormalizer => LOGS_NORMALIZED,
-            Role::GraphBuilder => return None,
+            Role::GraphBuilder | Role::EventAttributor => return None,
         };
         Some(Self {
             input: role.input_topics(),

@@ -4,6 +4,7 @@
 //! role), [`pipeline`] (the at-least-once Kafka loop), [`http`] (`/health`, `/metrics`),
 //! [`metrics`].
 
+pub mod attributor;
 pub mod config;
 pub mod graph;
 pub mod graph_builder;
@@ -48,6 +49,10 @@ pub enum WorkerError {
     },
     #[error("failed to open the graph store: {0}")]
     Store(#[from] graph::StoreError),
+    #[error("failed to build the owner index from state.k8s.resource: {0}")]
+    OwnerIndex(#[source] rdkafka::error::KafkaError),
+    #[error("CLIENT_ID is required for the {} role", .0.as_str())]
+    NoClientId(config::Role),
     #[error("--passthrough is for the normalizer roles, not {}", .0.as_str())]
     NoPassthrough(config::Role),
 }
@@ -58,11 +63,18 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let role = config.role;
-    let metrics = Arc::new(WorkerMetrics::new(config.client_id.as_str(), role.as_str()));
+    if role == config::Role::EventAttributor {
+        return attributor::run(config, shutdown).await;
+    }
+    let client_id = config
+        .client_id
+        .clone()
+        .ok_or(WorkerError::NoClientId(role))?;
+    let metrics = Arc::new(WorkerMetrics::new(client_id.as_str(), role.as_str()));
     let (handler, graph): (
         Box<dyn handler::RecordHandler>,
         Option<graph_builder::SharedStore>,
-    ) = match handler::normalizer_for(role, config.client_id.clone()) {
+    ) = match handler::normalizer_for(role, client_id.clone()) {
         _ if config.passthrough => {
             let passthrough =
                 handler::Passthrough::for_role(role).ok_or(WorkerError::NoPassthrough(role))?;
@@ -75,10 +87,10 @@ pub async fn run(
                 path: config.data_dir.clone(),
                 source,
             })?;
-            let store = graph_builder::open_store(&config.data_dir, &config.client_id)?;
+            let store = graph_builder::open_store(&config.data_dir, &client_id)?;
             (
                 Box::new(graph_builder::GraphBuilder::new(
-                    config.client_id.clone(),
+                    client_id.clone(),
                     store.clone(),
                 )),
                 Some(store),
@@ -86,6 +98,53 @@ pub async fn run(
         }
     };
 
+    let (stop_http, server, bound) =
+        serve_http(&config, client_id.as_str(), role, metrics.clone(), graph).await?;
+    info!(client_id = %client_id, role = role.as_str(), http = %bound, "worker started");
+
+    let settings = PipelineSettings {
+        group_id: role.consumer_group(&client_id),
+        group_instance_id: Some(format!("kg-{}-{}", role.as_str(), client_id)),
+        batch_max_records: config.batch_max_records.max(1),
+        batch_linger: Duration::from_millis(config.batch_linger_ms),
+        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+        consumer_queue_kbytes: config.consumer_queue_kbytes,
+        producer_queue_kbytes: config.producer_queue_kbytes,
+        auto_offset_reset: config.auto_offset_reset.clone(),
+        session_timeout_ms: config.session_timeout_ms,
+        fetch_queue_backoff_ms: config.fetch_queue_backoff_ms,
+    };
+    let result = pipeline::run_pipeline(
+        &config.kafka,
+        &settings,
+        &client_id,
+        handler.as_ref(),
+        metrics,
+        shutdown,
+    )
+    .await;
+    let _ = stop_http.send(());
+    let _ = server.await;
+    info!("worker stopped");
+    Ok(result?)
+}
+
+/// Binds the worker's HTTP server (health, metrics, graph queries), writes its address
+/// where the supervisor asked, and serves until the returned sender fires.
+pub(crate) async fn serve_http(
+    config: &WorkerConfig,
+    client_label: &str,
+    role: config::Role,
+    metrics: Arc<WorkerMetrics>,
+    graph: Option<graph_builder::SharedStore>,
+) -> Result<
+    (
+        tokio::sync::oneshot::Sender<()>,
+        tokio::task::JoinHandle<()>,
+        std::net::SocketAddr,
+    ),
+    WorkerError,
+> {
     let (listener, bound) =
         http::bind(config.listen)
             .await
@@ -102,9 +161,9 @@ pub async fn run(
         })?;
     }
     let router = http::router(http::HttpState {
-        client_id: config.client_id.to_string(),
+        client_id: client_label.to_string(),
         role: role.as_str(),
-        metrics: metrics.clone(),
+        metrics,
         graph,
         health: http::HealthThresholds {
             degraded_lag: config.degraded_lag,
@@ -121,33 +180,7 @@ pub async fn run(
             })
             .await;
     });
-    info!(client_id = %config.client_id, role = role.as_str(), http = %bound, "worker started");
-
-    let settings = PipelineSettings {
-        group_id: role.consumer_group(&config.client_id),
-        group_instance_id: Some(format!("kg-{}-{}", role.as_str(), config.client_id)),
-        batch_max_records: config.batch_max_records.max(1),
-        batch_linger: Duration::from_millis(config.batch_linger_ms),
-        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
-        consumer_queue_kbytes: config.consumer_queue_kbytes,
-        producer_queue_kbytes: config.producer_queue_kbytes,
-        auto_offset_reset: config.auto_offset_reset.clone(),
-        session_timeout_ms: config.session_timeout_ms,
-        fetch_queue_backoff_ms: config.fetch_queue_backoff_ms,
-    };
-    let result = pipeline::run_pipeline(
-        &config.kafka,
-        &settings,
-        &config.client_id,
-        handler.as_ref(),
-        metrics,
-        shutdown,
-    )
-    .await;
-    let _ = stop_http.send(());
-    let _ = server.await;
-    info!("worker stopped");
-    Ok(result?)
+    Ok((stop_http, server, bound))
 }
 
 /// Writes via a temporary file and a rename so a reader never sees a half-written file.

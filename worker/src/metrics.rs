@@ -47,6 +47,10 @@ pub struct WorkerMetrics {
     /// When the last batch was committed (or the worker started), ms since the epoch.
     pub last_progress_ms: std::sync::atomic::AtomicI64,
     pub flush_failures: Counter,
+    /// The event attributor's owner index: objects known (0 for the other roles).
+    pub attributor_objects: Gauge,
+    /// The event attributor's events waiting for their objects (0 for the other roles).
+    pub attributor_parked: Gauge,
 }
 
 impl WorkerMetrics {
@@ -76,6 +80,8 @@ impl WorkerMetrics {
                 chrono::Utc::now().timestamp_millis(),
             ),
             flush_failures: Counter::default(),
+            attributor_objects: Gauge::default(),
+            attributor_parked: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -135,6 +141,18 @@ impl WorkerMetrics {
             "Batch writes (graph store) that failed and were retried",
             metrics.flush_failures.clone(),
         );
+        if role == "event-attributor" {
+            registry.register(
+                "attributor_index_objects",
+                "Objects in the owner index built from state.k8s.resource",
+                metrics.attributor_objects.clone(),
+            );
+            registry.register(
+                "attributor_parked",
+                "Untagged events waiting for their involved object to be reported",
+                metrics.attributor_parked.clone(),
+            );
+        }
         Self {
             registry,
             ..metrics

@@ -443,7 +443,7 @@ fn commit(
     }
 }
 
-fn create_consumer(
+pub(crate) fn create_consumer(
     kafka: &KafkaArgs,
     settings: &PipelineSettings,
     metrics: Arc<WorkerMetrics>,
@@ -485,7 +485,7 @@ fn create_consumer(
         })
 }
 
-fn create_producer(
+pub(crate) fn create_producer(
     kafka: &KafkaArgs,
     settings: &PipelineSettings,
 ) -> Result<FutureProducer, PipelineError> {
