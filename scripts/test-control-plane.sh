@@ -30,7 +30,9 @@ cleanup() {
   [ -n "$heartbeat_pid" ] && kill "$heartbeat_pid" 2>/dev/null || true
   docker rm -f "$CP" >/dev/null 2>&1 || true
   # Every worker container (and data volume) of this run's clients, found by label.
-  for client in "$CLIENT" "${BURST[@]}"; do
+  # The shared event attributor (pseudo-client "shared") is left running by a stopped
+  # control plane like every worker; this run made it, so it goes too.
+  for client in "$CLIENT" "${BURST[@]}" shared; do
     ids=$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${client}")
     [ -n "$ids" ] && docker rm -f $ids >/dev/null 2>&1 || true
     docker volume rm -f "kg-data-${client}" >/dev/null 2>&1 || true
@@ -203,7 +205,10 @@ sys.exit(0 if ok else 1)' "$logs" "$CLIENT" "$role" 2>/dev/null \
   json_lines "kg-${role}-${CLIENT}" || fail "every line of kg-${role}-${CLIENT}'s log is JSON (LOG_FORMAT=json)"
 done
 json_lines "$CP" || fail "every line of the control plane's log is JSON (LOG_FORMAT=json)"
-ok "docker logs of each container shows $CLIENT's worker; every line of every log is JSON"
+attributor_running() { [ "$(docker inspect -f '{{.State.Running}}' kg-event-attributor-shared 2>/dev/null)" = true ]; }
+poll 30 attributor_running || fail "the shared event attributor kg-event-attributor-shared runs"
+json_lines kg-event-attributor-shared || fail "every line of the event attributor's log is JSON"
+ok "docker logs of each container shows $CLIENT's worker; the shared event attributor runs; every line of every log is JSON"
 
 # ---- 5. heartbeats stop → removed; re-registration → back -------------------------------
 kill "$heartbeat_pid"; wait "$heartbeat_pid" 2>/dev/null || true; heartbeat_pid=""

@@ -188,11 +188,16 @@ pub struct RunArgs {
     #[arg(long, env = "CP_ORPHAN_DRY_RUN")]
     pub orphan_dry_run: bool,
 
-    /// Also run the shared event attributor (`kg-event-attributor-shared`), which gives the
+    /// Run the shared event attributor (`kg-event-attributor-shared`), which gives the
     /// 2.1.x agents' untagged Kubernetes events to the client that owns their object
     /// (docs/architecture.md, "Attributing untagged agent events"). The client id `shared`
-    /// is then reserved.
-    #[arg(long, env = "CP_EVENT_ATTRIBUTOR")]
+    /// is then reserved. `false` turns it off.
+    #[arg(
+        long,
+        env = "CP_EVENT_ATTRIBUTOR",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
     pub event_attributor: bool,
 
     /// How long the attributor keeps an untagged event waiting for its object to be

@@ -356,7 +356,9 @@ impl Default for ControlPlaneOptions {
             heartbeat_timeout_secs: 120,
             api_token: Some("test-token".into()),
             restart_delay_secs: 1,
-            extra_env: Vec::new(),
+            // The shared event attributor is tested in attribution.rs; the other suites
+            // count one client's workers and its worker records, so they run without it.
+            extra_env: vec![("CP_EVENT_ATTRIBUTOR".into(), "false".into())],
         }
     }
 }
