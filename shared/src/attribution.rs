@@ -235,6 +235,9 @@ pub enum EventShape {
     Raw {
         event_uid: Option<String>,
         involved_uid: String,
+        /// A `client_id` the record carries in its body, when it is a valid id: evidence
+        /// that names a client (protocol.md, "Keys").
+        named_client: Option<ClientId>,
     },
     /// A raw Event whose involved object carries no uid: nothing can attribute it.
     RawWithoutObjectUid,
@@ -255,6 +258,8 @@ struct EventProbe<'a> {
     event_type_abstract: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     etype: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    client_id: Option<Cow<'a, str>>,
 }
 
 #[derive(Deserialize)]
@@ -279,6 +284,9 @@ pub fn classify_event(value: &[u8]) -> EventShape {
                     .filter(|uid| !uid.is_empty())
                     .map(Cow::into_owned),
                 involved_uid: uid.into_owned(),
+                named_client: probe
+                    .client_id
+                    .and_then(|client| ClientId::parse(&client).ok()),
             },
             None => EventShape::RawWithoutObjectUid,
         },
@@ -315,24 +323,32 @@ pub fn attribute(index: &OwnerIndex, key: Option<&[u8]>, value: &[u8]) -> Attrib
         EventShape::Raw {
             event_uid,
             involved_uid,
-        } => match index.owner(&involved_uid) {
-            Owner::One(client) => {
-                // The event's own uid names it; the chart's key is that same uid.
-                let event_uid = event_uid
-                    .or_else(|| {
-                        key.and_then(|k| std::str::from_utf8(k).ok())
-                            .filter(|k| !k.is_empty())
-                            .map(str::to_string)
-                    })
-                    .unwrap_or_else(|| involved_uid.clone());
-                Attribution::To {
-                    client: client.clone(),
-                    key: format!("{client}::event::{event_uid}"),
+            named_client,
+        } => {
+            // Evidence that names one client: the object's one claimant, or a client id in
+            // the body. Two pieces of evidence that disagree attribute nothing.
+            let owner = match (index.owner(&involved_uid), named_client) {
+                (Owner::One(owner), Some(named)) if *owner != named => {
+                    return Attribution::Contested
                 }
+                (Owner::One(owner), _) => owner.clone(),
+                (Owner::Contested { .. }, _) => return Attribution::Contested,
+                (Owner::Unknown, Some(named)) => named,
+                (Owner::Unknown, None) => return Attribution::Wait { involved_uid },
+            };
+            // The event's own uid names it; the chart's key is that same uid.
+            let event_uid = event_uid
+                .or_else(|| {
+                    key.and_then(|k| std::str::from_utf8(k).ok())
+                        .filter(|k| !k.is_empty())
+                        .map(str::to_string)
+                })
+                .unwrap_or_else(|| involved_uid.clone());
+            Attribution::To {
+                key: format!("{owner}::event::{event_uid}"),
+                client: owner,
             }
-            Owner::Contested { .. } => Attribution::Contested,
-            Owner::Unknown => Attribution::Wait { involved_uid },
-        },
+        }
     }
 }
 
@@ -611,7 +627,8 @@ mod tests {
             classify_event(raw_event("e", POD_A).as_bytes()),
             EventShape::Raw {
                 event_uid: Some("e".into()),
-                involved_uid: POD_A.into()
+                involved_uid: POD_A.into(),
+                named_client: None,
             }
         );
         assert_eq!(
@@ -623,6 +640,49 @@ mod tests {
         assert_eq!(
             classify_event(br#"{"hello":"world"}"#),
             EventShape::NotAnEvent
+        );
+    }
+
+    #[test]
+    fn a_client_id_in_the_body_names_the_client_unless_the_object_says_otherwise() {
+        let mut index = OwnerIndex::default();
+        let named = |client: &str, object: &str| {
+            format!(
+                r#"{{"client_id":"{client}","metadata":{{"uid":"ev"}},"involvedObject":{{"uid":"{object}"}}}}"#
+            )
+        };
+        // Nobody reported the object: the body's id is the evidence.
+        assert_eq!(
+            attribute(&index, None, named("af-9", POD_A).as_bytes()),
+            Attribution::To {
+                client: id("af-9"),
+                key: "af-9::event::ev".into()
+            }
+        );
+        let b = upsert("bz-1", POD_A);
+        state(&mut index, "bz-1", POD_A, Some(&b));
+        // The object's owner and the body disagree: nothing is attributed.
+        assert_eq!(
+            attribute(&index, None, named("af-9", POD_A).as_bytes()),
+            Attribution::Contested
+        );
+        assert_eq!(
+            attribute(&index, None, named("bz-1", POD_A).as_bytes()),
+            Attribution::To {
+                client: id("bz-1"),
+                key: "bz-1::event::ev".into()
+            }
+        );
+        // An id that is not a valid client id is no evidence.
+        assert_eq!(
+            attribute(
+                &OwnerIndex::default(),
+                None,
+                named("Not_Valid", POD_B).as_bytes()
+            ),
+            Attribution::Wait {
+                involved_uid: POD_B.into()
+            }
         );
     }
 
