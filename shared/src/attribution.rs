@@ -86,6 +86,9 @@ pub struct OwnerIndex {
     /// Almost always one claimant; a contested uid keeps them all, so that one client's
     /// deletion leaves the other as the owner.
     claims: HashMap<UidKey, Claimants>,
+    /// How many of `claims` have two or more claimants, kept as they change (the gauge is
+    /// read per record; counting would scan the index).
+    contested: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,7 +149,10 @@ impl OwnerIndex {
             },
             Some(claimants) => {
                 let mut all = match claimants {
-                    Claimants::One(existing) => vec![*existing],
+                    Claimants::One(existing) => {
+                        self.contested += 1;
+                        vec![*existing]
+                    }
                     Claimants::Many(all) => std::mem::take(all),
                 };
                 let first_claim = !all.contains(&number);
@@ -182,6 +188,7 @@ impl OwnerIndex {
                 }
                 if let [only] = all.as_slice() {
                     *claimants = Claimants::One(*only);
+                    self.contested -= 1;
                 }
                 ResourceChange::Withdrawn
             }
@@ -220,10 +227,7 @@ impl OwnerIndex {
 
     /// Objects two or more clients claim.
     pub fn contested(&self) -> usize {
-        self.claims
-            .values()
-            .filter(|claimants| matches!(claimants, Claimants::Many(_)))
-            .count()
+        self.contested
     }
 }
 
@@ -576,6 +580,7 @@ mod tests {
             ResourceChange::Withdrawn
         );
         assert_eq!(index.owner(POD_A), Owner::One(&id("af-9")));
+        assert_eq!(index.contested(), 0);
         // A tombstone withdraws the last claim.
         assert_eq!(
             state(&mut index, "af-9", POD_A, None),

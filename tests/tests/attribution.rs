@@ -15,6 +15,7 @@ const POD_A: &str = "a0000000-0000-4000-8000-00000000000a";
 const POD_B: &str = "b0000000-0000-4000-8000-00000000000b";
 const POD_LATE: &str = "c0000000-0000-4000-8000-00000000000c";
 const POD_NEVER: &str = "d0000000-0000-4000-8000-00000000000d";
+const POD_BOTH: &str = "e0000000-0000-4000-8000-00000000000e";
 
 /// The control plane's shared event attributor (`CP_EVENT_ATTRIBUTOR=true`).
 const ATTRIBUTOR: &str = "kg-event-attributor-shared";
@@ -126,15 +127,44 @@ async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their
     // Look-alike pods: same namespace and name in both clusters, different uids.
     send_state(b, "af-9", POD_A)?;
     send_state(b, "bz-1", POD_B)?;
+    // A uid both clients report (which real clusters never do): nothing goes through it.
+    send_state(b, "af-9", POD_BOTH)?;
+    send_state(b, "bz-1", POD_BOTH)?;
     let attributor_log = || plane.worker_log(ATTRIBUTOR);
     poll("the owner index", Duration::from_secs(30), || {
-        (attributor_metric(&plane, "worker_attributor_index_objects")? >= 2.0).then_some(())
+        (attributor_metric(&plane, "worker_attributor_index_objects")? >= 3.0).then_some(())
     })
+    .with_context(attributor_log)?;
+    poll(
+        "the uid both clients report counted as contested",
+        Duration::from_secs(30),
+        || (attributor_metric(&plane, "worker_attributor_contested_objects")? == 1.0).then_some(()),
+    )
     .with_context(attributor_log)?;
 
     send_event(b, "ev-oom", POD_A, "OOMKilled", "2025-10-28T08:31:00Z")?;
     send_event(b, "ev-backoff", POD_A, "BackOff", "2025-10-28T08:31:30Z")?;
     send_event(b, "ev-other", POD_B, "BackOff", "2025-10-28T08:31:30Z")?;
+    // Where the chart's rawTopic is set, the same Event also comes on raw.k8s.events.
+    kcat_produce(
+        b,
+        "raw.k8s.events",
+        "ev-raw-topic",
+        Some(&chart_event(
+            "ev-raw-topic",
+            POD_B,
+            "Unhealthy",
+            "2025-10-28T08:31:40Z",
+        )),
+        Some("gzip"),
+    )?;
+    send_event(
+        b,
+        "ev-contested",
+        POD_BOTH,
+        "BackOff",
+        "2025-10-28T08:31:50Z",
+    )?;
     // Before its resource: it waits, survives an attributor crash while it waits, and is
     // attributed when the resource arrives.
     send_event(b, "ev-late", POD_LATE, "BackOff", "2025-10-28T08:32:00Z")?;
@@ -157,7 +187,7 @@ async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their
     poll(
         "the restarted attributor's index",
         Duration::from_secs(60),
-        || (attributor_metric(&plane, "worker_attributor_index_objects")? >= 2.0).then_some(()),
+        || (attributor_metric(&plane, "worker_attributor_index_objects")? >= 3.0).then_some(()),
     )
     .with_context(attributor_log)?;
     send_state(b, "af-9", POD_LATE)?;
@@ -166,6 +196,7 @@ async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their
         ("af-9", "ev-oom"),
         ("af-9", "ev-backoff"),
         ("bz-1", "ev-other"),
+        ("bz-1", "ev-raw-topic"),
         ("af-9", "ev-late"),
     ]
     .iter()
@@ -199,8 +230,10 @@ async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their
     )
     .with_context(attributor_log)?;
     ensure!(
-        !normalized(b).iter().any(|(_, raw, _, _)| raw == "ev-never"),
-        "an event whose object nobody reported was attributed"
+        !normalized(b)
+            .iter()
+            .any(|(_, raw, _, _)| raw == "ev-never" || raw == "ev-contested"),
+        "an event whose object nobody, or two clients, reported was attributed"
     );
 
     // The graph ranks the crash's cause: OOMKilled first for the BackOff.

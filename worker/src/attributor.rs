@@ -423,6 +423,7 @@ fn commit(
 fn set_gauges(metrics: &WorkerMetrics, index: &OwnerIndex, parked: &Parked<Waiting>) {
     metrics.attributor_objects.set(index.len() as i64);
     metrics.attributor_parked.set(parked.len() as i64);
+    metrics.attributor_contested.set(index.contested() as i64);
 }
 
 #[cfg(test)]

@@ -51,6 +51,8 @@ pub struct WorkerMetrics {
     pub attributor_objects: Gauge,
     /// The event attributor's events waiting for their objects (0 for the other roles).
     pub attributor_parked: Gauge,
+    /// The event attributor's objects claimed by two or more clients (0 for the others).
+    pub attributor_contested: Gauge,
 }
 
 impl WorkerMetrics {
@@ -82,6 +84,7 @@ impl WorkerMetrics {
             flush_failures: Counter::default(),
             attributor_objects: Gauge::default(),
             attributor_parked: Gauge::default(),
+            attributor_contested: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -151,6 +154,11 @@ impl WorkerMetrics {
                 "attributor_parked",
                 "Untagged events waiting for their involved object to be reported",
                 metrics.attributor_parked.clone(),
+            );
+            registry.register(
+                "attributor_contested_objects",
+                "Objects two or more clients reported; no event is attributed through them",
+                metrics.attributor_contested.clone(),
             );
         }
         Self {
