@@ -114,18 +114,7 @@ pub async fn run(
     let (stop_http, server, bound) = serve_http(&config, "", role, metrics.clone(), None).await?;
     info!(role = role.as_str(), http = %bound, "worker started");
 
-    let settings = PipelineSettings {
-        group_id: GROUP.to_string(),
-        group_instance_id: Some(INSTANCE.to_string()),
-        batch_max_records: config.batch_max_records.max(1),
-        batch_linger: Duration::from_millis(config.batch_linger_ms),
-        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
-        consumer_queue_kbytes: config.consumer_queue_kbytes,
-        producer_queue_kbytes: config.producer_queue_kbytes,
-        auto_offset_reset: config.auto_offset_reset.clone(),
-        session_timeout_ms: config.session_timeout_ms,
-        fetch_queue_backoff_ms: config.fetch_queue_backoff_ms,
-    };
+    let settings = PipelineSettings::from_config(&config, GROUP.into(), INSTANCE.into());
     let producer = pipeline::create_producer(&config.kafka, &settings)?;
     let state: StreamConsumer = config
         .kafka

@@ -16,7 +16,6 @@ pub mod pipeline;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tracing::info;
 
@@ -102,18 +101,11 @@ pub async fn run(
         serve_http(&config, client_id.as_str(), role, metrics.clone(), graph).await?;
     info!(client_id = %client_id, role = role.as_str(), http = %bound, "worker started");
 
-    let settings = PipelineSettings {
-        group_id: role.consumer_group(&client_id),
-        group_instance_id: Some(format!("kg-{}-{}", role.as_str(), client_id)),
-        batch_max_records: config.batch_max_records.max(1),
-        batch_linger: Duration::from_millis(config.batch_linger_ms),
-        shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
-        consumer_queue_kbytes: config.consumer_queue_kbytes,
-        producer_queue_kbytes: config.producer_queue_kbytes,
-        auto_offset_reset: config.auto_offset_reset.clone(),
-        session_timeout_ms: config.session_timeout_ms,
-        fetch_queue_backoff_ms: config.fetch_queue_backoff_ms,
-    };
+    let settings = PipelineSettings::from_config(
+        &config,
+        role.consumer_group(&client_id),
+        format!("kg-{}-{}", role.as_str(), client_id),
+    );
     let result = pipeline::run_pipeline(
         &config.kafka,
         &settings,

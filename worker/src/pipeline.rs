@@ -63,6 +63,29 @@ pub struct PipelineSettings {
     pub fetch_queue_backoff_ms: u64,
 }
 
+impl PipelineSettings {
+    /// The loop's settings from the worker's configuration, for `group_id` with the static
+    /// member id `instance_id`.
+    pub fn from_config(
+        config: &crate::config::WorkerConfig,
+        group_id: String,
+        instance_id: String,
+    ) -> Self {
+        Self {
+            group_id,
+            group_instance_id: Some(instance_id),
+            batch_max_records: config.batch_max_records.max(1),
+            batch_linger: Duration::from_millis(config.batch_linger_ms),
+            shutdown_grace: Duration::from_secs(config.shutdown_grace_secs),
+            consumer_queue_kbytes: config.consumer_queue_kbytes,
+            producer_queue_kbytes: config.producer_queue_kbytes,
+            auto_offset_reset: config.auto_offset_reset.clone(),
+            session_timeout_ms: config.session_timeout_ms,
+            fetch_queue_backoff_ms: config.fetch_queue_backoff_ms,
+        }
+    }
+}
+
 /// Feeds librdkafka's periodic statistics into the lag gauge.
 pub struct LagReporter {
     metrics: Arc<WorkerMetrics>,
