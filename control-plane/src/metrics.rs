@@ -1,6 +1,7 @@
 //! The control plane's Prometheus metrics, one registry, exposed at `/metrics`.
 
-use kg_shared::exposition::{render, ExpositionFormat};
+pub use kg_shared::exposition::PartitionLabel;
+use kg_shared::exposition::{latency_histogram, render, ExpositionFormat};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,25 +22,6 @@ pub struct EventLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OperationLabel {
     pub operation: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PartitionLabel {
-    pub topic: String,
-    pub partition: String,
-}
-
-/// Latency buckets from 1 ms to 60 s: reconcile passes and runtime calls range from a
-/// map update (fake runtime) to a container stop that waits out its grace period.
-fn latency_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ]
-    .into_iter()
-}
-
-fn latency_histogram() -> Histogram {
-    Histogram::new(latency_buckets())
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -17,9 +17,10 @@
 use std::fmt::Write as _;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// The OpenMetrics 1.0 text format's content type.
@@ -27,6 +28,22 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
 /// The Prometheus text format's content type.
 pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The labels of a per-partition series (consumer lag), in both binaries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PartitionLabel {
+    pub topic: String,
+    pub partition: String,
+}
+
+/// A latency histogram with the buckets both binaries use, 1 ms to 60 s: from a map
+/// update (a reconcile pass on the fake runtime, a lingering batch) to a container stop
+/// that waits out its grace period or a batch waiting on a slow broker.
+pub fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    ])
+}
 
 /// Which exposition format a scrape gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

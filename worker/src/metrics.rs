@@ -1,7 +1,8 @@
 //! The worker's Prometheus metrics. Counters are cheap atomics so the hot path can bump
 //! them per record.
 
-use kg_shared::exposition::{render, ExpositionFormat};
+pub use kg_shared::exposition::PartitionLabel;
+use kg_shared::exposition::{latency_histogram, render, ExpositionFormat};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -12,20 +13,6 @@ use prometheus_client::registry::{Registry, Unit};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
     pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct PartitionLabel {
-    pub topic: String,
-    pub partition: String,
-}
-
-/// Batch latency buckets, 1 ms to 60 s: a batch lingers 20 ms by default and waits for
-/// every acknowledgement, longer while the broker is slow or away.
-fn batch_histogram() -> Histogram {
-    Histogram::new([
-        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-    ])
 }
 
 /// Every metric a worker exports, labelled with its client and role.
@@ -76,7 +63,7 @@ impl WorkerMetrics {
             commits_failed: Counter::default(),
             consumer_lag: Gauge::default(),
             partition_lag: Family::default(),
-            batch_duration: batch_histogram(),
+            batch_duration: latency_histogram(),
             batches: Counter::default(),
             last_progress_ms: std::sync::atomic::AtomicI64::new(
                 chrono::Utc::now().timestamp_millis(),
