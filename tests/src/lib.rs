@@ -346,6 +346,10 @@ pub struct ControlPlaneOptions {
     pub heartbeat_timeout_secs: u64,
     pub api_token: Option<String>,
     pub restart_delay_secs: u64,
+    /// Whether the shared event attributor runs. Off unless a test asks: it is tested in
+    /// attribution.rs, and the other suites count one client's workers and worker records.
+    /// A field of its own, so that a test giving `extra_env` cannot turn it on by accident.
+    pub event_attributor: bool,
     /// Further settings for the control plane's environment.
     pub extra_env: Vec<(String, String)>,
 }
@@ -356,9 +360,8 @@ impl Default for ControlPlaneOptions {
             heartbeat_timeout_secs: 120,
             api_token: Some("test-token".into()),
             restart_delay_secs: 1,
-            // The shared event attributor is tested in attribution.rs; the other suites
-            // count one client's workers and its worker records, so they run without it.
-            extra_env: vec![("CP_EVENT_ATTRIBUTOR".into(), "false".into())],
+            event_attributor: false,
+            extra_env: Vec::new(),
         }
     }
 }
@@ -413,6 +416,10 @@ impl ControlPlane {
                 (self.options.restart_delay_secs * 1000).to_string(),
             )
             .env("CP_RECONCILE_INTERVAL_MS", "250")
+            .env(
+                "CP_EVENT_ATTRIBUTOR",
+                self.options.event_attributor.to_string(),
+            )
             .env("CP_STOP_GRACE_SECS", "5")
             .env("RUST_LOG", "info,rdkafka=warn")
             .stdin(Stdio::null())

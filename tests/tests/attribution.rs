@@ -101,10 +101,8 @@ async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their
     let plane = ControlPlane::start(
         &broker,
         ControlPlaneOptions {
-            extra_env: vec![
-                ("CP_EVENT_ATTRIBUTOR".into(), "true".into()),
-                ("CP_ATTRIBUTOR_WINDOW_SECS".into(), "4".into()),
-            ],
+            event_attributor: true,
+            extra_env: vec![("CP_ATTRIBUTOR_WINDOW_SECS".into(), "4".into())],
             ..ControlPlaneOptions::default()
         },
     )?;
