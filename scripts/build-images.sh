@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds the two images the Docker runtime and the compose stack use:
+# Builds the images the Docker runtime, the compose stack and the Helm chart use:
 #   kg-worker:latest         ENTRYPOINT worker
 #   kg-control-plane:latest  ENTRYPOINT control-plane, CMD run
+#   kg-rca-agent:latest      ENTRYPOINT kg-rca-agent, CMD run (also tagged with the chart's
+#                            appVersion, the tag charts/kg-rca-agent runs by default)
 #
 # usage: scripts/build-images.sh [--offline|--multi-stage] [--if-missing]
 #
@@ -23,6 +25,8 @@ cd "$(dirname "$0")/.."
 
 WORKER_IMAGE=kg-worker:latest
 CONTROL_PLANE_IMAGE=kg-control-plane:latest
+AGENT_IMAGE=kg-rca-agent:latest
+AGENT_CHART_TAG=kg-rca-agent:$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\} *$/\1/p' charts/kg-rca-agent/Chart.yaml)
 SPEC_VERSION=${KG_SPEC_VERSION:-1}
 
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -49,7 +53,7 @@ if ! timeout 20 docker info >/dev/null 2>&1; then
   exit 1
 fi
 
-if ((if_missing)) && docker image inspect "$WORKER_IMAGE" "$CONTROL_PLANE_IMAGE" >/dev/null 2>&1; then
+if ((if_missing)) && docker image inspect "$WORKER_IMAGE" "$CONTROL_PLANE_IMAGE" "$AGENT_IMAGE" >/dev/null 2>&1; then
   echo "build-images: $WORKER_IMAGE and $CONTROL_PLANE_IMAGE exist, nothing to do"
   exit 0
 fi
@@ -91,11 +95,13 @@ build() {
 
 worker_desc="kg-rca per-client worker: normalizes one tenant's Kafka records (--role)"
 cp_desc="kg-rca control plane: runs an isolated set of workers for every registered client"
+agent_desc="kg-rca agent: registers a client cluster, heartbeats, streams Kubernetes events, state and topology to Kafka"
 
 if [ "$mode" = multi-stage ]; then
   base_name=docker.io/library/debian:bookworm-slim
   build compose/Dockerfile . control-plane "$CONTROL_PLANE_IMAGE" kg-control-plane "$cp_desc"
   build compose/Dockerfile . worker "$WORKER_IMAGE" kg-worker "$worker_desc"
+  build compose/Dockerfile . agent "$AGENT_IMAGE" kg-rca-agent "$agent_desc"
 else
   base_name=scratch
   [ "$(uname -s)" = Linux ] || { echo "build-images: --offline needs a Linux host (its binaries and libraries go into the image); use --multi-stage" >&2; exit 1; }
@@ -106,12 +112,12 @@ else
   [ -s "$ca_bundle" ] || { echo "build-images: $ca_bundle is missing (apt-get install ca-certificates)" >&2; exit 1; }
 
   if [ "${KG_SKIP_CARGO_BUILD:-0}" = 1 ]; then
-    for bin in control-plane worker; do
+    for bin in control-plane worker kg-rca-agent; do
       [ -x "target/release/$bin" ] || { echo "build-images: KG_SKIP_CARGO_BUILD=1 but target/release/$bin is missing" >&2; exit 1; }
     done
     echo "build-images: KG_SKIP_CARGO_BUILD=1: using the binaries already in target/release"
   else
-    cargo build --release --bins -p control-plane -p worker
+    cargo build --release --bins -p control-plane -p worker -p kg-rca-agent
   fi
 
   ctx=$(mktemp -d "${TMPDIR:-/tmp}/kg-image-context.XXXXXX")
@@ -122,7 +128,7 @@ else
   chmod 0755 "$ctx/data"
 
   # The binaries, debug info stripped (symbols stay, so panics still name functions).
-  for bin in control-plane worker; do
+  for bin in control-plane worker kg-rca-agent; do
     if command -v strip >/dev/null; then
       strip --strip-debug -o "$ctx/bin/$bin" "target/release/$bin"
     else
@@ -152,7 +158,7 @@ else
     done
   }
   echo "build-images: shared libraries staged:"
-  stage_libs "$ctx/bin/control-plane" "$ctx/bin/worker"
+  stage_libs "$ctx/bin/control-plane" "$ctx/bin/worker" "$ctx/bin/kg-rca-agent"
   # Cyrus SASL loads its mechanism plugins with dlopen, so ldd cannot see them. librdkafka
   # needs one only for GSSAPI (Kerberos); stage it, with its libraries, if the host has it.
   sasl=$(awk '$1 == "libsasl2.so.2" { print $3 }' < <(ldd "$ctx/bin/worker"))
@@ -179,14 +185,16 @@ else
 
   build "$ctx/Dockerfile" "$ctx" control-plane "$CONTROL_PLANE_IMAGE" kg-control-plane "$cp_desc"
   build "$ctx/Dockerfile" "$ctx" worker "$WORKER_IMAGE" kg-worker "$worker_desc"
+  build "$ctx/Dockerfile" "$ctx" agent "$AGENT_IMAGE" kg-rca-agent "$agent_desc"
 fi
+docker tag "$AGENT_IMAGE" "$AGENT_CHART_TAG"
 
 # The images must at least start: the loader, the libraries and the entrypoints.
-for image in "$WORKER_IMAGE" "$CONTROL_PLANE_IMAGE"; do
+for image in "$WORKER_IMAGE" "$CONTROL_PLANE_IMAGE" "$AGENT_IMAGE"; do
   if ! timeout 60 docker run --rm "$image" --help >/dev/null; then
     echo "build-images: $image does not run (docker run --rm $image --help failed)" >&2
     exit 1
   fi
 done
-docker image ls --format '{{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' | grep -E '^kg-(worker|control-plane):latest ' || true
-echo "build-images: built $WORKER_IMAGE and $CONTROL_PLANE_IMAGE ($mode)"
+docker image ls --format '{{.Repository}}:{{.Tag}}  {{.ID}}  {{.Size}}' | grep -E '^kg-(worker|control-plane|rca-agent):' || true
+echo "build-images: built $WORKER_IMAGE, $CONTROL_PLANE_IMAGE and $AGENT_IMAGE (also $AGENT_CHART_TAG) ($mode)"

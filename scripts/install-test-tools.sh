@@ -36,7 +36,7 @@ fi
 pkill -x prometheus >/dev/null 2>&1 || true
 
 noida="$tools_dir/noida/bin/noida-db"
-if ! { [ -x "$noida" ] && "$tools_dir/noida/bin/pip" show noida-db 2>/dev/null | grep -qx "Version: $NOIDA_VERSION"; }; then
+if ! { [ -x "$noida" ] && "$tools_dir/noida/bin/pip" show noida-db 2>/dev/null | grep -x "Version: $NOIDA_VERSION" >/dev/null; }; then
     echo "installing noida-db $NOIDA_VERSION into $tools_dir/noida"
     mkdir -p "$tools_dir"
     python3 -m venv "$tools_dir/noida"

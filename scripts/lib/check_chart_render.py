@@ -123,9 +123,10 @@ def main():
             err(f"agent Deployment: KAFKA_SECURITY_PROTOCOL is not {expected_protocol}")
         if sasl and not {"KAFKA_SASL_MECHANISM", "KAFKA_SASL_USERNAME", "KAFKA_SASL_PASSWORD"} <= env.keys():
             err("agent Deployment: SASL enabled but SASL env incomplete")
-        for probe in ("livenessProbe", "readinessProbe"):
-            if get(c, probe, "httpGet", "path") != "/health":
-                err(f"agent Deployment: {probe} is not GET /health")
+        # Live while it serves; ready once its registration was acknowledged.
+        for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+            if get(c, probe, "httpGet", "path") != path:
+                err(f"agent Deployment: {probe} is not GET {path}")
 
     # The deregister hook.
     jobs = by_kind.get("Job", [])
