@@ -25,6 +25,7 @@ use serde_json::Value;
 pub struct Binaries {
     pub control_plane: PathBuf,
     pub worker: PathBuf,
+    pub agent: PathBuf,
 }
 
 /// Builds the binaries once per test process, with the profile the tests were built with,
@@ -44,7 +45,16 @@ pub fn binaries() -> &'static Binaries {
             .is_some_and(|name| name == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
-        command.args(["build", "--bins", "-p", "control-plane", "-p", "worker"]);
+        command.args([
+            "build",
+            "--bins",
+            "-p",
+            "control-plane",
+            "-p",
+            "worker",
+            "-p",
+            "kg-rca-agent",
+        ]);
         if release {
             command.arg("--release");
         }
@@ -53,6 +63,7 @@ pub fn binaries() -> &'static Binaries {
         Binaries {
             control_plane: profile_dir.join("control-plane"),
             worker: profile_dir.join("worker"),
+            agent: profile_dir.join("kg-rca-agent"),
         }
     })
 }
@@ -590,6 +601,8 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 /// Minimal blocking HTTP over std, to keep the tests free of an async HTTP stack.
+pub mod fake_kube;
+
 pub mod http {
     use std::io::{Read, Write};
     use std::net::TcpStream;
