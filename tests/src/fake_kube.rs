@@ -87,7 +87,10 @@ pub struct LoggedRequest {
 
 impl LoggedRequest {
     pub fn is_watch(&self) -> bool {
-        matches!(self.query.get("watch").map(String::as_str), Some("true" | "1"))
+        matches!(
+            self.query.get("watch").map(String::as_str),
+            Some("true" | "1")
+        )
     }
 }
 
@@ -174,16 +177,20 @@ impl FakeKube {
             .build()?;
         let addr = self.addr;
         // The previous server's socket may take a moment to go after an outage.
-        let listener = crate::poll("the fake API server's port", Duration::from_secs(10), || {
-            runtime
-                .block_on(async {
-                    let socket = tokio::net::TcpSocket::new_v4()?;
-                    socket.set_reuseaddr(true)?;
-                    socket.bind(addr)?;
-                    socket.listen(128)
-                })
-                .ok()
-        })?;
+        let listener = crate::poll(
+            "the fake API server's port",
+            Duration::from_secs(10),
+            || {
+                runtime
+                    .block_on(async {
+                        let socket = tokio::net::TcpSocket::new_v4()?;
+                        socket.set_reuseaddr(true)?;
+                        socket.bind(addr)?;
+                        socket.listen(128)
+                    })
+                    .ok()
+            },
+        )?;
         let router = Router::new()
             .fallback(handle)
             .with_state(self.shared.clone());
@@ -215,7 +222,10 @@ impl FakeKube {
     /// Creates or replaces an object (by kind, namespace and name); gives it a uid when it
     /// has none, a new resource version, and a creation timestamp. Returns the stored object.
     pub fn apply(&self, mut object: Value) -> Value {
-        let kind = object["kind"].as_str().expect("object has a kind").to_string();
+        let kind = object["kind"]
+            .as_str()
+            .expect("object has a kind")
+            .to_string();
         let (group, version, plural) = resource_of_kind(&kind).expect("a kind the fake knows");
         let api_version = if group.is_empty() {
             version.to_string()
@@ -231,7 +241,11 @@ impl FakeKube {
         let change = self.with_state(|state| {
             state.rv += 1;
             let rv = state.rv;
-            let key = (plural.to_string(), namespace.clone().unwrap_or_default(), name);
+            let key = (
+                plural.to_string(),
+                namespace.clone().unwrap_or_default(),
+                name,
+            );
             let existing_uid = state
                 .objects
                 .get(&key)
@@ -249,8 +263,8 @@ impl FakeKube {
                 object["metadata"]["uid"] = json!(uid);
             }
             if object["metadata"]["creationTimestamp"].is_null() {
-                object["metadata"]["creationTimestamp"] = json!(chrono::Utc::now()
-                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                object["metadata"]["creationTimestamp"] =
+                    json!(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
             }
             object["metadata"]["resourceVersion"] = json!(rv.to_string());
             state.objects.insert(key, object.clone());
@@ -417,7 +431,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             Some(ns) => format!("in the namespace \"{ns}\""),
             None => "at the cluster scope".to_string(),
         };
-        let group = target.api_version.split_once('/').map(|(g, _)| g).unwrap_or("");
+        let group = target
+            .api_version
+            .split_once('/')
+            .map(|(g, _)| g)
+            .unwrap_or("");
         return json_response(
             403,
             &status(
@@ -437,8 +455,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
             .objects
             .iter()
             .filter(|((plural, ns, _), _)| {
-                *plural == target.plural
-                    && target.namespace.as_ref().is_none_or(|want| want == ns)
+                *plural == target.plural && target.namespace.as_ref().is_none_or(|want| want == ns)
             })
             .map(|(_, object)| object.clone())
             .collect();
@@ -483,7 +500,11 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     } else {
         let mut notices = shared.notices.subscribe();
         let mut last = from;
-        for change in state.history.iter().filter(|c| c.rv > from && matches(c, &target)) {
+        for change in state
+            .history
+            .iter()
+            .filter(|c| c.rv > from && matches(c, &target))
+        {
             let _ = tx.try_send(line(change.event_type, &change.object));
             last = change.rv;
         }
@@ -520,9 +541,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
     drop(state);
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|line| (Ok::<_, Infallible>(line), rx))
+        rx.recv().await.map(|line| (Ok::<_, Infallible>(line), rx))
     });
     Response::builder()
         .status(200)

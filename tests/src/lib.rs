@@ -111,6 +111,26 @@ pub fn require_tool<T>(tool: &str, found: Option<T>, how: &str) -> Result<Option
     }
 }
 
+/// The `helm` binary `scripts/install-chart-tools.sh` installs under `$KG_TOOLS_DIR`
+/// (`~/.cache/kg-rca-tools/bin/helm`), else one on the PATH.
+pub fn helm_binary() -> Option<PathBuf> {
+    let tools = std::env::var("KG_TOOLS_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+                .join(".cache/kg-rca-tools")
+        });
+    let installed = tools.join("bin/helm");
+    if installed.exists() {
+        return Some(installed);
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("helm"))
+            .find(|candidate| candidate.is_file())
+    })
+}
+
 /// The noida-db broker binary: `$KG_NOIDA_DB`, else the link
 /// `scripts/install-test-tools.sh` makes under `$KG_TOOLS_DIR` (`~/.cache/kg-rca-tools`)
 /// to the binary inside its virtual environment. Not the pip entry point: that is a Python

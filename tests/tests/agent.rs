@@ -121,15 +121,20 @@ fn seed(kube: &FakeKube) -> BTreeMap<&'static str, Value> {
     objects.insert("pod", kube.apply(pod("api-7d9f-x", "Running")));
     objects.insert(
         "service",
-        kube.apply(json!({"kind": "Service", "metadata": {"name": "api", "namespace": "shop"},
-            "spec": {"selector": {"app": "api"}, "clusterIP": "10.96.0.10"}})),
+        kube.apply(
+            json!({"kind": "Service", "metadata": {"name": "api", "namespace": "shop"},
+            "spec": {"selector": {"app": "api"}, "clusterIP": "10.96.0.10"}}),
+        ),
     );
     objects.insert(
         "endpoints",
         kube.apply(json!({"kind": "Endpoints", "metadata": {"name": "api", "namespace": "shop"},
             "subsets": [{"addresses": [{"ip": "10.0.0.7", "targetRef": {"kind": "Pod", "name": "api-7d9f-x", "namespace": "shop"}}]}]})),
     );
-    let pod_uid = objects["pod"]["metadata"]["uid"].as_str().unwrap().to_string();
+    let pod_uid = objects["pod"]["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
     objects.insert(
         "event",
         kube.apply(json!({"kind": "Event", "metadata": {"name": "api-7d9f-x.1", "namespace": "shop"},
@@ -158,7 +163,9 @@ fn values(broker: &Broker, topic: &str, key: &str) -> Vec<String> {
 }
 
 fn count(broker: &Broker, topic: &str) -> usize {
-    kcat_consume(&broker.bootstrap, topic).map(|r| r.len()).unwrap_or(0)
+    kcat_consume(&broker.bootstrap, topic)
+        .map(|r| r.len())
+        .unwrap_or(0)
 }
 
 #[test]
@@ -170,20 +177,30 @@ fn an_invalid_client_id_is_refused_before_anything_starts() -> Result<()> {
             .env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
             .output()?;
         let stderr = String::from_utf8_lossy(&output.stderr);
-        ensure!(output.status.code() == Some(2), "{bad:?}: {:?} {stderr}", output.status);
+        ensure!(
+            output.status.code() == Some(2),
+            "{bad:?}: {:?} {stderr}",
+            output.status
+        );
         ensure!(stderr.contains("client.id"), "{bad:?}: {stderr}");
     }
     Ok(())
 }
 
 #[test]
-fn the_agent_streams_protocol_shapes_and_survives_an_outage_and_410_without_duplicates() -> Result<()> {
+fn the_agent_streams_protocol_shapes_and_survives_an_outage_and_410_without_duplicates(
+) -> Result<()> {
     let broker = Broker::start()?;
     let mut kube = FakeKube::start_new()?;
     let objects = seed(&kube);
     let agent = Agent::start(&base_env(&broker, &kube)?, &["run"])?;
     let b = &broker;
-    let uid = |name: &str| objects[name]["metadata"]["uid"].as_str().unwrap().to_string();
+    let uid = |name: &str| {
+        objects[name]["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
 
     // Registration: one JSON object keyed by the client id.
     let registration = poll("the registration", Duration::from_secs(30), || {
@@ -192,7 +209,9 @@ fn the_agent_streams_protocol_shapes_and_survives_an_outage_and_410_without_dupl
     .with_context(|| agent.log())?;
     let registration: Value = serde_json::from_str(&registration)?;
     ensure!(registration["client_id"] == CLIENT && registration["cluster_name"] == CLIENT);
-    ensure!(registration["watches"]["resources"].as_array().is_some_and(|k| k.len() == 9));
+    ensure!(registration["watches"]["resources"]
+        .as_array()
+        .is_some_and(|k| k.len() == 9));
     // Heartbeats, at the configured interval (several within a few seconds).
     poll("three heartbeats", Duration::from_secs(20), || {
         (values(b, "cluster.heartbeat", CLIENT).len() >= 3).then_some(())
@@ -206,39 +225,78 @@ fn the_agent_streams_protocol_shapes_and_survives_an_outage_and_410_without_dupl
         "edge:deployment:shop:api->replicaset:shop:api-7d9f",
         "edge:service:shop:api->pod:shop:api-7d9f-x",
     ];
-    poll("every snapshot, edge and the event", Duration::from_secs(30), || {
-        let state = kcat_consume(&b.bootstrap, "state.k8s.resource").ok()?;
-        let kinds: Vec<&str> = ["Node", "Deployment", "ReplicaSet", "Pod", "Service"].to_vec();
-        let all_state = kinds.iter().all(|kind| {
-            state.iter().any(|(k, _)| k.starts_with(&format!("{CLIENT}::{kind}:")))
-        });
-        let topology = kcat_consume(&b.bootstrap, "state.k8s.topology").ok()?;
-        let all_edges = expected_edges
-            .iter()
-            .all(|edge| topology.iter().any(|(k, _)| *k == format!("{CLIENT}::{edge}")));
-        let event = !values(b, "raw.k8s.events", &format!("{CLIENT}::event::{}", uid("event"))).is_empty();
-        (all_state && all_edges && event).then_some(())
-    })
+    poll(
+        "every snapshot, edge and the event",
+        Duration::from_secs(30),
+        || {
+            let state = kcat_consume(&b.bootstrap, "state.k8s.resource").ok()?;
+            let kinds: Vec<&str> = ["Node", "Deployment", "ReplicaSet", "Pod", "Service"].to_vec();
+            let all_state = kinds.iter().all(|kind| {
+                state
+                    .iter()
+                    .any(|(k, _)| k.starts_with(&format!("{CLIENT}::{kind}:")))
+            });
+            let topology = kcat_consume(&b.bootstrap, "state.k8s.topology").ok()?;
+            let all_edges = expected_edges.iter().all(|edge| {
+                topology
+                    .iter()
+                    .any(|(k, _)| *k == format!("{CLIENT}::{edge}"))
+            });
+            let event = !values(
+                b,
+                "raw.k8s.events",
+                &format!("{CLIENT}::event::{}", uid("event")),
+            )
+            .is_empty();
+            (all_state && all_edges && event).then_some(())
+        },
+    )
     .with_context(|| agent.log())?;
     let pod_record: Value = serde_json::from_str(&values(b, "state.k8s.resource", &pod_key)[0])?;
-    ensure!(pod_record["op"] == "UPSERT" && pod_record["client_id"] == CLIENT && pod_record["kind"] == "Pod");
-    ensure!(pod_record["node"] == "node-1" && pod_record["namespace"] == "shop" && pod_record["name"] == "api-7d9f-x");
+    ensure!(
+        pod_record["op"] == "UPSERT"
+            && pod_record["client_id"] == CLIENT
+            && pod_record["kind"] == "Pod"
+    );
+    ensure!(
+        pod_record["node"] == "node-1"
+            && pod_record["namespace"] == "shop"
+            && pod_record["name"] == "api-7d9f-x"
+    );
     ensure!(pod_record["ownerRefs"][0]["kind"] == "ReplicaSet");
     let edge: Value = serde_json::from_str(
-        &values(b, "state.k8s.topology", &format!("{CLIENT}::{}", expected_edges[0]))[0],
+        &values(
+            b,
+            "state.k8s.topology",
+            &format!("{CLIENT}::{}", expected_edges[0]),
+        )[0],
     )?;
-    ensure!(edge["type"] == "RUNS_ON" && edge["from"] == "pod:shop:api-7d9f-x" && edge["to"] == "node:node-1");
+    ensure!(
+        edge["type"] == "RUNS_ON"
+            && edge["from"] == "pod:shop:api-7d9f-x"
+            && edge["to"] == "node:node-1"
+    );
     let event: Value = serde_json::from_str(
-        &values(b, "raw.k8s.events", &format!("{CLIENT}::event::{}", uid("event")))[0],
+        &values(
+            b,
+            "raw.k8s.events",
+            &format!("{CLIENT}::event::{}", uid("event")),
+        )[0],
     )?;
     ensure!(event["reason"] == "BackOff" && event["involvedObject"]["uid"] == uid("pod").as_str());
     ensure!(event["client_id"] == CLIENT);
-    poll("/health healthy with every watch synced", Duration::from_secs(10), || {
-        let health = agent.health()?;
-        let watches = health["watches"].as_object()?;
-        (health["status"] == "healthy" && watches.len() == 10 && watches.values().all(|w| w["synced"] == true))
+    poll(
+        "/health healthy with every watch synced",
+        Duration::from_secs(10),
+        || {
+            let health = agent.health()?;
+            let watches = health["watches"].as_object()?;
+            (health["status"] == "healthy"
+                && watches.len() == 10
+                && watches.values().all(|w| w["synced"] == true))
             .then_some(())
-    })?;
+        },
+    )?;
 
     // --- An API-server outage: the agent resumes its watches from the last version. ---
     let before_outage = kube.requests().len();
@@ -246,33 +304,48 @@ fn the_agent_streams_protocol_shapes_and_survives_an_outage_and_410_without_dupl
     kube.stop();
     // A change made while the API server is unreachable (to the agent).
     kube.apply(pod("api-7d9f-x", "Failed"));
-    poll("the agent to notice the outage", Duration::from_secs(30), || {
-        (agent.metric("agent_watch_errors_total{").unwrap_or(0.0) > 0.0).then_some(())
-    })
+    poll(
+        "the agent to notice the outage",
+        Duration::from_secs(30),
+        || (agent.metric("agent_watch_errors_total{").unwrap_or(0.0) > 0.0).then_some(()),
+    )
     .with_context(|| agent.log())?;
     std::thread::sleep(Duration::from_secs(2)); // an outage of a few seconds, not a blip
     kube.start()?;
-    let changed = poll("the change made during the outage", Duration::from_secs(60), || {
-        values(b, "state.k8s.resource", &pod_key)
-            .iter()
-            .any(|v| v.contains("\"Failed\""))
-            .then_some(())
-    });
+    let changed = poll(
+        "the change made during the outage",
+        Duration::from_secs(60),
+        || {
+            values(b, "state.k8s.resource", &pod_key)
+                .iter()
+                .any(|v| v.contains("\"Failed\""))
+                .then_some(())
+        },
+    );
     changed.with_context(|| agent.log())?;
     let after: Vec<_> = kube.requests().into_iter().skip(before_outage).collect();
     ensure!(
-        after.iter().any(|r| r.path == "/api/v1/pods" && r.is_watch() && r.query.get("resourceVersion").is_some_and(|rv| rv != "0")),
+        after.iter().any(|r| r.path == "/api/v1/pods"
+            && r.is_watch()
+            && r.query.get("resourceVersion").is_some_and(|rv| rv != "0")),
         "the pods watch was not resumed from a resource version: {after:#?}"
     );
     ensure!(
-        !after.iter().any(|r| r.path == "/api/v1/pods" && !r.is_watch()),
+        !after
+            .iter()
+            .any(|r| r.path == "/api/v1/pods" && !r.is_watch()),
         "pods were relisted after a plain outage (resume should have sufficed)"
     );
     // Only the changed pod's snapshot is new: nothing was sent twice.
     poll("the state topic to settle", Duration::from_secs(10), || {
         (count(b, "state.k8s.resource") == state_before + 1).then_some(())
     })
-    .with_context(|| format!("{} records, {state_before} before", count(b, "state.k8s.resource")))?;
+    .with_context(|| {
+        format!(
+            "{} records, {state_before} before",
+            count(b, "state.k8s.resource")
+        )
+    })?;
 
     // --- 410 Gone: every watch ends expired; the agent relists without duplicates, and
     // tombstones what vanished while it was not looking. ---
@@ -285,30 +358,65 @@ fn the_agent_streams_protocol_shapes_and_survives_an_outage_and_410_without_dupl
     kube.compact();
     kube.start()?;
     kube.expire_watches();
-    wait_for_request(&kube, "a relist of pods after 410", Duration::from_secs(60), |r| {
-        r.path == "/api/v1/pods" && !r.is_watch()
-    })
+    wait_for_request(
+        &kube,
+        "a relist of pods after 410",
+        Duration::from_secs(60),
+        |r| r.path == "/api/v1/pods" && !r.is_watch(),
+    )
     .with_context(|| agent.log())?;
     let service_key = format!("{CLIENT}::Service:{}", uid("service"));
-    poll("the vanished service tombstoned", Duration::from_secs(30), || {
-        values(b, "state.k8s.resource", &service_key).last().filter(|v| v.is_empty()).map(|_| ())
-    })
+    poll(
+        "the vanished service tombstoned",
+        Duration::from_secs(30),
+        || {
+            values(b, "state.k8s.resource", &service_key)
+                .last()
+                .filter(|v| v.is_empty())
+                .map(|_| ())
+        },
+    )
     .with_context(|| agent.log())?;
     let selects = format!("{CLIENT}::{}", expected_edges[3]);
-    poll("its SELECTS edge tombstoned", Duration::from_secs(30), || {
-        values(b, "state.k8s.topology", &selects).last().filter(|v| v.is_empty()).map(|_| ())
-    })?;
+    poll(
+        "its SELECTS edge tombstoned",
+        Duration::from_secs(30),
+        || {
+            values(b, "state.k8s.topology", &selects)
+                .last()
+                .filter(|v| v.is_empty())
+                .map(|_| ())
+        },
+    )?;
     // Every kind relisted and watching again, and nothing but the tombstones was sent.
-    poll("every watch resumed after the relist", Duration::from_secs(30), || {
-        let after: Vec<_> = kube.requests().into_iter().skip(before_expiry).collect();
-        ["/api/v1/nodes", "/api/v1/events", "/apis/apps/v1/deployments", "/apis/batch/v1/jobs"]
+    poll(
+        "every watch resumed after the relist",
+        Duration::from_secs(30),
+        || {
+            let after: Vec<_> = kube.requests().into_iter().skip(before_expiry).collect();
+            [
+                "/api/v1/nodes",
+                "/api/v1/events",
+                "/apis/apps/v1/deployments",
+                "/apis/batch/v1/jobs",
+            ]
             .iter()
             .all(|path| after.iter().any(|r| r.path == *path && r.is_watch()))
             .then_some(())
-    })?;
-    ensure!(count(b, "raw.k8s.events") == events_before, "events were sent again after the relist");
-    ensure!(count(b, "state.k8s.resource") == state_before + 2, "state: only the change and one tombstone");
-    ensure!(count(b, "state.k8s.topology") == topology_before + 1, "topology: only one tombstone");
+        },
+    )?;
+    ensure!(
+        count(b, "raw.k8s.events") == events_before,
+        "events were sent again after the relist"
+    );
+    ensure!(
+        count(b, "state.k8s.resource") == state_before + 2,
+        "state: only the change and one tombstone"
+    );
+    ensure!(
+        count(b, "state.k8s.topology") == topology_before + 1,
+        "topology: only one tombstone"
+    );
     ensure!(
         agent.metric("agent_watch_errors_total{").unwrap_or(0.0) > 0.0,
         "the 410s were counted"
@@ -317,40 +425,64 @@ fn the_agent_streams_protocol_shapes_and_survives_an_outage_and_410_without_dupl
 }
 
 #[test]
-fn a_missing_rbac_permission_is_reported_by_name_and_the_other_kinds_keep_streaming() -> Result<()> {
+fn a_missing_rbac_permission_is_reported_by_name_and_the_other_kinds_keep_streaming() -> Result<()>
+{
     let broker = Broker::start()?;
     let kube = FakeKube::start_new()?;
     kube.forbid("deployments");
     let objects = seed(&kube);
     let agent = Agent::start(&base_env(&broker, &kube)?, &[])?;
     let b = &broker;
-    let pod_key = format!("{CLIENT}::Pod:{}", objects["pod"]["metadata"]["uid"].as_str().unwrap());
-    poll("the pod streamed despite the forbidden kind", Duration::from_secs(30), || {
-        (!values(b, "state.k8s.resource", &pod_key).is_empty()).then_some(())
-    })
+    let pod_key = format!(
+        "{CLIENT}::Pod:{}",
+        objects["pod"]["metadata"]["uid"].as_str().unwrap()
+    );
+    poll(
+        "the pod streamed despite the forbidden kind",
+        Duration::from_secs(30),
+        || (!values(b, "state.k8s.resource", &pod_key).is_empty()).then_some(()),
+    )
     .with_context(|| agent.log())?;
-    poll("the permission named in the log and metrics", Duration::from_secs(30), || {
-        let log = agent.log();
-        let named = log.contains("missing RBAC permission") && log.contains("list and watch deployments (apps API group)");
-        let gauge = agent.metric("agent_watch_forbidden{client_id=\"agent-001\",kind=\"Deployment\"}")? == 1.0;
-        (named && gauge).then_some(())
-    })
+    poll(
+        "the permission named in the log and metrics",
+        Duration::from_secs(30),
+        || {
+            let log = agent.log();
+            let named = log.contains("missing RBAC permission")
+                && log.contains("list and watch deployments (apps API group)");
+            let gauge = agent
+                .metric("agent_watch_forbidden{client_id=\"agent-001\",kind=\"Deployment\"}")?
+                == 1.0;
+            (named && gauge).then_some(())
+        },
+    )
     .with_context(|| agent.log())?;
     let health = agent.health().context("health")?;
     ensure!(health["status"] == "degraded", "{health}");
-    ensure!(health["watches"]["deployments"]["failure"] == "forbidden", "{health}");
+    ensure!(
+        health["watches"]["deployments"]["failure"] == "forbidden",
+        "{health}"
+    );
     ensure!(health["watches"]["pods"]["synced"] == true, "{health}");
-    let deployment_key = format!("{CLIENT}::Deployment:{}", objects["deployment"]["metadata"]["uid"].as_str().unwrap());
+    let deployment_key = format!(
+        "{CLIENT}::Deployment:{}",
+        objects["deployment"]["metadata"]["uid"].as_str().unwrap()
+    );
     ensure!(values(b, "state.k8s.resource", &deployment_key).is_empty());
     // The heartbeat says degraded too.
     poll("a degraded heartbeat", Duration::from_secs(20), || {
-        values(b, "cluster.heartbeat", CLIENT).iter().any(|v| v.contains("\"degraded\"")).then_some(())
+        values(b, "cluster.heartbeat", CLIENT)
+            .iter()
+            .any(|v| v.contains("\"degraded\""))
+            .then_some(())
     })?;
     // Granted: the kind streams without a restart.
     kube.allow("deployments");
-    poll("the deployment once permitted", Duration::from_secs(60), || {
-        (!values(b, "state.k8s.resource", &deployment_key).is_empty()).then_some(())
-    })
+    poll(
+        "the deployment once permitted",
+        Duration::from_secs(60),
+        || (!values(b, "state.k8s.resource", &deployment_key).is_empty()).then_some(()),
+    )
     .with_context(|| agent.log())?;
     Ok(())
 }
@@ -365,9 +497,16 @@ fn deregister_sends_the_tombstone_and_never_logs_the_sasl_password() -> Result<(
         .env("KAFKA_BOOTSTRAP_SERVERS", &broker.bootstrap)
         .env("LOG_FORMAT", "json")
         .output()?;
-    ensure!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    ensure!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let registry = kcat_consume(&broker.bootstrap, "cluster.registry")?;
-    ensure!(registry == vec![(CLIENT.to_string(), String::new())], "{registry:?}");
+    ensure!(
+        registry == vec![(CLIENT.to_string(), String::new())],
+        "{registry:?}"
+    );
 
     // SASL against a broker that does not speak it: the delivery fails within its
     // deadline, and nothing the agent prints holds the password.
@@ -384,9 +523,23 @@ fn deregister_sends_the_tombstone_and_never_logs_the_sasl_password() -> Result<(
         .env("DELIVERY_DEADLINE", "3s")
         .env("RUST_LOG", "debug")
         .output()?;
-    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    ensure!(output.status.code() == Some(1), "{:?}: {printed}", output.status);
-    ensure!(printed.contains("deregistering client agent-001"), "{printed}");
-    ensure!(!printed.contains(secret), "the password was printed: {printed}");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    ensure!(
+        output.status.code() == Some(1),
+        "{:?}: {printed}",
+        output.status
+    );
+    ensure!(
+        printed.contains("deregistering client agent-001"),
+        "{printed}"
+    );
+    ensure!(
+        !printed.contains(secret),
+        "the password was printed: {printed}"
+    );
     Ok(())
 }
