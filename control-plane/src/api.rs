@@ -99,10 +99,53 @@ async fn metrics(
     )
 }
 
-async fn list_clients(State(state): State<ApiState>) -> Json<Vec<ClientRecord>> {
-    let mut clients: Vec<ClientRecord> = state.table.iter().map(|r| r.value().clone()).collect();
-    clients.sort_by(|a, b| a.client_id.cmp(&b.client_id));
-    Json(clients)
+/// The most clients one `GET /clients` returns, unless `limit` asks for fewer.
+pub const CLIENTS_PAGE_MAX: usize = 1000;
+
+/// The response header naming the `after` of the next page, present when there is one.
+pub const NEXT_PAGE_HEADER: &str = "x-kg-next-after";
+
+#[derive(Debug, Deserialize)]
+struct ClientsQuery {
+    /// Clients per page, at most [`CLIENTS_PAGE_MAX`].
+    limit: Option<usize>,
+    /// Only clients whose id sorts after this one (the previous page's last id).
+    after: Option<String>,
+}
+
+/// `GET /clients[?limit=N][&after=<id>]`: a page of clients, sorted by id. The answer stays
+/// a JSON array (what operators' scripts read); a page that is not the last says where the
+/// next starts in the `x-kg-next-after` header, so one request never returns thousands of
+/// clients' metadata at once.
+async fn list_clients(
+    State(state): State<ApiState>,
+    Query(query): Query<ClientsQuery>,
+) -> Response {
+    let limit = query
+        .limit
+        .unwrap_or(CLIENTS_PAGE_MAX)
+        .clamp(1, CLIENTS_PAGE_MAX);
+    let after = query.after.unwrap_or_default();
+    let mut ids: Vec<ClientId> = state
+        .table
+        .iter()
+        .map(|r| r.key().clone())
+        .filter(|id| id.as_str() > after.as_str())
+        .collect();
+    ids.sort();
+    let more = ids.len() > limit;
+    ids.truncate(limit);
+    let clients: Vec<ClientRecord> = ids
+        .iter()
+        .filter_map(|id| state.table.get(id).map(|r| r.value().clone()))
+        .collect();
+    let mut response = Json(clients).into_response();
+    if let (true, Some(last)) = (more, ids.last()) {
+        if let Ok(value) = last.as_str().parse() {
+            response.headers_mut().insert(NEXT_PAGE_HEADER, value);
+        }
+    }
+    response
 }
 
 async fn get_client(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
@@ -478,6 +521,57 @@ mod tests {
         let (status, body) = send(state(None), "GET", "/clients/Bad_Id", None).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         assert!(body.contains("error"));
+    }
+
+    #[tokio::test]
+    async fn clients_come_in_pages_that_say_where_the_next_starts() {
+        let state = state(None);
+        for n in 0..5 {
+            let id = ClientId::parse(&format!("client-{n}")).unwrap();
+            state.table.insert(
+                id.clone(),
+                ClientRecord {
+                    client_id: id,
+                    state: crate::table::ClientState::Active,
+                    cluster_name: None,
+                    registered_at: chrono::Utc::now(),
+                    last_heartbeat: None,
+                    registration: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                    registrations_seen: 1,
+                    workers: Vec::new(),
+                },
+            );
+        }
+        let page = |uri: &str| {
+            let state = state.clone();
+            let uri = uri.to_string();
+            async move {
+                let response = router(state)
+                    .oneshot(Request::builder().uri(uri).body(Body::empty()).unwrap())
+                    .await
+                    .unwrap();
+                let next = response
+                    .headers()
+                    .get(NEXT_PAGE_HEADER)
+                    .map(|v| v.to_str().unwrap().to_string());
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                let ids: Vec<String> = serde_json::from_slice::<Vec<serde_json::Value>>(&body)
+                    .unwrap()
+                    .iter()
+                    .map(|c| c["client_id"].as_str().unwrap().to_string())
+                    .collect();
+                (ids, next)
+            }
+        };
+        let (ids, next) = page("/clients?limit=2").await;
+        assert_eq!(ids, ["client-0", "client-1"]);
+        assert_eq!(next.as_deref(), Some("client-1"));
+        let (ids, next) = page("/clients?limit=2&after=client-3").await;
+        assert_eq!(ids, ["client-4"]);
+        assert_eq!(next, None);
+        let (ids, next) = page("/clients").await;
+        assert_eq!(ids.len(), 5);
+        assert_eq!(next, None);
     }
 
     #[tokio::test]

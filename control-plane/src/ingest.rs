@@ -21,10 +21,11 @@ use kg_shared::registry::{decode_registry, RegistryMessage};
 use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, DLQ_RAW};
 use kg_shared::ClientId;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
+use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::mpsc;
@@ -91,18 +92,58 @@ impl Publisher {
         Ok(Self { producer })
     }
 
-    /// Sends a dead letter and waits for its acknowledgement.
-    pub async fn dead_letter(&self, letter: &DeadLetter) -> Result<(), KafkaError> {
+    /// Queues a dead letter without waiting for Kafka's acknowledgement, which is awaited
+    /// (and counted) in the background: a flood of bad records is then rejected as fast as
+    /// it is read, and the valid records behind it are not delayed by one round trip per
+    /// bad one. Only when the producer's queue is full does this wait, at most a second
+    /// per attempt (back-pressure, bounded so shutdown stays prompt).
+    pub async fn dead_letter_in_background(
+        &self,
+        letter: &DeadLetter,
+        metrics: Arc<ControlPlaneMetrics>,
+    ) {
         let value = letter.to_json();
         let key = letter.key.clone().unwrap_or_default();
-        self.producer
-            .send(
-                FutureRecord::to(DLQ_RAW).key(&key).payload(&value),
-                Duration::from_secs(30),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(error, _)| error)
+        let mut attempts = 0;
+        let delivery = loop {
+            let record = FutureRecord::to(DLQ_RAW).key(&key).payload(&value);
+            match self.producer.send_result(record) {
+                Ok(delivery) => break delivery,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
+                    if attempts < 5 =>
+                {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err((error, _)) => {
+                    metrics.dead_letters_failed.inc();
+                    warn!(%error, "failed to queue a dead letter");
+                    return;
+                }
+            }
+        };
+        tokio::spawn(async move {
+            match delivery.await {
+                Ok(Ok(_)) => {
+                    metrics.dead_letters.inc();
+                }
+                Ok(Err((error, _))) => {
+                    metrics.dead_letters_failed.inc();
+                    warn!(%error, "failed to dead-letter a skipped record");
+                }
+                Err(_) => {
+                    metrics.dead_letters_failed.inc();
+                }
+            }
+        });
+    }
+
+    /// Waits, at most `timeout`, for queued dead letters and tombstones to be delivered:
+    /// dropping the producer would discard them.
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
+            warn!(%error, "undelivered dead letters at shutdown");
+        }
     }
 
     /// Deregisters durably: a tombstone on `cluster.registry`, which ingest then applies
@@ -250,7 +291,11 @@ pub async fn run_ingest(
         }
         let message = tokio::select! {
             biased;
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                // Bounded: a broker that is down must not hold the shutdown.
+                tokio::task::block_in_place(|| publisher.flush(Duration::from_secs(3)));
+                return Ok(());
+            }
             _ = progress.tick(), if !replay_announced => {
                 // Compaction and deletion can leave the last offsets empty, so watermarks
                 // are also compared with the consumer's position.
@@ -492,7 +537,7 @@ async fn registry_input(
     message: &BorrowedMessage<'_>,
     at: DateTime<Utc>,
     now: DateTime<Utc>,
-    metrics: &ControlPlaneMetrics,
+    metrics: &Arc<ControlPlaneMetrics>,
     publisher: &Publisher,
 ) -> Option<Input> {
     match decode_registry(message.key(), message.payload()) {
@@ -524,7 +569,7 @@ async fn heartbeat_input(
     message: &BorrowedMessage<'_>,
     at: DateTime<Utc>,
     now: DateTime<Utc>,
-    metrics: &ControlPlaneMetrics,
+    metrics: &Arc<ControlPlaneMetrics>,
     publisher: &Publisher,
 ) -> Option<Input> {
     match decode_heartbeat(message.key(), message.payload()) {
@@ -565,7 +610,7 @@ async fn reject(
     rejected: Rejected,
     counter: &Family<ReasonLabel, Counter>,
     now: DateTime<Utc>,
-    metrics: &ControlPlaneMetrics,
+    metrics: &Arc<ControlPlaneMetrics>,
     publisher: &Publisher,
 ) {
     counter
@@ -600,7 +645,7 @@ async fn dead_letter(
     reason_code: &str,
     reason: &str,
     now: DateTime<Utc>,
-    metrics: &ControlPlaneMetrics,
+    metrics: &Arc<ControlPlaneMetrics>,
     publisher: &Publisher,
 ) {
     let letter = DeadLetter::new(
@@ -614,13 +659,10 @@ async fn dead_letter(
         None,
         now,
     );
-    match publisher.dead_letter(&letter).await {
-        Ok(()) => {
-            metrics.dead_letters.inc();
-        }
-        Err(error) => warn!(%error, "failed to dead-letter a skipped record"),
-    }
-    debug!(reason_code, "dead-lettered");
+    publisher
+        .dead_letter_in_background(&letter, metrics.clone())
+        .await;
+    debug!(reason_code, "dead letter queued");
 }
 
 #[cfg(test)]

@@ -40,6 +40,8 @@ pub struct ControlPlaneMetrics {
     pub heartbeats_rejected: Family<ReasonLabel, Counter>,
     pub invalid_client_ids: Counter,
     pub dead_letters: Counter,
+    /// Dead letters Kafka did not take (the skipped record is then only in the log).
+    pub dead_letters_failed: Counter,
     pub lifecycle_events: Family<EventLabel, Counter>,
     pub runtime_errors: Family<OperationLabel, Counter>,
     pub reconciles: Counter,
@@ -71,6 +73,7 @@ impl ControlPlaneMetrics {
             heartbeats_rejected: Family::default(),
             invalid_client_ids: Counter::default(),
             dead_letters: Counter::default(),
+            dead_letters_failed: Counter::default(),
             lifecycle_events: Family::default(),
             runtime_errors: Family::default(),
             reconciles: Counter::default(),
@@ -121,6 +124,11 @@ impl ControlPlaneMetrics {
             "dead_letters",
             "Records sent to dlq.raw",
             metrics.dead_letters.clone(),
+        );
+        registry.register(
+            "dead_letters_failed",
+            "Dead letters Kafka did not acknowledge (the skipped record is in the log only)",
+            metrics.dead_letters_failed.clone(),
         );
         registry.register(
             "lifecycle_events",

@@ -2,13 +2,22 @@
 //! processed is wrapped with its reason, where it came from (topic, partition, offset)
 //! and when it failed, and the original bytes are kept exactly: as text when they are
 //! UTF-8, in base64 when they are not, so an operator can replay or inspect it.
+//!
+//! Up to [`ORIGINAL_LIMIT`] bytes, that is. A larger value (the very records that are
+//! dead-lettered for being too large) would make the dead letter too large for the broker
+//! as well: its first [`ORIGINAL_LIMIT`] bytes are kept, with its size and SHA-256, which
+//! is enough to find the record and tell it apart.
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::client_id::ClientId;
+
+/// The most bytes of an original value a dead letter carries.
+pub const ORIGINAL_LIMIT: usize = 64 * 1024;
 
 /// One record that could not be processed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -37,6 +46,21 @@ pub struct DeadLetter {
     /// The original value in standard base64 when it is not valid UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_base64: Option<String>,
+    /// Set when the original was longer than [`ORIGINAL_LIMIT`] and only its start is
+    /// kept: its full size and digest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub truncated: Option<Truncated>,
+}
+
+/// What identifies an original value too large to keep whole.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Truncated {
+    /// The original's size in bytes.
+    pub size: usize,
+    /// Its SHA-256, hex.
+    pub sha256: String,
+    /// How many of its bytes the dead letter keeps.
+    pub kept: usize,
 }
 
 impl DeadLetter {
@@ -53,10 +77,24 @@ impl DeadLetter {
         client_id: Option<&ClientId>,
         failed_at: DateTime<Utc>,
     ) -> Self {
-        let (original, original_base64) = match value.map(std::str::from_utf8) {
+        let truncated = value.filter(|v| v.len() > ORIGINAL_LIMIT).map(|v| {
+            let digest = Sha256::digest(v);
+            Truncated {
+                size: v.len(),
+                sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+                kept: ORIGINAL_LIMIT,
+            }
+        });
+        let kept = value.map(|v| &v[..v.len().min(ORIGINAL_LIMIT)]);
+        let (original, original_base64) = match kept.map(std::str::from_utf8) {
             None => (None, None),
             Some(Ok(text)) => (Some(text.to_owned()), None),
-            Some(Err(_)) => (None, value.map(|v| STANDARD.encode(v))),
+            // A cut through a multi-byte character is still text, less its last character.
+            Some(Err(error)) if truncated.is_some() && error.error_len().is_none() => {
+                let text = &kept.unwrap_or_default()[..error.valid_up_to()];
+                (Some(String::from_utf8_lossy(text).into_owned()), None)
+            }
+            Some(Err(_)) => (None, kept.map(|v| STANDARD.encode(v))),
         };
         DeadLetter {
             reason_code: reason_code.to_owned(),
@@ -69,6 +107,7 @@ impl DeadLetter {
             key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
             original,
             original_base64,
+            truncated,
         }
     }
 
@@ -79,8 +118,8 @@ impl DeadLetter {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// The exact original value bytes, or `None` for a null value (or a base64 field that
-    /// was tampered with).
+    /// The exact original value bytes (their start, when [`DeadLetter::truncated`] says
+    /// so), or `None` for a null value (or a base64 field that was tampered with).
     pub fn original_bytes(&self) -> Option<Vec<u8>> {
         match (&self.original, &self.original_base64) {
             (Some(text), _) => Some(text.as_bytes().to_vec()),
@@ -147,6 +186,42 @@ mod tests {
         let json: serde_json::Value = serde_json::from_slice(&dl.to_json()).unwrap();
         assert!(json.get("client_id").is_none());
         assert!(json.get("original").is_none());
+    }
+
+    #[test]
+    fn an_oversized_original_keeps_its_start_size_and_digest() {
+        let value = vec![b'x'; ORIGINAL_LIMIT * 3];
+        let dl = DeadLetter::new(
+            "too_large",
+            "big",
+            "t",
+            1,
+            9,
+            Some(b"k"),
+            Some(&value),
+            None,
+            at(),
+        );
+        let truncated = dl.truncated.clone().expect("marked truncated");
+        assert_eq!(truncated.size, ORIGINAL_LIMIT * 3);
+        assert_eq!(truncated.kept, ORIGINAL_LIMIT);
+        assert_eq!(truncated.sha256.len(), 64);
+        assert_eq!(dl.original.as_deref().map(str::len), Some(ORIGINAL_LIMIT));
+        assert!(dl.to_json().len() < ORIGINAL_LIMIT + 1024);
+        // A cut inside a multi-byte character still leaves text.
+        let mut text = vec![b'a'; ORIGINAL_LIMIT - 1];
+        text.extend_from_slice("é".repeat(10).as_bytes());
+        let dl = DeadLetter::new("too_large", "big", "t", 1, 9, None, Some(&text), None, at());
+        assert_eq!(
+            dl.original.as_deref().map(str::len),
+            Some(ORIGINAL_LIMIT - 1)
+        );
+        // Small values are kept whole and carry no marker.
+        let dl = DeadLetter::new("x", "y", "t", 0, 0, None, Some(b"small"), None, at());
+        assert!(dl.truncated.is_none());
+        assert!(!String::from_utf8(dl.to_json())
+            .unwrap()
+            .contains("truncated"));
     }
 
     #[test]

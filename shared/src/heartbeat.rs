@@ -28,6 +28,14 @@ pub struct Heartbeat {
 /// Why a heartbeat record could not be decoded.
 #[derive(thiserror::Error, Debug)]
 pub enum HeartbeatDecodeError {
+    /// The value is larger than [`MAX_HEARTBEAT_BYTES`].
+    #[error("heartbeat value is {size} bytes, more than the {limit} a heartbeat may have")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The cap.
+        limit: usize,
+    },
     /// The record has a null value; heartbeats are never tombstones.
     #[error("heartbeat value is null")]
     NullValue,
@@ -72,6 +80,7 @@ impl HeartbeatDecodeError {
     /// A short, stable label for metrics.
     pub fn reason_code(&self) -> &'static str {
         match self {
+            HeartbeatDecodeError::TooLarge { .. } => "too_large",
             HeartbeatDecodeError::NullValue => "null_value",
             HeartbeatDecodeError::EmptyValue => "empty_value",
             HeartbeatDecodeError::NotJson { .. } => "not_json",
@@ -100,12 +109,22 @@ impl From<ObjectError> for HeartbeatDecodeError {
     }
 }
 
+/// The largest heartbeat accepted: a heartbeat is a client id, a time and a few counters
+/// (under 200 bytes from any agent); parsing megabytes to learn that is not worth it.
+pub const MAX_HEARTBEAT_BYTES: usize = 16 * 1024;
+
 /// Decodes one `cluster.heartbeat` record. `value` is `None` for a Kafka null.
 pub fn decode_heartbeat(
     key: Option<&[u8]>,
     value: Option<&[u8]>,
 ) -> Result<Heartbeat, HeartbeatDecodeError> {
     let value = value.ok_or(HeartbeatDecodeError::NullValue)?;
+    if value.len() > MAX_HEARTBEAT_BYTES {
+        return Err(HeartbeatDecodeError::TooLarge {
+            size: value.len(),
+            limit: MAX_HEARTBEAT_BYTES,
+        });
+    }
     let mut fields = parse_object(value)?;
     let client_id = client_id_of(&fields, key)?;
     let status = take_string(&mut fields, "status");
@@ -172,6 +191,18 @@ mod tests {
 
     fn decode(key: &str, value: &str) -> Result<Heartbeat, HeartbeatDecodeError> {
         decode_heartbeat(Some(key.as_bytes()), Some(value.as_bytes()))
+    }
+
+    #[test]
+    fn a_heartbeat_over_the_cap_is_refused() {
+        let value = format!(
+            r#"{{"client_id":"af-9","pad":"{}"}}"#,
+            "x".repeat(MAX_HEARTBEAT_BYTES)
+        );
+        assert_eq!(
+            decode("af-9", &value).unwrap_err().reason_code(),
+            "too_large"
+        );
     }
 
     #[test]

@@ -46,9 +46,22 @@ pub struct Registration {
     pub recovered_from_split: bool,
 }
 
+/// The largest registration accepted. A registration carries a client's id and a few
+/// lines of metadata (a 2.1.x chart's is under 200 bytes); every one is kept in memory and
+/// returned by the API, so one of megabytes is an attack or a bug, never metadata.
+pub const MAX_REGISTRATION_BYTES: usize = 16 * 1024;
+
 /// Why a registry record could not be decoded.
 #[derive(thiserror::Error, Debug)]
 pub enum RegistryDecodeError {
+    /// The value is larger than [`MAX_REGISTRATION_BYTES`].
+    #[error("registry value is {size} bytes, more than the {limit} a registration may have")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The cap.
+        limit: usize,
+    },
     /// The value is empty or whitespace.
     #[error("registry value is empty")]
     EmptyValue,
@@ -110,6 +123,7 @@ impl RegistryDecodeError {
     /// A short, stable label for metrics.
     pub fn reason_code(&self) -> &'static str {
         match self {
+            RegistryDecodeError::TooLarge { .. } => "too_large",
             RegistryDecodeError::EmptyValue => "empty_value",
             RegistryDecodeError::NotJson { .. } => "not_json",
             RegistryDecodeError::TrailingData { .. } => "trailing_data",
@@ -150,6 +164,12 @@ pub fn decode_registry(
     let Some(value) = value else {
         return decode_tombstone(key);
     };
+    if value.len() > MAX_REGISTRATION_BYTES {
+        return Err(RegistryDecodeError::TooLarge {
+            size: value.len(),
+            limit: MAX_REGISTRATION_BYTES,
+        });
+    }
     // Checked before the split shape, which an empty value would otherwise also match.
     if value.iter().all(u8::is_ascii_whitespace) {
         return Err(RegistryDecodeError::EmptyValue);
@@ -397,6 +417,20 @@ mod tests {
     }
 
     #[test]
+    fn a_registration_over_the_cap_is_refused_before_it_is_parsed() {
+        let padding = "x".repeat(MAX_REGISTRATION_BYTES);
+        let value = format!(r#"{{"client_id":"af-9","padding":"{padding}"}}"#);
+        let err = error(Some("af-9"), Some(value.as_bytes()));
+        assert_eq!(err.reason_code(), "too_large");
+        assert!(err.to_string().contains(&value.len().to_string()), "{err}");
+        // At the cap it is still a registration.
+        let padding = "x".repeat(MAX_REGISTRATION_BYTES - 40);
+        let value = format!(r#"{{"client_id":"af-9","p":"{padding}"}}"#);
+        assert!(value.len() <= MAX_REGISTRATION_BYTES);
+        assert_eq!(register(Some("af-9"), &value).client_id.as_str(), "af-9");
+    }
+
+    #[test]
     fn chart_registration_is_decoded_with_all_fields() {
         let r = register(Some("af-9"), CHART);
         assert_eq!(r.client_id, "af-9");
@@ -590,7 +624,7 @@ mod tests {
 
     #[test]
     fn deeply_nested_json_is_an_error_not_a_crash() {
-        let value = "[".repeat(100_000);
+        let value = "[".repeat(10_000);
         let err = error(Some("af-9"), Some(value.as_bytes()));
         assert_eq!(err.reason_code(), "not_json");
     }

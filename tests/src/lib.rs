@@ -478,6 +478,23 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// SIGTERM, as an operator or orchestrator would; how long the process took to exit, or
+    /// an error (after a SIGKILL) when it did not within `deadline`.
+    pub fn terminate(&mut self, deadline: Duration) -> Result<Duration> {
+        let mut child = self.child.take().context("not running")?;
+        let started = Instant::now();
+        nix::sys::signal::kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM)?;
+        while started.elapsed() < deadline {
+            if child.try_wait()?.is_some() {
+                return Ok(started.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        bail!("the control plane did not exit within {deadline:?} of SIGTERM")
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -622,6 +639,73 @@ fn tail(text: &str, lines: usize) -> String {
 
 /// Minimal blocking HTTP over std, to keep the tests free of an async HTTP stack.
 pub mod fake_kube;
+
+/// A running `kg-rca-agent` with its log file.
+pub struct Agent {
+    child: Child,
+    log: PathBuf,
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Runs the agent binary with exactly `env` (plus PATH) and `args`.
+    pub fn start(env: &[(String, String)], args: &[impl AsRef<std::ffi::OsStr>]) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let log = dir.path().join("agent.log");
+        let file = std::fs::File::create(&log)?;
+        let child = Command::new(&binaries().agent)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .envs(env.iter().cloned())
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(file.try_clone()?))
+            .stderr(Stdio::from(file))
+            .spawn()
+            .context("start the agent")?;
+        let addr = env
+            .iter()
+            .find(|(k, _)| k == "LISTEN_ADDR")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Ok(Self {
+            child,
+            log,
+            addr,
+            _dir: dir,
+        })
+    }
+
+    /// Waits for the process to exit (a `deregister` run).
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http::blocking_get(&format!("http://{}/metrics", self.addr)).ok()?;
+        body.lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+    }
+
+    pub fn health(&self) -> Option<Value> {
+        let (_, body) = http::blocking_get(&format!("http://{}/health", self.addr)).ok()?;
+        serde_json::from_str(&body).ok()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
 
 pub mod http {
     use std::io::{Read, Write};

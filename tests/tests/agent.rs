@@ -7,8 +7,7 @@
 //! refusal of an invalid client id; deregistration; the SASL password never logged.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
@@ -17,68 +16,6 @@ use kg_tests::*;
 use serde_json::{json, Value};
 
 const CLIENT: &str = "agent-001";
-
-/// A running agent with its log file.
-struct Agent {
-    child: Child,
-    log: PathBuf,
-    pub addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Agent {
-    /// Runs the agent binary with exactly `env` (plus PATH) and `args`.
-    fn start(env: &[(String, String)], args: &[&str]) -> Result<Self> {
-        let dir = tempfile::tempdir()?;
-        let log = dir.path().join("agent.log");
-        let file = std::fs::File::create(&log)?;
-        let child = Command::new(&binaries().agent)
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("RUST_LOG", "info,rdkafka=warn")
-            .envs(env.iter().cloned())
-            .stdin(Stdio::null())
-            .stdout(Stdio::from(file.try_clone()?))
-            .stderr(Stdio::from(file))
-            .spawn()
-            .context("start the agent")?;
-        let addr = env
-            .iter()
-            .find(|(k, _)| k == "LISTEN_ADDR")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
-        Ok(Self {
-            child,
-            log,
-            addr,
-            _dir: dir,
-        })
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metric(&self, series: &str) -> Option<f64> {
-        let (_, body) = http::blocking_get(&format!("http://{}/metrics", self.addr)).ok()?;
-        body.lines()
-            .find(|line| line.starts_with(series))
-            .and_then(|line| line.rsplit(' ').next()?.parse().ok())
-    }
-
-    fn health(&self) -> Option<Value> {
-        let (_, body) = http::blocking_get(&format!("http://{}/health", self.addr)).ok()?;
-        serde_json::from_str(&body).ok()
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn base_env(broker: &Broker, kube: &FakeKube) -> Result<Vec<(String, String)>> {
     let port = free_port()?;
@@ -431,7 +368,7 @@ fn a_missing_rbac_permission_is_reported_by_name_and_the_other_kinds_keep_stream
     let kube = FakeKube::start_new()?;
     kube.forbid("deployments");
     let objects = seed(&kube);
-    let agent = Agent::start(&base_env(&broker, &kube)?, &[])?;
+    let agent = Agent::start(&base_env(&broker, &kube)?, &[] as &[&str])?;
     let b = &broker;
     let pod_key = format!(
         "{CLIENT}::Pod:{}",

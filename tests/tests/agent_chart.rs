@@ -9,7 +9,7 @@
 //! way, deregisters the client and the control plane reaps its workers.
 
 use std::collections::BTreeMap;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -101,25 +101,6 @@ fn args(container: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Runs the agent binary as the container would (its image's entrypoint is the binary).
-fn run_agent(
-    args: &[String],
-    env: &[(String, String)],
-    extra: &[(&str, String)],
-    log: &std::path::Path,
-) -> Result<std::process::Child> {
-    let file = std::fs::File::create(log)?;
-    Ok(Command::new(&binaries().agent)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().cloned())
-        .envs(extra.iter().map(|(k, v)| (k.to_string(), v.clone())))
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(file.try_clone()?))
-        .stderr(Stdio::from(file))
-        .spawn()?)
-}
-
 /// An OOM-killed pod that then crash-loops, as Kubernetes reports it.
 fn seed(kube: &FakeKube) -> String {
     kube.apply(json!({"kind": "Node", "metadata": {"name": "node-1"},
@@ -193,19 +174,11 @@ fn the_rendered_chart_runs_the_agent_into_a_root_cause_answer_and_its_hook_dereg
         env_map.get("KAFKA_BOOTSTRAP_SERVERS") == Some(&broker.bootstrap),
         "{env_map:?}"
     );
-    let dir = tempfile::tempdir()?;
-    let port = free_port()?;
-    let listen = format!("127.0.0.1:{port}");
-    let mut agent = run_agent(
-        &args(container),
-        &env,
-        &[
-            ("KUBECONFIG", kube.kubeconfig().display().to_string()),
-            ("LISTEN_ADDR", listen.clone()),
-        ],
-        &dir.path().join("agent.log"),
-    )?;
-    let agent_log = || std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default();
+    let mut pod_env = env.clone();
+    pod_env.push(("KUBECONFIG".into(), kube.kubeconfig().display().to_string()));
+    pod_env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{}", free_port()?)));
+    let agent = Agent::start(&pod_env, &args(container))?;
+    let agent_log = || agent.log();
     let result = (|| -> Result<()> {
         // Registered by the agent alone: the control plane starts the client's workers.
         poll("the client's workers", Duration::from_secs(90), || {
@@ -244,8 +217,7 @@ fn the_rendered_chart_runs_the_agent_into_a_root_cause_answer_and_its_hook_dereg
         );
         Ok(())
     })();
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(agent);
     result?;
 
     // `helm uninstall`: the pre-delete hook Job's container, run the same way.
@@ -259,18 +231,8 @@ fn the_rendered_chart_runs_the_agent_into_a_root_cause_answer_and_its_hook_dereg
         })
         .context("no pre-delete hook Job rendered")?;
     let container = &job["spec"]["template"]["spec"]["containers"][0];
-    let status = run_agent(
-        &args(container),
-        &container_env(container, &documents)?,
-        &[],
-        &dir.path().join("hook.log"),
-    )?
-    .wait()?;
-    ensure!(
-        status.success(),
-        "the hook failed: {}",
-        std::fs::read_to_string(dir.path().join("hook.log")).unwrap_or_default()
-    );
+    let mut hook = Agent::start(&container_env(container, &documents)?, &args(container))?;
+    ensure!(hook.wait()?.success(), "the hook failed: {}", hook.log());
     poll(
         "the client deregistered and its workers reaped",
         Duration::from_secs(60),

@@ -1,5 +1,5 @@
 //! What operators' own tools read: `/metrics` bodies that `promtool check metrics` accepts
-//! (the control plane's and every worker role's), the exposition format negotiated by the
+//! (the control plane's, every worker role's and the agent's), the exposition format negotiated by the
 //! `Accept` header, and logs that are JSON on every line of every process when
 //! `LOG_FORMAT=json` (process runtime here; the Docker runtime in `docker_runtime.rs`).
 
@@ -286,4 +286,44 @@ async fn with_log_format_json_every_line_of_every_process_is_json() -> Result<()
         problems.join("\n")
     );
     Ok(())
+}
+
+#[test]
+fn promtool_accepts_the_agents_metrics() -> Result<()> {
+    if require_tool("promtool", promtool(), "run scripts/install-test-tools.sh")?.is_none() {
+        return Ok(());
+    }
+    let broker = Broker::start()?;
+    let kube = kg_tests::fake_kube::FakeKube::start_new()?;
+    kube.apply(serde_json::json!({"kind": "Node", "metadata": {"name": "node-1"}}));
+    let listen = format!("127.0.0.1:{}", free_port()?);
+    let env: Vec<(String, String)> = [
+        ("CLIENT_ID", "metrics-001".to_string()),
+        ("KAFKA_BOOTSTRAP_SERVERS", broker.bootstrap.clone()),
+        ("KUBECONFIG", kube.kubeconfig().display().to_string()),
+        ("LISTEN_ADDR", listen.clone()),
+        ("HEARTBEAT_INTERVAL", "1s".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let agent = Agent::start(&env, &["run"])?;
+    // Once it has registered, heartbeated and sent the node, every family has samples.
+    poll("the agent's first records", Duration::from_secs(30), || {
+        (agent.metric("agent_heartbeats_total")? >= 1.0
+            && agent.metric("agent_watch_synced{")? >= 1.0)
+            .then_some(())
+    })
+    .with_context(|| agent.log())?;
+    check_endpoint(
+        "kg-rca-agent",
+        &format!("http://{listen}"),
+        &[
+            "agent_records_sent_total{",
+            "agent_registrations_total",
+            "agent_watch_synced{",
+            "kg_build_info{",
+            "process_resident_memory_bytes",
+        ],
+    )
 }

@@ -1,0 +1,155 @@
+//! Adversarial inputs against the control plane (issue "Hardening"), each a finding that
+//! failed before its fix: a flood of garbage heartbeats must not delay a live client's
+//! valid ones (dead letters are queued, not awaited one by one); a registration over the
+//! size cap is dead-lettered (truncated, with its size and digest) and the registrations
+//! behind it are applied; SIGTERM is prompt while the broker is down and ingest has dead
+//! letters in flight.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context, Result};
+use kg_tests::*;
+use serde_json::Value;
+
+fn client_state(plane: &ControlPlane, id: &str) -> Option<String> {
+    plane
+        .client(id)
+        .and_then(|c| c["state"].as_str().map(str::to_string))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_garbage_heartbeats_does_not_make_a_live_client_stale() -> Result<()> {
+    let broker = Broker::start()?;
+    let plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            heartbeat_timeout_secs: 20,
+            ..ControlPlaneOptions::default()
+        },
+    )?;
+    let client = "flood-001";
+    register_with_chart(&broker.bootstrap, client)?;
+    let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_secs(2))?;
+    poll("the client active", Duration::from_secs(60), || {
+        (client_state(&plane, client).as_deref() == Some("active")).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+
+    // 10,000 non-JSON heartbeats under the client's own key: the same partition as its
+    // valid heartbeats, which queue behind them.
+    let producer = producer(&broker.bootstrap, "lz4")?;
+    let garbage: Vec<(String, String)> = (0..10_000)
+        .map(|n| (client.to_string(), format!("not json {n}")))
+        .collect();
+    send_all(&producer, "cluster.heartbeat", garbage).await?;
+    let flooded = Instant::now();
+
+    // Every one rejected and dead-lettered, and the client never stale meanwhile (its
+    // timeout is 20 s; at the old 180 rejections per second the flood took 55 s).
+    let mut rejected = 0.0;
+    while flooded.elapsed() < Duration::from_secs(30) {
+        let state = client_state(&plane, client);
+        ensure!(
+            state.as_deref() == Some("active"),
+            "the client went {state:?} {:?} after the flood\n{}",
+            flooded.elapsed(),
+            plane.log_tail()
+        );
+        rejected = plane.metric("cp_heartbeats_rejected_total{reason=\"not_json\"}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    ensure!(
+        rejected >= 10_000.0,
+        "{rejected} of 10000 garbage heartbeats rejected"
+    );
+    poll(
+        "every garbage heartbeat dead-lettered",
+        Duration::from_secs(30),
+        || (plane.metric("cp_dead_letters_total") >= 10_000.0).then_some(()),
+    )?;
+    heartbeats.stop().await;
+    Ok(())
+}
+
+#[test]
+fn a_registration_over_the_cap_is_dead_lettered_and_the_ones_behind_it_apply() -> Result<()> {
+    let broker = Broker::start()?;
+    let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
+    // 900 kB under one key, then a normal registration under the same key (so the same
+    // partition, behind it), and another client's.
+    let padding = "x".repeat(900_000);
+    let huge = format!(r#"{{"client_id":"big-001","cluster_name":"big","padding":"{padding}"}}"#);
+    kcat_produce(
+        &broker.bootstrap,
+        "cluster.registry",
+        "big-001",
+        Some(&huge),
+        None,
+    )?;
+    register_with_chart(&broker.bootstrap, "big-001")?;
+    register_with_chart(&broker.bootstrap, "small-001")?;
+    poll("both clients registered", Duration::from_secs(30), || {
+        (plane.client("big-001").is_some() && plane.client("small-001").is_some()).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    // The big one's metadata is the normal registration's, not the 900 kB.
+    let (_, clients) = plane.get("/clients")?;
+    ensure!(
+        clients.len() < 20_000,
+        "GET /clients is {} bytes",
+        clients.len()
+    );
+    ensure!(plane.metric("cp_registry_rejected_total{reason=\"too_large\"}") == 1.0);
+    // The dead letter says what and why, with the start of the value, its size and digest.
+    let letter = poll("the dead letter", Duration::from_secs(30), || {
+        kcat_consume(&broker.bootstrap, "dlq.raw")
+            .ok()?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
+            .find(|v| v["reason_code"] == "too_large")
+    })?;
+    ensure!(letter["source_topic"] == "cluster.registry", "{letter}");
+    ensure!(letter["key"] == "big-001", "{letter}");
+    ensure!(letter["truncated"]["size"] == huge.len(), "{letter}");
+    ensure!(
+        letter["truncated"]["sha256"]
+            .as_str()
+            .is_some_and(|d| d.len() == 64),
+        "{letter}"
+    );
+    ensure!(
+        letter["original"]
+            .as_str()
+            .is_some_and(|o| o.len() < 100_000),
+        "the dead letter carries the whole value"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_is_prompt_while_the_broker_is_down_and_dead_letters_are_in_flight() -> Result<()> {
+    let broker = Broker::start()?;
+    let mut plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            extra_env: vec![("CP_STOP_GRACE_SECS".into(), "5".into())],
+            ..ControlPlaneOptions::default()
+        },
+    )?;
+    let producer = producer(&broker.bootstrap, "lz4")?;
+    let garbage: Vec<(String, String)> = (0..2_000)
+        .map(|n| (format!("g-{}", n % 50), format!("garbage {n}")))
+        .collect();
+    send_all(&producer, "cluster.heartbeat", garbage).await?;
+    poll(
+        "ingest rejecting the garbage",
+        Duration::from_secs(30),
+        || (plane.metric("cp_heartbeats_rejected_total{reason=\"not_json\"}") >= 1.0).then_some(()),
+    )?;
+    drop(producer);
+    drop(broker);
+    // Stop grace (5 s) plus a few seconds; before, every pending dead letter waited 30 s.
+    let took = plane.terminate(Duration::from_secs(15))?;
+    eprintln!("exited {took:?} after SIGTERM");
+    Ok(())
+}
