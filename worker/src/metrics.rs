@@ -26,6 +26,8 @@ pub struct WorkerMetrics {
     /// All dead letters, whatever the reason (for the health check's DLQ rate).
     pub dlq_total: Counter,
     pub produce_retries: Counter,
+    /// Dead letters Kafka refused for good: the record is in the worker's log only.
+    pub records_lost: Counter,
     pub commits_failed: Counter,
     pub consumer_lag: Gauge,
     pub partition_lag: Family<PartitionLabel, Gauge>,
@@ -60,6 +62,7 @@ impl WorkerMetrics {
             dlq: Family::default(),
             dlq_total: Counter::default(),
             produce_retries: Counter::default(),
+            records_lost: Counter::default(),
             commits_failed: Counter::default(),
             consumer_lag: Gauge::default(),
             partition_lag: Family::default(),
@@ -98,6 +101,11 @@ impl WorkerMetrics {
             "records_dlq",
             "Records sent to the dead-letter topic, by reason",
             metrics.dlq.clone(),
+        );
+        registry.register(
+            "records_lost",
+            "Dead letters Kafka refused for good (the record is in the log only)",
+            metrics.records_lost.clone(),
         );
         registry.register(
             "produce_retries",

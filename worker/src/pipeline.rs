@@ -20,7 +20,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::time::{sleep, sleep_until, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::handler::{Outcome, RecordHandler};
 use crate::metrics::WorkerMetrics;
@@ -124,6 +124,37 @@ struct Pending {
     value: Vec<u8>,
     delivery: DeliveryFuture,
     dead_letter: Option<String>,
+    /// The input record this output came from: what a dead letter names when Kafka
+    /// refuses the output for good.
+    source: Source,
+}
+
+/// Where an input record was read.
+#[derive(Debug, Clone)]
+struct Source {
+    topic: String,
+    partition: i32,
+    offset: i64,
+}
+
+/// The largest record a worker produces. librdkafka's `message.max.bytes` is set just above
+/// it and brokers take 1 MB by default: a normalized record past this (a raw event with a
+/// megabyte of message) is dead-lettered instead of being refused for ever.
+pub const MAX_OUTPUT_BYTES: usize = 900 * 1024;
+
+/// Produce errors that no retry can cure: the record itself is what the broker refuses.
+fn is_permanent(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageSizeTooLarge
+                | RDKafkaErrorCode::InvalidMessageSize
+                | RDKafkaErrorCode::InvalidMessage
+                | RDKafkaErrorCode::InvalidRecord
+                | RDKafkaErrorCode::MessageBatchTooLarge
+                | RDKafkaErrorCode::InvalidRequiredAcks
+        )
+    )
 }
 
 /// Runs until `shutdown` resolves, then finishes the batch in hand within the grace
@@ -291,36 +322,108 @@ async fn handle_message(
             metrics.unattributed.inc();
         }
         Outcome::Absorbed | Outcome::Ignored => {}
+        Outcome::Produce { value, .. } if value.len() > MAX_OUTPUT_BYTES => {
+            let reason = format!(
+                "the output record would be {} bytes, more than the {MAX_OUTPUT_BYTES} a record may have",
+                value.len()
+            );
+            warn!(offset = message.offset(), partition = message.partition(), %reason, "dead-lettering an input whose output is too large");
+            dead_letter(
+                message,
+                client,
+                producer,
+                pending,
+                metrics,
+                "output_too_large",
+                &reason,
+            )
+            .await;
+        }
         Outcome::Produce { topic, key, value } => {
-            enqueue(producer, pending, topic, key, value, None).await;
+            let source = source(message);
+            if let Err(error) = enqueue(
+                producer,
+                pending,
+                topic,
+                key.clone(),
+                value,
+                None,
+                source.clone(),
+            )
+            .await
+            {
+                let gone = Refused {
+                    topic,
+                    key,
+                    dead_letter: None,
+                    source,
+                };
+                refused_at_enqueue(producer, pending, metrics, gone, &error).await;
+            }
         }
         Outcome::DeadLetter {
             reason_code,
             reason,
         } => {
             debug!(reason_code, %reason, offset = message.offset(), "dead-lettering record");
-            let letter = DeadLetter::new(
-                reason_code,
-                reason,
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                message.key(),
-                message.payload(),
-                Some(client),
-                Utc::now(),
-            );
-            let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-            enqueue(
+            dead_letter(
+                message,
+                client,
                 producer,
                 pending,
-                DLQ_NORMALIZED,
-                key,
-                letter.to_json(),
-                Some(reason_code.to_string()),
+                metrics,
+                reason_code,
+                &reason,
             )
             .await;
         }
+    }
+}
+
+fn source(message: &BorrowedMessage<'_>) -> Source {
+    Source {
+        topic: message.topic().to_string(),
+        partition: message.partition(),
+        offset: message.offset(),
+    }
+}
+
+/// Queues the dead letter of an input record (its start, size and digest when large).
+#[allow(clippy::too_many_arguments)]
+async fn dead_letter(
+    message: &BorrowedMessage<'_>,
+    client: &ClientId,
+    producer: &FutureProducer,
+    pending: &mut Vec<Pending>,
+    metrics: &WorkerMetrics,
+    reason_code: &'static str,
+    reason: &str,
+) {
+    let letter = DeadLetter::new(
+        reason_code,
+        reason,
+        message.topic(),
+        message.partition(),
+        message.offset(),
+        message.key(),
+        message.payload(),
+        Some(client),
+        Utc::now(),
+    );
+    let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+    let queued = enqueue(
+        producer,
+        pending,
+        DLQ_NORMALIZED,
+        key,
+        letter.to_json(),
+        Some(reason_code.to_string()),
+        source(message),
+    )
+    .await;
+    if let Err(error) = queued {
+        metrics.records_lost.inc();
+        error!(%error, offset = message.offset(), "a dead letter was refused for good; the record is only in this log");
     }
 }
 
@@ -351,6 +454,9 @@ async fn flush_with_retry(
 
 /// Hands a record to the producer. When librdkafka's queue is full, waits for the oldest
 /// outstanding delivery before trying again rather than growing memory without bound.
+/// An error no retry can cure ([`is_permanent`]) is not retried: the record is reported
+/// (and, when it is an output, its input dead-lettered by [`await_deliveries`]'s rule).
+#[allow(clippy::too_many_arguments)]
 async fn enqueue(
     producer: &FutureProducer,
     pending: &mut Vec<Pending>,
@@ -358,7 +464,8 @@ async fn enqueue(
     key: String,
     value: Vec<u8>,
     dead_letter: Option<String>,
-) {
+    source: Source,
+) -> Result<(), KafkaError> {
     loop {
         let record = FutureRecord::to(topic).key(&key).payload(&value);
         match producer.send_result(record) {
@@ -369,12 +476,17 @@ async fn enqueue(
                     value,
                     delivery,
                     dead_letter,
+                    source,
                 });
-                return;
+                return Ok(());
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
                 // Poll until librdkafka has room; deliveries are awaited later in order.
                 sleep(Duration::from_millis(2)).await;
+            }
+            Err((error, _)) if is_permanent(&error) => {
+                warn!(%error, topic, offset = source.offset, "the producer refuses this record; not retrying");
+                return Err(error);
             }
             Err((error, _)) => {
                 warn!(%error, topic, "failed to enqueue record; retrying");
@@ -419,12 +531,33 @@ async fn await_deliveries(
                         None => metrics.records_out.inc(),
                     };
                 }
+                Ok(Err((error, _))) if is_permanent(&error) => {
+                    let gone = Refused {
+                        topic: item.topic,
+                        key: item.key,
+                        dead_letter: item.dead_letter,
+                        source: item.source,
+                    };
+                    replace_refused(&mut failed, metrics, gone, Some(&item.value), &error);
+                }
                 Ok(Err((error, _))) => {
                     warn!(%error, topic = item.topic, "delivery failed; producing again");
-                    failed.push((item.topic, item.key, item.value, item.dead_letter));
+                    failed.push((
+                        item.topic,
+                        item.key,
+                        item.value,
+                        item.dead_letter,
+                        item.source,
+                    ));
                 }
                 Err(_canceled) => {
-                    failed.push((item.topic, item.key, item.value, item.dead_letter));
+                    failed.push((
+                        item.topic,
+                        item.key,
+                        item.value,
+                        item.dead_letter,
+                        item.source,
+                    ));
                 }
             }
         }
@@ -437,13 +570,93 @@ async fn await_deliveries(
         sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
         let mut retried = Vec::with_capacity(failed.len());
-        for (topic, key, value, dead_letter) in failed {
+        for (topic, key, value, dead_letter, source) in failed {
             metrics.produce_retries.inc();
-            enqueue(producer, &mut retried, topic, key, value, dead_letter).await;
+            if let Err(error) = enqueue(
+                producer,
+                &mut retried,
+                topic,
+                key.clone(),
+                value,
+                dead_letter.clone(),
+                source.clone(),
+            )
+            .await
+            {
+                let gone = Refused {
+                    topic,
+                    key,
+                    dead_letter,
+                    source,
+                };
+                refused_at_enqueue(producer, &mut retried, metrics, gone, &error).await;
+            }
         }
         queue = retried;
     }
     true
+}
+
+/// A record the producer or the broker refused for good.
+struct Refused {
+    topic: &'static str,
+    key: String,
+    dead_letter: Option<String>,
+    source: Source,
+}
+
+async fn refused_at_enqueue(
+    producer: &FutureProducer,
+    pending: &mut Vec<Pending>,
+    metrics: &WorkerMetrics,
+    gone: Refused,
+    error: &KafkaError,
+) {
+    let mut retry = Vec::new();
+    replace_refused(&mut retry, metrics, gone, None, error);
+    for (topic, key, value, dead_letter, source) in retry {
+        let _ = enqueue(producer, pending, topic, key, value, dead_letter, source).await;
+    }
+}
+
+/// What happens to an output Kafka refuses for good: a dead letter in its place, naming
+/// the input it came from and carrying the start of the refused output with its size and
+/// digest. A refused dead letter is counted as lost and logged: there is nothing left to
+/// send in its place.
+fn replace_refused(
+    retry: &mut Vec<(&'static str, String, Vec<u8>, Option<String>, Source)>,
+    metrics: &WorkerMetrics,
+    gone: Refused,
+    value: Option<&[u8]>,
+    error: &KafkaError,
+) {
+    if gone.dead_letter.is_some() {
+        metrics.records_lost.inc();
+        error!(%error, topic = gone.topic, source_offset = gone.source.offset, "a dead letter was refused for good; the record is only in this log");
+        return;
+    }
+    let letter = DeadLetter::new(
+        "output_refused",
+        format!(
+            "Kafka refused the output record on {} for good: {error}",
+            gone.topic
+        ),
+        &gone.source.topic,
+        gone.source.partition,
+        gone.source.offset,
+        Some(gone.key.as_bytes()),
+        value,
+        None,
+        Utc::now(),
+    );
+    warn!(%error, topic = gone.topic, source_offset = gone.source.offset, "output refused for good; dead-lettering its input");
+    retry.push((
+        DLQ_NORMALIZED,
+        gone.key,
+        letter.to_json(),
+        Some("output_refused".to_string()),
+        gone.source,
+    ));
 }
 
 fn commit(
@@ -522,6 +735,11 @@ pub(crate) fn create_producer(
             settings.producer_queue_kbytes.to_string(),
         )
         .set("queue.buffering.max.messages", "100000")
+        // Just above MAX_OUTPUT_BYTES (plus framing); brokers take 1 MB by default.
+        .set(
+            "message.max.bytes",
+            (MAX_OUTPUT_BYTES + 64 * 1024).to_string(),
+        )
         .create()
         .map_err(PipelineError::Producer)
 }
