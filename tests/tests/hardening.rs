@@ -166,23 +166,31 @@ async fn an_event_whose_output_is_too_large_is_dead_lettered_and_its_partition_m
         (plane.running_workers(client).len() == 3).then_some(())
     })
     .with_context(|| plane.log_tail())?;
-    // A raw event with a 960 KiB message (under the 1 MB a producer sends), then an ordinary one under the same key (the same
-    // partition, behind it).
+    // A raw event with a 960 KiB message (under the 1 MB a producer sends), then an
+    // ordinary one under the same key (the same partition, behind it).
     let key = format!("{client}::event::huge");
-    let huge = raw_event("huge-uid", "BackOff").replace(
-        "Container killed: out of memory",
-        &"m".repeat(960 * 1024),
-    );
+    let huge = raw_event("huge-uid", "BackOff")
+        .replace("Container killed: out of memory", &"m".repeat(960 * 1024));
     let producer = producer(&broker.bootstrap, "lz4")?;
     send(&producer, "raw.k8s.events", &key, &huge).await?;
-    send(&producer, "raw.k8s.events", &key, &raw_event("after-uid", "BackOff")).await?;
-    poll("the event behind it normalized", Duration::from_secs(60), || {
-        kcat_consume(&broker.bootstrap, "events.normalized")
-            .ok()?
-            .into_iter()
-            .any(|(_, v)| v.contains("after-uid"))
-            .then_some(())
-    })
+    send(
+        &producer,
+        "raw.k8s.events",
+        &key,
+        &raw_event("after-uid", "BackOff"),
+    )
+    .await?;
+    poll(
+        "the event behind it normalized",
+        Duration::from_secs(60),
+        || {
+            kcat_consume(&broker.bootstrap, "events.normalized")
+                .ok()?
+                .into_iter()
+                .any(|(_, v)| v.contains("after-uid"))
+                .then_some(())
+        },
+    )
     .with_context(|| plane.worker_log(&format!("kg-event-normalizer-{client}")))?;
     let letter = poll("the dead letter", Duration::from_secs(30), || {
         kcat_consume(&broker.bootstrap, "dlq.normalized")
@@ -194,7 +202,12 @@ async fn an_event_whose_output_is_too_large_is_dead_lettered_and_its_partition_m
     ensure!(letter["source_topic"] == "raw.k8s.events", "{letter}");
     ensure!(letter["key"] == key.as_str(), "{letter}");
     ensure!(letter["truncated"]["size"] == huge.len(), "{letter}");
-    ensure!(letter["reason"].as_str().is_some_and(|r| r.contains("bytes")), "{letter}");
+    ensure!(
+        letter["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("bytes")),
+        "{letter}"
+    );
     heartbeats.stop().await;
     Ok(())
 }

@@ -597,6 +597,9 @@ async fn await_deliveries(
     true
 }
 
+/// A record to produce again: topic, key, value, dead-letter reason (when it is one), input.
+type Retry = (&'static str, String, Vec<u8>, Option<String>, Source);
+
 /// A record the producer or the broker refused for good.
 struct Refused {
     topic: &'static str,
@@ -624,7 +627,7 @@ async fn refused_at_enqueue(
 /// digest. A refused dead letter is counted as lost and logged: there is nothing left to
 /// send in its place.
 fn replace_refused(
-    retry: &mut Vec<(&'static str, String, Vec<u8>, Option<String>, Source)>,
+    retry: &mut Vec<Retry>,
     metrics: &WorkerMetrics,
     gone: Refused,
     value: Option<&[u8]>,
