@@ -129,7 +129,9 @@ pub async fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPl
     match args.runtime {
         RuntimeKind::Process => {
             let bin = args.worker_bin.clone().unwrap_or_else(default_worker_bin);
-            Ok(Arc::new(ProcessRuntime::new(&args.data_dir, bin)?))
+            Ok(Arc::new(
+                ProcessRuntime::new(&args.data_dir, bin)?.with_secret_env(args.kafka.secret_env()),
+            ))
         }
         RuntimeKind::Docker => {
             let settings = runtime::docker::DockerSettings {
@@ -137,6 +139,7 @@ pub async fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPl
                 user: args.docker_user.clone(),
                 log_max_size: args.docker_log_max_size.clone(),
                 log_max_files: args.docker_log_max_files,
+                secret_env: args.kafka.secret_env(),
             };
             Ok(Arc::new(
                 runtime::docker::DockerRuntime::connect(settings, Duration::from_secs(10)).await?,

@@ -79,6 +79,12 @@ pub struct KafkaArgs {
     )]
     pub sasl_password: Option<String>,
 
+    /// A file holding the SASL password (read when `KAFKA_SASL_PASSWORD` is not set; a
+    /// trailing newline is ignored): how the Docker runtime hands it to workers, so that it
+    /// is not in `docker inspect`.
+    #[arg(long = "kafka-sasl-password-file", env = "KAFKA_SASL_PASSWORD_FILE")]
+    pub sasl_password_file: Option<String>,
+
     /// CA certificate file for TLS; unset, librdkafka probes the usual system locations
     /// (the OpenSSL built into the binaries has no system CA path of its own).
     #[arg(long = "kafka-ssl-ca-location", env = "KAFKA_SSL_CA_LOCATION")]
@@ -103,8 +109,25 @@ impl KafkaArgs {
             sasl_mechanism: None,
             sasl_username: None,
             sasl_password: None,
+            sasl_password_file: None,
             ssl_ca_location: None,
             extra_config: String::new(),
+        }
+    }
+
+    /// The SASL password: the variable, else the file's content; `None` when neither is
+    /// set (or the file cannot be read, which authentication then reports).
+    pub fn password(&self) -> Option<String> {
+        if let Some(password) = &self.sasl_password {
+            return Some(password.clone());
+        }
+        let file = self.sasl_password_file.as_ref()?;
+        match std::fs::read_to_string(file) {
+            Ok(content) => Some(content.trim_end_matches(['\n', '\r']).to_string()),
+            Err(error) => {
+                tracing::warn!(file, %error, "cannot read the SASL password file");
+                None
+            }
         }
     }
 
@@ -124,7 +147,7 @@ impl KafkaArgs {
         if let Some(user) = &self.sasl_username {
             config.set("sasl.username", user);
         }
-        if let Some(password) = &self.sasl_password {
+        if let Some(password) = self.password() {
             config.set("sasl.password", password);
         }
         match &self.ssl_ca_location {
@@ -145,7 +168,9 @@ impl KafkaArgs {
     }
 
     /// The environment variables that hand these settings to a child process or container,
-    /// so that workers connect exactly the way the control plane does.
+    /// so that workers connect exactly the way the control plane does: everything but the
+    /// password, which [`KafkaArgs::secret_env`] gives separately so that no record of a
+    /// worker's settings (a spec file, a container's configuration) ever holds it.
     pub fn to_env(&self) -> Vec<(String, String)> {
         let mut env = vec![
             (
@@ -160,7 +185,6 @@ impl KafkaArgs {
         let optional = [
             ("KAFKA_SASL_MECHANISM", &self.sasl_mechanism),
             ("KAFKA_SASL_USERNAME", &self.sasl_username),
-            ("KAFKA_SASL_PASSWORD", &self.sasl_password),
             ("KAFKA_SSL_CA_LOCATION", &self.ssl_ca_location),
         ];
         for (name, value) in optional {
@@ -172,6 +196,16 @@ impl KafkaArgs {
             env.push(("KAFKA_EXTRA_CONFIG".to_string(), self.extra_config.clone()));
         }
         env
+    }
+}
+
+impl KafkaArgs {
+    /// The secrets a worker needs, as environment variables (`KAFKA_SASL_PASSWORD`); each
+    /// runtime hands them over its own way, never in a record of the worker's settings.
+    pub fn secret_env(&self) -> Vec<(String, String)> {
+        self.password()
+            .map(|password| vec![("KAFKA_SASL_PASSWORD".to_string(), password)])
+            .unwrap_or_default()
     }
 }
 
@@ -335,6 +369,27 @@ mod tests {
         }
         let gssapi: Result<BaseProducer, _> = secured("GSSAPI").client_config().create();
         assert!(gssapi.is_err(), "GSSAPI is documented as not built in");
+    }
+
+    #[test]
+    fn the_password_is_a_secret_never_in_the_plain_environment() {
+        let args = secured("SCRAM-SHA-512");
+        assert!(!args.to_env().iter().any(|(_, v)| v == "secret"));
+        assert_eq!(
+            args.secret_env(),
+            vec![("KAFKA_SASL_PASSWORD".to_string(), "secret".to_string())]
+        );
+        // From a file, as the Docker runtime gives it.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let args = KafkaArgs {
+            sasl_password: None,
+            sasl_password_file: Some(file.display().to_string()),
+            ..secured("PLAIN")
+        };
+        assert_eq!(args.client_config().get("sasl.password"), Some("from-file"));
+        assert_eq!(args.secret_env()[0].1, "from-file");
     }
 
     #[test]

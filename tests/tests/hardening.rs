@@ -211,3 +211,64 @@ async fn an_event_whose_output_is_too_large_is_dead_lettered_and_its_partition_m
     heartbeats.stop().await;
     Ok(())
 }
+
+/// The process runtime keeps the Kafka SASL password off the disk: no file under the data
+/// directory holds it (the spec of every worker is there), yet every worker gets it, in its
+/// environment, which only its own user can read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_process_runtime_writes_no_secret_to_disk_and_still_hands_it_to_workers() -> Result<()>
+{
+    let secret = "s3cret-process-Pa55word";
+    let broker = Broker::start()?;
+    // Plaintext: librdkafka ignores the password, so the workers run against the embedded
+    // broker while the test follows where the password goes.
+    let plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            extra_env: vec![
+                ("KAFKA_SASL_USERNAME".into(), "cp".into()),
+                ("KAFKA_SASL_PASSWORD".into(), secret.into()),
+            ],
+            ..ControlPlaneOptions::default()
+        },
+    )?;
+    let client = "secret-001";
+    register_with_chart(&broker.bootstrap, client)?;
+    let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_secs(2))?;
+    poll("the client's workers", Duration::from_secs(60), || {
+        (plane.running_workers(client).len() == 3).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    let mut files = 0;
+    let mut stack = vec![plane.data_dir.clone()];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                files += 1;
+                ensure!(
+                    !String::from_utf8_lossy(&bytes).contains(secret),
+                    "{} holds the password",
+                    path.display()
+                );
+            }
+        }
+    }
+    ensure!(files > 3, "only {files} files looked at");
+    let name = format!("kg-graph-builder-{client}");
+    let pid = plane.worker_pid(&name).context("worker pid")?;
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+    ensure!(
+        String::from_utf8_lossy(&environ).contains(&format!("KAFKA_SASL_PASSWORD={secret}")),
+        "the worker did not get the password"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(plane.data_dir.join("workers"))?
+        .permissions()
+        .mode();
+    ensure!(mode & 0o077 == 0, "the workers' directory is mode {mode:o}");
+    heartbeats.stop().await;
+    Ok(())
+}

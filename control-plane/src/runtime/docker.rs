@@ -51,6 +51,46 @@ pub struct DockerSettings {
     /// json-file rotation: size of one file and how many are kept.
     pub log_max_size: String,
     pub log_max_files: u32,
+    /// Secrets (the Kafka SASL password): each is written into the container as a file
+    /// readable by the worker's user only, and the worker is told the file's path
+    /// (`KAFKA_SASL_PASSWORD_FILE`), so `docker inspect` never shows the secret.
+    pub secret_env: Vec<(String, String)>,
+}
+
+/// Where secrets are put inside a worker's container.
+const SECRETS_DIR: &str = "run/secrets";
+
+/// The file a secret variable becomes, and the variable that names it.
+fn secret_file(variable: &str) -> (String, String) {
+    let file = variable.to_ascii_lowercase().replace('_', "-");
+    (format!("{SECRETS_DIR}/{file}"), format!("{variable}_FILE"))
+}
+
+/// A tar archive of the secret files, owned by `user` (`uid:gid`) and readable by it only.
+fn secrets_archive(secret_env: &[(String, String)], user: &str) -> std::io::Result<Vec<u8>> {
+    let mut ids = user.split(':').map(|id| id.parse::<u64>().unwrap_or(10001));
+    let uid = ids.next().unwrap_or(10001);
+    let gid = ids.next().unwrap_or(uid);
+    let mut archive = tar::Builder::new(Vec::new());
+    for (dir, mode) in [("run", 0o755), (SECRETS_DIR, 0o500)] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(mode);
+        header.set_uid(uid);
+        header.set_gid(gid);
+        header.set_size(0);
+        archive.append_data(&mut header, format!("{dir}/"), std::io::empty())?;
+    }
+    for (variable, value) in secret_env {
+        let (path, _) = secret_file(variable);
+        let mut header = tar::Header::new_gnu();
+        header.set_mode(0o400);
+        header.set_uid(uid);
+        header.set_gid(gid);
+        header.set_size(value.len() as u64);
+        archive.append_data(&mut header, path, value.as_bytes())?;
+    }
+    archive.into_inner()
 }
 
 /// Runs workers as Docker containers.
@@ -99,6 +139,10 @@ impl DockerRuntime {
             env.push("WORKER_LISTEN=0.0.0.0:9000".to_string());
         }
         env.push(format!("WORKER_DATA_DIR={DATA_MOUNT}"));
+        for (variable, _) in &self.settings.secret_env {
+            let (path, file_variable) = secret_file(variable);
+            env.push(format!("{file_variable}=/{path}"));
+        }
         let log_config = HostConfigLogConfig {
             typ: Some("json-file".into()),
             config: Some(HashMap::from([
@@ -271,6 +315,34 @@ impl Runtime for DockerRuntime {
             .create_container(Some(options), self.container_body(spec))
             .await
             .map_err(|error| map_error("create", name, error))?;
+        if !self.settings.secret_env.is_empty() {
+            // Into the created container's file system, before it ever starts.
+            let archive = secrets_archive(&self.settings.secret_env, &self.settings.user).map_err(
+                |error| RuntimeError::Failed {
+                    operation: "create",
+                    name: name.to_string(),
+                    reason: format!("packing the secrets: {error}"),
+                },
+            )?;
+            let options = bollard::query_parameters::UploadToContainerOptions {
+                path: "/".into(),
+                ..Default::default()
+            };
+            if let Err(error) = self
+                .docker
+                .upload_to_container(name, Some(options), bollard::body_full(archive.into()))
+                .await
+            {
+                let _ = self
+                    .docker
+                    .remove_container(
+                        name,
+                        None::<bollard::query_parameters::RemoveContainerOptions>,
+                    )
+                    .await;
+                return Err(map_error("create", name, error));
+            }
+        }
         Ok(ObservedWorker {
             name: spec.name.clone(),
             id: created.id.into(),

@@ -51,6 +51,10 @@ struct ExitRecord {
 pub struct ProcessRuntime {
     root: PathBuf,
     worker_bin: PathBuf,
+    /// Secrets (the Kafka SASL password) handed to each process at start, in its
+    /// environment, which only its own user can read (`/proc/<pid>/environ` is 0400): never
+    /// written to `spec.json` or anywhere else on disk.
+    secret_env: Vec<(String, String)>,
 }
 
 impl ProcessRuntime {
@@ -60,13 +64,28 @@ impl ProcessRuntime {
         fs::create_dir_all(&root).map_err(|error| {
             RuntimeError::Unavailable(format!("cannot create {}: {error}", root.display()))
         })?;
+        // Workers' logs and settings are the control plane's business only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = fs::set_permissions(&root, fs::Permissions::from_mode(0o700));
+        }
         if !worker_bin.is_file() {
             return Err(RuntimeError::Unavailable(format!(
                 "worker binary {} not found (build it with `cargo build -p worker`, or set CP_WORKER_BIN)",
                 worker_bin.display()
             )));
         }
-        Ok(Self { root, worker_bin })
+        Ok(Self {
+            root,
+            worker_bin,
+            secret_env: Vec::new(),
+        })
+    }
+
+    /// Hands these secrets to every worker at start, and to nothing on disk.
+    pub fn with_secret_env(mut self, secret_env: Vec<(String, String)>) -> Self {
+        self.secret_env = secret_env;
+        self
     }
 
     fn dir(&self, name: &str) -> Result<PathBuf, RuntimeError> {
@@ -230,6 +249,11 @@ impl Runtime for ProcessRuntime {
             .env_clear()
             .envs(std::env::vars().filter(|(key, _)| key == "PATH" || key == "RUST_LOG"))
             .envs(spec.full_env())
+            .envs(
+                self.secret_env
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
             .env("WORKER_LISTEN", "127.0.0.1:0")
             .env("WORKER_ADDR_FILE", dir.join(ADDR_FILE))
             .env(
