@@ -548,6 +548,17 @@ impl ControlPlane {
             .sum()
     }
 
+    /// The graph's ranked root-cause candidates for one of `client`'s normalized events
+    /// (`GET /clients/{client}/rca`); `None` until there is a non-empty answer.
+    pub fn rca(&self, client: &str, event_id: &str) -> Option<Vec<Value>> {
+        let (code, body) = self
+            .get(&format!("/clients/{client}/rca?event_id={event_id}"))
+            .ok()?;
+        let answer: Value = serde_json::from_str(&body).ok()?;
+        let candidates = answer["candidates"].as_array()?.clone();
+        (code == 200 && !candidates.is_empty()).then_some(candidates)
+    }
+
     /// Waits until the controller has made `passes` more reconcile passes, so whatever
     /// wrong it would do has been done.
     pub fn wait_reconcile_passes(&self, passes: u32) -> Result<()> {

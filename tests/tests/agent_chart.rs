@@ -203,12 +203,7 @@ fn the_rendered_chart_runs_the_agent_into_a_root_cause_answer_and_its_hook_dereg
         )
         .with_context(|| format!("{}\n{}", agent_log(), plane.log_tail()))?;
         let candidates = poll("the root-cause answer", Duration::from_secs(90), || {
-            let (code, body) = plane
-                .get(&format!("/clients/{CLIENT}/rca?event_id={backoff_id}"))
-                .ok()?;
-            let answer: Value = serde_json::from_str(&body).ok()?;
-            let candidates = answer["candidates"].as_array()?.clone();
-            (code == 200 && !candidates.is_empty()).then_some(candidates)
+            plane.rca(CLIENT, &backoff_id)
         })
         .with_context(|| plane.log_tail())?;
         ensure!(

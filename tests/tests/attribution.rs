@@ -241,12 +241,7 @@ async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their
         .map(|(_, _, id, _)| id.clone())
         .context("backoff id")?;
     let candidates = poll("the root-cause answer", Duration::from_secs(60), || {
-        let (code, body) = plane
-            .get(&format!("/clients/af-9/rca?event_id={backoff}"))
-            .ok()?;
-        let answer: Value = serde_json::from_str(&body).ok()?;
-        let candidates = answer["candidates"].as_array()?.clone();
-        (code == 200 && !candidates.is_empty()).then_some(candidates)
+        plane.rca("af-9", &backoff)
     })
     .with_context(|| plane.log_tail())?;
     ensure!(

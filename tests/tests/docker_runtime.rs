@@ -29,18 +29,24 @@ fn docker_engine() -> Option<()> {
         .map(|_| ())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_docker_runtime_passes_the_runtime_contract() -> Result<()> {
-    if kg_tests::require_tool(
+/// `Some` with the images built when a Docker Engine answers; `None` to skip.
+fn docker_with_images() -> Result<Option<()>> {
+    let engine = kg_tests::require_tool(
         "a Docker Engine",
         docker_engine(),
         "`docker info` fails: install Docker and start dockerd",
-    )?
-    .is_none()
-    {
+    )?;
+    if engine.is_some() {
+        ensure_images()?;
+    }
+    Ok(engine)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_runtime_passes_the_runtime_contract() -> Result<()> {
+    if docker_with_images()?.is_none() {
         return Ok(());
     }
-    ensure_images()?;
     let runtime = DockerRuntime::connect(
         DockerSettings {
             network: "host".into(),
@@ -74,16 +80,9 @@ async fn the_docker_runtime_passes_the_runtime_contract() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docker_runtime_passes_secrets_as_files_not_in_docker_inspect() -> Result<()> {
     use control_plane::runtime::Runtime;
-    if kg_tests::require_tool(
-        "a Docker Engine",
-        docker_engine(),
-        "`docker info` fails: install Docker and start dockerd",
-    )?
-    .is_none()
-    {
+    if docker_with_images()?.is_none() {
         return Ok(());
     }
-    ensure_images()?;
     let secret = "s3cret-docker-Pa55word";
     let runtime = DockerRuntime::connect(
         DockerSettings {

@@ -203,15 +203,7 @@ fn normalized_ids(bootstrap: &str, client: &str) -> Option<HashMap<String, Strin
 }
 
 fn rca(plane: &ControlPlane, client: &str, event_id: &str) -> Option<Vec<Value>> {
-    let (code, body) = plane
-        .get(&format!("/clients/{client}/rca?event_id={event_id}"))
-        .ok()?;
-    if code != 200 {
-        return None;
-    }
-    let answer: Value = serde_json::from_str(&body).ok()?;
-    let candidates = answer["candidates"].as_array()?.clone();
-    (!candidates.is_empty()).then_some(candidates)
+    plane.rca(client, event_id)
 }
 
 fn stats(plane: &ControlPlane, client: &str) -> Option<Value> {
