@@ -116,23 +116,28 @@ impl ClientContext for LagReporter {
 
 impl ConsumerContext for LagReporter {}
 
-/// One produced record still waiting for its acknowledgement; kept whole so it can be
-/// produced again if delivery fails.
-struct Pending {
+/// A record to produce, kept whole so it can be produced again if delivery fails.
+struct Outgoing {
     topic: &'static str,
     key: String,
     value: Vec<u8>,
-    delivery: DeliveryFuture,
+    /// The reason, when this record is a dead letter.
     dead_letter: Option<String>,
-    /// The input record this output came from: what a dead letter names when Kafka
-    /// refuses the output for good.
+    /// The input record it came from: what a dead letter names when Kafka refuses the
+    /// record for good.
     source: Source,
 }
 
+/// One produced record still waiting for its acknowledgement.
+struct Pending {
+    record: Outgoing,
+    delivery: DeliveryFuture,
+}
+
 /// Where an input record was read.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 struct Source {
-    topic: String,
+    topic: &'static str,
     partition: i32,
     offset: i64,
 }
@@ -331,6 +336,7 @@ async fn handle_message(
             dead_letter(
                 message,
                 client,
+                handler,
                 producer,
                 pending,
                 metrics,
@@ -340,26 +346,14 @@ async fn handle_message(
             .await;
         }
         Outcome::Produce { topic, key, value } => {
-            let source = source(message);
-            if let Err(error) = enqueue(
-                producer,
-                pending,
+            let record = Outgoing {
                 topic,
-                key.clone(),
+                key,
                 value,
-                None,
-                source.clone(),
-            )
-            .await
-            {
-                let gone = Refused {
-                    topic,
-                    key,
-                    dead_letter: None,
-                    source,
-                };
-                refused_at_enqueue(producer, pending, metrics, gone, &error).await;
-            }
+                dead_letter: None,
+                source: source(message, handler),
+            };
+            enqueue_or_replace(producer, pending, metrics, record).await;
         }
         Outcome::DeadLetter {
             reason_code,
@@ -369,6 +363,7 @@ async fn handle_message(
             dead_letter(
                 message,
                 client,
+                handler,
                 producer,
                 pending,
                 metrics,
@@ -380,9 +375,16 @@ async fn handle_message(
     }
 }
 
-fn source(message: &BorrowedMessage<'_>) -> Source {
+/// The record's coordinates, its topic named by the handler's own (static) topic name, so
+/// that remembering it costs no allocation per record.
+fn source(message: &BorrowedMessage<'_>, handler: &dyn RecordHandler) -> Source {
     Source {
-        topic: message.topic().to_string(),
+        topic: handler
+            .input_topics()
+            .iter()
+            .find(|topic| **topic == message.topic())
+            .copied()
+            .unwrap_or("unknown"),
         partition: message.partition(),
         offset: message.offset(),
     }
@@ -393,6 +395,7 @@ fn source(message: &BorrowedMessage<'_>) -> Source {
 async fn dead_letter(
     message: &BorrowedMessage<'_>,
     client: &ClientId,
+    handler: &dyn RecordHandler,
     producer: &FutureProducer,
     pending: &mut Vec<Pending>,
     metrics: &WorkerMetrics,
@@ -411,20 +414,14 @@ async fn dead_letter(
         Utc::now(),
     );
     let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-    let queued = enqueue(
-        producer,
-        pending,
-        DLQ_NORMALIZED,
+    let record = Outgoing {
+        topic: DLQ_NORMALIZED,
         key,
-        letter.to_json(),
-        Some(reason_code.to_string()),
-        source(message),
-    )
-    .await;
-    if let Err(error) = queued {
-        metrics.records_lost.inc();
-        error!(%error, offset = message.offset(), "a dead letter was refused for good; the record is only in this log");
-    }
+        value: letter.to_json(),
+        dead_letter: Some(reason_code.to_string()),
+        source: source(message, handler),
+    };
+    enqueue_or_replace(producer, pending, metrics, record).await;
 }
 
 /// Lets the handler write what it absorbed, retrying with backoff: a batch is never
@@ -454,30 +451,20 @@ async fn flush_with_retry(
 
 /// Hands a record to the producer. When librdkafka's queue is full, waits for the oldest
 /// outstanding delivery before trying again rather than growing memory without bound.
-/// An error no retry can cure ([`is_permanent`]) is not retried: the record is reported
-/// (and, when it is an output, its input dead-lettered by [`await_deliveries`]'s rule).
-#[allow(clippy::too_many_arguments)]
+/// An error no retry can cure ([`is_permanent`]) is not retried: the record comes back
+/// with it.
 async fn enqueue(
     producer: &FutureProducer,
     pending: &mut Vec<Pending>,
-    topic: &'static str,
-    key: String,
-    value: Vec<u8>,
-    dead_letter: Option<String>,
-    source: Source,
-) -> Result<(), KafkaError> {
+    record: Outgoing,
+) -> Result<(), (KafkaError, Outgoing)> {
     loop {
-        let record = FutureRecord::to(topic).key(&key).payload(&value);
-        match producer.send_result(record) {
+        let sent = FutureRecord::to(record.topic)
+            .key(&record.key)
+            .payload(&record.value);
+        match producer.send_result(sent) {
             Ok(delivery) => {
-                pending.push(Pending {
-                    topic,
-                    key,
-                    value,
-                    delivery,
-                    dead_letter,
-                    source,
-                });
+                pending.push(Pending { record, delivery });
                 return Ok(());
             }
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
@@ -485,11 +472,11 @@ async fn enqueue(
                 sleep(Duration::from_millis(2)).await;
             }
             Err((error, _)) if is_permanent(&error) => {
-                warn!(%error, topic, offset = source.offset, "the producer refuses this record; not retrying");
-                return Err(error);
+                warn!(%error, topic = record.topic, offset = record.source.offset, "the producer refuses this record; not retrying");
+                return Err((error, record));
             }
             Err((error, _)) => {
-                warn!(%error, topic, "failed to enqueue record; retrying");
+                warn!(%error, topic = record.topic, "failed to enqueue record; retrying");
                 sleep(Duration::from_millis(100)).await;
             }
         }
@@ -508,17 +495,17 @@ async fn await_deliveries(
     let mut backoff = Duration::from_millis(100);
     while !queue.is_empty() {
         let mut failed = Vec::new();
-        for item in queue {
+        for Pending { record, delivery } in queue {
             let outcome = match deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline, item.delivery).await {
+                Some(deadline) => match tokio::time::timeout_at(deadline, delivery).await {
                     Ok(outcome) => outcome,
                     Err(_) => return false,
                 },
-                None => item.delivery.await,
+                None => delivery.await,
             };
             match outcome {
                 Ok(Ok(_)) => {
-                    match &item.dead_letter {
+                    match &record.dead_letter {
                         Some(reason) => {
                             metrics.dlq_total.inc();
                             metrics
@@ -532,33 +519,13 @@ async fn await_deliveries(
                     };
                 }
                 Ok(Err((error, _))) if is_permanent(&error) => {
-                    let gone = Refused {
-                        topic: item.topic,
-                        key: item.key,
-                        dead_letter: item.dead_letter,
-                        source: item.source,
-                    };
-                    replace_refused(&mut failed, metrics, gone, Some(&item.value), &error);
+                    failed.extend(replacement(metrics, record, &error));
                 }
                 Ok(Err((error, _))) => {
-                    warn!(%error, topic = item.topic, "delivery failed; producing again");
-                    failed.push((
-                        item.topic,
-                        item.key,
-                        item.value,
-                        item.dead_letter,
-                        item.source,
-                    ));
+                    warn!(%error, topic = record.topic, "delivery failed; producing again");
+                    failed.push(record);
                 }
-                Err(_canceled) => {
-                    failed.push((
-                        item.topic,
-                        item.key,
-                        item.value,
-                        item.dead_letter,
-                        item.source,
-                    ));
-                }
+                Err(_canceled) => failed.push(record),
             }
         }
         if failed.is_empty() {
@@ -570,96 +537,66 @@ async fn await_deliveries(
         sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
         let mut retried = Vec::with_capacity(failed.len());
-        for (topic, key, value, dead_letter, source) in failed {
+        for record in failed {
             metrics.produce_retries.inc();
-            if let Err(error) = enqueue(
-                producer,
-                &mut retried,
-                topic,
-                key.clone(),
-                value,
-                dead_letter.clone(),
-                source.clone(),
-            )
-            .await
-            {
-                let gone = Refused {
-                    topic,
-                    key,
-                    dead_letter,
-                    source,
-                };
-                refused_at_enqueue(producer, &mut retried, metrics, gone, &error).await;
-            }
+            enqueue_or_replace(producer, &mut retried, metrics, record).await;
         }
         queue = retried;
     }
     true
 }
 
-/// A record to produce again: topic, key, value, dead-letter reason (when it is one), input.
-type Retry = (&'static str, String, Vec<u8>, Option<String>, Source);
-
-/// A record the producer or the broker refused for good.
-struct Refused {
-    topic: &'static str,
-    key: String,
-    dead_letter: Option<String>,
-    source: Source,
-}
-
-async fn refused_at_enqueue(
+/// Enqueues a record; one Kafka refuses for good is replaced by its dead letter
+/// ([`replacement`]), and a refused dead letter is counted as lost.
+async fn enqueue_or_replace(
     producer: &FutureProducer,
     pending: &mut Vec<Pending>,
     metrics: &WorkerMetrics,
-    gone: Refused,
-    error: &KafkaError,
+    record: Outgoing,
 ) {
-    let mut retry = Vec::new();
-    replace_refused(&mut retry, metrics, gone, None, error);
-    for (topic, key, value, dead_letter, source) in retry {
-        let _ = enqueue(producer, pending, topic, key, value, dead_letter, source).await;
+    let Err((error, refused)) = enqueue(producer, pending, record).await else {
+        return;
+    };
+    let Some(letter) = replacement(metrics, refused, &error) else {
+        return;
+    };
+    if let Err((error, refused)) = enqueue(producer, pending, letter).await {
+        replacement(metrics, refused, &error);
     }
 }
 
-/// What happens to an output Kafka refuses for good: a dead letter in its place, naming
-/// the input it came from and carrying the start of the refused output with its size and
-/// digest. A refused dead letter is counted as lost and logged: there is nothing left to
-/// send in its place.
-fn replace_refused(
-    retry: &mut Vec<Retry>,
-    metrics: &WorkerMetrics,
-    gone: Refused,
-    value: Option<&[u8]>,
-    error: &KafkaError,
-) {
-    if gone.dead_letter.is_some() {
+/// What takes the place of a record Kafka refuses for good: for an output, a dead letter
+/// naming the input it came from and carrying the start of the refused output with its
+/// size and digest; for a dead letter, nothing (it is counted as lost and logged: there is
+/// nothing left to send in its place).
+fn replacement(metrics: &WorkerMetrics, refused: Outgoing, error: &KafkaError) -> Option<Outgoing> {
+    if refused.dead_letter.is_some() {
         metrics.records_lost.inc();
-        error!(%error, topic = gone.topic, source_offset = gone.source.offset, "a dead letter was refused for good; the record is only in this log");
-        return;
+        error!(%error, topic = refused.topic, source_offset = refused.source.offset, "a dead letter was refused for good; the record is only in this log");
+        return None;
     }
     let letter = DeadLetter::new(
         "output_refused",
         format!(
             "Kafka refused the output record on {} for good: {error}",
-            gone.topic
+            refused.topic
         ),
-        &gone.source.topic,
-        gone.source.partition,
-        gone.source.offset,
-        Some(gone.key.as_bytes()),
-        value,
+        refused.source.topic,
+        refused.source.partition,
+        refused.source.offset,
+        Some(refused.key.as_bytes()),
+        Some(&refused.value),
         None,
         Utc::now(),
     );
-    warn!(%error, topic = gone.topic, source_offset = gone.source.offset, "output refused for good; dead-lettering its input");
-    retry.push((
-        DLQ_NORMALIZED,
-        gone.key,
-        letter.to_json(),
-        Some("output_refused".to_string()),
-        gone.source,
-    ));
+    warn!(%error, topic = refused.topic, source_offset = refused.source.offset, "output refused for good; dead-lettering its input");
+    Some(Outgoing {
+        topic: DLQ_NORMALIZED,
+        key: refused.key,
+        value: letter.to_json(),
+        dead_letter: Some("output_refused".to_string()),
+        source: refused.source,
+    })
 }
 
 fn commit(
