@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use kg_shared::dlq::DeadLetter;
@@ -19,6 +19,7 @@ use kg_shared::heartbeat::decode_heartbeat;
 use kg_shared::kafka::KafkaArgs;
 use kg_shared::registry::{decode_registry, RegistryMessage};
 use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, DLQ_RAW};
+use kg_shared::unreadable::{is_unreadable, PartitionProbe, UnreadableRun};
 use kg_shared::ClientId;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -34,7 +35,7 @@ use tracing::{debug, info, warn};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::metrics::{ControlPlaneMetrics, ReasonLabel};
+use crate::metrics::{ControlPlaneMetrics, ReasonLabel, TopicReasonLabel};
 use crate::replay_order::HeldHeartbeats;
 use crate::Clock;
 
@@ -178,6 +179,18 @@ type Watermarks = HashMap<TopicPartition, i64>;
 /// Partitions still to be read up to the high watermark they had at start.
 type Pending = HashMap<TopicPartition, i64>;
 
+/// Per partition, the next offset ingest expects to read: where it starts, then one past
+/// the last record handed to it. A partition stalled on records that cannot be read sits
+/// here, which is where the probe looks.
+type NextOffsets = HashMap<TopicPartition, i64>;
+
+/// How long one probe for unreadable records waits for its answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// librdkafka repeats the decoding error of a stalled partition on every fetch retry;
+/// probing once per this interval is enough.
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Feeds librdkafka's periodic statistics into `cp_ingest_consumer_lag`, per partition.
 pub struct IngestContext {
     metrics: Arc<ControlPlaneMetrics>,
@@ -233,6 +246,12 @@ pub async fn run_ingest(
         .set("statistics.interval.ms", "5000")
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
+        // An offset the broker no longer has (deleted by retention, or by the embedded
+        // broker's 5 MiB per partition) is an error ingest handles itself, never a jump to
+        // the end: the registry is the durable desired state, and nothing may make ingest
+        // skip what it has not handled. It moves to the first offset left and
+        // dead-letters the range it never saw (`skip_deleted`).
+        .set("auto.offset.reset", "error")
         // librdkafka prefetches up to 64 MiB per partition by default; ingest handles each
         // record in microseconds, so a small queue costs nothing and keeps memory flat.
         .set("queued.max.messages.kbytes", "512")
@@ -244,7 +263,7 @@ pub async fn run_ingest(
 
     // The topics may not exist yet (a real cluster whose topic setup has not run): wait
     // for them rather than failing, so start order does not matter.
-    let (start_watermarks, mut pending) = loop {
+    let (start_watermarks, mut pending, mut next_offsets) = loop {
         // Metadata and watermark look-ups block for up to their timeout; keep them off the
         // async threads so the API stays responsive while Kafka is unreachable.
         let attempt =
@@ -266,6 +285,7 @@ pub async fn run_ingest(
     let mut held = HeldHeartbeats::default();
     let mut registry_replayed = !registry_pending(&pending);
     let mut progress = tokio::time::interval(Duration::from_millis(250));
+    let mut last_probe: Option<Instant> = None;
     loop {
         if !registry_replayed && !registry_pending(&pending) {
             registry_replayed = true;
@@ -306,18 +326,64 @@ pub async fn run_ingest(
         };
         let message = match message {
             Ok(message) => message,
+            Err(error) if is_unreadable(&error) => {
+                if last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+                    continue;
+                }
+                last_probe = Some(Instant::now());
+                warn!(%error, "ingest cannot decode records; looking for the stalled partition");
+                let runs = tokio::task::block_in_place(|| {
+                    skip_unreadable(&consumer, kafka, &settings, &mut next_offsets)
+                });
+                for run in runs {
+                    let skipped = run_skipped(
+                        &run,
+                        Skipped::Unreadable,
+                        &error,
+                        clock.now(),
+                        &metrics,
+                        &publisher,
+                    )
+                    .await;
+                    let key = (topic_name(&run.topic), run.partition);
+                    if pending.get(&key).is_some_and(|high| run.resume_at >= *high) {
+                        pending.remove(&key);
+                    }
+                    debug!(skipped, "unreadable run handled");
+                }
+                continue;
+            }
+            Err(error @ KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
+                warn!(%error, "a partition's next offset is gone from the broker; moving to the first one left");
+                let gaps = tokio::task::block_in_place(|| {
+                    skip_deleted(&consumer, &settings, &mut next_offsets)
+                });
+                for gap in gaps {
+                    run_skipped(
+                        &gap,
+                        Skipped::DeletedBeforeRead,
+                        &error,
+                        clock.now(),
+                        &metrics,
+                        &publisher,
+                    )
+                    .await;
+                    let key = (topic_name(&gap.topic), gap.partition);
+                    if pending.get(&key).is_some_and(|high| gap.resume_at >= *high) {
+                        pending.remove(&key);
+                    }
+                }
+                continue;
+            }
             Err(error) => {
                 warn!(%error, "ingest consumer error");
                 continue;
             }
         };
         let now = clock.now();
-        let topic = if message.topic() == CLUSTER_REGISTRY {
-            CLUSTER_REGISTRY
-        } else {
-            CLUSTER_HEARTBEAT
-        };
+        let topic = topic_name(message.topic());
         let key = (topic, message.partition());
+        next_offsets.insert(key, message.offset() + 1);
         let replaying = start_watermarks
             .get(&key)
             .is_some_and(|high| message.offset() < *high);
@@ -360,13 +426,187 @@ fn registry_pending(pending: &Pending) -> bool {
     pending.keys().any(|(topic, _)| *topic == CLUSTER_REGISTRY)
 }
 
+/// The topic's static name (ingest reads only these two).
+fn topic_name(topic: &str) -> &'static str {
+    if topic == CLUSTER_REGISTRY {
+        CLUSTER_REGISTRY
+    } else {
+        CLUSTER_HEARTBEAT
+    }
+}
+
+/// Probes every partition that has records left to read from where ingest stands in it;
+/// for each one stalled on records that cannot be decoded, seeks past exactly that run.
+/// Returns the runs skipped. Blocking (watermark look-ups and probes).
+fn skip_unreadable(
+    consumer: &IngestConsumer,
+    kafka: &KafkaArgs,
+    settings: &IngestSettings,
+    next_offsets: &mut NextOffsets,
+) -> Vec<UnreadableRun> {
+    let config = kafka.client_config();
+    let mut runs = Vec::new();
+    for ((topic, partition), next) in next_offsets.iter_mut() {
+        let high = match consumer.fetch_watermarks(topic, *partition, settings.metadata_timeout) {
+            Ok((_, high)) => high,
+            Err(error) => {
+                warn!(%error, topic, partition, "watermarks for the unreadable-record probe");
+                continue;
+            }
+        };
+        let probe = PartitionProbe::new(&config, topic, *partition, PROBE_TIMEOUT);
+        match probe.unreadable_run(*next, high) {
+            Ok(Some(run)) => {
+                if let Err(error) = consumer.seek(
+                    topic,
+                    *partition,
+                    Offset::Offset(run.resume_at),
+                    settings.metadata_timeout,
+                ) {
+                    warn!(%error, topic, partition, "seek past the unreadable records failed; will probe again");
+                    continue;
+                }
+                *next = run.resume_at;
+                runs.push(run);
+            }
+            Ok(None) => {}
+            Err(error) => warn!(%error, "probe for unreadable records"),
+        }
+    }
+    runs
+}
+
+/// Partitions whose next offset the broker no longer has (librdkafka stops fetching them
+/// with `auto.offset.reset=error`): each moves to the first offset left, and the range it
+/// never saw is returned. Such a partition cannot be sought (librdkafka: "erroneous
+/// state"), so the whole assignment is made again from where ingest stands in every
+/// partition: nothing handled is read twice, nothing unread is passed over. Blocking.
+fn skip_deleted(
+    consumer: &IngestConsumer,
+    settings: &IngestSettings,
+    next_offsets: &mut NextOffsets,
+) -> Vec<UnreadableRun> {
+    let mut gaps = Vec::new();
+    for ((topic, partition), next) in next_offsets.iter() {
+        match consumer.fetch_watermarks(topic, *partition, settings.metadata_timeout) {
+            Ok((low, _)) if *next < low => gaps.push(UnreadableRun {
+                topic: topic.to_string(),
+                partition: *partition,
+                first: *next,
+                resume_at: low,
+            }),
+            Ok(_) => {}
+            Err(error) => warn!(%error, topic, partition, "watermarks after an offset reset"),
+        }
+    }
+    if gaps.is_empty() {
+        return gaps;
+    }
+    let mut assignment = TopicPartitionList::new();
+    for ((topic, partition), next) in next_offsets.iter() {
+        let resume = gaps
+            .iter()
+            .find(|gap| gap.topic == *topic && gap.partition == *partition)
+            .map_or(*next, |gap| gap.resume_at);
+        if let Err(error) =
+            assignment.add_partition_offset(topic, *partition, Offset::Offset(resume))
+        {
+            warn!(%error, topic, partition, "building the assignment after an offset reset");
+            return Vec::new();
+        }
+    }
+    if let Err(error) = consumer.assign(&assignment) {
+        warn!(%error, "assigning again after an offset reset failed");
+        return Vec::new();
+    }
+    for gap in &gaps {
+        next_offsets.insert((topic_name(&gap.topic), gap.partition), gap.resume_at);
+    }
+    gaps
+}
+
+/// Why ingest moved past offsets without handling records there.
+#[derive(Debug, Clone, Copy)]
+enum Skipped {
+    /// The records there cannot be decoded (a corrupt batch).
+    Unreadable,
+    /// The broker deleted them before ingest read them.
+    DeletedBeforeRead,
+}
+
+impl Skipped {
+    fn reason_code(self) -> &'static str {
+        match self {
+            Skipped::Unreadable => "unreadable",
+            Skipped::DeletedBeforeRead => "deleted_before_read",
+        }
+    }
+
+    fn explain(self) -> &'static str {
+        match self {
+            Skipped::Unreadable => "cannot be decoded",
+            Skipped::DeletedBeforeRead => "were deleted by the broker before they were read",
+        }
+    }
+}
+
+/// Counts, logs and dead-letters one run of offsets ingest moved past; returns how many
+/// offsets it covered.
+async fn run_skipped(
+    run: &UnreadableRun,
+    why: Skipped,
+    error: &KafkaError,
+    now: DateTime<Utc>,
+    metrics: &Arc<ControlPlaneMetrics>,
+    publisher: &Publisher,
+) -> i64 {
+    let skipped = run.resume_at - run.first;
+    metrics
+        .ingest_offsets_skipped
+        .get_or_create(&TopicReasonLabel {
+            topic: run.topic.clone(),
+            reason: why.reason_code().to_string(),
+        })
+        .inc_by(skipped.max(0) as u64);
+    let reason = format!(
+        "offsets {}..={} of {}/{} {} ({error}); skipped",
+        run.first,
+        run.last(),
+        run.topic,
+        run.partition,
+        why.explain(),
+    );
+    warn!(
+        topic = %run.topic,
+        partition = run.partition,
+        first = run.first,
+        last = run.last(),
+        reason = why.reason_code(),
+        "moving past offsets with no record to handle"
+    );
+    let letter = DeadLetter::skipped_run(
+        why.reason_code(),
+        reason,
+        &run.topic,
+        run.partition,
+        run.first,
+        run.last(),
+        now,
+    );
+    publisher
+        .dead_letter_in_background(&letter, metrics.clone())
+        .await;
+    skipped
+}
+
 fn assign_partitions(
     consumer: &IngestConsumer,
     settings: &IngestSettings,
     now: DateTime<Utc>,
-) -> Result<(Watermarks, Pending), String> {
+) -> Result<(Watermarks, Pending, NextOffsets), String> {
     let mut watermarks = Watermarks::new();
     let mut pending = Pending::new();
+    let mut next_offsets = NextOffsets::new();
     let mut assignment = TopicPartitionList::new();
     let mut heartbeat_by_time = TopicPartitionList::new();
     let mut lows: HashMap<TopicPartition, i64> = HashMap::new();
@@ -398,6 +638,7 @@ fn assign_partitions(
                 if low < high {
                     pending.insert((CLUSTER_REGISTRY, partition), high);
                 }
+                next_offsets.insert((CLUSTER_REGISTRY, partition), low);
                 assignment
                     .add_partition_offset(topic, partition, Offset::Beginning)
                     .map_err(|error| error.to_string())?;
@@ -473,6 +714,7 @@ fn assign_partitions(
         if replay_from.is_some_and(|from| from < high) {
             pending.insert(key, high);
         }
+        next_offsets.insert(key, replay_from.unwrap_or(high));
         assignment
             .add_partition_offset(element.topic(), element.partition(), offset)
             .map_err(|error| error.to_string())?;
@@ -480,7 +722,7 @@ fn assign_partitions(
     consumer
         .assign(&assignment)
         .map_err(|error| format!("assign: {error}"))?;
-    Ok((watermarks, pending))
+    Ok((watermarks, pending, next_offsets))
 }
 
 /// Where a heartbeat partition is read from: the first offset at or after "now minus the

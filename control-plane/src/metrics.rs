@@ -25,6 +25,12 @@ pub struct OperationLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TopicReasonLabel {
+    pub topic: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabel {
     pub state: String,
 }
@@ -52,6 +58,9 @@ pub struct ControlPlaneMetrics {
     pub reconcile_duration: Histogram,
     pub runtime_call_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
     pub ingest_consumer_lag: Family<PartitionLabel, Gauge>,
+    /// Offsets ingest moved past without a record to handle: `unreadable` (corrupt
+    /// batches) or `deleted_before_read` (the broker dropped them first).
+    pub ingest_offsets_skipped: Family<TopicReasonLabel, Counter>,
 }
 
 impl Default for ControlPlaneMetrics {
@@ -84,6 +93,7 @@ impl ControlPlaneMetrics {
             reconcile_duration: latency_histogram(),
             runtime_call_duration: Family::new_with_constructor(latency_histogram),
             ingest_consumer_lag: Family::default(),
+            ingest_offsets_skipped: Family::default(),
         };
         registry.register(
             "registrations",
@@ -119,6 +129,11 @@ impl ControlPlaneMetrics {
             "invalid_client_ids",
             "Records naming a client id that is not a lowercase DNS label",
             metrics.invalid_client_ids.clone(),
+        );
+        registry.register(
+            "ingest_offsets_skipped",
+            "Offsets of cluster.registry and cluster.heartbeat moved past with no record to handle, by topic and reason: unreadable (corrupt batches) or deleted_before_read (the broker dropped them first); each run is dead-lettered",
+            metrics.ingest_offsets_skipped.clone(),
         );
         registry.register(
             "dead_letters",

@@ -30,8 +30,12 @@ pub struct DeadLetter {
     pub source_topic: String,
     /// Its partition.
     pub source_partition: i32,
-    /// Its offset.
+    /// Its offset (the first of a run, for a dead letter that stands for several).
     pub source_offset: i64,
+    /// The last offset, for a dead letter that stands for a run of records that could not
+    /// be read at all (a corrupt batch): the consumer skipped `source_offset..=` this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_last_offset: Option<i64>,
     /// When processing failed.
     pub failed_at: DateTime<Utc>,
     /// The tenant, when one could be attributed.
@@ -102,6 +106,7 @@ impl DeadLetter {
             source_topic: source_topic.to_owned(),
             source_partition: partition,
             source_offset: offset,
+            source_last_offset: None,
             failed_at,
             client_id: client_id.map(|c| c.as_str().to_owned()),
             key: key.map(|k| String::from_utf8_lossy(k).into_owned()),
@@ -109,6 +114,32 @@ impl DeadLetter {
             original_base64,
             truncated,
         }
+    }
+
+    /// Stands for the offsets `first..=last` of a partition that could not be read at all,
+    /// so no key or value is known: what was skipped, and why.
+    pub fn skipped_run(
+        reason_code: &str,
+        reason: impl Into<String>,
+        source_topic: &str,
+        partition: i32,
+        first: i64,
+        last: i64,
+        failed_at: DateTime<Utc>,
+    ) -> Self {
+        let mut letter = Self::new(
+            reason_code,
+            reason,
+            source_topic,
+            partition,
+            first,
+            None,
+            None,
+            None,
+            failed_at,
+        );
+        letter.source_last_offset = Some(last);
+        letter
     }
 
     /// The envelope as JSON, ready to produce.
@@ -164,6 +195,32 @@ mod tests {
         assert_eq!(json["key"], "af-9::event::test-123");
         assert_eq!(json["failed_at"], "2025-10-28T08:31:00Z");
         assert!(json.get("original_base64").is_none());
+    }
+
+    #[test]
+    fn a_skipped_run_names_its_first_and_last_offsets_and_nothing_else() {
+        let dl = DeadLetter::skipped_run(
+            "unreadable",
+            "cannot decode",
+            "cluster.heartbeat",
+            3,
+            40,
+            44,
+            at(),
+        );
+        let json: serde_json::Value = serde_json::from_slice(&dl.to_json()).unwrap();
+        assert_eq!(json["source_offset"], 40);
+        assert_eq!(json["source_last_offset"], 44);
+        assert_eq!(json["source_partition"], 3);
+        assert!(json.get("key").is_none() && json.get("original").is_none());
+        // A single record's letter has no last offset.
+        let single = DeadLetter::new("r", "x", "t", 0, 1, None, None, None, at());
+        assert!(
+            serde_json::from_slice::<serde_json::Value>(&single.to_json())
+                .unwrap()
+                .get("source_last_offset")
+                .is_none()
+        );
     }
 
     #[test]

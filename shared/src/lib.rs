@@ -22,6 +22,8 @@ pub mod checks;
 pub mod kafka;
 #[cfg(feature = "kafka")]
 pub mod topic_setup;
+#[cfg(feature = "kafka")]
+pub mod unreadable;
 
 #[cfg(feature = "telemetry")]
 pub mod exposition;

@@ -495,6 +495,14 @@ impl ControlPlane {
         bail!("the control plane did not exit within {deadline:?} of SIGTERM")
     }
 
+    /// Sends `signal` to the process (SIGSTOP and SIGCONT to freeze it while the broker
+    /// moves on).
+    pub fn signal(&self, signal: Signal) -> Result<()> {
+        let child = self.child.as_ref().context("not running")?;
+        nix::sys::signal::kill(Pid::from_raw(child.id() as i32), signal)?;
+        Ok(())
+    }
+
     /// SIGKILL, as a crash would.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -648,8 +656,8 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Minimal blocking HTTP over std, to keep the tests free of an async HTTP stack.
 pub mod fake_kube;
+pub mod raw_kafka;
 
 /// A running `kg-rca-agent` with its log file.
 pub struct Agent {
@@ -718,6 +726,7 @@ impl Drop for Agent {
     }
 }
 
+/// Minimal blocking HTTP over std, to keep the tests free of an async HTTP stack.
 pub mod http {
     use std::io::{Read, Write};
     use std::net::TcpStream;
@@ -928,6 +937,26 @@ pub async fn send(producer: &FutureProducer, topic: &str, key: &str, value: &str
         .await
         .map_err(|(error, _)| anyhow::anyhow!("produce to {topic}: {error}"))?;
     Ok(())
+}
+
+/// Produces to a chosen partition (or the key's, with `None`) and waits for the
+/// acknowledgement; returns where the record landed, (partition, offset).
+pub async fn send_to(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: &str,
+    value: &str,
+) -> Result<(i32, i64)> {
+    let mut record = FutureRecord::to(topic).key(key).payload(value);
+    if let Some(partition) = partition {
+        record = record.partition(partition);
+    }
+    let delivery = producer
+        .send(record, Duration::from_secs(30))
+        .await
+        .map_err(|(error, _)| anyhow::anyhow!("produce to {topic}: {error}"))?;
+    Ok((delivery.partition, delivery.offset))
 }
 
 /// Produces many records concurrently and waits for every acknowledgement.

@@ -28,6 +28,8 @@ pub struct WorkerMetrics {
     pub produce_retries: Counter,
     /// Dead letters Kafka refused for good: the record is in the worker's log only.
     pub records_lost: Counter,
+    /// Input offsets skipped because the records there could not be decoded at all.
+    pub unreadable_skipped: Counter,
     pub commits_failed: Counter,
     pub consumer_lag: Gauge,
     pub partition_lag: Family<PartitionLabel, Gauge>,
@@ -63,6 +65,7 @@ impl WorkerMetrics {
             dlq_total: Counter::default(),
             produce_retries: Counter::default(),
             records_lost: Counter::default(),
+            unreadable_skipped: Counter::default(),
             commits_failed: Counter::default(),
             consumer_lag: Gauge::default(),
             partition_lag: Family::default(),
@@ -106,6 +109,11 @@ impl WorkerMetrics {
             "records_lost",
             "Dead letters Kafka refused for good (the record is in the log only)",
             metrics.records_lost.clone(),
+        );
+        registry.register(
+            "records_unreadable_skipped",
+            "Input offsets skipped because the records there could not be decoded (corrupt batches); each run is dead-lettered",
+            metrics.unreadable_skipped.clone(),
         );
         registry.register(
             "produce_retries",

@@ -11,6 +11,9 @@
 //! kg-bench agents     --bootstrap B [--clients 1000] [--prefix bench-] [--interval-secs 30]
 //!                     [--duration-secs 150]
 //! kg-bench clients    --api http://host:port [--prefix bench-] [--workers 2]
+//! kg-bench heartbeat-ingest --bootstrap B --api http://host:port --pid P [--clients 100]
+//!                     [--heartbeats 100000] [--kind valid|garbage]
+//! kg-bench heartbeat-ceiling [--clients 100] [--heartbeats 1000000]
 //! kg-bench http-get   --url http://host:port/path
 //! kg-bench event      --client C
 //! ```
@@ -28,6 +31,14 @@
 //!
 //! `agents` registers `--clients` clients on cluster.registry the way the Helm chart does
 //! and heartbeats every one of them on cluster.heartbeat every `--interval-secs`.
+//!
+//! `heartbeat-ingest` times the control plane's ingest of a preloaded burst: it registers
+//! `--clients` clients and waits for them, stops the control plane (`--pid`) with SIGSTOP,
+//! produces `--heartbeats` heartbeats round-robin over the clients (or as many non-JSON
+//! ones with `--kind garbage`), resumes it with SIGCONT and polls its counter
+//! (`cp_heartbeats_total`, or `cp_heartbeats_rejected_total`) until the whole burst is
+//! counted. `heartbeat-ceiling` is the in-process ceiling beside it: decoding the same
+//! records and updating a map of the latest heartbeat per client, on one thread, no Kafka.
 //!
 //! `clients` summarizes the control plane's `GET /clients`, `http-get` prints a body (so
 //! the scripts need neither curl nor jq), `event` prints one generated event and its size.
@@ -71,6 +82,8 @@ fn main() -> Result<()> {
             Ok(())
         }
         "clients" => clients(&options),
+        "heartbeat-ingest" => heartbeat_ingest(&options),
+        "heartbeat-ceiling" => heartbeat_ceiling(&options),
         "attribution" => attribution(&options),
         "event" => {
             // Prints one generated event, to check its shape and size.
@@ -622,6 +635,139 @@ fn clients(options: &Options) -> Result<()> {
          running_workers={running_total} body_bytes={}",
         ours.len(),
         body.len()
+    );
+    Ok(())
+}
+
+/// A heartbeat as the 2.1.x chart's CronJob sends it, for client `n` of `clients`.
+fn bench_heartbeat(prefix: &str, n: u64, clients: u64) -> (String, String) {
+    let id = format!("{prefix}{:04}", n % clients + 1);
+    let value =
+        format!(r#"{{"client_id":"{id}","timestamp":"2026-11-30T10:00:00Z","status":"healthy"}}"#);
+    (id, value)
+}
+
+/// The sum of every series of a Prometheus family in a text exposition.
+fn metric_sum(body: &str, family: &str) -> f64 {
+    body.lines()
+        .filter(|line| {
+            line.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Times the control plane's ingest of a preloaded burst of heartbeats.
+fn heartbeat_ingest(options: &Options) -> Result<()> {
+    let bootstrap = options.str("bootstrap")?;
+    let api = options.str("api")?.trim_end_matches('/').to_string();
+    let pid = Pid::from_raw(options.num("pid", 0)? as i32);
+    let clients = options.num("clients", 100)?;
+    let heartbeats = options.num("heartbeats", 100_000)?;
+    let garbage = options.opt("kind") == Some("garbage");
+    let prefix = "ingest-";
+    let family = if garbage {
+        "cp_heartbeats_rejected_total"
+    } else {
+        "cp_heartbeats_total"
+    };
+    let counter = || -> Result<f64> {
+        let (code, body) = blocking_get(&format!("{api}/metrics"))?;
+        if code != 200 {
+            bail!("GET /metrics answered {code}");
+        }
+        Ok(metric_sum(&body, family))
+    };
+    let producer = producer(bootstrap, "lz4")?;
+    for n in 1..=clients {
+        let id = format!("{prefix}{n:04}");
+        let registration = format!(
+            r#"{{"client_id":"{id}","cluster_name":"bench","timestamp":"2026-11-30T10:00:00Z"}}"#
+        );
+        produce(&producer, REGISTRY, &id, &registration)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, body) = blocking_get(&format!("{api}/clients?limit=1000"))?;
+        let registered = serde_json::from_str::<Vec<serde_json::Value>>(&body)
+            .map(|all| {
+                all.iter()
+                    .filter(|c| {
+                        c["client_id"]
+                            .as_str()
+                            .is_some_and(|id| id.starts_with(prefix))
+                    })
+                    .count() as u64
+            })
+            .unwrap_or(0);
+        if registered >= clients {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{registered} of {clients} clients registered after 60 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = counter()?;
+    kill(pid, Signal::SIGSTOP).context("SIGSTOP the control plane")?;
+    let produced = (|| -> Result<()> {
+        for n in 0..heartbeats {
+            let (key, value) = bench_heartbeat(prefix, n, clients);
+            let value = if garbage {
+                format!("not json {n}")
+            } else {
+                value
+            };
+            produce(&producer, HEARTBEAT, &key, &value)?;
+        }
+        producer.flush(Duration::from_secs(60))?;
+        Ok(())
+    })();
+    kill(pid, Signal::SIGCONT).context("SIGCONT the control plane")?;
+    produced?;
+    let started = Instant::now();
+    let target = before + heartbeats as f64;
+    let mut seen = before;
+    while seen < target {
+        if started.elapsed() > Duration::from_secs(300) {
+            bail!("{} of {heartbeats} counted after 300 s", seen - before);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+        seen = counter()?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "RESULT mode=heartbeat-ingest kind={} heartbeats={heartbeats} clients={clients} secs={secs:.3} per_sec={:.0}",
+        if garbage { "garbage" } else { "valid" },
+        heartbeats as f64 / secs
+    );
+    Ok(())
+}
+
+/// The in-process ceiling of heartbeat ingest: decode and keep the latest per client.
+fn heartbeat_ceiling(options: &Options) -> Result<()> {
+    let clients = options.num("clients", 100)?;
+    let heartbeats = options.num("heartbeats", 1_000_000)?;
+    let records: Vec<(String, String)> = (0..heartbeats)
+        .map(|n| bench_heartbeat("ingest-", n, clients))
+        .collect();
+    let mut latest: HashMap<kg_shared::ClientId, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let now = chrono::Utc::now();
+    let started = Instant::now();
+    for (key, value) in &records {
+        let heartbeat =
+            kg_shared::heartbeat::decode_heartbeat(Some(key.as_bytes()), Some(value.as_bytes()))
+                .map_err(|error| anyhow::anyhow!("{error}"))?;
+        let entry = latest.entry(heartbeat.client_id).or_insert(now);
+        *entry = (*entry).max(now);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "RESULT mode=heartbeat-ceiling heartbeats={heartbeats} clients={} secs={secs:.3} per_sec={:.0}",
+        latest.len(),
+        heartbeats as f64 / secs
     );
     Ok(())
 }

@@ -1,0 +1,265 @@
+//! Finding the way past records that librdkafka cannot read.
+//!
+//! A record batch with valid framing but a payload that does not decompress (garbage
+//! zstd, say) makes librdkafka report `Bad compression` and fetch the same offset again,
+//! forever: the partition stalls, and every record behind the batch with it. rdkafka's
+//! error carries neither the partition nor the offset, so a consumer finds both itself,
+//! by probing with a consumer of its own:
+//!
+//! - a fetch from an offset inside the unreadable run fails the same way;
+//! - a fetch from past its last offset succeeds, because librdkafka skips whole batches
+//!   that end before the fetch offset without decompressing them.
+//!
+//! The answer is monotone over the run, so a binary search between the stall and the
+//! high watermark finds the first readable offset in O(log n) probes, and the consumer
+//! skips exactly the run: the offsets it could not read, no more. Consecutive unreadable
+//! batches are found as one run.
+
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::{Offset, TopicPartitionList};
+
+/// Whether a consumer error means "the records at the fetch position cannot be decoded",
+/// which librdkafka retries forever, rather than a transient or connection error.
+pub fn is_unreadable(error: &KafkaError) -> bool {
+    matches!(
+        error,
+        KafkaError::MessageConsumption(code) | KafkaError::MessageConsumptionFatal(code)
+            if matches!(
+                code,
+                RDKafkaErrorCode::BadCompression
+                    | RDKafkaErrorCode::BadMessage
+                    | RDKafkaErrorCode::InvalidMessage
+                    | RDKafkaErrorCode::InvalidRecord
+            )
+    )
+}
+
+/// A run of offsets that could not be read, and where reading resumes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreadableRun {
+    pub topic: String,
+    pub partition: i32,
+    /// The first offset that could not be read.
+    pub first: i64,
+    /// The first readable offset after the run (the high watermark when nothing after
+    /// it could be read yet).
+    pub resume_at: i64,
+}
+
+impl UnreadableRun {
+    /// The last offset skipped.
+    pub fn last(&self) -> i64 {
+        self.resume_at - 1
+    }
+}
+
+/// What one probe found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// A record (or the end of the partition) was read from the offset.
+    Readable,
+    /// Reading from the offset failed because the records there cannot be decoded.
+    Unreadable,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("failed to create the probe consumer: {0}")]
+    Create(#[source] KafkaError),
+    #[error("failed to assign {topic}/{partition} at {offset}: {source}")]
+    Assign {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("no answer for {topic}/{partition} at {offset} within {timeout:?}")]
+    Timeout {
+        topic: String,
+        partition: i32,
+        offset: i64,
+        timeout: Duration,
+    },
+}
+
+/// Reads single offsets of one partition with a consumer of its own (no group, nothing
+/// committed), so the caller's consumer and its group are untouched.
+pub struct PartitionProbe {
+    config: ClientConfig,
+    topic: String,
+    partition: i32,
+    timeout: Duration,
+}
+
+impl PartitionProbe {
+    /// `config` carries the connection settings (bootstrap servers, security).
+    pub fn new(config: &ClientConfig, topic: &str, partition: i32, timeout: Duration) -> Self {
+        let mut config = config.clone();
+        config
+            .set("group.id", "kg-unreadable-probe")
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "true")
+            .set("fetch.wait.max.ms", "50");
+        Self {
+            config,
+            topic: topic.to_owned(),
+            partition,
+            timeout,
+        }
+    }
+
+    /// Whether reading from `offset` yields a record (or the partition's end) or the
+    /// decoding error. A fresh consumer per probe: no error of an earlier position can be
+    /// mistaken for this one's.
+    pub fn at(&self, offset: i64) -> Result<ProbeOutcome, ProbeError> {
+        let consumer: BaseConsumer = self.config.create().map_err(ProbeError::Create)?;
+        let mut list = TopicPartitionList::new();
+        list.add_partition_offset(&self.topic, self.partition, Offset::Offset(offset))
+            .and_then(|()| consumer.assign(&list))
+            .map_err(|source| ProbeError::Assign {
+                topic: self.topic.clone(),
+                partition: self.partition,
+                offset,
+                source,
+            })?;
+        let deadline = Instant::now() + self.timeout;
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => {
+                    return Ok(ProbeOutcome::Readable)
+                }
+                Some(Err(error)) if is_unreadable(&error) => return Ok(ProbeOutcome::Unreadable),
+                // Connection hiccups and the like: keep waiting until the deadline.
+                Some(Err(_)) | None => {}
+            }
+        }
+        Err(ProbeError::Timeout {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset,
+            timeout: self.timeout,
+        })
+    }
+
+    /// When reading from `from` fails, the run of unreadable offsets that starts there
+    /// (up to `high`, the partition's high watermark); `None` when `from` reads fine.
+    pub fn unreadable_run(
+        &self,
+        from: i64,
+        high: i64,
+    ) -> Result<Option<UnreadableRun>, ProbeError> {
+        if from >= high || self.at(from)? == ProbeOutcome::Readable {
+            return Ok(None);
+        }
+        let resume_at = first_readable(from, high, |offset| self.at(offset))?;
+        Ok(Some(UnreadableRun {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            first: from,
+            resume_at,
+        }))
+    }
+}
+
+/// The smallest offset in `(unreadable, high]` that `probe` finds readable, given that
+/// `unreadable` is not and `high` (the high watermark: nothing to read is nothing wrong)
+/// is. Binary search: `probe` must be monotone over the range, which it is for one run of
+/// consecutive unreadable batches followed by readable ones.
+pub fn first_readable<E>(
+    unreadable: i64,
+    high: i64,
+    mut probe: impl FnMut(i64) -> Result<ProbeOutcome, E>,
+) -> Result<i64, E> {
+    let (mut bad, mut good) = (unreadable, high);
+    while good - bad > 1 {
+        let middle = bad + (good - bad) / 2;
+        match probe(middle)? {
+            ProbeOutcome::Readable => good = middle,
+            ProbeOutcome::Unreadable => bad = middle,
+        }
+    }
+    Ok(good)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::convert::Infallible;
+
+    /// A partition whose offsets `[start, end)` cannot be read.
+    fn run(start: i64, end: i64) -> impl FnMut(i64) -> Result<ProbeOutcome, Infallible> {
+        move |offset| {
+            Ok(if (start..end).contains(&offset) {
+                ProbeOutcome::Unreadable
+            } else {
+                ProbeOutcome::Readable
+            })
+        }
+    }
+
+    #[test]
+    fn finds_the_first_offset_after_the_run() {
+        for (start, end, high) in [
+            (5, 6, 100),
+            (5, 105, 1_000),
+            (0, 1, 1),
+            (7, 50, 50),
+            (3, 4, 4),
+        ] {
+            assert_eq!(
+                first_readable(start, high, run(start, end)).unwrap(),
+                end.min(high),
+                "run {start}..{end}, high {high}"
+            );
+        }
+    }
+
+    #[test]
+    fn takes_logarithmically_many_probes() {
+        let mut probes = 0;
+        let mut inner = run(0, 7_000);
+        let found = first_readable(0, 1_000_000, |offset| {
+            probes += 1;
+            inner(offset)
+        })
+        .unwrap();
+        assert_eq!(found, 7_000);
+        assert!(probes <= 20, "{probes} probes");
+    }
+
+    #[test]
+    fn the_decoding_errors_are_unreadable_and_others_are_not() {
+        for code in [
+            RDKafkaErrorCode::BadCompression,
+            RDKafkaErrorCode::BadMessage,
+            RDKafkaErrorCode::InvalidMessage,
+        ] {
+            assert!(is_unreadable(&KafkaError::MessageConsumption(code)));
+        }
+        for code in [
+            RDKafkaErrorCode::BrokerTransportFailure,
+            RDKafkaErrorCode::AllBrokersDown,
+            RDKafkaErrorCode::OffsetOutOfRange,
+        ] {
+            assert!(!is_unreadable(&KafkaError::MessageConsumption(code)));
+        }
+        assert!(!is_unreadable(&KafkaError::PartitionEOF(3)));
+    }
+
+    #[test]
+    fn the_run_knows_its_last_offset() {
+        let found = UnreadableRun {
+            topic: "t".into(),
+            partition: 0,
+            first: 10,
+            resume_at: 13,
+        };
+        assert_eq!(found.last(), 12);
+    }
+}
