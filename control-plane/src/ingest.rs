@@ -17,6 +17,7 @@ use chrono::{DateTime, Utc};
 use kg_shared::dlq::DeadLetter;
 use kg_shared::heartbeat::decode_heartbeat;
 use kg_shared::kafka::KafkaArgs;
+use kg_shared::log_limit::{LogLimiter, LogVerdict};
 use kg_shared::registry::{decode_registry, RegistryMessage};
 use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, DLQ_RAW};
 use kg_shared::unreadable::{is_unreadable, PartitionProbe, UnreadableRun};
@@ -253,9 +254,14 @@ pub async fn run_ingest(
         // dead-letters the range it never saw (`skip_deleted`).
         .set("auto.offset.reset", "error")
         // librdkafka prefetches up to 64 MiB per partition by default; ingest handles each
-        // record in microseconds, so a small queue costs nothing and keeps memory flat.
-        .set("queued.max.messages.kbytes", "512")
-        .set("queued.min.messages", "1000")
+        // record in microseconds, so a small queue keeps memory flat. But once the queue
+        // holds queued.min.messages, librdkafka waits fetch.queue.backoff.ms (1 s by
+        // default) before fetching again: with 1,000 messages that capped ingest at about
+        // 1,000 heartbeats per partition per second. A larger count, bounded by the bytes,
+        // and a short backoff let a burst through (docs/benchmarks.md, "Heartbeat ingest").
+        .set("queued.max.messages.kbytes", "1024")
+        .set("queued.min.messages", "100000")
+        .set("fetch.queue.backoff.ms", "10")
         .create_with_context(IngestContext {
             metrics: metrics.clone(),
         })
@@ -286,6 +292,8 @@ pub async fn run_ingest(
     let mut registry_replayed = !registry_pending(&pending);
     let mut progress = tokio::time::interval(Duration::from_millis(250));
     let mut last_probe: Option<Instant> = None;
+    // A flood of bad records is counted, not logged line by line.
+    let mut log_limit = LogLimiter::default();
     loop {
         if !registry_replayed && !registry_pending(&pending) {
             registry_replayed = true;
@@ -403,9 +411,9 @@ pub async fn run_ingest(
             pending.remove(&key);
         }
         let input = if topic == CLUSTER_REGISTRY {
-            registry_input(&message, at, now, &metrics, &publisher).await
+            registry_input(&message, at, now, &metrics, &publisher, &mut log_limit).await
         } else {
-            heartbeat_input(&message, at, now, &metrics, &publisher).await
+            heartbeat_input(&message, at, now, &metrics, &publisher, &mut log_limit).await
         };
         let Some(input) = input else { continue };
         match input {
@@ -781,6 +789,7 @@ async fn registry_input(
     now: DateTime<Utc>,
     metrics: &Arc<ControlPlaneMetrics>,
     publisher: &Publisher,
+    log_limit: &mut LogLimiter,
 ) -> Option<Input> {
     match decode_registry(message.key(), message.payload()) {
         Ok(decoded) => Some(Input::Registry {
@@ -800,6 +809,7 @@ async fn registry_input(
                 now,
                 metrics,
                 publisher,
+                log_limit,
             )
             .await;
             None
@@ -813,6 +823,7 @@ async fn heartbeat_input(
     now: DateTime<Utc>,
     metrics: &Arc<ControlPlaneMetrics>,
     publisher: &Publisher,
+    log_limit: &mut LogLimiter,
 ) -> Option<Input> {
     match decode_heartbeat(message.key(), message.payload()) {
         Ok(heartbeat) => Some(Input::Heartbeat {
@@ -832,6 +843,7 @@ async fn heartbeat_input(
                 now,
                 metrics,
                 publisher,
+                log_limit,
             )
             .await;
             None
@@ -846,7 +858,9 @@ struct Rejected {
     invalid_client_id: bool,
 }
 
-/// Counts, logs and dead-letters a record that cannot be used.
+/// Counts, logs (a bounded number of lines per reason) and dead-letters a record that
+/// cannot be used.
+#[allow(clippy::too_many_arguments)]
 async fn reject(
     message: &BorrowedMessage<'_>,
     rejected: Rejected,
@@ -854,6 +868,7 @@ async fn reject(
     now: DateTime<Utc>,
     metrics: &Arc<ControlPlaneMetrics>,
     publisher: &Publisher,
+    log_limit: &mut LogLimiter,
 ) {
     counter
         .get_or_create(&ReasonLabel {
@@ -863,14 +878,17 @@ async fn reject(
     if rejected.invalid_client_id {
         metrics.invalid_client_ids.inc();
     }
-    warn!(
-        topic = message.topic(),
-        reason = rejected.reason_code,
-        error = %rejected.reason,
-        partition = message.partition(),
-        offset = message.offset(),
-        "skipping record"
-    );
+    if let LogVerdict::Log { suppressed } = log_limit.check(rejected.reason_code, Instant::now()) {
+        warn!(
+            topic = message.topic(),
+            reason = rejected.reason_code,
+            error = %rejected.reason,
+            partition = message.partition(),
+            offset = message.offset(),
+            suppressed_since_last = suppressed,
+            "skipping record"
+        );
+    }
     dead_letter(
         message,
         rejected.reason_code,

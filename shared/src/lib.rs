@@ -12,6 +12,7 @@ pub mod client_id;
 pub mod dlq;
 pub mod heartbeat;
 pub mod keys;
+pub mod log_limit;
 pub mod records;
 pub mod registry;
 pub mod topics;
