@@ -1,13 +1,28 @@
-//! Admission: which new clients the control plane takes on. A maximum number of
-//! clients, a maximum rate of new registrations (a token bucket), and an optional
-//! allowlist. A refused registration is refused with a reason, logged and counted, never
-//! queued: the agent registers again on its next install or upgrade. Repeats of an admitted
-//! client and the registry's replay at start-up are never refused for rate, so a restart
-//! does not lose clients it already had.
+//! Admission: which new clients the control plane takes on, and when. A maximum number of
+//! clients, a maximum rate of new clients (a token bucket), and an optional allowlist.
+//!
+//! Admission defers instead of dropping. A registration of a client not admitted yet waits
+//! in arrival order (the registry record's timestamp, then partition and offset: durable,
+//! so a restart's replay sees the same order), and each reconcile pass admits from the
+//! front as the rate and the client cap allow: a registration held back by the rate is
+//! admitted when the bucket refills, one held back by the cap when a slot frees. Only the
+//! allowlist refuses for good.
+//!
+//! Clients whose workers are already running (a restarted control plane finds them) are
+//! admitted first and cost no token: they need no spawn, and they keep the slots they had,
+//! so a restart never swaps which clients are served. Everything else, the replay
+//! included, spends tokens: a restart does not start thousands of clients at once.
+//!
+//! Memory is bounded: at most `max_waiting` registrations wait, each kept compact. Past
+//! that a registration is not kept (counted as `waiting_full`); the registry still holds
+//! it, and the next restart's replay finds it again.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use kg_shared::registry::Registration;
+use kg_shared::ClientId;
+use serde_json::{Map, Value};
 
 /// Admission limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,32 +32,102 @@ pub struct AdmissionSettings {
     pub max_new_per_minute: u32,
     /// When not empty, only these client ids are admitted.
     pub allowlist: HashSet<String>,
+    /// The most registrations kept waiting.
+    pub max_waiting: usize,
 }
 
-/// Why a registration was refused.
+/// Why a registration was refused for good.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     NotAllowed,
-    TooManyClients,
-    RateLimited,
 }
 
 impl Refusal {
     pub fn reason_code(self) -> &'static str {
         match self {
             Refusal::NotAllowed => "not_allowed",
-            Refusal::TooManyClients => "max_clients",
-            Refusal::RateLimited => "rate_limited",
         }
     }
 }
 
-/// The admission state: a token bucket refilled with injected time.
+/// What became of a registration of a client not admitted yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deferral {
+    /// Waiting for its turn; `again` when it was already waiting (a repeat).
+    Waiting { again: bool },
+    /// Not kept: the waiting room is full.
+    WaitingFull,
+}
+
+impl Deferral {
+    pub fn reason_code(self) -> &'static str {
+        match self {
+            Deferral::Waiting { .. } => "waiting",
+            Deferral::WaitingFull => "waiting_full",
+        }
+    }
+}
+
+/// Where a registration stands in the registry: the order clients arrived in, the same on
+/// every replay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Arrival {
+    /// The record's Kafka timestamp, ms.
+    pub timestamp_ms: i64,
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A registration admitted from the waiting room, ready for the table.
+#[derive(Debug, Clone)]
+pub struct Admitted {
+    pub registration: Registration,
+    pub at: DateTime<Utc>,
+    /// Admitted without a token because its workers were already running.
+    pub had_workers: bool,
+}
+
+/// A waiting registration, kept compact: the fields as one JSON string.
+#[derive(Debug, Clone)]
+struct Waiting {
+    arrival: Arrival,
+    at: DateTime<Utc>,
+    cluster_name: Option<Box<str>>,
+    fields: Box<str>,
+    recovered_from_split: bool,
+}
+
+impl Waiting {
+    fn new(registration: &Registration, at: DateTime<Utc>, arrival: Arrival) -> Self {
+        Self {
+            arrival,
+            at,
+            cluster_name: registration.cluster_name.as_deref().map(Box::from),
+            fields: serde_json::to_string(&registration.fields)
+                .unwrap_or_default()
+                .into_boxed_str(),
+            recovered_from_split: registration.recovered_from_split,
+        }
+    }
+
+    fn into_registration(self, client_id: ClientId) -> Registration {
+        Registration {
+            client_id,
+            cluster_name: self.cluster_name.map(String::from),
+            fields: serde_json::from_str::<Map<String, Value>>(&self.fields).unwrap_or_default(),
+            recovered_from_split: self.recovered_from_split,
+        }
+    }
+}
+
+/// The admission state: a token bucket refilled with injected time, and the waiting room.
 #[derive(Debug, Clone)]
 pub struct Admission {
     settings: AdmissionSettings,
     tokens: f64,
     refilled_at: Option<DateTime<Utc>>,
+    waiting: HashMap<ClientId, Waiting>,
+    order: BTreeMap<Arrival, ClientId>,
 }
 
 impl Admission {
@@ -52,44 +137,121 @@ impl Admission {
             settings,
             tokens,
             refilled_at: None,
+            waiting: HashMap::new(),
+            order: BTreeMap::new(),
         }
     }
 
-    /// Decides on a registration of a client not in the table yet. `replaying`: the
-    /// registry's replay at start-up, which is not rate limited.
-    pub fn admit_new(
+    /// Takes a registration of a client that is not admitted: refused for good when the
+    /// allowlist does not name it, otherwise waiting for its turn. A repeat keeps the
+    /// earlier arrival (its place in the line) and takes the newer metadata.
+    pub fn defer(
         &mut self,
-        client: &str,
-        current_clients: usize,
-        replaying: bool,
-        now: DateTime<Utc>,
-    ) -> Result<(), Refusal> {
-        if !self.settings.allowlist.is_empty() && !self.settings.allowlist.contains(client) {
+        registration: &Registration,
+        at: DateTime<Utc>,
+        arrival: Arrival,
+    ) -> Result<Deferral, Refusal> {
+        let client = &registration.client_id;
+        if !self.settings.allowlist.is_empty() && !self.settings.allowlist.contains(client.as_str())
+        {
             return Err(Refusal::NotAllowed);
         }
-        if current_clients >= self.settings.max_clients {
-            return Err(Refusal::TooManyClients);
+        if let Some(waiting) = self.waiting.get_mut(client) {
+            let arrival = waiting.arrival.min(arrival);
+            let at = waiting.at.max(at);
+            *waiting = Waiting::new(registration, at, arrival);
+            return Ok(Deferral::Waiting { again: true });
         }
-        if replaying {
-            return Ok(());
+        if self.waiting.len() >= self.settings.max_waiting {
+            return Ok(Deferral::WaitingFull);
         }
+        self.order.insert(arrival, client.clone());
+        self.waiting
+            .insert(client.clone(), Waiting::new(registration, at, arrival));
+        Ok(Deferral::Waiting { again: false })
+    }
+
+    /// A deregistration of a waiting client: it leaves the line. Whether it was waiting.
+    pub fn withdraw(&mut self, client: &ClientId) -> bool {
+        match self.waiting.remove(client) {
+            Some(waiting) => {
+                self.order.remove(&waiting.arrival);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// How many registrations wait.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    /// Whether `client` waits.
+    pub fn is_waiting(&self, client: &ClientId) -> bool {
+        self.waiting.contains_key(client)
+    }
+
+    /// The decide step of admission, once per reconcile pass: which waiting clients are
+    /// admitted now, given `current_clients` admitted and which clients have workers
+    /// running. First those with workers (no token, arrival order), then the others in
+    /// arrival order while tokens last; never past the client cap.
+    pub fn admit_waiting(
+        &mut self,
+        current_clients: usize,
+        has_workers: impl Fn(&ClientId) -> bool,
+        now: DateTime<Utc>,
+    ) -> Vec<Admitted> {
+        self.refill(now);
+        let room = self.settings.max_clients.saturating_sub(current_clients);
+        let mut chosen: Vec<(Arrival, bool)> = Vec::new();
+        for (arrival, client) in &self.order {
+            if chosen.len() >= room {
+                break;
+            }
+            if has_workers(client) {
+                chosen.push((*arrival, true));
+            }
+        }
+        for arrival in self.order.keys() {
+            if chosen.len() >= room || self.tokens < 1.0 {
+                break;
+            }
+            if chosen.iter().any(|(taken, _)| taken == arrival) {
+                continue;
+            }
+            self.tokens -= 1.0;
+            chosen.push((*arrival, false));
+        }
+        chosen.sort();
+        chosen
+            .into_iter()
+            .filter_map(|(arrival, had_workers)| {
+                let client = self.order.remove(&arrival)?;
+                let waiting = self.waiting.remove(&client)?;
+                let at = waiting.at;
+                Some(Admitted {
+                    registration: waiting.into_registration(client),
+                    at,
+                    had_workers,
+                })
+            })
+            .collect()
+    }
+
+    fn refill(&mut self, now: DateTime<Utc>) {
         let rate = self.settings.max_new_per_minute as f64;
         let last = *self.refilled_at.get_or_insert(now);
         let elapsed = (now - last).num_milliseconds().max(0) as f64 / 60_000.0;
         self.tokens = (self.tokens + elapsed * rate).min(rate);
         self.refilled_at = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Refusal::RateLimited)
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kg_shared::registry::{decode_registry, RegistryMessage};
 
     fn t(seconds: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_760_000_000 + seconds, 0).unwrap()
@@ -100,47 +262,186 @@ mod tests {
             max_clients: 3,
             max_new_per_minute: 2,
             allowlist: HashSet::new(),
+            max_waiting: 100,
+        }
+    }
+
+    fn registration(id: &str) -> Registration {
+        let value = format!(r#"{{"client_id":"{id}","cluster_name":"prod-eu","region":"x"}}"#);
+        match decode_registry(Some(id.as_bytes()), Some(value.as_bytes())).unwrap() {
+            RegistryMessage::Register(registration) => registration,
+            RegistryMessage::Deregister(_) => unreachable!(),
+        }
+    }
+
+    fn arrival(n: i64) -> Arrival {
+        Arrival {
+            timestamp_ms: 1_000 + n,
+            partition: (n % 3) as i32,
+            offset: n,
+        }
+    }
+
+    fn ids(admitted: &[Admitted]) -> Vec<&str> {
+        admitted
+            .iter()
+            .map(|a| a.registration.client_id.as_str())
+            .collect()
+    }
+
+    fn none(_: &ClientId) -> bool {
+        false
+    }
+
+    /// Defers `ids` in the order given, each arriving at its position.
+    fn line_up(admission: &mut Admission, ids: &[&str]) {
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(
+                admission.defer(&registration(id), t(0), arrival(n as i64)),
+                Ok(Deferral::Waiting { again: false })
+            );
         }
     }
 
     #[test]
-    fn a_registration_flood_is_refused_past_the_rate_and_refills_with_time() {
-        let mut admission = Admission::new(settings());
-        assert_eq!(admission.admit_new("a", 0, false, t(0)), Ok(()));
-        assert_eq!(admission.admit_new("b", 1, false, t(0)), Ok(()));
-        assert_eq!(
-            admission.admit_new("c", 2, false, t(1)),
-            Err(Refusal::RateLimited)
-        );
-        assert_eq!(admission.admit_new("c", 2, false, t(31)), Ok(()));
+    fn a_flood_is_admitted_at_the_rate_in_arrival_order_not_dropped() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_clients: 100,
+            ..settings()
+        });
+        line_up(&mut admission, &["a", "b", "c", "d", "e"]);
+        assert_eq!(ids(&admission.admit_waiting(0, none, t(0))), ["a", "b"]);
+        assert_eq!(admission.admit_waiting(2, none, t(1)).len(), 0);
+        // Half a minute refills one token.
+        assert_eq!(ids(&admission.admit_waiting(2, none, t(30))), ["c"]);
+        assert_eq!(ids(&admission.admit_waiting(3, none, t(90))), ["d", "e"]);
+        assert_eq!(admission.waiting(), 0);
     }
 
     #[test]
-    fn the_client_limit_and_the_allowlist_are_enforced_even_on_replay() {
-        let mut admission = Admission::new(settings());
+    fn the_cap_defers_until_a_slot_frees() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_new_per_minute: 100,
+            ..settings()
+        });
+        line_up(&mut admission, &["a", "b", "c", "d"]);
         assert_eq!(
-            admission.admit_new("d", 3, true, t(0)),
-            Err(Refusal::TooManyClients)
+            ids(&admission.admit_waiting(0, none, t(0))),
+            ["a", "b", "c"]
+        );
+        assert_eq!(admission.admit_waiting(3, none, t(60)).len(), 0);
+        assert!(admission.is_waiting(&ClientId::parse("d").unwrap()));
+        // One of the three deregistered: d's turn.
+        assert_eq!(ids(&admission.admit_waiting(2, none, t(61))), ["d"]);
+    }
+
+    #[test]
+    fn arrival_order_decides_not_the_order_the_replay_reads_partitions_in() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_clients: 2,
+            max_new_per_minute: 100,
+            ..settings()
+        });
+        // Read c (arrived third) before a and b.
+        admission
+            .defer(&registration("c"), t(0), arrival(2))
+            .unwrap();
+        admission
+            .defer(&registration("a"), t(0), arrival(0))
+            .unwrap();
+        admission
+            .defer(&registration("b"), t(0), arrival(1))
+            .unwrap();
+        assert_eq!(ids(&admission.admit_waiting(0, none, t(0))), ["a", "b"]);
+    }
+
+    #[test]
+    fn clients_with_running_workers_keep_their_slots_and_cost_no_token() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_clients: 2,
+            max_new_per_minute: 1,
+            ..settings()
+        });
+        // After a restart: b and c were served (their workers run); a arrived first but
+        // waited (its record is older, b re-registered later, say).
+        line_up(&mut admission, &["a", "b", "c"]);
+        let running = |c: &ClientId| c.as_str() != "a";
+        let admitted = admission.admit_waiting(0, running, t(0));
+        assert_eq!(ids(&admitted), ["b", "c"]);
+        assert!(admitted.iter().all(|a| a.had_workers));
+        assert!(admission.is_waiting(&ClientId::parse("a").unwrap()));
+        // The token was not spent: a is admitted as soon as a slot frees.
+        assert_eq!(ids(&admission.admit_waiting(1, running, t(0))), ["a"]);
+    }
+
+    #[test]
+    fn the_replay_spends_tokens_like_any_registration() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_clients: 1000,
+            ..settings()
+        });
+        let many: Vec<String> = (0..100).map(|n| format!("c{n}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        line_up(&mut admission, &refs);
+        assert_eq!(admission.admit_waiting(0, none, t(0)).len(), 2);
+        assert_eq!(admission.waiting(), 98);
+    }
+
+    #[test]
+    fn a_repeat_keeps_its_place_and_takes_the_new_metadata() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_new_per_minute: 1,
+            ..settings()
+        });
+        line_up(&mut admission, &["a", "b"]);
+        let mut again = registration("b");
+        again.cluster_name = Some("renamed".into());
+        assert_eq!(
+            admission.defer(&again, t(5), arrival(9)),
+            Ok(Deferral::Waiting { again: true })
+        );
+        let first = admission.admit_waiting(0, none, t(0));
+        assert_eq!(ids(&first), ["a"]);
+        let second = admission.admit_waiting(1, none, t(60));
+        assert_eq!(ids(&second), ["b"]);
+        assert_eq!(
+            second[0].registration.cluster_name.as_deref(),
+            Some("renamed")
+        );
+        assert_eq!(second[0].at, t(5));
+        assert_eq!(second[0].registration.fields["region"], "x");
+    }
+
+    #[test]
+    fn a_withdrawn_client_leaves_the_line() {
+        let mut admission = Admission::new(settings());
+        line_up(&mut admission, &["a", "b"]);
+        assert!(admission.withdraw(&ClientId::parse("a").unwrap()));
+        assert!(!admission.withdraw(&ClientId::parse("a").unwrap()));
+        assert_eq!(ids(&admission.admit_waiting(0, none, t(0))), ["b"]);
+    }
+
+    #[test]
+    fn the_waiting_room_is_bounded_and_the_allowlist_refuses_for_good() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_waiting: 2,
+            ..settings()
+        });
+        line_up(&mut admission, &["a", "b"]);
+        assert_eq!(
+            admission.defer(&registration("c"), t(0), arrival(5)),
+            Ok(Deferral::WaitingFull)
         );
         let mut listed = Admission::new(AdmissionSettings {
             allowlist: ["af-9".to_string()].into(),
             ..settings()
         });
-        assert_eq!(listed.admit_new("af-9", 0, false, t(0)), Ok(()));
+        assert!(listed
+            .defer(&registration("af-9"), t(0), arrival(0))
+            .is_ok());
         assert_eq!(
-            listed.admit_new("af-10", 0, false, t(0)),
+            listed.defer(&registration("af-10"), t(0), arrival(1)),
             Err(Refusal::NotAllowed)
         );
-    }
-
-    #[test]
-    fn the_replay_is_not_rate_limited() {
-        let mut admission = Admission::new(AdmissionSettings {
-            max_clients: 1000,
-            ..settings()
-        });
-        for n in 0..100 {
-            assert_eq!(admission.admit_new(&format!("c{n}"), n, true, t(0)), Ok(()));
-        }
     }
 }

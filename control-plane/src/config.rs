@@ -170,10 +170,17 @@ pub struct RunArgs {
     #[arg(long, env = "CP_MAX_CLIENTS", default_value_t = 5000)]
     pub max_clients: usize,
 
-    /// Admission: new clients admitted per minute (a burst of as many is allowed); the
-    /// registry's replay at start-up is not limited.
+    /// Admission: new clients admitted per minute (a burst of as many is allowed). Clients
+    /// past it wait and are admitted in arrival order as the rate allows; at start-up,
+    /// clients whose workers are running are admitted without counting against it.
     #[arg(long, env = "CP_MAX_NEW_CLIENTS_PER_MINUTE", default_value_t = 600)]
     pub max_new_clients_per_minute: u32,
+
+    /// Admission: the most registrations kept waiting for the rate or a free slot (each a
+    /// few hundred bytes). Past it a registration is counted and not kept; the registry
+    /// still holds it for the next restart's replay.
+    #[arg(long, env = "CP_MAX_WAITING_CLIENTS", default_value_t = 10_000)]
+    pub max_waiting_clients: usize,
 
     /// Admission: when set, only these client ids (comma separated) are admitted.
     #[arg(long, env = "CP_CLIENT_ALLOWLIST", value_delimiter = ',')]

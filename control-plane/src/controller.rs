@@ -13,14 +13,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kg_shared::registry::RegistryMessage;
+use kg_shared::log_limit::{LogLimiter, LogVerdict};
+use kg_shared::registry::{Registration, RegistryMessage};
 use kg_shared::ClientId;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::admission::{Admission, AdmissionSettings};
+use crate::admission::{Admission, AdmissionSettings, Deferral};
 use crate::events::{EventLog, LifecycleEvent};
 use crate::ingest::Input;
 use crate::metrics::{ControlPlaneMetrics, OperationLabel, StateLabel};
@@ -178,6 +179,8 @@ pub struct Controller {
     policies: HashMap<String, RestartPolicy>,
     events: EventLog,
     admission: Admission,
+    /// Registrations not admitted yet are logged boundedly, by reason.
+    admission_log: LogLimiter,
     /// Workers of never-registered clients, and when each was first seen.
     orphans_since: HashMap<Arc<str>, DateTime<Utc>>,
     /// Per running worker: consecutive failed probes, and whether it reports degraded.
@@ -257,6 +260,7 @@ impl Controller {
             probe_queue: VecDeque::new(),
             http: reqwest::Client::new(),
             admission,
+            admission_log: LogLimiter::default(),
             orphans_since: HashMap::new(),
             registry_replayed: false,
             data_to_remove: HashSet::new(),
@@ -354,9 +358,9 @@ impl Controller {
             Input::Registry {
                 message: RegistryMessage::Register(registration),
                 at,
+                arrival,
             } => {
                 let client = registration.client_id.clone();
-                let split = registration.recovered_from_split;
                 if self
                     .shared
                     .as_ref()
@@ -371,58 +375,39 @@ impl Controller {
                     warn!(client_id = %client, "registration refused: the id is reserved for the shared workers");
                     return;
                 }
-                if !self.writer.contains(&client) {
-                    let admitted = self.admission.admit_new(
-                        client.as_str(),
-                        self.writer.table().len(),
-                        !self.registry_replayed,
-                        now,
-                    );
-                    if let Err(refusal) = admitted {
-                        self.metrics
-                            .admission_refused
-                            .get_or_create(&crate::metrics::ReasonLabel {
-                                reason: refusal.reason_code().to_string(),
-                            })
-                            .inc();
-                        warn!(client_id = %client, reason = refusal.reason_code(), "registration refused by admission");
-                        self.events.record(
-                            client.as_str(),
-                            LifecycleEvent {
-                                at: now,
-                                event: "client_refused",
-                                worker: None,
-                                detail: refusal.reason_code().into(),
-                            },
-                        );
-                        return;
-                    }
+                if self.writer.contains(&client) {
+                    self.register_admitted(registration, at, now, "");
+                    return;
                 }
-                match self.writer.register(registration, at, now) {
-                    Applied::Registered { first_time } => {
-                        self.metrics.registrations.inc();
-                        self.data_to_remove.remove(client.as_str());
-                        if first_time {
-                            self.lifecycle(
-                                client.as_str(),
-                                "client_registered",
-                                None,
-                                format!("recovered_from_split={split}"),
-                            );
-                        } else {
-                            info!(event = "client_reregistered", client_id = %client, recovered_from_split = split, "registration repeated");
-                        }
+                // Not admitted yet: it waits for its turn (`admission`), decided once per
+                // reconcile pass. Counted, and logged boundedly: a flood of distinct ids
+                // must not grow the log or the per-client event lists.
+                let (counter, reason) = match self.admission.defer(&registration, at, arrival) {
+                    Err(refusal) => (&self.metrics.admission_refused, refusal.reason_code()),
+                    Ok(Deferral::Waiting { again: true }) => {
+                        (&self.metrics.admission_deferred, "waiting_again")
                     }
-                    Applied::Superseded => {
-                        info!(client_id = %client, "registration older than the latest registry event; ignored");
-                    }
-                    _ => {}
+                    Ok(deferral) => (&self.metrics.admission_deferred, deferral.reason_code()),
+                };
+                counter
+                    .get_or_create(&crate::metrics::ReasonLabel {
+                        reason: reason.into(),
+                    })
+                    .inc();
+                if let LogVerdict::Log { suppressed } =
+                    self.admission_log.check(reason, std::time::Instant::now())
+                {
+                    info!(client_id = %client, reason, suppressed_since_last = suppressed, "registration not admitted yet");
                 }
             }
             Input::Registry {
                 message: RegistryMessage::Deregister(client),
                 at,
+                ..
             } => match self.writer.deregister(&client, at) {
+                _ if self.admission.withdraw(&client) => {
+                    info!(client_id = %client, "deregistered while waiting for admission");
+                }
                 Applied::Deregistered => {
                     self.metrics.deregistrations.inc();
                     self.lifecycle(client.as_str(), "client_deregistered", None, String::new());
@@ -460,6 +445,63 @@ impl Controller {
                 }
             }
         }
+    }
+
+    /// Puts an admitted client's registration in the table (or applies a repeat of one
+    /// already there).
+    fn register_admitted(
+        &mut self,
+        registration: Registration,
+        at: DateTime<Utc>,
+        now: DateTime<Utc>,
+        how: &str,
+    ) {
+        let client = registration.client_id.clone();
+        let split = registration.recovered_from_split;
+        match self.writer.register(registration, at, now) {
+            Applied::Registered { first_time } => {
+                self.metrics.registrations.inc();
+                self.data_to_remove.remove(client.as_str());
+                if first_time {
+                    self.lifecycle(
+                        client.as_str(),
+                        "client_registered",
+                        None,
+                        format!("recovered_from_split={split}{how}"),
+                    );
+                } else {
+                    info!(event = "client_reregistered", client_id = %client, recovered_from_split = split, "registration repeated");
+                }
+            }
+            Applied::Superseded => {
+                info!(client_id = %client, "registration older than the latest registry event; ignored");
+            }
+            _ => {}
+        }
+    }
+
+    /// The admission step of a pass: waiting clients admitted now (those whose workers
+    /// run first and free, then the rest in arrival order as the rate and the cap allow).
+    fn admit_waiting(&mut self, observed: &[ObservedWorker], now: DateTime<Utc>) {
+        if self.admission.waiting() > 0 {
+            let with_workers: HashSet<&str> = observed.iter().map(|w| &*w.client_id).collect();
+            let admitted = self.admission.admit_waiting(
+                self.writer.table().len(),
+                |client| with_workers.contains(client.as_str()),
+                now,
+            );
+            for admitted in admitted {
+                let how = if admitted.had_workers {
+                    " admitted=workers_running"
+                } else {
+                    " admitted=in_turn"
+                };
+                self.register_admitted(admitted.registration, admitted.at, now, how);
+            }
+        }
+        self.metrics
+            .admission_waiting
+            .set(self.admission.waiting() as i64);
     }
 
     async fn reconcile(&mut self, semaphore: &Arc<Semaphore>, actions: &mut JoinSet<ActionReport>) {
@@ -513,6 +555,7 @@ impl Controller {
         if !self.registry_replayed {
             return;
         }
+        self.admit_waiting(&observed, now);
 
         let desired = self.desired();
         let plan = plan(&desired, &observed, now);
@@ -1331,6 +1374,7 @@ mod tests {
                         max_clients: 100,
                         max_new_per_minute: 100,
                         allowlist: HashSet::new(),
+                        max_waiting: 1000,
                     },
                     orphan_grace: chrono::Duration::seconds(60),
                     orphan_dry_run: false,
@@ -1374,11 +1418,23 @@ mod tests {
         }
     }
 
+    /// The next position in a test's registry: registrations arrive in the order made.
+    fn next_arrival() -> crate::admission::Arrival {
+        static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed);
+        crate::admission::Arrival {
+            timestamp_ms: start().timestamp_millis() + offset,
+            partition: 0,
+            offset,
+        }
+    }
+
     fn registration(id: &str) -> Input {
         let value = format!(r#"{{"client_id":"{id}","cluster_name":"prod-eu"}}"#);
         Input::Registry {
             message: decode_registry(Some(id.as_bytes()), Some(value.as_bytes())).unwrap(),
             at: start(),
+            arrival: next_arrival(),
         }
     }
 
@@ -1449,6 +1505,7 @@ mod tests {
             .send(Input::Registry {
                 message: RegistryMessage::Deregister(ClientId::parse("af-10").unwrap()),
                 at: h.clock.now(),
+                arrival: next_arrival(),
             })
             .await
             .unwrap();
@@ -1845,7 +1902,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_registration_flood_past_admission_is_refused_not_queued() {
+    async fn a_registration_flood_past_the_rate_waits_and_is_admitted_as_the_bucket_refills() {
         let h = harness_with(|settings| {
             settings.admission.max_new_per_minute = 2;
         });
@@ -1858,16 +1915,39 @@ mod tests {
         })
         .await;
         assert_eq!(h.table.len(), 2);
-        let refused: Vec<String> = ["c-3", "c-4"]
-            .iter()
-            .flat_map(|id| h.events.last(id, 10))
-            .map(|e| e.detail)
-            .collect();
-        assert_eq!(refused, ["rate_limited", "rate_limited"]);
-        // A minute later the bucket has refilled: a new registration of c-3 is admitted.
-        h.clock.advance(chrono::Duration::seconds(60));
-        h.inputs.send(registration("c-3")).await.unwrap();
+        // The other two wait, not refused, and leave no per-client trace meanwhile.
+        assert!(h.events.last("c-3", 10).is_empty());
+        // Half a minute refills one token: c-3 (the earlier arrival) is admitted, with no
+        // new registration; another half minute, c-4.
+        h.clock.advance(chrono::Duration::seconds(30));
         eventually("c-3 admitted", || h.table.len() == 3).await;
+        assert!(h.table.contains_key(&ClientId::parse("c-3").unwrap()));
+        h.clock.advance(chrono::Duration::seconds(30));
+        eventually("c-4 admitted", || h.table.len() == 4).await;
+        h.stop().await;
+    }
+
+    #[tokio::test]
+    async fn a_client_over_the_cap_is_admitted_when_a_slot_frees() {
+        let h = harness_with(|settings| {
+            settings.admission.max_clients = 1;
+        });
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        h.inputs.send(registration("c-1")).await.unwrap();
+        h.inputs.send(registration("c-2")).await.unwrap();
+        eventually("c-1 admitted", || h.table.len() == 1).await;
+        h.inputs
+            .send(Input::Registry {
+                message: RegistryMessage::Deregister(ClientId::parse("c-1").unwrap()),
+                at: h.clock.now(),
+                arrival: next_arrival(),
+            })
+            .await
+            .unwrap();
+        eventually("c-2 admitted in the freed slot", || {
+            h.table.contains_key(&ClientId::parse("c-2").unwrap())
+        })
+        .await;
         h.stop().await;
     }
 

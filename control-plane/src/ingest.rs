@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
+use crate::admission::Arrival;
 use crate::metrics::{ControlPlaneMetrics, ReasonLabel, TopicReasonLabel};
 use crate::replay_order::HeldHeartbeats;
 use crate::Clock;
@@ -46,6 +47,8 @@ pub enum Input {
     Registry {
         message: RegistryMessage,
         at: DateTime<Utc>,
+        /// Where the record stands in the registry: the clients' arrival order.
+        arrival: Arrival,
     },
     Heartbeat {
         client_id: ClientId,
@@ -795,6 +798,14 @@ async fn registry_input(
         Ok(decoded) => Some(Input::Registry {
             message: decoded,
             at,
+            arrival: Arrival {
+                timestamp_ms: message
+                    .timestamp()
+                    .to_millis()
+                    .unwrap_or_else(|| now.timestamp_millis()),
+                partition: message.partition(),
+                offset: message.offset(),
+            },
         }),
         Err(error) => {
             let rejected = Rejected {

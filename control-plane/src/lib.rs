@@ -256,6 +256,7 @@ pub async fn run(
             admission: admission::AdmissionSettings {
                 max_clients: args.max_clients,
                 max_new_per_minute: args.max_new_clients_per_minute.max(1),
+                max_waiting: args.max_waiting_clients,
                 allowlist: args
                     .client_allowlist
                     .iter()

@@ -54,6 +54,10 @@ pub struct ControlPlaneMetrics {
     pub clients: Family<StateLabel, Gauge>,
     pub workers: Family<StateLabel, Gauge>,
     pub admission_refused: Family<ReasonLabel, Counter>,
+    /// Registrations of clients not admitted yet that were put in (or repeated in) the
+    /// waiting room, or not kept because it was full.
+    pub admission_deferred: Family<ReasonLabel, Counter>,
+    pub admission_waiting: Gauge,
     pub orphans: Gauge,
     pub reconcile_duration: Histogram,
     pub runtime_call_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
@@ -89,6 +93,8 @@ impl ControlPlaneMetrics {
             clients: Family::default(),
             workers: Family::default(),
             admission_refused: Family::default(),
+            admission_deferred: Family::default(),
+            admission_waiting: Gauge::default(),
             orphans: Gauge::default(),
             reconcile_duration: latency_histogram(),
             runtime_call_duration: Family::new_with_constructor(latency_histogram),
@@ -172,8 +178,18 @@ impl ControlPlaneMetrics {
         );
         registry.register(
             "admission_refused",
-            "Registrations refused by admission, by reason",
+            "Registrations refused for good, by reason (not_allowed, reserved_id)",
             metrics.admission_refused.clone(),
+        );
+        registry.register(
+            "admission_deferred",
+            "Registrations of clients not admitted yet: waiting (new in the line), waiting_again (a repeat), waiting_full (not kept: the waiting room is full)",
+            metrics.admission_deferred.clone(),
+        );
+        registry.register(
+            "admission_waiting",
+            "Registrations waiting for the admission rate or a free client slot",
+            metrics.admission_waiting.clone(),
         );
         registry.register(
             "orphans",

@@ -278,3 +278,53 @@ async fn the_process_runtime_writes_no_secret_to_disk_and_still_hands_it_to_work
     heartbeats.stop().await;
     Ok(())
 }
+
+/// Finding 9: under `CP_MAX_CLIENTS` a restart's replay admitted clients in the order it
+/// happened to read partitions, and swapped which clients were served. Now admission is in
+/// arrival order, clients whose workers run keep their slots, and the waiting ones stay
+/// waiting.
+#[test]
+fn the_clients_served_under_the_cap_are_the_same_after_a_restart() -> Result<()> {
+    let broker = Broker::start()?;
+    let mut plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            extra_env: vec![("CP_MAX_CLIENTS".into(), "2".into())],
+            ..ControlPlaneOptions::default()
+        },
+    )?;
+    let ids = ["cap-d", "cap-c", "cap-b", "cap-a"];
+    for id in ids {
+        register_with_chart(&broker.bootstrap, id)?;
+    }
+    let served = |plane: &ControlPlane| -> Vec<String> {
+        ids.iter()
+            .filter(|id| !plane.running_workers(id).is_empty())
+            .map(|id| id.to_string())
+            .collect()
+    };
+    let before = poll("two clients served", Duration::from_secs(60), || {
+        let now = served(&plane);
+        (now.len() == 2).then_some(now)
+    })
+    .with_context(|| plane.log_tail())?;
+    // The first two to arrive.
+    ensure!(before == ["cap-d", "cap-c"], "served {before:?}");
+    for _ in 0..3 {
+        plane.terminate(Duration::from_secs(15))?;
+        plane.spawn()?;
+        plane.wait_reconcile_passes(4)?;
+        let after = served(&plane);
+        ensure!(
+            after == before,
+            "served {after:?} after a restart, {before:?} before"
+        );
+        ensure!(plane.client("cap-a").is_none() && plane.client("cap-b").is_none());
+    }
+    ensure!(
+        plane.metric("cp_admission_waiting") == 2.0,
+        "{}",
+        plane.log_tail()
+    );
+    Ok(())
+}
