@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The control plane's memory and log under a flood of distinct client ids that admission
+# holds back: CLIENTS registrations against CP_MAX_CLIENTS=10 (release build, embedded
+# broker, fake runtime). See docs/benchmarks.md, "Admission flood".
+#
+#   bash scripts/bench-admission-flood.sh
+#
+# Environment:
+#   CLIENTS=100000   distinct ids registered (the chart's registration, ~150 bytes each)
+#   SKIP_BUILD=1     use the binaries already in target/release
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+CLIENTS=${CLIENTS:-100000}
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-admission.XXXXXX")
+# shellcheck source=lib/bench-common.sh
+source scripts/lib/bench-common.sh
+
+BIN=$WORK/bin
+mkdir -p "$BIN"
+if [ -z "${SKIP_BUILD:-}" ]; then
+    echo "building (release)…" >&2
+    cargo build --release --bins -p control-plane >&2
+    cargo build --release -p kg-tests --bin kg-bench >&2
+fi
+cp target/release/control-plane target/release/kg-bench "$BIN/"
+machine
+
+"$BIN/control-plane" embedded-broker </dev/null >"$WORK/broker.out" 2>"$WORK/broker.err" &
+STARTED+=("$!:embedded-broker")
+for ((i = 0; i < 300; i++)); do
+    grep -q '^bootstrap=' "$WORK/broker.out" 2>/dev/null && break
+    sleep 0.1
+done
+BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$WORK/broker.out" | head -1)
+
+CP_RUNTIME=fake KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" CP_LISTEN=127.0.0.1:0 CP_DATA_DIR="$WORK/data" \
+    CP_MAX_CLIENTS=10 "$BIN/control-plane" run >"$WORK/control-plane.log" 2>&1 &
+CP=$!
+STARTED+=("$CP:control-plane")
+for ((i = 0; i < 300; i++)); do
+    [ -s "$WORK/data/api.addr" ] && break
+    sleep 0.1
+done
+API=http://$(cat "$WORK/data/api.addr")
+for ((i = 0; i < 300; i++)); do
+    "$BIN/kg-bench" http-get --url "$API/ready" >/dev/null 2>&1 && break
+    sleep 0.2
+done
+kb() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
+mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
+deferred() {
+    "$BIN/kg-bench" http-get --url "$API/metrics" |
+        awk '/^cp_admission_deferred_total/ {s += $2} END {print s + 0}'
+}
+before_rss=$(kb "$CP" VmRSS)
+before_log=$(stat -c %s "$WORK/control-plane.log")
+echo "before: VmRSS $(mib "$before_rss") MiB, log $before_log bytes"
+
+started=$(date +%s)
+"$BIN/kg-bench" agents --bootstrap "$BOOTSTRAP" --clients "$CLIENTS" --prefix flood- \
+    --interval-secs 3600 --duration-secs 1 >"$WORK/agents.out" 2>&1
+for ((i = 0; i < 1200; i++)); do
+    [ "$(deferred)" -ge "$CLIENTS" ] && break
+    sleep 0.5
+done
+echo "registered and counted in $(($(date +%s) - started)) s: deferred=$(deferred)"
+sleep 5
+rss=$(kb "$CP" VmRSS)
+hwm=$(kb "$CP" VmHWM)
+log=$(stat -c %s "$WORK/control-plane.log")
+metrics=$("$BIN/kg-bench" http-get --url "$API/metrics")
+echo "$metrics" | grep -E '^cp_admission_(deferred_total|waiting)|^cp_registrations_total' || true
+echo "after: VmRSS $(mib "$rss") MiB, VmHWM $(mib "$hwm") MiB, log grew $((log - before_log)) bytes"
+echo "FIGURE admission_flood clients=$CLIENTS rss_mib=$(mib "$rss") hwm_mib=$(mib "$hwm") \
+log_bytes=$((log - before_log)) target_mb=40 met=$([ $((hwm * 1024)) -le 40000000 ] && echo yes || echo no)"
