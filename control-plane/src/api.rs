@@ -14,7 +14,7 @@ use kg_shared::ClientId;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::controller::Status;
+use crate::controller::{Listing, Status};
 use crate::events::EventLog;
 use crate::ingest::Input;
 use crate::ingest::Publisher;
@@ -69,11 +69,19 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<ApiState>) -> Response {
+    let listing = state.status.listing();
     let body = json!({
         "ready": state.status.ready(),
         "registry_replayed": state.status.registry_replayed.load(std::sync::atomic::Ordering::Relaxed),
         "first_listing_done": state.status.first_listing_done.load(std::sync::atomic::Ordering::Relaxed),
         "runtime": state.runtime.kind(),
+        "runtime_listable": listing.failing.is_none(),
+        "runtime_error": listing.failing.as_ref().map(|failing| format!(
+            "the runtime cannot be listed since {}: {}",
+            failing.since.to_rfc3339(),
+            failing.error
+        )),
+        "workers_as_of": listing.last_listed_at.map(|at| at.to_rfc3339()),
     });
     let code = if state.status.ready() {
         StatusCode::OK
@@ -135,9 +143,15 @@ async fn list_clients(
     ids.sort();
     let more = ids.len() > limit;
     ids.truncate(limit);
-    let clients: Vec<ClientRecord> = ids
+    let listing = state.status.listing();
+    let clients: Vec<serde_json::Value> = ids
         .iter()
-        .filter_map(|id| state.table.get(id).map(|r| r.value().clone()))
+        .filter_map(|id| {
+            state
+                .table
+                .get(id)
+                .map(|r| client_view(r.value(), &listing))
+        })
         .collect();
     let mut response = Json(clients).into_response();
     if let (true, Some(last)) = (more, ids.last()) {
@@ -154,12 +168,40 @@ async fn get_client(State(state): State<ApiState>, Path(id): Path<String>) -> Re
         Err(invalid) => return bad_id(invalid),
     };
     match state.table.get(&id) {
-        Some(record) => Json(record.value().clone()).into_response(),
+        Some(record) => Json(client_view(record.value(), &state.status.listing())).into_response(),
         None => error(
             StatusCode::NOT_FOUND,
             format!("client {id} is not registered"),
         ),
     }
+}
+
+/// A client as the API shows it: its record, and how current its workers are. While the
+/// runtime cannot be listed, the workers are marked as last known, with the reason: a
+/// worker shown running may have died since, and a new client's workers may not exist.
+fn client_view(record: &ClientRecord, listing: &Listing) -> serde_json::Value {
+    let mut view = serde_json::to_value(record).unwrap_or_default();
+    if let Some(object) = view.as_object_mut() {
+        object.insert(
+            "workers_as_of".into(),
+            json!(listing.last_listed_at.map(|at| at.to_rfc3339())),
+        );
+        object.insert(
+            "workers_last_known".into(),
+            json!(listing.failing.is_some()),
+        );
+        if let Some(failing) = &listing.failing {
+            object.insert(
+                "workers_note".into(),
+                json!(format!(
+                    "the runtime cannot be listed since {} ({}); workers are as last seen",
+                    failing.since.to_rfc3339(),
+                    failing.error
+                )),
+            );
+        }
+    }
+    view
 }
 
 /// None when the request carries the configured bearer token, else the refusal.
@@ -470,10 +512,34 @@ mod tests {
             .status
             .registry_replayed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+        let listed_at = chrono::DateTime::from_timestamp(1_760_000_000, 0).unwrap();
+        state.status.listed(listed_at);
+        assert_eq!(
+            send(state.clone(), "GET", "/ready", None).await.0,
+            StatusCode::OK
+        );
+
+        // The runtime stops answering: not ready, and says why and since when.
+        let later = listed_at + chrono::Duration::seconds(5);
         state
             .status
-            .first_listing_done
-            .store(true, std::sync::atomic::Ordering::Relaxed);
+            .listing_failed(later, "cannot read /data/workers".into());
+        state.status.listing_failed(
+            later + chrono::Duration::seconds(5),
+            "cannot read /data/workers".into(),
+        );
+        let (code, body) = send(state.clone(), "GET", "/ready", None).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["runtime_listable"], false);
+        assert!(body["runtime_error"]
+            .as_str()
+            .unwrap()
+            .contains(&later.to_rfc3339()));
+        assert_eq!(body["workers_as_of"], listed_at.to_rfc3339());
+
+        // Listed again: ready.
+        state.status.listed(later + chrono::Duration::seconds(20));
         assert_eq!(send(state, "GET", "/ready", None).await.0, StatusCode::OK);
     }
 

@@ -40,17 +40,62 @@ use crate::Clock;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 
-/// Readiness, as `/ready` reports it.
+/// Readiness, as `/ready` reports it, and how current the workers the API shows are.
 #[derive(Debug, Default)]
 pub struct Status {
     pub registry_replayed: AtomicBool,
     pub first_listing_done: AtomicBool,
+    listing: std::sync::Mutex<Listing>,
+}
+
+/// The runtime's listings: when the last one succeeded, and since when and why they fail.
+#[derive(Debug, Default, Clone)]
+pub struct Listing {
+    pub last_listed_at: Option<DateTime<Utc>>,
+    pub failing: Option<ListingFailure>,
+}
+
+/// The runtime cannot be listed: what the controller knows of the workers is as of
+/// [`Listing::last_listed_at`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListingFailure {
+    pub since: DateTime<Utc>,
+    pub error: String,
 }
 
 impl Status {
+    /// Ready: the registry replayed, the runtime listed once, and listable now.
     pub fn ready(&self) -> bool {
         self.registry_replayed.load(Ordering::Relaxed)
             && self.first_listing_done.load(Ordering::Relaxed)
+            && self.listing().failing.is_none()
+    }
+
+    pub fn listing(&self) -> Listing {
+        self.listing
+            .lock()
+            .map(|listing| listing.clone())
+            .unwrap_or_default()
+    }
+
+    /// A listing succeeded at `now`.
+    pub fn listed(&self, now: DateTime<Utc>) {
+        if let Ok(mut listing) = self.listing.lock() {
+            listing.last_listed_at = Some(now);
+            listing.failing = None;
+        }
+        self.first_listing_done.store(true, Ordering::Relaxed);
+    }
+
+    /// A listing failed at `now`; the first failure of a run is when it started.
+    pub fn listing_failed(&self, now: DateTime<Utc>, error: String) {
+        if let Ok(mut listing) = self.listing.lock() {
+            let since = listing
+                .failing
+                .as_ref()
+                .map_or(now, |failing| failing.since);
+            listing.failing = Some(ListingFailure { since, error });
+        }
     }
 }
 
@@ -512,26 +557,26 @@ impl Controller {
         let observed = match listed {
             Ok(Ok(observed)) => observed,
             Ok(Err(error)) => {
+                self.status
+                    .listing_failed(self.clock.now(), error.to_string());
                 self.runtime_error("list", &error);
                 return;
             }
             Err(_) => {
-                self.runtime_error(
-                    "list",
-                    &RuntimeError::Timeout {
-                        operation: "list",
-                        name: "*".into(),
-                        after: self.settings.action_timeout,
-                    },
-                );
+                let error = RuntimeError::Timeout {
+                    operation: "list",
+                    name: "*".into(),
+                    after: self.settings.action_timeout,
+                };
+                self.status
+                    .listing_failed(self.clock.now(), error.to_string());
+                self.runtime_error("list", &error);
                 return;
             }
         };
         let _entered = span.enter();
         let now = self.clock.now();
-        self.status
-            .first_listing_done
-            .store(true, Ordering::Relaxed);
+        self.status.listed(now);
         self.note_adoptions(&observed);
         self.supervise(&observed, now);
         self.running = observed

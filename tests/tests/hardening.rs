@@ -328,3 +328,64 @@ fn the_clients_served_under_the_cap_are_the_same_after_a_restart() -> Result<()>
     );
     Ok(())
 }
+
+/// Finding 8: while the runtime could not be listed, `/ready` stayed 200 and the API showed
+/// workers as running that might have died. Now `/ready` is 503 with the reason, and every
+/// client's workers are marked as last known, with why; both clear once it lists again.
+#[test]
+fn while_the_runtime_cannot_be_listed_ready_says_so_and_the_api_marks_workers_last_known(
+) -> Result<()> {
+    let broker = Broker::start()?;
+    let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
+    let client = "unlisted-001";
+    register_with_chart(&broker.bootstrap, client)?;
+    poll("the client's workers", Duration::from_secs(60), || {
+        (plane.running_workers(client).len() == 3).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    ensure!(plane
+        .client(client)
+        .is_some_and(|c| c["workers_last_known"] == false));
+
+    // The process runtime lists its data directory: make that impossible (as root, a mode
+    // would not stop the read, so the directory becomes a file).
+    let workers = plane.data_dir.join("workers");
+    let away = plane.data_dir.join("workers.away");
+    std::fs::rename(&workers, &away)?;
+    std::fs::write(&workers, "not a directory")?;
+    let ready = poll(
+        "/ready to say the runtime cannot be listed",
+        Duration::from_secs(30),
+        || {
+            let (code, body) = plane.get("/ready").ok()?;
+            let body: Value = serde_json::from_str(&body).ok()?;
+            (code == 503 && body["runtime_listable"] == false).then_some(body)
+        },
+    );
+    let view = plane.client(client);
+    std::fs::remove_file(&workers)?;
+    std::fs::rename(&away, &workers)?;
+    let ready = ready.with_context(|| plane.log_tail())?;
+    ensure!(
+        ready["runtime_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("cannot be listed")),
+        "{ready}"
+    );
+    let view = view.context("the client")?;
+    ensure!(view["workers_last_known"] == true, "{view}");
+    ensure!(
+        view["workers_note"]
+            .as_str()
+            .is_some_and(|n| n.contains("workers are as last seen")),
+        "{view}"
+    );
+
+    poll("ready again once it lists", Duration::from_secs(30), || {
+        plane.get("/ready").ok().filter(|(code, _)| *code == 200)
+    })?;
+    ensure!(plane
+        .client(client)
+        .is_some_and(|c| c["workers_last_known"] == false));
+    Ok(())
+}
