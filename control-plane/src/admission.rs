@@ -85,6 +85,10 @@ pub struct Admitted {
     pub at: DateTime<Utc>,
     /// Admitted without a token because its workers were already running.
     pub had_workers: bool,
+    /// The latest heartbeat received while it waited: a restarted control plane replays
+    /// the registry before the heartbeats, so a live client's liveness arrives while it
+    /// waits for the first pass.
+    pub last_heartbeat: Option<DateTime<Utc>>,
 }
 
 /// A waiting registration, kept compact: the fields as one JSON string.
@@ -95,6 +99,7 @@ struct Waiting {
     cluster_name: Option<Box<str>>,
     fields: Box<str>,
     recovered_from_split: bool,
+    last_heartbeat: Option<DateTime<Utc>>,
 }
 
 impl Waiting {
@@ -107,6 +112,7 @@ impl Waiting {
                 .unwrap_or_default()
                 .into_boxed_str(),
             recovered_from_split: registration.recovered_from_split,
+            last_heartbeat: None,
         }
     }
 
@@ -159,7 +165,9 @@ impl Admission {
         if let Some(waiting) = self.waiting.get_mut(client) {
             let arrival = waiting.arrival.min(arrival);
             let at = waiting.at.max(at);
+            let last_heartbeat = waiting.last_heartbeat;
             *waiting = Waiting::new(registration, at, arrival);
+            waiting.last_heartbeat = last_heartbeat;
             return Ok(Deferral::Waiting { again: true });
         }
         if self.waiting.len() >= self.settings.max_waiting {
@@ -176,6 +184,18 @@ impl Admission {
         match self.waiting.remove(client) {
             Some(waiting) => {
                 self.order.remove(&waiting.arrival);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A heartbeat of `client`: kept (the latest) when it waits. Whether it waits.
+    pub fn heartbeat(&mut self, client: &ClientId, at: DateTime<Utc>) -> bool {
+        match self.waiting.get_mut(client) {
+            Some(waiting) => {
+                waiting.last_heartbeat =
+                    Some(waiting.last_heartbeat.map_or(at, |last| last.max(at)));
                 true
             }
             None => false,
@@ -229,11 +249,12 @@ impl Admission {
             .filter_map(|(arrival, had_workers)| {
                 let client = self.order.remove(&arrival)?;
                 let waiting = self.waiting.remove(&client)?;
-                let at = waiting.at;
+                let (at, last_heartbeat) = (waiting.at, waiting.last_heartbeat);
                 Some(Admitted {
                     registration: waiting.into_registration(client),
                     at,
                     had_workers,
+                    last_heartbeat,
                 })
             })
             .collect()
@@ -410,6 +431,18 @@ mod tests {
         );
         assert_eq!(second[0].at, t(5));
         assert_eq!(second[0].registration.fields["region"], "x");
+    }
+
+    #[test]
+    fn the_latest_heartbeat_of_a_waiting_client_is_admitted_with_it() {
+        let mut admission = Admission::new(settings());
+        line_up(&mut admission, &["a"]);
+        let a = ClientId::parse("a").unwrap();
+        assert!(admission.heartbeat(&a, t(20)));
+        assert!(admission.heartbeat(&a, t(10)));
+        assert!(!admission.heartbeat(&ClientId::parse("b").unwrap(), t(20)));
+        let admitted = admission.admit_waiting(0, none, t(30));
+        assert_eq!(admitted[0].last_heartbeat, Some(t(20)));
     }
 
     #[test]

@@ -482,6 +482,10 @@ impl Controller {
                             );
                         }
                     }
+                    // A client waiting for admission: its liveness goes in with it.
+                    Applied::UnknownClientHeartbeat if self.admission.heartbeat(&client_id, at) => {
+                        self.metrics.heartbeats.inc();
+                    }
                     Applied::UnknownClientHeartbeat => {
                         // Counted, not logged: an unregistered agent heartbeats forever.
                         self.metrics.heartbeats_unknown_client.inc();
@@ -541,7 +545,11 @@ impl Controller {
                 } else {
                     " admitted=in_turn"
                 };
+                let client = admitted.registration.client_id.clone();
                 self.register_admitted(admitted.registration, admitted.at, now, how);
+                if let Some(at) = admitted.last_heartbeat {
+                    self.writer.heartbeat(&client, at, now);
+                }
             }
         }
         self.metrics

@@ -389,3 +389,91 @@ fn while_the_runtime_cannot_be_listed_ready_says_so_and_the_api_marks_workers_la
         .is_some_and(|c| c["workers_last_known"] == false));
     Ok(())
 }
+
+/// The live worker processes of `worker` under the control plane's data directory, found
+/// by their environment (the address file the process runtime gives each one), not by
+/// anything the control plane records.
+fn processes_of(plane: &ControlPlane, worker: &str) -> Vec<i32> {
+    let addr_file = format!(
+        "WORKER_ADDR_FILE={}",
+        plane
+            .data_dir
+            .join("workers")
+            .join(worker)
+            .join("addr")
+            .display()
+    );
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let state = stat
+                .rsplit(')')
+                .next()
+                .and_then(|s| s.split_whitespace().next());
+            if matches!(state, Some("Z") | Some("X") | None) {
+                return false;
+            }
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+            environ
+                .split(|b| *b == 0)
+                .any(|var| var == addr_file.as_bytes())
+        })
+        .collect()
+}
+
+/// Finding 7: a control plane SIGKILLed between spawning a worker and recording its pid
+/// left a process no record knew, and the next instance started a second one beside it:
+/// two graph builders on one client's store. Reproduced exactly: the pid record of a
+/// running graph builder is removed while the control plane is down (what the kill left),
+/// and another worker's whole record (a process with no record at all).
+#[test]
+fn after_a_kill_mid_spawn_each_worker_has_exactly_one_process() -> Result<()> {
+    let broker = Broker::start()?;
+    let mut plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
+    let client = "midspawn-001";
+    register_with_chart(&broker.bootstrap, client)?;
+    poll("the client's workers", Duration::from_secs(60), || {
+        (plane.running_workers(client).len() == 3).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    let graph = format!("kg-graph-builder-{client}");
+    let events = format!("kg-event-normalizer-{client}");
+    let graph_pid = plane.worker_pid(&graph).context("graph builder pid")?;
+    ensure!(processes_of(&plane, &graph) == [graph_pid]);
+
+    plane.kill();
+    std::fs::remove_file(plane.data_dir.join("workers").join(&graph).join("pid.json"))?;
+    std::fs::remove_dir_all(plane.data_dir.join("workers").join(&events))?;
+    plane.spawn()?;
+    plane.wait_reconcile_passes(4)?;
+    poll("one process per worker", Duration::from_secs(30), || {
+        let graphs = processes_of(&plane, &graph);
+        let normalizers = processes_of(&plane, &events);
+        (graphs.len() == 1 && normalizers.len() == 1 && plane.running_workers(client).len() == 3)
+            .then_some(())
+    })
+    .with_context(|| {
+        format!(
+            "graph builders {:?}, event normalizers {:?}\n{}",
+            processes_of(&plane, &graph),
+            processes_of(&plane, &events),
+            plane.log_tail()
+        )
+    })?;
+    // The unrecorded graph builder was adopted, not replaced; the stray normalizer was
+    // stopped and a recorded one runs.
+    ensure!(
+        processes_of(&plane, &graph) == [graph_pid],
+        "{}",
+        plane.log_tail()
+    );
+    ensure!(plane
+        .log()
+        .contains("adopted a worker process that was started but never recorded"));
+    ensure!(plane.log().contains("stopping a stray worker process"));
+    Ok(())
+}

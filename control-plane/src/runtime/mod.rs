@@ -9,6 +9,7 @@ pub mod docker;
 pub mod fake;
 pub mod instrumented;
 pub mod process;
+mod process_marks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -8,6 +8,13 @@
 //! worker's HTTP address). That is what lets a restarted control plane list and adopt the
 //! workers a previous instance started: a worker is running when its pid exists, is not a
 //! zombie, and has the recorded start time (which guards against pid reuse).
+//!
+//! Every process also carries the runtime's root and its worker's name in its environment
+//! (`process_marks`). A control plane killed between spawning a process and recording its
+//! pid left a process no record knew, and the next instance started a second one beside
+//! it: two writers on one client's graph. Each listing now looks for marked processes: one
+//! its worker's record lacks is adopted (its pid recorded), and one beside a recorded live
+//! process, or whose worker has no record at all, is stopped (SIGTERM, then SIGKILL).
 
 use std::fs;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -23,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::Command;
 use tracing::{debug, warn};
 
+use super::process_marks::{marked_processes, MarkedProcess, NAME_MARK, ROOT_MARK};
 use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
 
 const SPEC_FILE: &str = "spec.json";
@@ -55,7 +63,13 @@ pub struct ProcessRuntime {
     /// environment, which only its own user can read (`/proc/<pid>/environ` is 0400): never
     /// written to `spec.json` or anywhere else on disk.
     secret_env: Vec<(String, String)>,
+    /// Stray processes signalled, and when: SIGTERM first, SIGKILL if one is still there
+    /// [`STRAY_GRACE`] later.
+    strays: std::sync::Mutex<std::collections::HashMap<(i32, u64), std::time::Instant>>,
 }
+
+/// How long a stray worker process has to exit after SIGTERM before SIGKILL.
+const STRAY_GRACE: Duration = Duration::from_secs(10);
 
 impl ProcessRuntime {
     /// Keeps its records under `<data_dir>/workers` and starts `worker_bin`.
@@ -69,6 +83,9 @@ impl ProcessRuntime {
             use std::os::unix::fs::PermissionsExt;
             let _ = fs::set_permissions(&root, fs::Permissions::from_mode(0o700));
         }
+        // Absolute, so the root mark in each worker's environment is the same string
+        // whatever directory a later control plane is started from.
+        let root = fs::canonicalize(&root).unwrap_or(root);
         if !worker_bin.is_file() {
             return Err(RuntimeError::Unavailable(format!(
                 "worker binary {} not found (build it with `cargo build -p worker`, or set CP_WORKER_BIN)",
@@ -79,6 +96,7 @@ impl ProcessRuntime {
             root,
             worker_bin,
             secret_env: Vec::new(),
+            strays: Default::default(),
         })
     }
 
@@ -159,6 +177,69 @@ impl ProcessRuntime {
         })
     }
 
+    /// Squares the marked processes with the records: adopts a process its worker's record
+    /// lacks, stops one its worker's record does not name (or that has no record).
+    fn settle_marked_processes(&self) {
+        for process in marked_processes(&self.root, &self.worker_bin) {
+            let Ok(dir) = self.dir(&process.name) else {
+                continue;
+            };
+            let recorded: Option<PidRecord> = read_json(&dir.join(PID_FILE));
+            match recorded {
+                Some(record)
+                    if record.pid == process.pid
+                        && (record.proc_start_ticks == 0
+                            || record.proc_start_ticks == process.start_ticks) => {}
+                Some(record) if is_alive(&record) => {
+                    self.stop_stray(&process, "a second process of a worker that runs")
+                }
+                _ if dir.join(SPEC_FILE).is_file() => self.adopt(&dir, &process),
+                _ => self.stop_stray(&process, "a process of a worker that has no record"),
+            }
+        }
+    }
+
+    /// Records the pid of a worker's process that was started but never recorded.
+    fn adopt(&self, dir: &Path, process: &MarkedProcess) {
+        let record = PidRecord {
+            pid: process.pid,
+            proc_start_ticks: process.start_ticks,
+            started_at: Utc::now(),
+        };
+        match serde_json::to_vec(&record)
+            .map_err(|error| error.to_string())
+            .and_then(|json| {
+                write_atomically(&dir.join(PID_FILE), &json).map_err(|error| error.to_string())
+            }) {
+            Ok(()) => warn!(
+                worker = %process.name,
+                pid = process.pid,
+                "adopted a worker process that was started but never recorded"
+            ),
+            Err(error) => {
+                warn!(worker = %process.name, pid = process.pid, %error, "recording an unrecorded worker process failed")
+            }
+        }
+    }
+
+    fn stop_stray(&self, process: &MarkedProcess, why: &str) {
+        let key = (process.pid, process.start_ticks);
+        let Ok(mut strays) = self.strays.lock() else {
+            return;
+        };
+        strays.retain(|(pid, ticks), _| proc_stat(*pid).is_some_and(|(_, start)| start == *ticks));
+        let signal = match strays.get(&key) {
+            None => {
+                strays.insert(key, std::time::Instant::now());
+                Signal::SIGTERM
+            }
+            Some(since) if since.elapsed() >= STRAY_GRACE => Signal::SIGKILL,
+            Some(_) => return,
+        };
+        warn!(worker = %process.name, pid = process.pid, ?signal, why, "stopping a stray worker process");
+        let _ = kill(Pid::from_raw(process.pid), signal);
+    }
+
     fn running_pid(&self, name: &str) -> Result<Option<PidRecord>, RuntimeError> {
         let dir = self.dir(name)?;
         if !dir.join(SPEC_FILE).is_file() {
@@ -175,6 +256,7 @@ impl Runtime for ProcessRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ObservedWorker>, RuntimeError> {
+        self.settle_marked_processes();
         let entries = fs::read_dir(&self.root).map_err(|error| {
             RuntimeError::Unavailable(format!("cannot read {}: {error}", self.root.display()))
         })?;
@@ -254,6 +336,8 @@ impl Runtime for ProcessRuntime {
                     .iter()
                     .map(|(k, v)| (k.as_str(), v.as_str())),
             )
+            .env(ROOT_MARK, &self.root)
+            .env(NAME_MARK, name)
             .env("WORKER_LISTEN", "127.0.0.1:0")
             .env("WORKER_ADDR_FILE", dir.join(ADDR_FILE))
             .env(
@@ -399,7 +483,7 @@ fn modified_at(path: &Path) -> DateTime<Utc> {
 
 /// The process's state letter and start time from /proc/<pid>/stat. The command name in
 /// parentheses may contain spaces, so fields are counted after the last ')'.
-fn proc_stat(pid: i32) -> Option<(char, u64)> {
+pub(super) fn proc_stat(pid: i32) -> Option<(char, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let after = &stat[stat.rfind(')')? + 1..];
     let mut fields = after.split_whitespace();

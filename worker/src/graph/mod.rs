@@ -37,6 +37,21 @@ pub enum StoreError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Another process holds the store's lock: two writers on one client's graph.
+    #[error("the graph store {path} is locked by another process (is a second graph builder of this client running?)")]
+    Locked {
+        /// The file.
+        path: String,
+    },
+    /// The lock file could not be opened.
+    #[error("failed to open the graph store's lock {path}: {source}")]
+    Lock {
+        /// The lock file.
+        path: String,
+        /// What the system said.
+        #[source]
+        source: std::io::Error,
+    },
     /// The file was written by a newer schema.
     #[error("the graph store {path} has schema version {found}, this build knows up to {known}")]
     SchemaVersion {

@@ -163,6 +163,48 @@ pub struct SqliteGraphStore {
     conn: Connection,
     path: String,
     cache: Cache,
+    /// The exclusive lock on `<path>.lock`, held for the store's life (none in memory).
+    _lock: Option<std::fs::File>,
+}
+
+/// How long opening waits for another process to release the store's lock: long enough
+/// for a worker being replaced to finish its last batch and exit.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Takes the exclusive lock beside the store file, so that two processes never write one
+/// client's graph (a second graph builder left by a crash, or started by hand). The kernel
+/// releases it when the holder exits, however it exits.
+fn lock_store(path: &Path, wait: std::time::Duration) -> Result<std::fs::File, StoreError> {
+    let lock_path = format!("{}.lock", path.display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| StoreError::Lock {
+            path: lock_path.clone(),
+            source,
+        })?;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(file),
+            Err(std::fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(StoreError::Locked {
+                    path: path.display().to_string(),
+                })
+            }
+            Err(std::fs::TryLockError::Error(source)) => {
+                return Err(StoreError::Lock {
+                    path: lock_path,
+                    source,
+                })
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for SqliteGraphStore {
@@ -176,12 +218,20 @@ impl std::fmt::Debug for SqliteGraphStore {
 impl SqliteGraphStore {
     /// Opens (creating if needed) the store at `path`: `<data_dir>/graph-<client>.sqlite`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        Self::open_waiting(path, LOCK_WAIT)
+    }
+
+    /// [`SqliteGraphStore::open`], waiting at most `wait` for another holder of the lock.
+    pub fn open_waiting(path: &Path, wait: std::time::Duration) -> Result<Self, StoreError> {
         let display = path.display().to_string();
+        let lock = lock_store(path, wait)?;
         let conn = Connection::open(path).map_err(|source| StoreError::Open {
             path: display.clone(),
             source,
         })?;
-        Self::setup(conn, display)
+        let mut store = Self::setup(conn, display)?;
+        store._lock = Some(lock);
+        Ok(store)
     }
 
     /// A store in memory, for tests.
@@ -240,7 +290,12 @@ impl SqliteGraphStore {
             }
         }
         let cache = Cache::load(&conn).map_err(open_err)?;
-        Ok(SqliteGraphStore { conn, path, cache })
+        Ok(SqliteGraphStore {
+            conn,
+            path,
+            cache,
+            _lock: None,
+        })
     }
 
     /// Turns the recent-episode index off until the next failed batch or reopen, so that
@@ -906,4 +961,24 @@ fn incident_id(resource_key: &str, first_eid: &str) -> String {
     h.update(b"\n");
     h.update(first_eid.as_bytes());
     format!("inc-{:016x}", h.digest())
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+
+    #[test]
+    fn a_second_writer_of_one_store_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("graph-af-9.sqlite");
+        let wait = std::time::Duration::from_millis(300);
+        let first = SqliteGraphStore::open_waiting(&path, wait).unwrap();
+        let second = SqliteGraphStore::open_waiting(&path, wait);
+        assert!(
+            matches!(second, Err(StoreError::Locked { .. })),
+            "{second:?}"
+        );
+        drop(first);
+        SqliteGraphStore::open_waiting(&path, wait).unwrap();
+    }
 }
