@@ -1,0 +1,33 @@
+//! The worker's pure decoders, compiled from the worker's own sources so the fuzz build
+//! does not need the worker's Kafka, HTTP and SQLite dependencies. The module paths match
+//! the worker's (`crate::normalize`, `crate::graph::…`), so the files compile unchanged.
+#![allow(dead_code, unused_imports)]
+
+#[path = "../../worker/src/normalize/mod.rs"]
+pub mod normalize;
+
+// A file loaded by `#[path]` resolves its own module paths from its directory, which
+// exists; an inline `mod graph { … }` would resolve them from src/graph/, which does not.
+#[path = "graph_decoders.rs"]
+pub mod graph;
+
+/// Splits fuzz input into a Kafka key and value: the first byte is the key's length
+/// (255: a null key), the rest after the key is the value (an empty rest: a null value,
+/// when the input's length is even, so both cases are reached).
+pub fn key_value(data: &[u8]) -> (Option<&[u8]>, Option<&[u8]>) {
+    let Some((&first, rest)) = data.split_first() else {
+        return (None, None);
+    };
+    let (key, value) = if first == 255 {
+        (None, rest)
+    } else {
+        let n = (first as usize).min(rest.len());
+        (Some(&rest[..n]), &rest[n..])
+    };
+    let value = if value.is_empty() && data.len() % 2 == 0 {
+        None
+    } else {
+        Some(value)
+    };
+    (key, value)
+}
