@@ -14,6 +14,13 @@
 //! kg-bench heartbeat-ingest --bootstrap B --api http://host:port --pid P [--clients 100]
 //!                     [--heartbeats 100000] [--kind valid|garbage]
 //! kg-bench heartbeat-ceiling [--clients 100] [--heartbeats 1000000]
+//! kg-bench event-load --bootstrap B [--clients 20] [--prefix bounce-] [--rate 20]
+//!                     [--duration-secs 600]
+//! kg-bench audit      --bootstrap B --produced N [--clients 20] [--prefix bounce-]
+//!                     [--idle-secs 30] [--max-secs 600]
+//! kg-bench corrupt-batch --bootstrap B --topic T [--partition 0] [--records 3]
+//! kg-bench churn      --bootstrap B [--clients 200] [--prefix soak-] [--every-secs 30]
+//!                     [--duration-secs 3600]
 //! kg-bench http-get   --url http://host:port/path
 //! kg-bench event      --client C
 //! ```
@@ -83,6 +90,21 @@ fn main() -> Result<()> {
         }
         "clients" => clients(&options),
         "heartbeat-ingest" => heartbeat_ingest(&options),
+        "churn" => churn(&options),
+        "event-load" => event_load(&options),
+        "corrupt-batch" => {
+            // One batch of garbage zstd with valid framing (tests/src/raw_kafka.rs), to see
+            // what a broker does with it.
+            let base = kg_tests::raw_kafka::produce_corrupt_batch(
+                options.str("bootstrap")?,
+                options.str("topic")?,
+                options.num("partition", 0)? as i32,
+                options.num("records", 3)? as i32,
+            )?;
+            println!("RESULT mode=corrupt-batch base_offset={base}");
+            Ok(())
+        }
+        "audit" => audit(&options),
         "heartbeat-ceiling" => heartbeat_ceiling(&options),
         "attribution" => attribution(&options),
         "event" => {
@@ -769,6 +791,147 @@ fn heartbeat_ceiling(options: &Options) -> Result<()> {
         latest.len(),
         heartbeats as f64 / secs
     );
+    Ok(())
+}
+
+/// Steady event load for the bounce test: `--rate` raw events per second in all, round
+/// robin over the clients, each with a distinct uid, until `--duration-secs`.
+fn event_load(options: &Options) -> Result<()> {
+    let bootstrap = options.str("bootstrap")?;
+    let clients = options.num("clients", 20)?.max(1);
+    let prefix = options.opt("prefix").unwrap_or("bounce-");
+    let rate = options.num("rate", 20)?.max(1);
+    let duration = Duration::from_secs(options.num("duration-secs", 600)?);
+    let producer = producer(bootstrap, "lz4")?;
+    let started = Instant::now();
+    let mut n = 0u64;
+    while started.elapsed() < duration {
+        let due = started + Duration::from_secs_f64(n as f64 / rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let client = format!("{prefix}{:04}", n % clients + 1);
+        let (key, value) = raw_event(&client, n);
+        produce(&producer, RAW_EVENTS, &key, &value)?;
+        n += 1;
+    }
+    producer.flush(Duration::from_secs(60))?;
+    let context = producer.context();
+    println!(
+        "RESULT mode=event-load produced={n} acked={} delivery_failures={}",
+        context.acked.load(Ordering::Relaxed),
+        context.failed.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
+/// Audits what the workers wrote for `event-load`'s events: reads events.normalized from
+/// the beginning (every partition, no group) until nothing new for `--idle-secs`, and
+/// counts per client the distinct outputs and the repeats, against what was produced.
+fn audit(options: &Options) -> Result<()> {
+    let bootstrap = options.str("bootstrap")?;
+    let clients = options.num("clients", 20)?.max(1);
+    let prefix = options.opt("prefix").unwrap_or("bounce-");
+    let produced = options.num("produced", 0)?;
+    let idle = Duration::from_secs(options.num("idle-secs", 30)?);
+    let deadline = Instant::now() + Duration::from_secs(options.num("max-secs", 600)?);
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", "kg-bench-audit")
+        .set("enable.auto.commit", "false")
+        .set("log_level", "4")
+        .create()?;
+    let metadata = consumer.fetch_metadata(Some(EVENTS_NORMALIZED), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|topic| topic.partitions().len())
+        .unwrap_or(0);
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        list.add_partition_offset(EVENTS_NORMALIZED, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&list)?;
+    let mut unique: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut total: HashMap<String, u64> = HashMap::new();
+    let mut last_new = Instant::now();
+    let expected_total = produced;
+    while Instant::now() < deadline && last_new.elapsed() < idle {
+        let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
+        let Some((client, _)) = key.split_once("::") else {
+            continue;
+        };
+        if !client.starts_with(prefix) {
+            continue;
+        }
+        *total.entry(client.to_string()).or_default() += 1;
+        if unique.entry(client.to_string()).or_default().insert(key.clone()) {
+            last_new = Instant::now();
+        }
+        let seen: u64 = unique.values().map(|keys| keys.len() as u64).sum();
+        if seen >= expected_total {
+            break;
+        }
+    }
+    let mut lost = 0u64;
+    let mut duplicates = 0u64;
+    for c in 1..=clients {
+        let client = format!("{prefix}{c:04}");
+        let expected = produced / clients + u64::from(c <= produced % clients);
+        let got = unique.get(&client).map_or(0, |keys| keys.len() as u64);
+        let repeats = total.get(&client).copied().unwrap_or(0).saturating_sub(got);
+        lost += expected.saturating_sub(got);
+        duplicates += repeats;
+        if got < expected {
+            eprintln!("  {client}: {got} of {expected} ({} lost)", expected - got);
+        }
+    }
+    println!("RESULT mode=audit produced={produced} lost={lost} duplicates={duplicates}");
+    Ok(())
+}
+
+/// Steady churn for the soak: every `--every-secs` one client (round robin) deregisters
+/// (a tombstone) and registers again a second later; every second one garbage heartbeat.
+fn churn(options: &Options) -> Result<()> {
+    let bootstrap = options.str("bootstrap")?;
+    let clients = options.num("clients", 200)?.max(1);
+    let prefix = options.opt("prefix").unwrap_or("soak-");
+    let every = Duration::from_secs(options.num("every-secs", 30)?.max(2));
+    let duration = Duration::from_secs(options.num("duration-secs", 3600)?);
+    let producer = producer(bootstrap, "none")?;
+    let started = Instant::now();
+    let mut next_churn = started + every;
+    let mut turn = 0u64;
+    let mut churned = 0u64;
+    let mut garbage = 0u64;
+    while started.elapsed() < duration {
+        produce(&producer, HEARTBEAT, "garbage", &format!("not json {garbage}"))?;
+        garbage += 1;
+        if Instant::now() >= next_churn {
+            let id = format!("{prefix}{:04}", turn % clients + 1);
+            turn += 1;
+            producer
+                .send(BaseRecord::<str, str>::to(REGISTRY).key(&id))
+                .map_err(|(error, _)| anyhow::anyhow!("tombstone {id}: {error}"))?;
+            producer.flush(Duration::from_secs(30))?;
+            std::thread::sleep(Duration::from_secs(1));
+            let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            produce(
+                &producer,
+                REGISTRY,
+                &id,
+                &format!(r#"{{"client_id":"{id}","cluster_name":"soak","timestamp":"{now}"}}"#),
+            )?;
+            churned += 1;
+            next_churn += every;
+        }
+        producer.flush(Duration::from_secs(30))?;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    println!("RESULT mode=churn churned={churned} garbage={garbage}");
     Ok(())
 }
 
