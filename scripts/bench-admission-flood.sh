@@ -16,37 +16,15 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-admission.XXXXXX")
 # shellcheck source=lib/bench-common.sh
 source scripts/lib/bench-common.sh
 
-BIN=$WORK/bin
-mkdir -p "$BIN"
-if [ -z "${SKIP_BUILD:-}" ]; then
-    echo "building (release)…" >&2
-    cargo build --release --bins -p control-plane >&2
-    cargo build --release -p kg-tests --bin kg-bench >&2
-fi
-cp target/release/control-plane target/release/kg-bench "$BIN/"
+release_binaries control-plane
 machine
 
-"$BIN/control-plane" embedded-broker </dev/null >"$WORK/broker.out" 2>"$WORK/broker.err" &
-STARTED+=("$!:embedded-broker")
-for ((i = 0; i < 300; i++)); do
-    grep -q '^bootstrap=' "$WORK/broker.out" 2>/dev/null && break
-    sleep 0.1
-done
-BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$WORK/broker.out" | head -1)
-
+start_embedded_broker "$WORK"
 CP_RUNTIME=fake KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" CP_LISTEN=127.0.0.1:0 CP_DATA_DIR="$WORK/data" \
     CP_MAX_CLIENTS=10 "$BIN/control-plane" run >"$WORK/control-plane.log" 2>&1 &
 CP=$!
 STARTED+=("$CP:control-plane")
-for ((i = 0; i < 300; i++)); do
-    [ -s "$WORK/data/api.addr" ] && break
-    sleep 0.1
-done
-API=http://$(cat "$WORK/data/api.addr")
-for ((i = 0; i < 300; i++)); do
-    "$BIN/kg-bench" http-get --url "$API/ready" >/dev/null 2>&1 && break
-    sleep 0.2
-done
+wait_for_api "$WORK/data" "$WORK/control-plane.log"
 kb() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 deferred() {

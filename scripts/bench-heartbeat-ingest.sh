@@ -31,27 +31,8 @@ source scripts/lib/bench-common.sh
 median() { printf '%s\n' "$@" | sort -n | awk '{v[NR] = $1} END {print v[int((NR + 1) / 2)]}'; }
 result() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" | tail -1; }
 
-BIN=$WORK/bin
-mkdir -p "$BIN"
-if [ -z "${SKIP_BUILD:-}" ]; then
-    echo "building (release)…" >&2
-    cargo build --release --bins -p control-plane >&2
-    cargo build --release -p kg-tests --bin kg-bench >&2
-fi
-cp target/release/control-plane target/release/kg-bench "$BIN/"
+release_binaries control-plane
 machine
-
-start_broker() { # start_broker <dir>
-    "$BIN/control-plane" embedded-broker </dev/null >"$1/broker.out" 2>"$1/broker.err" &
-    STARTED+=("$!:embedded-broker")
-    local i
-    for ((i = 0; i < 300; i++)); do
-        grep -q '^bootstrap=' "$1/broker.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$1/broker.out" | head -1)
-    [ -n "$BOOTSTRAP" ] || { echo "the embedded broker printed no bootstrap line" >&2; exit 1; }
-}
 
 start_control_plane() { # start_control_plane <dir>: sets CP and API
     CP_RUNTIME=fake KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" CP_LISTEN=127.0.0.1:0 \
@@ -59,26 +40,13 @@ start_control_plane() { # start_control_plane <dir>: sets CP and API
         "$BIN/control-plane" run >"$1/control-plane.log" 2>&1 &
     CP=$!
     STARTED+=("$CP:control-plane")
-    local i
-    for ((i = 0; i < 300; i++)); do
-        [ -s "$1/data/api.addr" ] && break
-        sleep 0.1
-    done
-    [ -s "$1/data/api.addr" ] || { echo "no API address; log:" >&2; tail "$1/control-plane.log" >&2; exit 1; }
-    API=http://$(cat "$1/data/api.addr")
-    for ((i = 0; i < 300; i++)); do
-        "$BIN/kg-bench" http-get --url "$API/ready" >/dev/null 2>&1 && return
-        sleep 0.2
-    done
-    echo "the control plane never became ready; log:" >&2
-    tail "$1/control-plane.log" >&2
-    exit 1
+    wait_for_api "$1/data" "$1/control-plane.log"
 }
 
 burst() { # burst <valid|garbage> <run>: prints the rate
     local dir=$WORK/$1-$2 out
     mkdir -p "$dir"
-    start_broker "$dir"
+    start_embedded_broker "$dir"
     start_control_plane "$dir"
     out=$("$BIN/kg-bench" heartbeat-ingest --bootstrap "$BOOTSTRAP" --api "$API" --pid "$CP" \
         --clients "$CLIENTS" --heartbeats "$HEARTBEATS" --kind "$1")

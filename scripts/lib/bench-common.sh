@@ -52,3 +52,53 @@ machine() {
         echo "git: not a git checkout"
     fi
 }
+
+# release_binaries <package…>: builds the release binaries of the packages and kg-bench
+# (unless SKIP_BUILD is set) and copies the binaries named in BINARIES into $BIN.
+release_binaries() {
+    BIN=$WORK/bin
+    mkdir -p "$BIN"
+    if [ -z "${SKIP_BUILD:-}" ]; then
+        echo "building (release)…" >&2
+        local package args=()
+        for package in "$@"; do args+=(-p "$package"); done
+        cargo build --release --bins "${args[@]}" >&2
+        cargo build --release -p kg-tests --bin kg-bench >&2
+    fi
+    local binary
+    for binary in "$@" kg-bench; do
+        cp "target/release/$binary" "$BIN/"
+    done
+}
+
+# start_embedded_broker <dir>: the embedded broker, stopped on exit; sets BOOTSTRAP.
+start_embedded_broker() {
+    "$BIN/control-plane" embedded-broker </dev/null >"$1/broker.out" 2>"$1/broker.err" &
+    STARTED+=("$!:embedded-broker")
+    local i
+    for ((i = 0; i < 300; i++)); do
+        grep -q '^bootstrap=' "$1/broker.out" 2>/dev/null && break
+        sleep 0.1
+    done
+    BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$1/broker.out" | head -1)
+    [ -n "$BOOTSTRAP" ] || { echo "the embedded broker printed no bootstrap line" >&2; exit 1; }
+}
+
+# wait_for_api <data dir> <log>: waits for the control plane's API address and for /ready
+# to answer 200; sets API. Shows the log's end and exits if it never does.
+wait_for_api() {
+    local i
+    for ((i = 0; i < 300; i++)); do
+        [ -s "$1/api.addr" ] && break
+        sleep 0.1
+    done
+    [ -s "$1/api.addr" ] || { echo "no API address; log:" >&2; tail "$2" >&2; exit 1; }
+    API=http://$(cat "$1/api.addr")
+    for ((i = 0; i < 300; i++)); do
+        "$BIN/kg-bench" http-get --url "$API/ready" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "the control plane never became ready; log:" >&2
+    tail "$2" >&2
+    exit 1
+}

@@ -272,6 +272,25 @@ impl Seen {
     }
 }
 
+/// Assigns `consumer` every partition of `topic`, from the beginning.
+fn assign_from_beginning(consumer: &BaseConsumer, topic: &str) -> Result<()> {
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
+    let partitions = metadata
+        .topics()
+        .first()
+        .map(|found| found.partitions().len())
+        .unwrap_or(0);
+    if partitions == 0 {
+        bail!("{topic} has no partitions");
+    }
+    let mut list = TopicPartitionList::new();
+    for partition in 0..partitions as i32 {
+        list.add_partition_offset(topic, partition, Offset::Beginning)?;
+    }
+    consumer.assign(&list)?;
+    Ok(())
+}
+
 /// A consumer of every partition of events.normalized from the beginning, no group, on
 /// its own thread, counting records keyed `<client>::…`.
 struct OutputCounter {
@@ -294,20 +313,7 @@ impl OutputCounter {
             .set("fetch.queue.backoff.ms", "5")
             .set("log_level", "4")
             .create()?;
-        let metadata = consumer.fetch_metadata(Some(EVENTS_NORMALIZED), Duration::from_secs(10))?;
-        let partitions = metadata
-            .topics()
-            .first()
-            .map(|topic| topic.partitions().len())
-            .unwrap_or(0);
-        if partitions == 0 {
-            bail!("{EVENTS_NORMALIZED} has no partitions");
-        }
-        let mut list = TopicPartitionList::new();
-        for partition in 0..partitions as i32 {
-            list.add_partition_offset(EVENTS_NORMALIZED, partition, Offset::Beginning)?;
-        }
-        consumer.assign(&list)?;
+        assign_from_beginning(&consumer, EVENTS_NORMALIZED)?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let unique = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -841,17 +847,7 @@ fn audit(options: &Options) -> Result<()> {
         .set("enable.auto.commit", "false")
         .set("log_level", "4")
         .create()?;
-    let metadata = consumer.fetch_metadata(Some(EVENTS_NORMALIZED), Duration::from_secs(10))?;
-    let partitions = metadata
-        .topics()
-        .first()
-        .map(|topic| topic.partitions().len())
-        .unwrap_or(0);
-    let mut list = TopicPartitionList::new();
-    for partition in 0..partitions as i32 {
-        list.add_partition_offset(EVENTS_NORMALIZED, partition, Offset::Beginning)?;
-    }
-    consumer.assign(&list)?;
+    assign_from_beginning(&consumer, EVENTS_NORMALIZED)?;
     let mut unique: HashMap<String, HashSet<String>> = HashMap::new();
     let mut total: HashMap<String, u64> = HashMap::new();
     let mut last_new = Instant::now();
@@ -868,7 +864,11 @@ fn audit(options: &Options) -> Result<()> {
             continue;
         }
         *total.entry(client.to_string()).or_default() += 1;
-        if unique.entry(client.to_string()).or_default().insert(key.clone()) {
+        if unique
+            .entry(client.to_string())
+            .or_default()
+            .insert(key.clone())
+        {
             last_new = Instant::now();
         }
         let seen: u64 = unique.values().map(|keys| keys.len() as u64).sum();
@@ -908,7 +908,12 @@ fn churn(options: &Options) -> Result<()> {
     let mut churned = 0u64;
     let mut garbage = 0u64;
     while started.elapsed() < duration {
-        produce(&producer, HEARTBEAT, "garbage", &format!("not json {garbage}"))?;
+        produce(
+            &producer,
+            HEARTBEAT,
+            "garbage",
+            &format!("not json {garbage}"),
+        )?;
         garbage += 1;
         if Instant::now() >= next_churn {
             let id = format!("{prefix}{:04}", turn % clients + 1);
