@@ -18,7 +18,7 @@
 use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::{Offset, TopicPartitionList};
 
@@ -165,6 +165,70 @@ impl PartitionProbe {
             resume_at,
         }))
     }
+}
+
+/// For every partition assigned to `consumer` with records left to read, probes from where
+/// the consumer stands (its position, else its group's committed offset, else the start of
+/// the log) and, where those records cannot be decoded, seeks past exactly that run.
+/// Returns the runs skipped; the caller dead-letters and counts them. `config` carries the
+/// connection settings for the probes. Blocking: call it off the async threads.
+pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
+    consumer: &K,
+    config: &ClientConfig,
+    timeout: Duration,
+) -> Vec<UnreadableRun> {
+    let timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(5));
+    let Ok(assignment) = consumer.assignment() else {
+        return Vec::new();
+    };
+    let positions = consumer.position().unwrap_or_default();
+    let committed = consumer
+        .committed_offsets(assignment.clone(), timeout)
+        .unwrap_or_default();
+    let offset_of = |list: &TopicPartitionList, topic: &str, partition: i32| {
+        list.find_partition(topic, partition)
+            .and_then(|element| match element.offset() {
+                Offset::Offset(offset) => Some(offset),
+                _ => None,
+            })
+    };
+    let mut runs = Vec::new();
+    for element in assignment.elements() {
+        let (topic, partition) = (element.topic(), element.partition());
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
+            continue;
+        };
+        let from = offset_of(&positions, topic, partition)
+            .or_else(|| offset_of(&committed, topic, partition))
+            .unwrap_or(low)
+            .max(low);
+        let probe = PartitionProbe::new(config, topic, partition, timeout);
+        match probe.unreadable_run(from, high) {
+            Ok(Some(run)) => {
+                match consumer.seek(topic, partition, Offset::Offset(run.resume_at), timeout) {
+                    Ok(()) => {
+                        tracing::warn!(
+                            topic,
+                            partition,
+                            first = run.first,
+                            last = run.last(),
+                            "skipping records that cannot be decoded"
+                        );
+                        runs.push(run);
+                    }
+                    Err(error) => tracing::warn!(
+                        %error,
+                        topic,
+                        partition,
+                        "seek past undecodable records failed; will probe again"
+                    ),
+                }
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(%error, "probe for undecodable records"),
+        }
+    }
+    runs
 }
 
 /// The smallest offset in `(unreadable, high]` that `probe` finds readable, given that

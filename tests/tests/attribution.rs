@@ -260,3 +260,105 @@ async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their
     );
     Ok(())
 }
+
+/// Records the attributor cannot decode (a corrupt compressed batch, produced raw) stall
+/// neither its index nor its events: on `state.k8s.resource` before it starts (the index
+/// must still be built, with the pod behind the batch) and on `events.normalized` (the
+/// event behind the batch must still be attributed). Each run is dead-lettered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_batches_on_the_attributors_inputs_are_skipped() -> Result<()> {
+    let broker = Broker::start()?;
+    let b = broker.bootstrap.as_str();
+    let producer = producer(b, "none")?;
+    let pod_key = format!("af-9::pod:{POD_A}");
+    let (state_partition, _) = send_to(
+        &producer,
+        "state.k8s.resource",
+        None,
+        &pod_key,
+        &pod_state("af-9", POD_B),
+    )
+    .await?;
+    kg_tests::raw_kafka::produce_corrupt_batch(b, "state.k8s.resource", state_partition, 3)?;
+    send_to(
+        &producer,
+        "state.k8s.resource",
+        Some(state_partition),
+        &pod_key,
+        &pod_state("af-9", POD_A),
+    )
+    .await?;
+    let plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            event_attributor: true,
+            ..ControlPlaneOptions::default()
+        },
+    )?;
+    register_with_chart(b, "af-9")?;
+    poll("the client's workers", Duration::from_secs(60), || {
+        running(&plane, "af-9")
+    })
+    .with_context(|| plane.log_tail())?;
+    poll(
+        "the owner index past the batch",
+        Duration::from_secs(60),
+        || (attributor_metric(&plane, "worker_attributor_index_objects")? >= 1.0).then_some(()),
+    )
+    .with_context(|| plane.worker_log(ATTRIBUTOR))?;
+
+    let (event_partition, _) = send_to(
+        &producer,
+        "events.normalized",
+        None,
+        "ev-before",
+        &chart_event("ev-before", POD_A, "BackOff", "2025-10-28T08:31:00Z"),
+    )
+    .await?;
+    kg_tests::raw_kafka::produce_corrupt_batch(b, "events.normalized", event_partition, 2)?;
+    send_to(
+        &producer,
+        "events.normalized",
+        Some(event_partition),
+        "ev-after",
+        &chart_event("ev-after", POD_A, "OOMKilled", "2025-10-28T08:32:00Z"),
+    )
+    .await?;
+    // Both copies normalized by the client's own normalizer (its counter: kcat itself
+    // stops at the corrupt batch of events.normalized, so the topic is not read here).
+    let normalizer = plane.worker_addr("kg-event-normalizer-af-9");
+    poll(
+        "the events on both sides of the batch attributed and normalized",
+        Duration::from_secs(60),
+        || {
+            let (_, body) =
+                http::blocking_get(&format!("http://{}/metrics", normalizer.as_ref()?)).ok()?;
+            let out: f64 = body
+                .lines()
+                .find(|line| line.starts_with("worker_records_out_total"))?
+                .rsplit(' ')
+                .next()?
+                .parse()
+                .ok()?;
+            (out >= 2.0 && attributor_metric(&plane, "worker_records_out_total")? >= 2.0)
+                .then_some(())
+        },
+    )
+    .with_context(|| plane.worker_log(ATTRIBUTOR))?;
+    let letters: Vec<Value> = poll("both dead letters", Duration::from_secs(30), || {
+        let letters: Vec<Value> = kcat_consume(b, "dlq.normalized")
+            .ok()?
+            .into_iter()
+            .filter_map(|(_, v)| serde_json::from_str::<Value>(&v).ok())
+            .filter(|v| v["reason_code"] == "unreadable")
+            .collect();
+        (letters.len() >= 2).then_some(letters)
+    })?;
+    for topic in ["state.k8s.resource", "events.normalized"] {
+        ensure!(
+            letters.iter().any(|l| l["source_topic"] == topic),
+            "no dead letter for {topic}: {letters:?}"
+        );
+    }
+    Ok(())
+}

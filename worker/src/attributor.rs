@@ -26,8 +26,10 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use kg_shared::attribution::{
     attribute, resource_key_uid, Attribution, OwnerIndex, Parked, ResourceChange,
 };
+use kg_shared::dlq::DeadLetter;
 use kg_shared::keys::parse_key;
-use kg_shared::topics::{RAW_K8S_EVENTS, STATE_K8S_RESOURCE};
+use kg_shared::topics::{DLQ_NORMALIZED, RAW_K8S_EVENTS, STATE_K8S_RESOURCE};
+use kg_shared::unreadable::{is_unreadable, skip_unreadable};
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -130,9 +132,10 @@ pub async fn run(
         })?;
     let mut index = OwnerIndex::default();
     tokio::pin!(shutdown);
+    let connection = config.kafka.client_config();
     let built = tokio::select! {
         _ = &mut shutdown => None,
-        built = build_index(&state, &mut index, &metrics) => Some(built),
+        built = build_index(&state, &mut index, &metrics, &connection, &producer) => Some(built),
     };
     let Some(built) = built else {
         let _ = stop_http.send(());
@@ -176,6 +179,9 @@ pub async fn run(
                     }
                     set_gauges(&metrics, &index, &parked);
                 }
+                Err(error) if is_unreadable(&error) => {
+                    skip_and_dead_letter(&state, &connection, &error, &producer, &metrics);
+                }
                 Err(error) => warn!(%error, topic = STATE_K8S_RESOURCE, "kafka consumer error"),
             },
             received = events.recv() => match received {
@@ -197,6 +203,9 @@ pub async fn run(
                     }
                     decide(&index, waiting, &producer, &mut parked, &mut tracker, &mut deliveries, &metrics);
                     set_gauges(&metrics, &index, &parked);
+                }
+                Err(error) if is_unreadable(&error) => {
+                    skip_and_dead_letter(&events, &connection, &error, &producer, &metrics);
                 }
                 Err(error) => warn!(%error, "kafka consumer error"),
             },
@@ -236,6 +245,8 @@ async fn build_index(
     state: &StreamConsumer,
     index: &mut OwnerIndex,
     metrics: &WorkerMetrics,
+    connection: &rdkafka::ClientConfig,
+    producer: &FutureProducer,
 ) -> Result<(), WorkerError> {
     let timeout = Duration::from_secs(10);
     let ends = tokio::task::block_in_place(|| -> Result<HashMap<i32, i64>, KafkaError> {
@@ -274,11 +285,79 @@ async fn build_index(
                     remaining.remove(&message.partition());
                 }
             }
+            Err(error) if is_unreadable(&error) => {
+                for (partition, resume_at) in
+                    skip_and_dead_letter(state, connection, &error, producer, metrics)
+                {
+                    if remaining
+                        .get(&partition)
+                        .is_some_and(|end| resume_at >= *end)
+                    {
+                        remaining.remove(&partition);
+                    }
+                }
+            }
             Err(error) => warn!(%error, topic = STATE_K8S_RESOURCE, "kafka consumer error"),
         }
     }
     metrics.attributor_objects.set(index.len() as i64);
     Ok(())
+}
+
+/// Moves `consumer` past the records it cannot decode (`kg_shared::unreadable`), counts them
+/// and dead-letters each run (queued, not awaited: the attributor's copies are its only
+/// other output). Returns, per run, the partition and where reading resumes.
+fn skip_and_dead_letter<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &StreamConsumer<C>,
+    connection: &rdkafka::ClientConfig,
+    error: &KafkaError,
+    producer: &FutureProducer,
+    metrics: &WorkerMetrics,
+) -> Vec<(i32, i64)> {
+    warn!(%error, "cannot decode input records; looking for the stalled partition");
+    let runs = tokio::task::block_in_place(|| {
+        skip_unreadable(consumer, connection, Duration::from_secs(5))
+    });
+    runs.iter()
+        .map(|run| {
+            metrics
+                .unreadable_skipped
+                .inc_by((run.resume_at - run.first).max(0) as u64);
+            let letter = DeadLetter::skipped_run(
+                "unreadable",
+                format!(
+                    "offsets {}..={} of {}/{} cannot be read ({error}); skipped",
+                    run.first,
+                    run.last(),
+                    run.topic,
+                    run.partition
+                ),
+                &run.topic,
+                run.partition,
+                run.first,
+                run.last(),
+                Utc::now(),
+            );
+            let key = format!("unreadable::{}:{}", run.topic, run.partition);
+            let value = letter.to_json();
+            match producer.send_result(FutureRecord::to(DLQ_NORMALIZED).key(&key).payload(&value)) {
+                Ok(_) => {
+                    metrics.dlq_total.inc();
+                    metrics
+                        .dlq
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: "unreadable".into(),
+                        })
+                        .inc();
+                }
+                Err((error, _)) => {
+                    metrics.records_lost.inc();
+                    warn!(%error, "dead letter of an unreadable run not queued");
+                }
+            }
+            (run.partition, run.resume_at)
+        })
+        .collect()
 }
 
 /// Attributes, parks or counts one untagged event.

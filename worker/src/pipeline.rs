@@ -12,7 +12,7 @@ use chrono::Utc;
 use kg_shared::dlq::DeadLetter;
 use kg_shared::kafka::KafkaArgs;
 use kg_shared::topics::DLQ_NORMALIZED;
-use kg_shared::unreadable::{is_unreadable, PartitionProbe, UnreadableRun};
+use kg_shared::unreadable::{is_unreadable, skip_unreadable, UnreadableRun};
 use kg_shared::ClientId;
 use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -129,8 +129,6 @@ struct Outgoing {
     source: Source,
 }
 
-type WorkerConsumer = StreamConsumer<LagReporter>;
-
 /// One produced record still waiting for its acknowledgement.
 struct Pending {
     record: Outgoing,
@@ -219,7 +217,7 @@ pub async fn run_pipeline(
                 // partition is where a stall would be.
                 warn!(%error, "cannot decode input records; looking for the stalled partition");
                 let runs = tokio::task::block_in_place(|| {
-                    skip_unreadable(&consumer, kafka, settings.shutdown_grace)
+                    skip_unreadable(&consumer, &kafka.client_config(), settings.shutdown_grace)
                 });
                 for run in runs {
                     let skipped = (run.resume_at - run.first).max(0) as u64;
@@ -453,66 +451,6 @@ async fn dead_letter(
         source: source(message, handler),
     };
     enqueue_or_replace(producer, pending, metrics, record).await;
-}
-
-/// For every assigned partition with records left to read, probes from where the consumer
-/// stands (its position, else the group's committed offset, else the start of the log)
-/// and, where those records cannot be decoded, seeks past exactly that run. Blocking.
-fn skip_unreadable(
-    consumer: &WorkerConsumer,
-    kafka: &KafkaArgs,
-    timeout: Duration,
-) -> Vec<UnreadableRun> {
-    let timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(5));
-    let Ok(assignment) = consumer.assignment() else {
-        return Vec::new();
-    };
-    let positions = consumer.position().unwrap_or_default();
-    let committed = consumer
-        .committed_offsets(assignment.clone(), timeout)
-        .unwrap_or_default();
-    let offset_of = |list: &TopicPartitionList, topic: &str, partition: i32| {
-        list.find_partition(topic, partition)
-            .and_then(|element| match element.offset() {
-                Offset::Offset(offset) => Some(offset),
-                _ => None,
-            })
-    };
-    let config = kafka.client_config();
-    let mut runs = Vec::new();
-    for element in assignment.elements() {
-        let (topic, partition) = (element.topic(), element.partition());
-        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
-            continue;
-        };
-        let from = offset_of(&positions, topic, partition)
-            .or_else(|| offset_of(&committed, topic, partition))
-            .unwrap_or(low)
-            .max(low);
-        let probe = PartitionProbe::new(&config, topic, partition, timeout);
-        match probe.unreadable_run(from, high) {
-            Ok(Some(run)) => {
-                match consumer.seek(topic, partition, Offset::Offset(run.resume_at), timeout) {
-                    Ok(()) => {
-                        warn!(
-                            topic,
-                            partition,
-                            first = run.first,
-                            last = run.last(),
-                            "skipping input records that cannot be decoded"
-                        );
-                        runs.push(run);
-                    }
-                    Err(error) => {
-                        warn!(%error, topic, partition, "seek past undecodable records failed; will probe again");
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(error) => warn!(%error, "probe for undecodable records"),
-        }
-    }
-    runs
 }
 
 /// Queues the dead letter that stands for a run of input records that could not be read.
