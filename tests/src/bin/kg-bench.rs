@@ -272,8 +272,8 @@ impl Seen {
     }
 }
 
-/// Assigns `consumer` every partition of `topic`, from the beginning.
-fn assign_from_beginning(consumer: &BaseConsumer, topic: &str) -> Result<()> {
+/// How many partitions `topic` has.
+fn partitions_of(consumer: &BaseConsumer, topic: &str) -> Result<i32> {
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10))?;
     let partitions = metadata
         .topics()
@@ -283,8 +283,13 @@ fn assign_from_beginning(consumer: &BaseConsumer, topic: &str) -> Result<()> {
     if partitions == 0 {
         bail!("{topic} has no partitions");
     }
+    Ok(partitions as i32)
+}
+
+/// Assigns `consumer` every partition of `topic`, from the beginning.
+fn assign_from_beginning(consumer: &BaseConsumer, topic: &str) -> Result<()> {
     let mut list = TopicPartitionList::new();
-    for partition in 0..partitions as i32 {
+    for partition in 0..partitions_of(consumer, topic)? {
         list.add_partition_offset(topic, partition, Offset::Beginning)?;
     }
     consumer.assign(&list)?;
@@ -852,10 +857,38 @@ fn audit(options: &Options) -> Result<()> {
     let mut total: HashMap<String, u64> = HashMap::new();
     let mut last_new = Instant::now();
     let expected_total = produced;
-    while Instant::now() < deadline && last_new.elapsed() < idle {
+    // Read until every event is seen (or nothing new for `idle`); then on to the end the
+    // topic has at that moment, so repeats written after an event's first copy count too.
+    let mut ends: Option<HashMap<i32, i64>> = None;
+    let mut next: HashMap<i32, i64> = HashMap::new();
+    while Instant::now() < deadline {
+        if ends.is_none() {
+            let seen: u64 = unique.values().map(|keys| keys.len() as u64).sum();
+            if seen >= expected_total || last_new.elapsed() >= idle {
+                let mut found = HashMap::new();
+                for partition in 0..partitions_of(&consumer, EVENTS_NORMALIZED)? {
+                    let (_, high) = consumer.fetch_watermarks(
+                        EVENTS_NORMALIZED,
+                        partition,
+                        Duration::from_secs(10),
+                    )?;
+                    found.insert(partition, high);
+                }
+                ends = Some(found);
+            }
+        }
+        if let Some(ends) = &ends {
+            if ends
+                .iter()
+                .all(|(partition, high)| next.get(partition).copied().unwrap_or(0) >= *high)
+            {
+                break;
+            }
+        }
         let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) else {
             continue;
         };
+        next.insert(message.partition(), message.offset() + 1);
         let key = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
         let Some((client, _)) = key.split_once("::") else {
             continue;
@@ -870,10 +903,6 @@ fn audit(options: &Options) -> Result<()> {
             .insert(key.clone())
         {
             last_new = Instant::now();
-        }
-        let seen: u64 = unique.values().map(|keys| keys.len() as u64).sum();
-        if seen >= expected_total {
-            break;
         }
     }
     let mut lost = 0u64;
