@@ -99,11 +99,8 @@ LOAD=$!
 worker_pids() {
     local root
     root=$(readlink -f "$WORK/data/workers")
-    for environ in /proc/[0-9]*/environ; do
-        tr '\0' '\n' 2>/dev/null <"$environ" | grep -qx "KG_PROCESS_RUNTIME_ROOT=$root" &&
-            basename "$(dirname "$environ")"
-    done
-    true
+    # One grep over every environment (NUL-separated lines), not a process per pid.
+    grep -lzxF "KG_PROCESS_RUNTIME_ROOT=$root" /proc/[0-9]*/environ 2>/dev/null | cut -d/ -f3 || true
 }
 
 # Workers outlive the control plane by design: stop this run's when the script ends.
