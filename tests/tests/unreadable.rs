@@ -47,6 +47,12 @@ async fn a_corrupt_batch_on_the_heartbeat_topic_is_skipped_and_the_heartbeats_be
     let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;
     let client = "corrupt-hb-001";
     register_with_chart(&broker.bootstrap, client)?;
+    // Registered first: ingest reads the two topics in whatever order the broker serves
+    // them, and a heartbeat read before its client's registration counts as unknown.
+    poll("the client registered", Duration::from_secs(30), || {
+        plane.client(client)
+    })
+    .with_context(|| plane.log_tail())?;
     let producer = producer(&broker.bootstrap, "none")?;
     let (partition, _) = send_to(
         &producer,
