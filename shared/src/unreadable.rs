@@ -55,6 +55,29 @@ impl UnreadableRun {
     pub fn last(&self) -> i64 {
         self.resume_at - 1
     }
+
+    /// The dead letter that stands for this run: which offsets were skipped, and why.
+    pub fn dead_letter(
+        &self,
+        error: &KafkaError,
+        failed_at: chrono::DateTime<chrono::Utc>,
+    ) -> crate::dlq::DeadLetter {
+        crate::dlq::DeadLetter::skipped_run(
+            "unreadable",
+            format!(
+                "offsets {}..={} of {}/{} cannot be read ({error}); skipped",
+                self.first,
+                self.last(),
+                self.topic,
+                self.partition
+            ),
+            &self.topic,
+            self.partition,
+            self.first,
+            self.last(),
+            failed_at,
+        )
+    }
 }
 
 /// What one probe found.

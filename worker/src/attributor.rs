@@ -26,7 +26,6 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use kg_shared::attribution::{
     attribute, resource_key_uid, Attribution, OwnerIndex, Parked, ResourceChange,
 };
-use kg_shared::dlq::DeadLetter;
 use kg_shared::keys::parse_key;
 use kg_shared::topics::{DLQ_NORMALIZED, RAW_K8S_EVENTS, STATE_K8S_RESOURCE};
 use kg_shared::unreadable::{is_unreadable, skip_unreadable};
@@ -323,21 +322,7 @@ fn skip_and_dead_letter<C: rdkafka::consumer::ConsumerContext>(
             metrics
                 .unreadable_skipped
                 .inc_by((run.resume_at - run.first).max(0) as u64);
-            let letter = DeadLetter::skipped_run(
-                "unreadable",
-                format!(
-                    "offsets {}..={} of {}/{} cannot be read ({error}); skipped",
-                    run.first,
-                    run.last(),
-                    run.topic,
-                    run.partition
-                ),
-                &run.topic,
-                run.partition,
-                run.first,
-                run.last(),
-                Utc::now(),
-            );
+            let letter = run.dead_letter(error, Utc::now());
             let key = format!("unreadable::{}:{}", run.topic, run.partition);
             let value = letter.to_json();
             match producer.send_result(FutureRecord::to(DLQ_NORMALIZED).key(&key).payload(&value)) {

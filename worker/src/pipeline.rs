@@ -464,21 +464,7 @@ async fn dead_letter_run(
     pending: &mut Vec<Pending>,
     metrics: &WorkerMetrics,
 ) {
-    let mut letter = DeadLetter::skipped_run(
-        "unreadable",
-        format!(
-            "offsets {}..={} of {}/{} cannot be read ({error}); skipped",
-            run.first,
-            run.last(),
-            run.topic,
-            run.partition
-        ),
-        &run.topic,
-        run.partition,
-        run.first,
-        run.last(),
-        Utc::now(),
-    );
+    let mut letter = run.dead_letter(error, Utc::now());
     letter.client_id = Some(client.as_str().to_owned());
     let record = Outgoing {
         topic: DLQ_NORMALIZED,
