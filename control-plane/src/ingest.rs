@@ -20,7 +20,7 @@ use kg_shared::kafka::KafkaArgs;
 use kg_shared::log_limit::{LogLimiter, LogVerdict};
 use kg_shared::registry::{decode_registry, RegistryMessage};
 use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, DLQ_RAW};
-use kg_shared::unreadable::{is_unreadable, PartitionProbe, UnreadableRun};
+use kg_shared::unreadable::{is_unreadable, UnreadableRun};
 use kg_shared::ClientId;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -337,57 +337,37 @@ pub async fn run_ingest(
         };
         let message = match message {
             Ok(message) => message,
-            Err(error) if is_unreadable(&error) => {
-                if last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+            Err(error) => {
+                let (why, runs) = if is_unreadable(&error) {
+                    if last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+                        continue;
+                    }
+                    last_probe = Some(Instant::now());
+                    warn!(%error, "ingest cannot decode records; looking for the stalled partition");
+                    let runs = tokio::task::block_in_place(|| {
+                        skip_unreadable(&consumer, kafka, &mut next_offsets)
+                    });
+                    (Skipped::Unreadable, runs)
+                } else if matches!(
+                    error,
+                    KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)
+                ) {
+                    warn!(%error, "a partition's next offset is gone from the broker; moving to the first one left");
+                    let gaps = tokio::task::block_in_place(|| {
+                        skip_deleted(&consumer, &settings, &mut next_offsets)
+                    });
+                    (Skipped::DeletedBeforeRead, gaps)
+                } else {
+                    warn!(%error, "ingest consumer error");
                     continue;
-                }
-                last_probe = Some(Instant::now());
-                warn!(%error, "ingest cannot decode records; looking for the stalled partition");
-                let runs = tokio::task::block_in_place(|| {
-                    skip_unreadable(&consumer, kafka, &settings, &mut next_offsets)
-                });
+                };
                 for run in runs {
-                    let skipped = run_skipped(
-                        &run,
-                        Skipped::Unreadable,
-                        &error,
-                        clock.now(),
-                        &metrics,
-                        &publisher,
-                    )
-                    .await;
+                    run_skipped(&run, why, &error, clock.now(), &metrics, &publisher).await;
                     let key = (topic_name(&run.topic), run.partition);
                     if pending.get(&key).is_some_and(|high| run.resume_at >= *high) {
                         pending.remove(&key);
                     }
-                    debug!(skipped, "unreadable run handled");
                 }
-                continue;
-            }
-            Err(error @ KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)) => {
-                warn!(%error, "a partition's next offset is gone from the broker; moving to the first one left");
-                let gaps = tokio::task::block_in_place(|| {
-                    skip_deleted(&consumer, &settings, &mut next_offsets)
-                });
-                for gap in gaps {
-                    run_skipped(
-                        &gap,
-                        Skipped::DeletedBeforeRead,
-                        &error,
-                        clock.now(),
-                        &metrics,
-                        &publisher,
-                    )
-                    .await;
-                    let key = (topic_name(&gap.topic), gap.partition);
-                    if pending.get(&key).is_some_and(|high| gap.resume_at >= *high) {
-                        pending.remove(&key);
-                    }
-                }
-                continue;
-            }
-            Err(error) => {
-                warn!(%error, "ingest consumer error");
                 continue;
             }
         };
@@ -446,43 +426,22 @@ fn topic_name(topic: &str) -> &'static str {
     }
 }
 
-/// Probes every partition that has records left to read from where ingest stands in it;
-/// for each one stalled on records that cannot be decoded, seeks past exactly that run.
-/// Returns the runs skipped. Blocking (watermark look-ups and probes).
+/// Moves past the records ingest cannot decode (`kg_shared::unreadable`), probing each
+/// partition from where ingest stands in it, which also covers partitions it has not
+/// read from yet (heartbeats start at an offset looked up by time). Blocking.
 fn skip_unreadable(
     consumer: &IngestConsumer,
     kafka: &KafkaArgs,
-    settings: &IngestSettings,
     next_offsets: &mut NextOffsets,
 ) -> Vec<UnreadableRun> {
-    let config = kafka.client_config();
-    let mut runs = Vec::new();
-    for ((topic, partition), next) in next_offsets.iter_mut() {
-        let high = match consumer.fetch_watermarks(topic, *partition, settings.metadata_timeout) {
-            Ok((_, high)) => high,
-            Err(error) => {
-                warn!(%error, topic, partition, "watermarks for the unreadable-record probe");
-                continue;
-            }
-        };
-        let probe = PartitionProbe::new(&config, topic, *partition, PROBE_TIMEOUT);
-        match probe.unreadable_run(*next, high) {
-            Ok(Some(run)) => {
-                if let Err(error) = consumer.seek(
-                    topic,
-                    *partition,
-                    Offset::Offset(run.resume_at),
-                    settings.metadata_timeout,
-                ) {
-                    warn!(%error, topic, partition, "seek past the unreadable records failed; will probe again");
-                    continue;
-                }
-                *next = run.resume_at;
-                runs.push(run);
-            }
-            Ok(None) => {}
-            Err(error) => warn!(%error, "probe for unreadable records"),
-        }
+    let runs = kg_shared::unreadable::skip_unreadable(
+        consumer,
+        &kafka.client_config(),
+        PROBE_TIMEOUT,
+        |topic, partition| next_offsets.get(&(topic_name(topic), partition)).copied(),
+    );
+    for run in &runs {
+        next_offsets.insert((topic_name(&run.topic), run.partition), run.resume_at);
     }
     runs
 }
@@ -561,8 +520,7 @@ impl Skipped {
     }
 }
 
-/// Counts, logs and dead-letters one run of offsets ingest moved past; returns how many
-/// offsets it covered.
+/// Counts, logs and dead-letters one run of offsets ingest moved past.
 async fn run_skipped(
     run: &UnreadableRun,
     why: Skipped,
@@ -570,7 +528,7 @@ async fn run_skipped(
     now: DateTime<Utc>,
     metrics: &Arc<ControlPlaneMetrics>,
     publisher: &Publisher,
-) -> i64 {
+) {
     let skipped = run.resume_at - run.first;
     metrics
         .ingest_offsets_skipped
@@ -607,7 +565,6 @@ async fn run_skipped(
     publisher
         .dead_letter_in_background(&letter, metrics.clone())
         .await;
-    skipped
 }
 
 fn assign_partitions(

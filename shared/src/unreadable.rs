@@ -191,14 +191,16 @@ impl PartitionProbe {
 }
 
 /// For every partition assigned to `consumer` with records left to read, probes from where
-/// the consumer stands (its position, else its group's committed offset, else the start of
-/// the log) and, where those records cannot be decoded, seeks past exactly that run.
-/// Returns the runs skipped; the caller dead-letters and counts them. `config` carries the
-/// connection settings for the probes. Blocking: call it off the async threads.
+/// the consumer stands (`known_next`, when the caller tracks it, else its position, else
+/// its group's committed offset, else the start of the log) and, where those records
+/// cannot be decoded, seeks past exactly that run. Returns the runs skipped; the caller
+/// dead-letters and counts them. `config` carries the connection settings for the probes.
+/// Blocking: call it off the async threads.
 pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     config: &ClientConfig,
     timeout: Duration,
+    known_next: impl Fn(&str, i32) -> Option<i64>,
 ) -> Vec<UnreadableRun> {
     let timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(5));
     let Ok(assignment) = consumer.assignment() else {
@@ -221,7 +223,8 @@ pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
         let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
             continue;
         };
-        let from = offset_of(&positions, topic, partition)
+        let from = known_next(topic, partition)
+            .or_else(|| offset_of(&positions, topic, partition))
             .or_else(|| offset_of(&committed, topic, partition))
             .unwrap_or(low)
             .max(low);

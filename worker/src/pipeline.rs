@@ -217,7 +217,12 @@ pub async fn run_pipeline(
                 // partition is where a stall would be.
                 warn!(%error, "cannot decode input records; looking for the stalled partition");
                 let runs = tokio::task::block_in_place(|| {
-                    skip_unreadable(&consumer, &kafka.client_config(), settings.shutdown_grace)
+                    skip_unreadable(
+                        &consumer,
+                        &kafka.client_config(),
+                        settings.shutdown_grace,
+                        |_, _| None,
+                    )
                 });
                 for run in runs {
                     let skipped = (run.resume_at - run.first).max(0) as u64;
