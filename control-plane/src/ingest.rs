@@ -9,7 +9,6 @@
 //! an agent whose clock is off is still live while it heartbeats.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,7 +29,7 @@ use rdkafka::statistics::Statistics;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
 use prometheus_client::metrics::counter::Counter;
@@ -188,8 +187,10 @@ type Pending = HashMap<TopicPartition, i64>;
 /// here, which is where the probe looks.
 type NextOffsets = HashMap<TopicPartition, i64>;
 
-/// How long one probe for unreadable records waits for its answer.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest one pass of probes for unreadable records may hold ingest's loop. Long
+/// enough for a binary search over a large run (about 20 probes of tens of milliseconds
+/// each); a shutdown does not wait for it (the pass asks the stop flag between probes).
+const PROBE_PASS_BUDGET: Duration = Duration::from_secs(10);
 
 /// librdkafka repeats the decoding error of a stalled partition on every fetch retry;
 /// probing once per this interval is enough.
@@ -233,7 +234,7 @@ impl ConsumerContext for IngestContext {}
 
 type IngestConsumer = StreamConsumer<IngestContext>;
 
-/// Runs until `shutdown` resolves.
+/// Runs until `stop` turns true.
 pub async fn run_ingest(
     kafka: &KafkaArgs,
     settings: IngestSettings,
@@ -241,8 +242,17 @@ pub async fn run_ingest(
     publisher: Arc<Publisher>,
     clock: Arc<dyn Clock>,
     inputs: mpsc::Sender<Input>,
-    shutdown: impl Future<Output = ()>,
+    stop: watch::Receiver<bool>,
 ) -> Result<(), IngestError> {
+    // The blocking probe pass asks `stopped` between broker calls; the loop awaits
+    // `shutdown`. Both read the same flag.
+    let stopped = || *stop.borrow();
+    let shutdown = {
+        let mut stop = stop.clone();
+        async move {
+            let _ = stop.wait_for(|stop| *stop).await;
+        }
+    };
     tokio::pin!(shutdown);
     let consumer: IngestConsumer = kafka
         .client_config()
@@ -345,7 +355,7 @@ pub async fn run_ingest(
                     last_probe = Some(Instant::now());
                     warn!(%error, "ingest cannot decode records; looking for the stalled partition");
                     let runs = tokio::task::block_in_place(|| {
-                        skip_unreadable(&consumer, kafka, &mut next_offsets)
+                        skip_unreadable(&consumer, kafka, &stopped, &mut next_offsets)
                     });
                     (Skipped::Unreadable, runs)
                 } else if matches!(
@@ -354,7 +364,7 @@ pub async fn run_ingest(
                 ) {
                     warn!(%error, "a partition's next offset is gone from the broker; moving to the first one left");
                     let gaps = tokio::task::block_in_place(|| {
-                        skip_deleted(&consumer, &settings, &mut next_offsets)
+                        skip_deleted(&consumer, &settings, &stopped, &mut next_offsets)
                     });
                     (Skipped::DeletedBeforeRead, gaps)
                 } else {
@@ -432,12 +442,14 @@ fn topic_name(topic: &str) -> &'static str {
 fn skip_unreadable(
     consumer: &IngestConsumer,
     kafka: &KafkaArgs,
+    stopped: &dyn Fn() -> bool,
     next_offsets: &mut NextOffsets,
 ) -> Vec<UnreadableRun> {
     let runs = kg_shared::unreadable::skip_unreadable(
         consumer,
         &kafka.client_config(),
-        PROBE_TIMEOUT,
+        PROBE_PASS_BUDGET,
+        stopped,
         |topic, partition| next_offsets.get(&(topic_name(topic), partition)).copied(),
     );
     for run in &runs {
@@ -454,10 +466,16 @@ fn skip_unreadable(
 fn skip_deleted(
     consumer: &IngestConsumer,
     settings: &IngestSettings,
+    stopped: &dyn Fn() -> bool,
     next_offsets: &mut NextOffsets,
 ) -> Vec<UnreadableRun> {
     let mut gaps = Vec::new();
     for ((topic, partition), next) in next_offsets.iter() {
+        // Each look-up may wait its whole timeout with the broker gone: a shutdown does
+        // not wait for the rest (the next start finds the same gaps).
+        if stopped() {
+            return Vec::new();
+        }
         match consumer.fetch_watermarks(topic, *partition, settings.metadata_timeout) {
             Ok((low, _)) if *next < low => gaps.push(UnreadableRun {
                 topic: topic.to_string(),

@@ -219,7 +219,7 @@ pub async fn run(
         let metrics = metrics.clone();
         let publisher = publisher.clone();
         let clock = clock.clone();
-        let stop = stopped(stop_rx.clone());
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
             let settings = IngestSettings {
                 heartbeat_timeout,

@@ -80,6 +80,13 @@ impl UnreadableRun {
     }
 }
 
+/// The longest one broker call of a probe pass waits.
+const PROBE_STEP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the next pass starts in the assignment (any pass, any consumer: it only needs to
+/// move).
+static PASS_START: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
 /// What one probe found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbeOutcome {
@@ -101,6 +108,8 @@ pub enum ProbeError {
         #[source]
         source: KafkaError,
     },
+    #[error("the caller is shutting down")]
+    Stopped,
     #[error("no answer for {topic}/{partition} at {offset} within {timeout:?}")]
     Timeout {
         topic: String,
@@ -112,15 +121,21 @@ pub enum ProbeError {
 
 /// Reads single offsets of one partition with a consumer of its own (no group, nothing
 /// committed), so the caller's consumer and its group are untouched.
-pub struct PartitionProbe {
+pub struct PartitionProbe<'a> {
     config: ClientConfig,
     topic: String,
     partition: i32,
     timeout: Duration,
+    /// No probe waits past this, whatever `timeout` says: the caller's whole pass is
+    /// bounded (a shutdown waits for it).
+    deadline: Option<Instant>,
+    /// Asked between polls: a caller that is shutting down stops the probe at once.
+    stopped: Option<&'a dyn Fn() -> bool>,
 }
 
-impl PartitionProbe {
-    /// `config` carries the connection settings (bootstrap servers, security).
+impl<'a> PartitionProbe<'a> {
+    /// `config` carries the connection settings (bootstrap servers, security); `timeout`
+    /// bounds each probe.
     pub fn new(config: &ClientConfig, topic: &str, partition: i32, timeout: Duration) -> Self {
         let mut config = config.clone();
         config
@@ -134,7 +149,16 @@ impl PartitionProbe {
             topic: topic.to_owned(),
             partition,
             timeout,
+            deadline: None,
+            stopped: None,
         }
+    }
+
+    /// No probe waits past `deadline`, and none goes on once `stopped` says so.
+    pub fn within(mut self, deadline: Instant, stopped: &'a dyn Fn() -> bool) -> Self {
+        self.deadline = Some(deadline);
+        self.stopped = Some(stopped);
+        self
     }
 
     /// Whether reading from `offset` yields a record (or the partition's end) or the
@@ -151,8 +175,12 @@ impl PartitionProbe {
                 offset,
                 source,
             })?;
-        let deadline = Instant::now() + self.timeout;
+        let own = Instant::now() + self.timeout;
+        let deadline = self.deadline.map_or(own, |pass| pass.min(own));
         while Instant::now() < deadline {
+            if self.stopped.is_some_and(|stopped| stopped()) {
+                return Err(ProbeError::Stopped);
+            }
             match consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(_)) | Some(Err(KafkaError::PartitionEOF(_))) => {
                     return Ok(ProbeOutcome::Readable)
@@ -195,20 +223,37 @@ impl PartitionProbe {
 /// its group's committed offset, else the start of the log) and, where those records
 /// cannot be decoded, seeks past exactly that run. Returns the runs skipped; the caller
 /// dead-letters and counts them. `config` carries the connection settings for the probes.
-/// Blocking: call it off the async threads.
+///
+/// The whole pass takes at most `budget` (plus one librdkafka poll interval): every
+/// broker call waits at most what is left of it, and partitions not reached in time are
+/// left for the next pass, which the next decoding error starts. A caller's shutdown waits
+/// for a pass, so with the broker gone this is what keeps shutdown prompt. Each pass
+/// begins at a different partition, so a pass cut short does not always favour the same
+/// ones. `stopped` is asked between broker calls and probe polls: once it says so, the
+/// pass ends with what it has. Blocking: call it off the async threads.
 pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     config: &ClientConfig,
-    timeout: Duration,
+    budget: Duration,
+    stopped: &dyn Fn() -> bool,
     known_next: impl Fn(&str, i32) -> Option<i64>,
 ) -> Vec<UnreadableRun> {
-    let timeout = timeout.clamp(Duration::from_secs(1), Duration::from_secs(5));
+    let deadline = Instant::now() + budget;
+    // One broker call waits at most this long, and never past the deadline.
+    let left = || {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .min(PROBE_STEP_TIMEOUT)
+    };
     let Ok(assignment) = consumer.assignment() else {
         return Vec::new();
     };
+    if stopped() {
+        return Vec::new();
+    }
     let positions = consumer.position().unwrap_or_default();
     let committed = consumer
-        .committed_offsets(assignment.clone(), timeout)
+        .committed_offsets(assignment.clone(), left())
         .unwrap_or_default();
     let offset_of = |list: &TopicPartitionList, topic: &str, partition: i32| {
         list.find_partition(topic, partition)
@@ -218,9 +263,23 @@ pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
             })
     };
     let mut runs = Vec::new();
-    for element in assignment.elements() {
+    let elements = assignment.elements();
+    let start = PASS_START.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    for index in 0..elements.len() {
+        let element = &elements[(start + index) % elements.len()];
+        if stopped() {
+            break;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                ?budget,
+                partitions_left = elements.len() - index,
+                "probe pass out of time; the rest waits for the next pass"
+            );
+            break;
+        }
         let (topic, partition) = (element.topic(), element.partition());
-        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, timeout) else {
+        let Ok((low, high)) = consumer.fetch_watermarks(topic, partition, left()) else {
             continue;
         };
         let from = known_next(topic, partition)
@@ -228,10 +287,11 @@ pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
             .or_else(|| offset_of(&committed, topic, partition))
             .unwrap_or(low)
             .max(low);
-        let probe = PartitionProbe::new(config, topic, partition, timeout);
+        let probe =
+            PartitionProbe::new(config, topic, partition, PROBE_STEP_TIMEOUT).within(deadline, stopped);
         match probe.unreadable_run(from, high) {
             Ok(Some(run)) => {
-                match consumer.seek(topic, partition, Offset::Offset(run.resume_at), timeout) {
+                match consumer.seek(topic, partition, Offset::Offset(run.resume_at), left()) {
                     Ok(()) => {
                         tracing::warn!(
                             topic,
@@ -251,6 +311,7 @@ pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
                 }
             }
             Ok(None) => {}
+            Err(ProbeError::Stopped) => break,
             Err(error) => tracing::warn!(%error, "probe for undecodable records"),
         }
     }
@@ -340,6 +401,63 @@ mod tests {
             assert!(!is_unreadable(&KafkaError::MessageConsumption(code)));
         }
         assert!(!is_unreadable(&KafkaError::PartitionEOF(3)));
+    }
+
+    /// A consumer assigned `partitions` partitions of a broker nobody answers for: every
+    /// broker call it makes waits for its whole timeout.
+    fn stranded_consumer(partitions: i32) -> (BaseConsumer, ClientConfig) {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "kg-unreadable-test")
+            .set("log_level", "0");
+        let consumer: BaseConsumer = config.create().unwrap();
+        let mut list = TopicPartitionList::new();
+        for partition in 0..partitions {
+            list.add_partition_offset("stalled", partition, Offset::Offset(5))
+                .unwrap();
+        }
+        consumer.assign(&list).unwrap();
+        (consumer, config)
+    }
+
+    #[test]
+    fn a_pass_against_a_broker_that_is_gone_ends_within_its_budget() {
+        // Eight partitions at up to 5 s per broker call: without one budget for the whole
+        // pass this took 5 s for the committed offsets and 5 s per partition, and a
+        // shutdown waited for all of it.
+        let (consumer, config) = stranded_consumer(8);
+        let started = Instant::now();
+        let runs = skip_unreadable(&consumer, &config, Duration::from_secs(1), &|| false, |_, _| {
+            None
+        });
+        let took = started.elapsed();
+        assert!(runs.is_empty());
+        assert!(took < Duration::from_secs(3), "the pass took {took:?}");
+    }
+
+    #[test]
+    fn a_pass_ends_at_once_when_its_caller_is_stopping() {
+        let (consumer, config) = stranded_consumer(8);
+        let started = Instant::now();
+        let runs = skip_unreadable(&consumer, &config, Duration::from_secs(30), &|| true, |_, _| {
+            Some(5)
+        });
+        let took = started.elapsed();
+        assert!(runs.is_empty());
+        assert!(took < Duration::from_secs(1), "the pass took {took:?}");
+    }
+
+    #[test]
+    fn a_probe_stops_polling_once_its_caller_is_stopping() {
+        let (_, config) = stranded_consumer(1);
+        let stopping = std::sync::atomic::AtomicBool::new(false);
+        let stopped = || stopping.swap(true, std::sync::atomic::Ordering::Relaxed);
+        let probe = PartitionProbe::new(&config, "stalled", 0, Duration::from_secs(30))
+            .within(Instant::now() + Duration::from_secs(30), &stopped);
+        let started = Instant::now();
+        assert!(matches!(probe.at(5), Err(ProbeError::Stopped)));
+        assert!(started.elapsed() < Duration::from_secs(2));
     }
 
     #[test]

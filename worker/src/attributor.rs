@@ -315,7 +315,13 @@ fn skip_and_dead_letter<C: rdkafka::consumer::ConsumerContext>(
 ) -> Vec<(i32, i64)> {
     warn!(%error, "cannot decode input records; looking for the stalled partition");
     let runs = tokio::task::block_in_place(|| {
-        skip_unreadable(consumer, connection, Duration::from_secs(5), |_, _| None)
+        skip_unreadable(
+            consumer,
+            connection,
+            Duration::from_secs(5),
+            &|| false,
+            |_, _| None,
+        )
     });
     runs.iter()
         .map(|run| {

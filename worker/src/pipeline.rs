@@ -221,6 +221,7 @@ pub async fn run_pipeline(
                         &consumer,
                         &kafka.client_config(),
                         settings.shutdown_grace,
+                        &|| false,
                         |_, _| None,
                     )
                 });
