@@ -287,8 +287,8 @@ pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
             .or_else(|| offset_of(&committed, topic, partition))
             .unwrap_or(low)
             .max(low);
-        let probe =
-            PartitionProbe::new(config, topic, partition, PROBE_STEP_TIMEOUT).within(deadline, stopped);
+        let probe = PartitionProbe::new(config, topic, partition, PROBE_STEP_TIMEOUT)
+            .within(deadline, stopped);
         match probe.unreadable_run(from, high) {
             Ok(Some(run)) => {
                 match consumer.seek(topic, partition, Offset::Offset(run.resume_at), left()) {
@@ -428,9 +428,13 @@ mod tests {
         // shutdown waited for all of it.
         let (consumer, config) = stranded_consumer(8);
         let started = Instant::now();
-        let runs = skip_unreadable(&consumer, &config, Duration::from_secs(1), &|| false, |_, _| {
-            None
-        });
+        let runs = skip_unreadable(
+            &consumer,
+            &config,
+            Duration::from_secs(1),
+            &|| false,
+            |_, _| None,
+        );
         let took = started.elapsed();
         assert!(runs.is_empty());
         assert!(took < Duration::from_secs(3), "the pass took {took:?}");
@@ -440,9 +444,13 @@ mod tests {
     fn a_pass_ends_at_once_when_its_caller_is_stopping() {
         let (consumer, config) = stranded_consumer(8);
         let started = Instant::now();
-        let runs = skip_unreadable(&consumer, &config, Duration::from_secs(30), &|| true, |_, _| {
-            Some(5)
-        });
+        let runs = skip_unreadable(
+            &consumer,
+            &config,
+            Duration::from_secs(30),
+            &|| true,
+            |_, _| Some(5),
+        );
         let took = started.elapsed();
         assert!(runs.is_empty());
         assert!(took < Duration::from_secs(1), "the pass took {took:?}");

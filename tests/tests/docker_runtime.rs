@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use control_plane::runtime::docker::{DockerRuntime, DockerSettings};
+use kg_tests::{poll, register_with_chart, Broker, ControlPlane, ControlPlaneOptions};
 
 /// Builds the images when they are missing (CI builds them fresh before the tests).
 fn ensure_images() -> Result<()> {
@@ -147,5 +148,172 @@ async fn the_docker_runtime_passes_secrets_as_files_not_in_docker_inspect() -> R
     let _ = Command::new("docker")
         .args(["volume", "rm", "-f", "kg-data-secret-docker"])
         .output();
+    result
+}
+
+/// `docker ps -a` of the containers of `client`: (name, state), sorted.
+fn containers_of(client: &str) -> Vec<(String, String)> {
+    let listed = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--filter",
+            &format!("label=kg.client-id={client}"),
+            "--format",
+            "{{.Names}} {{.State}}",
+        ])
+        .output()
+        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
+        .unwrap_or_default();
+    let mut containers: Vec<(String, String)> = listed
+        .lines()
+        .filter_map(|line| line.split_once(' '))
+        .map(|(name, state)| (name.to_string(), state.to_string()))
+        .collect();
+    containers.sort();
+    containers
+}
+
+/// Removes every container and data volume of `clients`, whatever a test left.
+fn remove_clients(clients: &[String]) {
+    for client in clients {
+        for (name, _) in containers_of(client) {
+            let _ = Command::new("docker").args(["rm", "-f", &name]).output();
+        }
+        let _ = Command::new("docker")
+            .args(["volume", "rm", "-f", &format!("kg-data-{client}")])
+            .output();
+    }
+}
+
+/// Whether each of `clients` has exactly its three workers, one container each, running,
+/// and the control plane shows them running.
+fn converged(plane: &ControlPlane, clients: &[String]) -> bool {
+    clients.iter().all(|client| {
+        let containers = containers_of(client);
+        containers.len() == 3
+            && containers.iter().all(|(_, state)| state == "running")
+            && plane.running_workers(client).len() == 3
+    })
+}
+
+fn describe(clients: &[String]) -> String {
+    clients
+        .iter()
+        .map(|client| format!("{client}: {:?}", containers_of(client)))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A container the way a control plane SIGKILLed between `create` and `start` leaves it:
+/// `name`'s own configuration (labels, environment, user, volume, host network), created
+/// and never started. The running one is removed first, as if it had never been started.
+fn leave_created_not_started(name: &str) -> Result<()> {
+    let inspect = Command::new("docker").args(["inspect", name]).output()?;
+    ensure!(inspect.status.success(), "docker inspect {name}");
+    let inspect: serde_json::Value = serde_json::from_slice(&inspect.stdout)?;
+    let config = &inspect[0]["Config"];
+    let mut create = Command::new("docker");
+    create.args(["create", "--name", name, "--network", "host", "--init"]);
+    create.args(["--user", config["User"].as_str().unwrap_or("10001:10001")]);
+    for mount in inspect[0]["Mounts"].as_array().into_iter().flatten() {
+        if let (Some(volume), Some(target)) =
+            (mount["Name"].as_str(), mount["Destination"].as_str())
+        {
+            create.args(["-v", &format!("{volume}:{target}")]);
+        }
+    }
+    for (key, value) in config["Labels"].as_object().into_iter().flatten() {
+        create.args([
+            "--label",
+            &format!("{key}={}", value.as_str().unwrap_or_default()),
+        ]);
+    }
+    for variable in config["Env"].as_array().into_iter().flatten() {
+        create.args(["-e", variable.as_str().unwrap_or_default()]);
+    }
+    create.arg(config["Image"].as_str().context("image")?);
+    for arg in config["Cmd"].as_array().into_iter().flatten() {
+        create.arg(arg.as_str().unwrap_or_default());
+    }
+    let removed = Command::new("docker").args(["rm", "-f", name]).output()?;
+    ensure!(removed.status.success(), "docker rm -f {name}");
+    let created = create.output()?;
+    ensure!(
+        created.status.success(),
+        "docker create: {}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    Ok(())
+}
+
+/// Finding 7, Docker runtime: after a SIGKILL at any moment of a spawn, each client and
+/// role converges to exactly one running container. Two kills: one while eight clients'
+/// workers are being created and started, at whatever moment 0.8 s lands on; and one
+/// that leaves a container created and never started, exactly (made with `docker
+/// create` from the worker's own configuration), which the next instance must start or
+/// replace, never duplicate.
+#[test]
+fn after_a_kill_mid_spawn_each_docker_worker_has_exactly_one_container() -> Result<()> {
+    if docker_with_images()?.is_none() {
+        return Ok(());
+    }
+    let clients: Vec<String> = (1..=8).map(|n| format!("dockerkill-{n:03}")).collect();
+    remove_clients(&clients);
+    let result = (|| -> Result<()> {
+        let broker = Broker::start()?;
+        let mut plane = ControlPlane::start(
+            &broker,
+            ControlPlaneOptions {
+                extra_env: vec![
+                    ("CP_RUNTIME".into(), "docker".into()),
+                    ("CP_DOCKER_NETWORK".into(), "host".into()),
+                    // The other tests of this file own containers too; this control plane
+                    // must not reap them as orphans while both run.
+                    ("CP_ORPHAN_GRACE_SECS".into(), "3600".into()),
+                ],
+                ..ControlPlaneOptions::default()
+            },
+        )?;
+        for client in &clients {
+            register_with_chart(&broker.bootstrap, client)?;
+        }
+        std::thread::sleep(Duration::from_millis(800));
+        plane.kill();
+        let at_kill = describe(&clients);
+        eprintln!("at the kill:\n{at_kill}");
+        plane.spawn()?;
+        poll(
+            "one running container per worker after a kill mid-spawn",
+            Duration::from_secs(180),
+            || converged(&plane, &clients).then_some(()),
+        )
+        .with_context(|| {
+            format!(
+                "at the kill:\n{at_kill}\nnow:\n{}\n{}",
+                describe(&clients),
+                plane.log_tail()
+            )
+        })?;
+
+        let client = &clients[0];
+        let graph = format!("kg-graph-builder-{client}");
+        plane.kill();
+        leave_created_not_started(&graph)?;
+        ensure!(
+            containers_of(client).contains(&(graph.clone(), "created".to_string())),
+            "{:?}",
+            containers_of(client)
+        );
+        plane.spawn()?;
+        poll(
+            "the created container started or replaced, never doubled",
+            Duration::from_secs(120),
+            || converged(&plane, &clients).then_some(()),
+        )
+        .with_context(|| format!("{}\n{}", describe(&clients), plane.log_tail()))?;
+        Ok(())
+    })();
+    remove_clients(&clients);
     result
 }
