@@ -238,6 +238,9 @@ pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
     stopped: &dyn Fn() -> bool,
     known_next: impl Fn(&str, i32) -> Option<i64>,
 ) -> Vec<UnreadableRun> {
+    // As before the budget, at least a second: a caller's grace of zero must not turn
+    // every pass into no pass, and the partition into a stall.
+    let budget = budget.max(Duration::from_secs(1));
     let deadline = Instant::now() + budget;
     // One broker call waits at most this long, and never past the deadline.
     let left = || {
@@ -291,7 +294,16 @@ pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
             .within(deadline, stopped);
         match probe.unreadable_run(from, high) {
             Ok(Some(run)) => {
-                match consumer.seek(topic, partition, Offset::Offset(run.resume_at), left()) {
+                // Never a zero timeout, which makes librdkafka's seek asynchronous: a seek
+                // that failed unseen would leave the partition stalled while the run is
+                // reported skipped. The seek is local and quick.
+                let seek_timeout = left().max(Duration::from_secs(1));
+                match consumer.seek(
+                    topic,
+                    partition,
+                    Offset::Offset(run.resume_at),
+                    seek_timeout,
+                ) {
                     Ok(()) => {
                         tracing::warn!(
                             topic,
