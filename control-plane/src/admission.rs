@@ -14,8 +14,12 @@
 //! included, spends tokens: a restart does not start thousands of clients at once.
 //!
 //! Memory is bounded: at most `max_waiting` registrations wait, each kept compact. Past
-//! that a registration is not kept (counted as `waiting_full`); the registry still holds
-//! it, and the next restart's replay finds it again.
+//! that a registration is not kept (counted as `waiting_full`), but the registry still
+//! holds it: admission marks, per registry partition, the first offset it dropped, and once
+//! the line has drained to half, the controller has the registry read again from those
+//! marks (`crate::refill`). What that re-read brings back goes through the same line, in
+//! arrival order; what does not fit is marked again. So a registration past the line is
+//! admitted when its turn comes, without a restart, and memory stays bounded by the line.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -53,8 +57,9 @@ impl Refusal {
 /// What became of a registration of a client not admitted yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Deferral {
-    /// Waiting for its turn; `again` when it was already waiting (a repeat).
-    Waiting { again: bool },
+    /// Waiting for its turn; `again` when it was already waiting (a repeat); `displaced`
+    /// when the line was full and this one, arriving earlier, took the last one's place.
+    Waiting { again: bool, displaced: bool },
     /// Not kept: the waiting room is full.
     WaitingFull,
 }
@@ -76,6 +81,18 @@ pub struct Arrival {
     pub timestamp_ms: i64,
     pub partition: i32,
     pub offset: i64,
+}
+
+/// Per registry partition, the first offset of a registration dropped because the line was
+/// full: where a re-read of the registry starts.
+pub type RefillMarks = BTreeMap<i32, i64>;
+
+/// Whether a re-read of the registry is under way. One at a time: its marks were taken
+/// when it started, and what it drops again is marked anew.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refill {
+    Idle,
+    Reading,
 }
 
 /// A registration admitted from the waiting room, ready for the table.
@@ -134,6 +151,13 @@ pub struct Admission {
     refilled_at: Option<DateTime<Utc>>,
     waiting: HashMap<ClientId, Waiting>,
     order: BTreeMap<Arrival, ClientId>,
+    /// Where registrations dropped since the last re-read began.
+    overflow: RefillMarks,
+    refill: Refill,
+    /// The clients the current re-read put in the line. A re-read replays a stretch of the
+    /// registry that ingest has already applied, so it may only touch these: a tombstone it
+    /// reads withdraws one of them, never a client ingest put in the line or the table.
+    refilled: HashSet<ClientId>,
 }
 
 impl Admission {
@@ -145,6 +169,9 @@ impl Admission {
             refilled_at: None,
             waiting: HashMap::new(),
             order: BTreeMap::new(),
+            overflow: RefillMarks::new(),
+            refill: Refill::Idle,
+            refilled: HashSet::new(),
         }
     }
 
@@ -168,19 +195,113 @@ impl Admission {
             let last_heartbeat = waiting.last_heartbeat;
             *waiting = Waiting::new(registration, at, arrival);
             waiting.last_heartbeat = last_heartbeat;
-            return Ok(Deferral::Waiting { again: true });
+            return Ok(Deferral::Waiting {
+                again: true,
+                displaced: false,
+            });
         }
+        let mut displaced = false;
         if self.waiting.len() >= self.settings.max_waiting {
-            return Ok(Deferral::WaitingFull);
+            // The line keeps the earliest arrivals: records of several partitions come in
+            // batches, not in arrival order, so one that arrived before the last in line
+            // takes its place, and that one is dropped instead (and marked, to be read
+            // again like any registration past the line).
+            match self.order.last_key_value() {
+                Some((last, _)) if arrival < *last => {
+                    let last = *last;
+                    if let Some(client) = self.order.remove(&last) {
+                        self.waiting.remove(&client);
+                        self.refilled.remove(&client);
+                    }
+                    self.mark_dropped(last);
+                    displaced = true;
+                }
+                _ => {
+                    self.mark_dropped(arrival);
+                    return Ok(Deferral::WaitingFull);
+                }
+            }
         }
         self.order.insert(arrival, client.clone());
         self.waiting
             .insert(client.clone(), Waiting::new(registration, at, arrival));
-        Ok(Deferral::Waiting { again: false })
+        Ok(Deferral::Waiting {
+            again: false,
+            displaced,
+        })
+    }
+
+    /// Marks a registration dropped from (or never let into) the line: the re-read starts
+    /// at or before it.
+    fn mark_dropped(&mut self, arrival: Arrival) {
+        let mark = self
+            .overflow
+            .entry(arrival.partition)
+            .or_insert(arrival.offset);
+        *mark = (*mark).min(arrival.offset);
+    }
+
+    /// A registration read again from the registry (`crate::refill`), of a client not in
+    /// the table. `None` when the line already holds the client from ingest, which read
+    /// this client's later records too; otherwise as [`Admission::defer`].
+    pub fn defer_refilled(
+        &mut self,
+        registration: &Registration,
+        at: DateTime<Utc>,
+        arrival: Arrival,
+    ) -> Option<Result<Deferral, Refusal>> {
+        let client = &registration.client_id;
+        if self.waiting.contains_key(client) && !self.refilled.contains(client) {
+            return None;
+        }
+        let deferral = self.defer(registration, at, arrival);
+        if let Ok(Deferral::Waiting { again: false, .. }) = deferral {
+            self.refilled.insert(client.clone());
+        }
+        Some(deferral)
+    }
+
+    /// A tombstone read again from the registry: it withdraws only a client the re-read
+    /// itself put in the line. Whether it did.
+    pub fn withdraw_refilled(&mut self, client: &ClientId) -> bool {
+        self.refilled.remove(client) && self.withdraw(client)
+    }
+
+    /// The marks to read the registry again from, when a re-read is due: something was
+    /// dropped, none is under way, and the line has drained to half (so the re-read has
+    /// room to fill and is not started again for every slot that frees).
+    pub fn take_refill(&mut self) -> Option<RefillMarks> {
+        let due = self.refill == Refill::Idle
+            && !self.overflow.is_empty()
+            && self.waiting.len() <= self.settings.max_waiting / 2;
+        if !due {
+            return None;
+        }
+        self.refill = Refill::Reading;
+        self.refilled.clear();
+        Some(std::mem::take(&mut self.overflow))
+    }
+
+    /// A re-read ended; `unfinished` holds where it stopped in the partitions it did not
+    /// finish (the broker gone, a shutdown), or the marks of one that could not start.
+    pub fn refill_done(&mut self, unfinished: RefillMarks) {
+        self.refill = Refill::Idle;
+        self.refilled.clear();
+        for (partition, offset) in unfinished {
+            let mark = self.overflow.entry(partition).or_insert(offset);
+            *mark = (*mark).min(offset);
+        }
+    }
+
+    /// Whether registrations were dropped that the registry still holds (a re-read is due
+    /// or under way).
+    pub fn has_overflow(&self) -> bool {
+        !self.overflow.is_empty() || self.refill == Refill::Reading
     }
 
     /// A deregistration of a waiting client: it leaves the line. Whether it was waiting.
     pub fn withdraw(&mut self, client: &ClientId) -> bool {
+        self.refilled.remove(client);
         match self.waiting.remove(client) {
             Some(waiting) => {
                 self.order.remove(&waiting.arrival);
@@ -314,12 +435,28 @@ mod tests {
         false
     }
 
+    /// Defers `ids` in the order given, each arriving at the given position.
+    fn line_up_at(admission: &mut Admission, ids: &[(&str, i64)]) {
+        for (id, n) in ids {
+            assert_eq!(
+                admission.defer(&registration(id), t(0), arrival(*n)),
+                Ok(Deferral::Waiting {
+                    again: false,
+                    displaced: false
+                })
+            );
+        }
+    }
+
     /// Defers `ids` in the order given, each arriving at its position.
     fn line_up(admission: &mut Admission, ids: &[&str]) {
         for (n, id) in ids.iter().enumerate() {
             assert_eq!(
                 admission.defer(&registration(id), t(0), arrival(n as i64)),
-                Ok(Deferral::Waiting { again: false })
+                Ok(Deferral::Waiting {
+                    again: false,
+                    displaced: false
+                })
             );
         }
     }
@@ -419,7 +556,10 @@ mod tests {
         again.cluster_name = Some("renamed".into());
         assert_eq!(
             admission.defer(&again, t(5), arrival(9)),
-            Ok(Deferral::Waiting { again: true })
+            Ok(Deferral::Waiting {
+                again: true,
+                displaced: false
+            })
         );
         let first = admission.admit_waiting(0, none, t(0));
         assert_eq!(ids(&first), ["a"]);
@@ -475,6 +615,168 @@ mod tests {
         assert_eq!(
             listed.defer(&registration("af-10"), t(0), arrival(1)),
             Err(Refusal::NotAllowed)
+        );
+    }
+
+    /// A line of four, one slot, the rate no limit: registrations past the line are
+    /// marked, read again once the line has drained to half, and admitted in turn.
+    #[test]
+    fn registrations_past_the_line_are_marked_and_read_again_once_it_drains_to_half() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_clients: 1,
+            max_new_per_minute: 100,
+            max_waiting: 4,
+            ..settings()
+        });
+        line_up(&mut admission, &["a", "b", "c", "d"]);
+        for (n, id) in [(4, "e"), (5, "f"), (6, "g"), (7, "h")] {
+            assert_eq!(
+                admission.defer(&registration(id), t(0), arrival(n)),
+                Ok(Deferral::WaitingFull)
+            );
+        }
+        assert!(admission.has_overflow());
+        // Four wait: no re-read yet.
+        assert_eq!(admission.take_refill(), None);
+        assert_eq!(ids(&admission.admit_waiting(0, none, t(0))), ["a"]);
+        assert_eq!(admission.take_refill(), None);
+        assert_eq!(ids(&admission.admit_waiting(0, none, t(1))), ["b"]);
+        // Two wait, half the line: read again from the first dropped offset of each
+        // partition (arrival(n) is on partition n % 3 at offset n).
+        let marks = admission.take_refill().unwrap();
+        assert_eq!(marks, RefillMarks::from([(0, 6), (1, 4), (2, 5)]));
+        // One re-read at a time.
+        assert_eq!(admission.take_refill(), None);
+        assert!(admission.has_overflow());
+        // The re-read brings back what it finds from the marks on, the clients already
+        // waiting among them too; e and f fit, g and h are dropped and marked again.
+        assert_eq!(
+            admission.defer_refilled(&registration("c"), t(0), arrival(2)),
+            None
+        );
+        for (n, id) in [(4, "e"), (5, "f")] {
+            assert_eq!(
+                admission.defer_refilled(&registration(id), t(0), arrival(n)),
+                Some(Ok(Deferral::Waiting {
+                    again: false,
+                    displaced: false
+                }))
+            );
+        }
+        for (n, id) in [(6, "g"), (7, "h")] {
+            assert_eq!(
+                admission.defer_refilled(&registration(id), t(0), arrival(n)),
+                Some(Ok(Deferral::WaitingFull))
+            );
+        }
+        admission.refill_done(RefillMarks::new());
+        assert_eq!(ids(&admission.admit_waiting(0, none, t(2))), ["c"]);
+        assert_eq!(ids(&admission.admit_waiting(0, none, t(3))), ["d"]);
+        assert_eq!(
+            admission.take_refill(),
+            Some(RefillMarks::from([(0, 6), (1, 7)]))
+        );
+        for (n, id) in [(6, "g"), (7, "h")] {
+            assert!(admission
+                .defer_refilled(&registration(id), t(0), arrival(n))
+                .is_some());
+        }
+        admission.refill_done(RefillMarks::new());
+        assert!(!admission.has_overflow());
+        let mut order = Vec::new();
+        for pass in 0..4 {
+            order.extend(
+                admission
+                    .admit_waiting(0, none, t(4 + pass))
+                    .into_iter()
+                    .map(|a| a.registration.client_id.to_string()),
+            );
+        }
+        assert_eq!(order, ["e", "f", "g", "h"]);
+    }
+
+    #[test]
+    fn a_tombstone_read_again_withdraws_only_what_the_reread_put_in_line() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_waiting: 2,
+            ..settings()
+        });
+        line_up(&mut admission, &["a", "b"]);
+        assert_eq!(
+            admission.defer(&registration("x"), t(0), arrival(2)),
+            Ok(Deferral::WaitingFull)
+        );
+        assert!(admission.withdraw(&ClientId::parse("b").unwrap()));
+        assert!(admission.take_refill().is_some());
+        assert!(admission
+            .defer_refilled(&registration("x"), t(0), arrival(2))
+            .is_some());
+        // The re-read passes a tombstone of a (older than a's registration ingest read
+        // later, say): a stays. x's tombstone takes x out again.
+        assert!(!admission.withdraw_refilled(&ClientId::parse("a").unwrap()));
+        assert!(admission.is_waiting(&ClientId::parse("a").unwrap()));
+        assert!(admission.withdraw_refilled(&ClientId::parse("x").unwrap()));
+        assert!(!admission.is_waiting(&ClientId::parse("x").unwrap()));
+    }
+
+    #[test]
+    fn a_reread_cut_short_leaves_its_marks_for_the_next() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_waiting: 2,
+            ..settings()
+        });
+        assert!(admission
+            .defer(&registration("a"), t(0), arrival(0))
+            .is_ok());
+        assert!(admission
+            .defer(&registration("b"), t(0), arrival(1))
+            .is_ok());
+        assert_eq!(
+            admission.defer(&registration("c"), t(0), arrival(5)),
+            Ok(Deferral::WaitingFull)
+        );
+        admission.withdraw(&ClientId::parse("a").unwrap());
+        let marks = admission.take_refill().unwrap();
+        assert_eq!(marks, RefillMarks::from([(2, 5)]));
+        // Stopped at offset 7 of partition 2 (the broker went away, say).
+        admission.refill_done(RefillMarks::from([(2, 7)]));
+        assert_eq!(admission.take_refill(), Some(RefillMarks::from([(2, 7)])));
+    }
+
+    #[test]
+    fn a_full_line_keeps_the_earliest_arrivals_whatever_order_they_are_read_in() {
+        let mut admission = Admission::new(AdmissionSettings {
+            max_clients: 10,
+            max_new_per_minute: 100,
+            max_waiting: 2,
+            ..settings()
+        });
+        // Read c and d (arrived third and fourth) first, then a and b.
+        line_up_at(&mut admission, &[("c", 2), ("d", 3)]);
+        assert_eq!(
+            admission.defer(&registration("a"), t(0), arrival(0)),
+            Ok(Deferral::Waiting {
+                again: false,
+                displaced: true
+            })
+        );
+        assert_eq!(
+            admission.defer(&registration("b"), t(0), arrival(1)),
+            Ok(Deferral::Waiting {
+                again: false,
+                displaced: true
+            })
+        );
+        // Later than everything in line: not kept.
+        assert_eq!(
+            admission.defer(&registration("e"), t(0), arrival(4)),
+            Ok(Deferral::WaitingFull)
+        );
+        assert_eq!(ids(&admission.admit_waiting(0, none, t(0))), ["a", "b"]);
+        // c, d and e are marked where they stand (arrival(n): partition n % 3, offset n).
+        assert_eq!(
+            admission.take_refill(),
+            Some(RefillMarks::from([(0, 3), (1, 4), (2, 2)]))
         );
     }
 }

@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 use tracing::{info, info_span, warn, Instrument};
 
-use crate::admission::{Admission, AdmissionSettings, Deferral};
+use crate::admission::{Admission, AdmissionSettings, Deferral, RefillMarks};
 use crate::events::{EventLog, LifecycleEvent};
 use crate::ingest::Input;
 use crate::metrics::{ControlPlaneMetrics, OperationLabel, StateLabel};
@@ -224,6 +224,8 @@ pub struct Controller {
     policies: HashMap<String, RestartPolicy>,
     events: EventLog,
     admission: Admission,
+    /// Where re-reads of the registry are asked for (`crate::refill`), when one runs.
+    refills: Option<mpsc::Sender<RefillMarks>>,
     /// Registrations not admitted yet are logged boundedly, by reason.
     admission_log: LogLimiter,
     /// Workers of never-registered clients, and when each was first seen.
@@ -305,11 +307,20 @@ impl Controller {
             probe_queue: VecDeque::new(),
             http: reqwest::Client::new(),
             admission,
+            refills: None,
             admission_log: LogLimiter::default(),
             orphans_since: HashMap::new(),
             registry_replayed: false,
             data_to_remove: HashSet::new(),
         }
+    }
+
+    /// Registrations dropped past the waiting line are read again from the registry by
+    /// whoever receives on `refills` (`crate::refill::run_refills`). Without it they wait
+    /// for the next restart's replay.
+    pub fn with_refills(mut self, refills: mpsc::Sender<RefillMarks>) -> Self {
+        self.refills = Some(refills);
+        self
     }
 
     /// Runs until `shutdown` resolves, then waits (bounded) for started actions.
@@ -400,17 +411,60 @@ impl Controller {
                 self.registry_replayed = true;
                 self.status.registry_replayed.store(true, Ordering::Relaxed);
             }
+            Input::Refilled {
+                message: RegistryMessage::Register(registration),
+                at,
+                arrival,
+            } => {
+                // Ingest applied this stretch of the registry already: a client it put in
+                // the table, or deregistered after this record (a tombstone ingest read
+                // while the re-read was still behind it), is not brought back.
+                let client = &registration.client_id;
+                if self.writer.contains(client)
+                    || self.writer.is_superseded(client, at)
+                    || self.is_shared(client)
+                {
+                    return;
+                }
+                let deferral = self.admission.defer_refilled(&registration, at, arrival);
+                if let Some(Ok(Deferral::Waiting {
+                    again: false,
+                    displaced,
+                })) = deferral
+                {
+                    if displaced {
+                        self.metrics.admission_displaced.inc();
+                    }
+                    self.metrics
+                        .admission_deferred
+                        .get_or_create(&crate::metrics::ReasonLabel {
+                            reason: "refilled".into(),
+                        })
+                        .inc();
+                }
+            }
+            Input::Refilled {
+                message: RegistryMessage::Deregister(client),
+                ..
+            } => {
+                self.admission.withdraw_refilled(&client);
+            }
+            Input::RefillDone { unfinished } => {
+                if !unfinished.is_empty() {
+                    warn!(
+                        partitions = unfinished.len(),
+                        "the registry re-read stopped early; it resumes from where it stopped"
+                    );
+                }
+                self.admission.refill_done(unfinished);
+            }
             Input::Registry {
                 message: RegistryMessage::Register(registration),
                 at,
                 arrival,
             } => {
                 let client = registration.client_id.clone();
-                if self
-                    .shared
-                    .as_ref()
-                    .is_some_and(|(shared, _)| *shared == client)
-                {
+                if self.is_shared(&client) {
                     self.metrics
                         .admission_refused
                         .get_or_create(&crate::metrics::ReasonLabel {
@@ -427,9 +481,16 @@ impl Controller {
                 // Not admitted yet: it waits for its turn (`admission`), decided once per
                 // reconcile pass. Counted, and logged boundedly: a flood of distinct ids
                 // must not grow the log or the per-client event lists.
-                let (counter, reason) = match self.admission.defer(&registration, at, arrival) {
+                let deferral = self.admission.defer(&registration, at, arrival);
+                if let Ok(Deferral::Waiting {
+                    displaced: true, ..
+                }) = deferral
+                {
+                    self.metrics.admission_displaced.inc();
+                }
+                let (counter, reason) = match deferral {
                     Err(refusal) => (&self.metrics.admission_refused, refusal.reason_code()),
-                    Ok(Deferral::Waiting { again: true }) => {
+                    Ok(Deferral::Waiting { again: true, .. }) => {
                         (&self.metrics.admission_deferred, "waiting_again")
                     }
                     Ok(deferral) => (&self.metrics.admission_deferred, deferral.reason_code()),
@@ -496,6 +557,13 @@ impl Controller {
         }
     }
 
+    /// Whether `client` is the shared workers' reserved id.
+    fn is_shared(&self, client: &ClientId) -> bool {
+        self.shared
+            .as_ref()
+            .is_some_and(|(shared, _)| shared == client)
+    }
+
     /// Puts an admitted client's registration in the table (or applies a repeat of one
     /// already there).
     fn register_admitted(
@@ -552,9 +620,29 @@ impl Controller {
                 }
             }
         }
+        self.ask_for_refill();
         self.metrics
             .admission_waiting
             .set(self.admission.waiting() as i64);
+    }
+
+    /// Starts a re-read of the registry when admission dropped registrations and the line
+    /// has room again. Never waits: with a re-read queued, the marks stay for a later pass.
+    fn ask_for_refill(&mut self) {
+        let Some(refills) = &self.refills else {
+            return;
+        };
+        let Some(marks) = self.admission.take_refill() else {
+            return;
+        };
+        let from = format!("{marks:?}");
+        match refills.try_send(marks) {
+            Ok(()) => {
+                self.metrics.admission_refills.inc();
+                info!(waiting = self.admission.waiting(), %from, "reading the registry again for registrations dropped past the waiting line");
+            }
+            Err(failed) => self.admission.refill_done(failed.into_inner()),
+        }
     }
 
     async fn reconcile(&mut self, semaphore: &Arc<Semaphore>, actions: &mut JoinSet<ActionReport>) {

@@ -18,15 +18,13 @@ use kg_shared::heartbeat::decode_heartbeat;
 use kg_shared::kafka::KafkaArgs;
 use kg_shared::log_limit::{LogLimiter, LogVerdict};
 use kg_shared::registry::{decode_registry, RegistryMessage};
-use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY, DLQ_RAW};
+use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY};
 use kg_shared::unreadable::{is_unreadable, UnreadableRun};
 use kg_shared::ClientId;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::statistics::Statistics;
-use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use rdkafka::{Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -35,8 +33,9 @@ use tracing::{debug, info, warn};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::admission::Arrival;
+use crate::admission::{Arrival, RefillMarks};
 use crate::metrics::{ControlPlaneMetrics, ReasonLabel, TopicReasonLabel};
+use crate::publisher::Publisher;
 use crate::replay_order::HeldHeartbeats;
 use crate::Clock;
 
@@ -53,6 +52,15 @@ pub enum Input {
         client_id: ClientId,
         at: DateTime<Utc>,
     },
+    /// A registry record read again for admission (`crate::refill`): a stretch ingest has
+    /// already applied, so it may only bring back what admission dropped.
+    Refilled {
+        message: RegistryMessage,
+        at: DateTime<Utc>,
+        arrival: Arrival,
+    },
+    /// A re-read of the registry ended; where it stopped in partitions it did not finish.
+    RefillDone { unfinished: RefillMarks },
     /// Everything that was on `cluster.registry` at start-up has been applied, and so have
     /// the heartbeats of the last timeout that were on `cluster.heartbeat`.
     RegistryReplayed,
@@ -75,96 +83,6 @@ pub enum IngestError {
     Producer(#[source] KafkaError),
     #[error("failed to deregister {client}: {reason}")]
     Tombstone { client: String, reason: String },
-}
-
-/// The control plane's producer: dead letters and API-initiated tombstones.
-pub struct Publisher {
-    producer: FutureProducer,
-}
-
-impl Publisher {
-    pub fn new(kafka: &KafkaArgs) -> Result<Self, IngestError> {
-        let producer = kafka
-            .client_config()
-            .set("compression.type", "zstd")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            // Dead letters and tombstones are few; a small queue keeps the idle footprint small.
-            .set("queue.buffering.max.kbytes", "4096")
-            .create()
-            .map_err(IngestError::Producer)?;
-        Ok(Self { producer })
-    }
-
-    /// Queues a dead letter without waiting for Kafka's acknowledgement, which is awaited
-    /// (and counted) in the background: a flood of bad records is then rejected as fast as
-    /// it is read, and the valid records behind it are not delayed by one round trip per
-    /// bad one. Only when the producer's queue is full does this wait, at most a second
-    /// per attempt (back-pressure, bounded so shutdown stays prompt).
-    pub async fn dead_letter_in_background(
-        &self,
-        letter: &DeadLetter,
-        metrics: Arc<ControlPlaneMetrics>,
-    ) {
-        let value = letter.to_json();
-        let key = letter.key.clone().unwrap_or_default();
-        let mut attempts = 0;
-        let delivery = loop {
-            let record = FutureRecord::to(DLQ_RAW).key(&key).payload(&value);
-            match self.producer.send_result(record) {
-                Ok(delivery) => break delivery,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _))
-                    if attempts < 5 =>
-                {
-                    attempts += 1;
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err((error, _)) => {
-                    metrics.dead_letters_failed.inc();
-                    warn!(%error, "failed to queue a dead letter");
-                    return;
-                }
-            }
-        };
-        tokio::spawn(async move {
-            match delivery.await {
-                Ok(Ok(_)) => {
-                    metrics.dead_letters.inc();
-                }
-                Ok(Err((error, _))) => {
-                    metrics.dead_letters_failed.inc();
-                    warn!(%error, "failed to dead-letter a skipped record");
-                }
-                Err(_) => {
-                    metrics.dead_letters_failed.inc();
-                }
-            }
-        });
-    }
-
-    /// Waits, at most `timeout`, for queued dead letters and tombstones to be delivered:
-    /// dropping the producer would discard them.
-    pub fn flush(&self, timeout: Duration) {
-        if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
-            warn!(%error, "undelivered dead letters at shutdown");
-        }
-    }
-
-    /// Deregisters durably: a tombstone on `cluster.registry`, which ingest then applies
-    /// like the chart's pre-delete hook.
-    pub async fn tombstone(&self, client: &ClientId) -> Result<(), IngestError> {
-        self.producer
-            .send(
-                FutureRecord::<str, [u8]>::to(CLUSTER_REGISTRY).key(client.as_str()),
-                Duration::from_secs(30),
-            )
-            .await
-            .map(|_| ())
-            .map_err(|(error, _)| IngestError::Tombstone {
-                client: client.to_string(),
-                reason: error.to_string(),
-            })
-    }
 }
 
 /// Settings of the ingest loop.
@@ -580,9 +498,7 @@ async fn run_skipped(
         run.last(),
         now,
     );
-    publisher
-        .dead_letter_in_background(&letter, metrics.clone())
-        .await;
+    publisher.dead_letter_in_background(&letter, metrics).await;
 }
 
 fn assign_partitions(
@@ -905,9 +821,7 @@ async fn dead_letter(
         None,
         now,
     );
-    publisher
-        .dead_letter_in_background(&letter, metrics.clone())
-        .await;
+    publisher.dead_letter_in_background(&letter, metrics).await;
     debug!(reason_code, "dead letter queued");
 }
 

@@ -1,9 +1,11 @@
 //! The control plane. Modules: [`config`] (the command line), [`ingest`] (registry and
-//! heartbeat consumption, dead letters, tombstones), [`table`] (the client table and its
+//! heartbeat consumption), [`publisher`] (dead letters, tombstones), [`table`] (the client table and its
 //! one writer), [`plan`] (the pure planner), [`controller`] (the reconcile loop and the
 //! executor), [`runtime`] (the `Runtime` trait, its process and fake implementations and
-//! the contract suite), [`roles`] (the role set and worker specs), [`api`] (HTTP),
-//! [`metrics`], and [`dev`] (the embedded default and the demo agent).
+//! the contract suite), [`roles`] (the role set and worker specs), [`admission`] (who is
+//! taken on, and when) and [`refill`] (re-reading the registry for registrations past the
+//! waiting line), [`api`] (HTTP), [`metrics`], and [`dev`] (the embedded default and the
+//! demo agent).
 
 pub use kg_shared::telemetry::{init_tracing, termination_signal};
 
@@ -16,6 +18,8 @@ pub mod events;
 pub mod ingest;
 pub mod metrics;
 pub mod plan;
+pub mod publisher;
+pub mod refill;
 pub mod replay_order;
 pub mod roles;
 pub mod runtime;
@@ -35,8 +39,9 @@ use tracing::{error, info};
 
 use crate::config::{RunArgs, RuntimeKind};
 use crate::controller::{Controller, ControllerSettings, Status};
-use crate::ingest::{IngestSettings, Publisher};
+use crate::ingest::IngestSettings;
 use crate::metrics::ControlPlaneMetrics;
+use crate::publisher::Publisher;
 use crate::roles::RoleSet;
 use crate::runtime::process::ProcessRuntime;
 use crate::runtime::Runtime;
@@ -169,7 +174,7 @@ pub async fn run(
     let status = Arc::new(Status::default());
     let table: ClientTable = Arc::new(DashMap::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let publisher = Arc::new(Publisher::new(&args.kafka)?);
+    let publisher = Arc::new(Publisher::new(&args.kafka, metrics.clone())?);
     let heartbeat_timeout = Duration::from_secs(args.heartbeat_timeout_secs);
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -213,6 +218,17 @@ pub async fn run(
             error!(error = %failure, "api server stopped");
         }
     });
+
+    // Re-reads of the registry for registrations past the waiting line (`refill`): one at
+    // a time, so one queued request is enough.
+    let (refills_tx, refills_rx) = mpsc::channel(1);
+    tokio::spawn(refill::run_refills(
+        args.kafka.clone(),
+        refills_rx,
+        inputs_tx.clone(),
+        clock.clone(),
+        stop_rx.clone(),
+    ));
 
     let mut ingest_task = {
         let kafka = args.kafka.clone();
@@ -291,7 +307,8 @@ pub async fn run(
         status,
         clock,
         events,
-    );
+    )
+    .with_refills(refills_tx);
     let mut ingest_ended: Option<String> = None;
     let shutdown_or_ingest_end = async {
         tokio::select! {

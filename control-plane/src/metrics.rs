@@ -58,6 +58,10 @@ pub struct ControlPlaneMetrics {
     /// waiting room, or not kept because it was full.
     pub admission_deferred: Family<ReasonLabel, Counter>,
     pub admission_waiting: Gauge,
+    /// Re-reads of the registry for registrations dropped past the waiting line.
+    pub admission_refills: Counter,
+    /// Registrations dropped from a full line for one that arrived earlier.
+    pub admission_displaced: Counter,
     pub orphans: Gauge,
     pub reconcile_duration: Histogram,
     pub runtime_call_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
@@ -95,6 +99,8 @@ impl ControlPlaneMetrics {
             admission_refused: Family::default(),
             admission_deferred: Family::default(),
             admission_waiting: Gauge::default(),
+            admission_refills: Counter::default(),
+            admission_displaced: Counter::default(),
             orphans: Gauge::default(),
             reconcile_duration: latency_histogram(),
             runtime_call_duration: Family::new_with_constructor(latency_histogram),
@@ -183,13 +189,23 @@ impl ControlPlaneMetrics {
         );
         registry.register(
             "admission_deferred",
-            "Registrations of clients not admitted yet: waiting (new in the line), waiting_again (a repeat), waiting_full (not kept: the waiting room is full)",
+            "Registrations of clients not admitted yet: waiting (new in the line), waiting_again (a repeat), waiting_full (not kept: the waiting room is full; the registry is read again for it), refilled (back in the line from such a re-read)",
             metrics.admission_deferred.clone(),
         );
         registry.register(
             "admission_waiting",
             "Registrations waiting for the admission rate or a free client slot",
             metrics.admission_waiting.clone(),
+        );
+        registry.register(
+            "admission_refills",
+            "Re-reads of the registry for registrations not kept because the waiting room was full",
+            metrics.admission_refills.clone(),
+        );
+        registry.register(
+            "admission_displaced",
+            "Registrations dropped from a full waiting room for one that arrived earlier (read again from the registry later)",
+            metrics.admission_displaced.clone(),
         );
         registry.register(
             "orphans",

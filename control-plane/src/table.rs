@@ -180,6 +180,12 @@ impl TableWriter {
             .unwrap_or(false)
     }
 
+    /// Whether a registry record of `client` produced at `at` is older than the latest
+    /// one applied (a registration read again after its tombstone was applied).
+    pub fn is_superseded(&self, client: &ClientId, at: DateTime<Utc>) -> bool {
+        self.superseded(client, at)
+    }
+
     /// Whether the client is in the table.
     pub fn contains(&self, client: &ClientId) -> bool {
         self.table.contains_key(client)

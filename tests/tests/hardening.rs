@@ -329,6 +329,76 @@ fn the_clients_served_under_the_cap_are_the_same_after_a_restart() -> Result<()>
     Ok(())
 }
 
+/// Finding 6, the part past the waiting line: a registration that arrives while the line
+/// is full is not kept in memory, but it is not lost either. Once the line has drained,
+/// the registry is read again from where admission dropped registrations, and they are
+/// admitted in arrival order as slots free, without a restart; one deregistered meanwhile
+/// (its tombstone after its registration, while it was out of the line) never is.
+#[test]
+fn registrations_past_the_waiting_line_are_admitted_as_slots_free_without_a_restart() -> Result<()>
+{
+    let broker = Broker::start()?;
+    let plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            extra_env: vec![
+                ("CP_MAX_CLIENTS".into(), "2".into()),
+                ("CP_MAX_WAITING_CLIENTS".into(), "2".into()),
+            ],
+            ..ControlPlaneOptions::default()
+        },
+    )?;
+    plane.wait_reconcile_passes(1)?;
+    let ids: Vec<String> = (1..=7).map(|n| format!("line-{n}")).collect();
+    for id in &ids {
+        register_with_chart(&broker.bootstrap, id)?;
+    }
+    // line-6 leaves while it is past the line: only the registry knows it was there.
+    kcat_produce(&broker.bootstrap, "cluster.registry", "line-6", None, None)?;
+    let served = |plane: &ControlPlane| -> Vec<String> {
+        ids.iter()
+            .filter(|id| client_state(plane, id).is_some())
+            .cloned()
+            .collect()
+    };
+    let expect_served = |plane: &ControlPlane, expected: &[&str]| -> Result<()> {
+        poll(
+            &format!("{expected:?} admitted"),
+            Duration::from_secs(60),
+            || (served(plane) == expected).then_some(()),
+        )
+        .with_context(|| format!("served {:?}\n{}", served(plane), plane.log_tail()))
+    };
+    expect_served(&plane, &["line-1", "line-2"])?;
+    // Seven registrations, two served, two waiting: three dropped, on arrival or for one
+    // that arrived earlier (records of several partitions are read in batches).
+    poll("three past the line", Duration::from_secs(30), || {
+        let dropped = plane.metric(r#"cp_admission_deferred_total{reason="waiting_full"}"#)
+            + plane.metric("cp_admission_displaced_total");
+        (dropped >= 3.0).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    ensure!(plane.metric("cp_admission_waiting") == 2.0);
+    // Each deregistration frees a slot for the next in arrival order.
+    let steps: [(&str, [&str; 2]); 4] = [
+        ("line-1", ["line-2", "line-3"]),
+        ("line-2", ["line-3", "line-4"]),
+        ("line-3", ["line-4", "line-5"]),
+        ("line-4", ["line-5", "line-7"]),
+    ];
+    for (leaving, expected) in steps {
+        kcat_produce(&broker.bootstrap, "cluster.registry", leaving, None, None)?;
+        expect_served(&plane, &expected)?;
+    }
+    ensure!(
+        plane.metric("cp_admission_refills_total") >= 1.0,
+        "{}",
+        plane.log_tail()
+    );
+    ensure!(plane.metric("cp_admission_waiting") == 0.0);
+    Ok(())
+}
+
 /// Finding 8: while the runtime could not be listed, `/ready` stayed 200 and the API showed
 /// workers as running that might have died. Now `/ready` is 503 with the reason, and every
 /// client's workers are marked as last known, with why; both clear once it lists again.
