@@ -226,6 +226,9 @@ pub struct Controller {
     admission: Admission,
     /// Where re-reads of the registry are asked for (`crate::refill`), when one runs.
     refills: Option<mpsc::Sender<RefillMarks>>,
+    /// What the re-reads bring back, on a channel of their own: a small one, so a re-read
+    /// of a large registry holds a few hundred records in memory, not the inputs' 10,000.
+    refilled: Option<mpsc::Receiver<Input>>,
     /// Registrations not admitted yet are logged boundedly, by reason.
     admission_log: LogLimiter,
     /// Workers of never-registered clients, and when each was first seen.
@@ -308,6 +311,7 @@ impl Controller {
             http: reqwest::Client::new(),
             admission,
             refills: None,
+            refilled: None,
             admission_log: LogLimiter::default(),
             orphans_since: HashMap::new(),
             registry_replayed: false,
@@ -318,8 +322,13 @@ impl Controller {
     /// Registrations dropped past the waiting line are read again from the registry by
     /// whoever receives on `refills` (`crate::refill::run_refills`). Without it they wait
     /// for the next restart's replay.
-    pub fn with_refills(mut self, refills: mpsc::Sender<RefillMarks>) -> Self {
+    pub fn with_refills(
+        mut self,
+        refills: mpsc::Sender<RefillMarks>,
+        refilled: mpsc::Receiver<Input>,
+    ) -> Self {
         self.refills = Some(refills);
+        self.refilled = Some(refilled);
         self
     }
 
@@ -334,6 +343,7 @@ impl Controller {
         let mut actions: JoinSet<ActionReport> = JoinSet::new();
         let mut next_reconcile = Instant::now();
         let mut inputs_open = true;
+        let mut refilled = self.refilled.take();
         let mut probes: JoinSet<ProbeReport> = JoinSet::new();
         let probing = !self.settings.health.interval.is_zero();
         let mut next_probe = Instant::now() + self.settings.health.interval;
@@ -368,6 +378,13 @@ impl Controller {
                         next_reconcile = next_reconcile.min(Instant::now() + Duration::from_millis(20));
                     }
                     None => inputs_open = false,
+                },
+                input = async { refilled.as_mut()?.recv().await }, if refilled.is_some() => match input {
+                    Some(input) => {
+                        self.apply(input);
+                        next_reconcile = next_reconcile.min(Instant::now() + Duration::from_millis(20));
+                    }
+                    None => refilled = None,
                 },
                 _ = sleep_until(next_reconcile) => {
                     let started = std::time::Instant::now();

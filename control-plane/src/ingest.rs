@@ -190,7 +190,10 @@ pub async fn run_ingest(
         // default) before fetching again: with 1,000 messages that capped ingest at about
         // 1,000 heartbeats per partition per second. A larger count, bounded by the bytes,
         // and a short backoff let a burst through (docs/benchmarks.md, "Heartbeat ingest").
-        .set("queued.max.messages.kbytes", "1024")
+        // 256 KiB a partition rather than 1 MiB: the same ingest rate, and under a flood of
+        // 100,000 registrations this and the controller's shorter input queue took the
+        // peak from 36-50 MiB to 28-30 MiB (docs/benchmarks.md, "Admission flood").
+        .set("queued.max.messages.kbytes", "256")
         .set("queued.min.messages", "100000")
         .set("fetch.queue.backoff.ms", "10")
         .create_with_context(IngestContext {

@@ -197,7 +197,9 @@ pub async fn run(
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
-    let (inputs_tx, inputs_rx) = mpsc::channel(10_000);
+    // The controller applies whatever is queued at once, so a short queue costs no
+    // throughput; a long one held up to 10,000 decoded registrations in a flood.
+    let (inputs_tx, inputs_rx) = mpsc::channel(1_024);
     let events = events::EventLog::default();
     let router = api::router(api::ApiState {
         events: events.clone(),
@@ -222,10 +224,11 @@ pub async fn run(
     // Re-reads of the registry for registrations past the waiting line (`refill`): one at
     // a time, so one queued request is enough.
     let (refills_tx, refills_rx) = mpsc::channel(1);
+    let (refilled_tx, refilled_rx) = mpsc::channel(refill::REFILLED_QUEUE);
     tokio::spawn(refill::run_refills(
         args.kafka.clone(),
         refills_rx,
-        inputs_tx.clone(),
+        refilled_tx,
         clock.clone(),
         stop_rx.clone(),
     ));
@@ -308,7 +311,7 @@ pub async fn run(
         clock,
         events,
     )
-    .with_refills(refills_tx);
+    .with_refills(refills_tx, refilled_rx);
     let mut ingest_ended: Option<String> = None;
     let shutdown_or_ingest_end = async {
         tokio::select! {

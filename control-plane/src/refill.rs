@@ -33,8 +33,16 @@ use crate::admission::{Arrival, RefillMarks};
 use crate::ingest::Input;
 use crate::Clock;
 
+/// How many records a re-read may have handed over and the controller not yet applied:
+/// a re-read of 100,000 registrations must not hold them all in memory at once.
+pub const REFILLED_QUEUE: usize = 128;
+
 /// A re-read that has received nothing for this long ends, and reports where it stopped.
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// After a re-read that could not start (the broker unreachable), how long until the
+/// next one may.
+const RETRY_AFTER: Duration = Duration::from_secs(5);
 
 /// How long a watermark look-up may take.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,7 +69,12 @@ pub async fn run_refills(
         let unfinished = match read_again(&kafka, &marks, &inputs, clock.as_ref(), &stop).await {
             Ok(unfinished) => unfinished,
             Err(reason) => {
-                warn!(%reason, "the registry could not be read again; the marks are kept for the next try");
+                warn!(%reason, retry_in_secs = RETRY_AFTER.as_secs(), "the registry could not be read again; the marks are kept for the next try");
+                // Not at once: the controller asks again as soon as this one is done.
+                tokio::select! {
+                    _ = stop.wait_for(|stop| *stop) => return,
+                    _ = tokio::time::sleep(RETRY_AFTER) => {}
+                }
                 marks
             }
         };
@@ -89,7 +102,12 @@ async fn read_again(
         // Records deleted since they were dropped are gone from the registry too: start at
         // the first one left.
         .set("auto.offset.reset", "earliest")
-        .set("queued.max.messages.kbytes", "1024")
+        // Small fetches and a small prefetch: a re-read is not urgent, and the control
+        // plane's memory bound (40 MB under 100,000 registrations held back) includes it.
+        .set("queued.max.messages.kbytes", "64")
+        // librdkafka refuses a fetch.max.bytes below message.max.bytes (1,000,000).
+        .set("fetch.max.bytes", "1048576")
+        .set("max.partition.fetch.bytes", "65536")
         .set("fetch.queue.backoff.ms", "10")
         .create()
         .map_err(|error| format!("consumer: {error}"))?;

@@ -744,6 +744,11 @@ fn heartbeat_ingest(options: &Options) -> Result<()> {
         std::thread::sleep(Duration::from_millis(100));
     }
     let before = counter()?;
+    let dead_letters = || -> Result<f64> {
+        let (_, body) = blocking_get(&format!("{api}/metrics"))?;
+        Ok(metric_sum(&body, "cp_dead_letters_total"))
+    };
+    let dead_letters_before = dead_letters()?;
     kill(pid, Signal::SIGSTOP).context("SIGSTOP the control plane")?;
     let produced = (|| -> Result<()> {
         for n in 0..heartbeats {
@@ -771,8 +776,24 @@ fn heartbeat_ingest(options: &Options) -> Result<()> {
         seen = counter()?;
     }
     let secs = started.elapsed().as_secs_f64();
+    // A rejection counts only once its dead letter is durable: wait for the broker to
+    // have acknowledged every one (counted in the producer's delivery callback).
+    let mut delivered = String::new();
+    if garbage {
+        let target = dead_letters_before + heartbeats as f64;
+        while dead_letters()? < target {
+            if started.elapsed() > Duration::from_secs(300) {
+                bail!(
+                    "{} of {heartbeats} dead letters acknowledged after 300 s",
+                    dead_letters()? - dead_letters_before
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        delivered = format!(" dead_lettered_secs={:.3}", started.elapsed().as_secs_f64());
+    }
     println!(
-        "RESULT mode=heartbeat-ingest kind={} heartbeats={heartbeats} clients={clients} secs={secs:.3} per_sec={:.0}",
+        "RESULT mode=heartbeat-ingest kind={} heartbeats={heartbeats} clients={clients} secs={secs:.3} per_sec={:.0}{delivered}",
         if garbage { "garbage" } else { "valid" },
         heartbeats as f64 / secs
     );
