@@ -16,10 +16,11 @@ use serde_json::json;
 
 use crate::controller::{Listing, Status};
 use crate::events::EventLog;
-use crate::ingest::Input;
+use crate::input::{Input, RestartRequest};
 use crate::metrics::ControlPlaneMetrics;
 use crate::publisher::Publisher;
 use crate::runtime::{worker_name, Runtime, RuntimeError};
+use crate::supervise::WorkerPhase;
 use crate::table::{ClientRecord, ClientTable};
 use tokio::sync::mpsc;
 
@@ -292,7 +293,7 @@ async fn restart(
         .workers
         .iter()
         .filter(|w| query.role.as_ref().is_none_or(|role| **role == *w.role))
-        .filter(|w| !query.only_failed || w.state == "failed")
+        .filter(|w| !query.only_failed || w.state == WorkerPhase::Failed)
         .map(|w| w.name.clone())
         .collect();
     let Some(commands) = &state.commands else {
@@ -301,11 +302,11 @@ async fn restart(
             "no controller to send the restart to",
         );
     };
-    let command = Input::Restart {
+    let command = Input::Restart(RestartRequest {
         client_id: id.clone(),
         role: query.role.clone(),
         only_failed: query.only_failed,
-    };
+    });
     if commands.send(command).await.is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -12,13 +12,98 @@ use serde::Serialize;
 /// Events kept per client.
 pub const EVENTS_PER_CLIENT: usize = 100;
 
+/// A lifecycle event's kind. Serialized (and labelled in `cp_lifecycle_events_total`) in
+/// snake case: `worker_spawned`, `client_stale`, …
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    /// A client was admitted and put in the table.
+    ClientRegistered,
+    /// A tombstone removed a client.
+    ClientDeregistered,
+    /// A stale client heartbeated again.
+    ClientRevived,
+    /// No heartbeat within the timeout: the client's workers are reaped.
+    ClientStale,
+    /// A deregistered client's durable data was deleted.
+    ClientDataRemoved,
+    /// A worker was created and started.
+    WorkerSpawned,
+    /// A worker is running (after a spawn, a restart or a recreation).
+    WorkerStarted,
+    /// A worker exited on its own.
+    WorkerExited,
+    /// A worker is restarted after its backoff.
+    WorkerRestarting,
+    /// A worker exited and its policy keeps it stopped.
+    WorkerStopped,
+    /// A worker exited too often in its window: no more restarts.
+    WorkerGaveUp,
+    /// A worker failed its health checks.
+    WorkerUnhealthy,
+    /// A worker found running at start-up, started by an earlier instance.
+    WorkerAdopted,
+    /// A worker was recreated because its spec changed.
+    WorkerRecreated,
+    /// A worker that was not running was recreated.
+    WorkerRestarted,
+    /// A worker was recreated at an operator's request.
+    WorkerRestartedByOperator,
+    /// A stale client's worker was removed.
+    WorkerReaped,
+    /// A worker of an unknown client or a removed role was removed.
+    WorkerRemoved,
+}
+
+impl Lifecycle {
+    /// The event's name, as the API, the log and the metric label show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::ClientRegistered => "client_registered",
+            Lifecycle::ClientDeregistered => "client_deregistered",
+            Lifecycle::ClientRevived => "client_revived",
+            Lifecycle::ClientStale => "client_stale",
+            Lifecycle::ClientDataRemoved => "client_data_removed",
+            Lifecycle::WorkerSpawned => "worker_spawned",
+            Lifecycle::WorkerStarted => "worker_started",
+            Lifecycle::WorkerExited => "worker_exited",
+            Lifecycle::WorkerRestarting => "worker_restarting",
+            Lifecycle::WorkerStopped => "worker_stopped",
+            Lifecycle::WorkerGaveUp => "worker_gave_up",
+            Lifecycle::WorkerUnhealthy => "worker_unhealthy",
+            Lifecycle::WorkerAdopted => "worker_adopted",
+            Lifecycle::WorkerRecreated => "worker_recreated",
+            Lifecycle::WorkerRestarted => "worker_restarted",
+            Lifecycle::WorkerRestartedByOperator => "worker_restarted_by_operator",
+            Lifecycle::WorkerReaped => "worker_reaped",
+            Lifecycle::WorkerRemoved => "worker_removed",
+        }
+    }
+
+    /// Whether the event leaves the worker running (a `worker_started` follows it).
+    pub fn starts_worker(self) -> bool {
+        matches!(
+            self,
+            Lifecycle::WorkerSpawned
+                | Lifecycle::WorkerRestarted
+                | Lifecycle::WorkerRestartedByOperator
+                | Lifecycle::WorkerRecreated
+        )
+    }
+}
+
+impl std::fmt::Display for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// One lifecycle event. Kept small (a static name, a shared worker name): a client has
 /// several from its registration alone, and the control plane holds them for every client.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct LifecycleEvent {
     pub at: DateTime<Utc>,
-    /// `worker_spawned`, `worker_exited`, `worker_restarting`, `worker_gave_up`, …
-    pub event: &'static str,
+    pub event: Lifecycle,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker: Option<Arc<str>>,
     #[serde(skip_serializing_if = "String::is_empty")]
@@ -64,7 +149,7 @@ mod tests {
                 "af-9",
                 LifecycleEvent {
                     at: Utc::now(),
-                    event: "worker_spawned",
+                    event: Lifecycle::WorkerSpawned,
                     worker: None,
                     detail: format!("e{n}"),
                 },

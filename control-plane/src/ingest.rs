@@ -17,10 +17,9 @@ use kg_shared::dlq::DeadLetter;
 use kg_shared::heartbeat::decode_heartbeat;
 use kg_shared::kafka::KafkaArgs;
 use kg_shared::log_limit::{LogLimiter, LogVerdict};
-use kg_shared::registry::{decode_registry, RegistryMessage};
+use kg_shared::registry::decode_registry;
 use kg_shared::topics::{CLUSTER_HEARTBEAT, CLUSTER_REGISTRY};
 use kg_shared::unreadable::{is_unreadable, UnreadableRun};
-use kg_shared::ClientId;
 use rdkafka::consumer::{Consumer, ConsumerContext, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
@@ -33,45 +32,12 @@ use tracing::{debug, info, warn};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
-use crate::admission::{Arrival, RefillMarks};
+use crate::admission::Arrival;
+use crate::input::Input;
 use crate::metrics::{ControlPlaneMetrics, ReasonLabel, TopicReasonLabel};
 use crate::publisher::Publisher;
 use crate::replay_order::HeldHeartbeats;
 use crate::Clock;
-
-/// What ingest tells the controller.
-#[derive(Debug, Clone)]
-pub enum Input {
-    Registry {
-        message: RegistryMessage,
-        at: DateTime<Utc>,
-        /// Where the record stands in the registry: the clients' arrival order.
-        arrival: Arrival,
-    },
-    Heartbeat {
-        client_id: ClientId,
-        at: DateTime<Utc>,
-    },
-    /// A registry record read again for admission (`crate::refill`): a stretch ingest has
-    /// already applied, so it may only bring back what admission dropped.
-    Refilled {
-        message: RegistryMessage,
-        at: DateTime<Utc>,
-        arrival: Arrival,
-    },
-    /// A re-read of the registry ended; where it stopped in partitions it did not finish.
-    RefillDone { unfinished: RefillMarks },
-    /// Everything that was on `cluster.registry` at start-up has been applied, and so have
-    /// the heartbeats of the last timeout that were on `cluster.heartbeat`.
-    RegistryReplayed,
-    /// An operator asked (over the API) to restart a client's workers: all, one role, or
-    /// only the failed ones.
-    Restart {
-        client_id: ClientId,
-        role: Option<String>,
-        only_failed: bool,
-    },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {

@@ -4,18 +4,22 @@
 //! executor), [`runtime`] (the `Runtime` trait, its process and fake implementations and
 //! the contract suite), [`roles`] (the role set and worker specs), [`admission`] (who is
 //! taken on, and when) and [`refill`] (re-reading the registry for registrations past the
-//! waiting line), [`api`] (HTTP), [`metrics`], and [`dev`] (the embedded default and the
-//! demo agent).
+//! waiting line), [`api`] (HTTP), [`metrics`], [`admin`] (the `create-topics`,
+//! `list-groups` and `group-offsets` subcommands), [`dev`] (the embedded default) and
+//! [`demo`] (the demo agent `dev --demo` runs).
 
 pub use kg_shared::telemetry::{init_tracing, termination_signal};
 
+pub mod admin;
 pub mod admission;
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod demo;
 pub mod dev;
 pub mod events;
 pub mod ingest;
+pub mod input;
 pub mod metrics;
 pub mod plan;
 pub mod publisher;

@@ -36,15 +36,17 @@ async fn main() -> ExitCode {
             let settings = StartupCheckSettings::from_env_or_exit()
                 .waiting(Duration::from_secs(args.wait_secs));
             checks::run_or_exit(settings.kafka_checks(&args.kafka, &[], false)).await;
-            control_plane::dev::create_topics(args)
+            control_plane::admin::create_topics(args)
                 .await
                 .map_err(Into::into)
         }
         Command::EmbeddedBroker(args) => control_plane::dev::embedded_broker(args)
             .await
             .map_err(Into::into),
-        Command::ListGroups(args) => control_plane::dev::list_groups(args).map_err(Into::into),
-        Command::GroupOffsets(args) => control_plane::dev::group_offsets(args).map_err(Into::into),
+        Command::ListGroups(args) => control_plane::admin::list_groups(args).map_err(Into::into),
+        Command::GroupOffsets(args) => {
+            control_plane::admin::group_offsets(args).map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

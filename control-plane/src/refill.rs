@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::admission::{Arrival, RefillMarks};
-use crate::ingest::Input;
+use crate::input::Input;
 use crate::Clock;
 
 /// How many records a re-read may have handed over and the controller not yet applied:

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use kg_shared::ClientId;
 
-use crate::ingest::Input;
+use crate::input::Input;
 
 /// Heartbeats held back until the registry has been replayed: one entry per client (its
 /// latest), so memory is bounded by the number of distinct clients heartbeating within

@@ -193,6 +193,12 @@ pub enum WorkerPhase {
     Failed,
 }
 
+impl std::fmt::Display for WorkerPhase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl WorkerPhase {
     pub fn as_str(self) -> &'static str {
         match self {

@@ -18,7 +18,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::plan::is_live;
-use crate::supervise::RestartPolicy;
+use crate::supervise::{RestartPolicy, WorkerPhase};
 
 /// Liveness as the API shows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -37,7 +37,7 @@ pub struct WorkerView {
     pub name: Arc<str>,
     pub id: Arc<str>,
     /// creating, starting, running, degraded, backing-off, stopping, stopped, failed.
-    pub state: &'static str,
+    pub state: WorkerPhase,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub exit_code: Option<i32>,
     pub restart_policy: RestartPolicy,

@@ -7,6 +7,13 @@
 //! Nothing is created, adopted or removed before the registry has been replayed and the
 //! runtime listed once: until then the control plane does not know what should run.
 
+mod executor;
+mod health;
+
+pub use executor::{execute, Action, ActionError, ActionKind, ActionReport, Operation};
+pub use health::HealthSettings;
+use health::{probe, HealthRecord, ProbeReport};
+
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -22,8 +29,9 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::admission::{Admission, AdmissionSettings, Deferral, RefillMarks};
-use crate::events::{EventLog, LifecycleEvent};
-use crate::ingest::Input;
+use crate::events::{EventLog, Lifecycle, LifecycleEvent};
+
+use crate::input::{Input, RestartRequest};
 use crate::metrics::{ControlPlaneMetrics, OperationLabel, StateLabel};
 use crate::plan::RestartGate;
 use crate::plan::{plan, Desired, DesiredClient, RecreateReason, RemoveReason};
@@ -128,79 +136,6 @@ pub struct ControllerSettings {
     pub attributor_env: Vec<(String, String)>,
 }
 
-/// Health probes of running workers (`GET /health` on each worker).
-#[derive(Debug, Clone)]
-pub struct HealthSettings {
-    /// How often every running worker is probed; zero disables probing.
-    pub interval: Duration,
-    pub timeout: Duration,
-    /// Consecutive failed probes that count as a crash (restarted under the policy).
-    pub failures: u32,
-    /// Probes in flight at once. A round over thousands of workers is worked through this
-    /// many at a time, so it never holds a task per worker.
-    pub max_concurrent: usize,
-}
-
-/// What one probe found.
-#[derive(Debug, Clone, PartialEq)]
-enum Probe {
-    Healthy,
-    Degraded(String),
-    Failed(String),
-}
-
-struct ProbeReport {
-    name: Arc<str>,
-    client: Arc<str>,
-    role: Arc<str>,
-    probe: Option<Probe>,
-}
-
-/// One unit of work for the executor.
-#[derive(Debug, Clone)]
-pub enum Action {
-    Create(WorkerSpec),
-    Recreate(ObservedWorker, WorkerSpec, RecreateReason),
-    Remove(ObservedWorker, RemoveReason),
-    /// Deletes a deregistered client's durable data; planned only once none of its
-    /// workers exist.
-    RemoveData(String),
-}
-
-impl Action {
-    /// What the action does, for the worker's phase while it is in flight.
-    fn kind(&self) -> &'static str {
-        match self {
-            Action::Create(_) => "create",
-            Action::Recreate(..) => "recreate",
-            Action::Remove(..) | Action::RemoveData(_) => "remove",
-        }
-    }
-
-    /// What the action works on: a worker name, or `data:<client>` for data removal.
-    fn target(&self) -> Arc<str> {
-        match self {
-            Action::Create(spec) => spec.name.clone(),
-            Action::Recreate(worker, _, _) | Action::Remove(worker, _) => worker.name.clone(),
-            Action::RemoveData(client) => format!("data:{client}").into(),
-        }
-    }
-
-    fn client_id(&self) -> &str {
-        match self {
-            Action::Create(spec) => spec.client_id.as_str(),
-            Action::Recreate(worker, _, _) | Action::Remove(worker, _) => &worker.client_id,
-            Action::RemoveData(client) => client,
-        }
-    }
-}
-
-struct ActionReport {
-    name: Arc<str>,
-    client_id: Arc<str>,
-    result: Result<&'static str, (&'static str, RuntimeError)>,
-}
-
 /// The controller and its state.
 pub struct Controller {
     runtime: Arc<dyn Runtime>,
@@ -216,7 +151,7 @@ pub struct Controller {
     /// Each role's environment, shared by all specs.
     role_parts: Vec<SharedRoleParts>,
     /// Targets with an action in flight: the client each belongs to, and what is done.
-    in_flight: HashMap<Arc<str>, (Arc<str>, &'static str)>,
+    in_flight: HashMap<Arc<str>, (Arc<str>, ActionKind)>,
     last_states: HashMap<Arc<str>, &'static str>,
     /// Per worker (client and role): restarts, backoff, give-up.
     supervision: HashMap<Arc<str>, Supervision>,
@@ -234,7 +169,7 @@ pub struct Controller {
     /// Workers of never-registered clients, and when each was first seen.
     orphans_since: HashMap<Arc<str>, DateTime<Utc>>,
     /// Per running worker: consecutive failed probes, and whether it reports degraded.
-    health: HashMap<Arc<str>, (u32, bool)>,
+    health: HashMap<Arc<str>, HealthRecord>,
     /// Workers failed by their health checks, restarted when their backoff is due.
     unhealthy: HashSet<Arc<str>>,
     /// Running workers (name, client, role) as of the last listing: what is probed.
@@ -246,7 +181,7 @@ pub struct Controller {
     /// Each worker's phase as last shown, to report transitions the controller does not make.
     last_phases: std::sync::Mutex<HashMap<Arc<str>, WorkerPhase>>,
     /// Operators' restart requests, carried out on the next pass.
-    restart_requests: Vec<(ClientId, Option<String>, bool)>,
+    restart_requests: Vec<RestartRequest>,
     /// The last lines of given-up workers, filled in by background log reads.
     last_lines: Arc<DashMap<String, String>>,
     registry_replayed: bool,
@@ -417,12 +352,8 @@ impl Controller {
     pub fn apply(&mut self, input: Input) {
         let now = self.clock.now();
         match input {
-            Input::Restart {
-                client_id,
-                role,
-                only_failed,
-            } => {
-                self.restart_requests.push((client_id, role, only_failed));
+            Input::Restart(request) => {
+                self.restart_requests.push(request);
             }
             Input::RegistryReplayed => {
                 self.registry_replayed = true;
@@ -533,7 +464,12 @@ impl Controller {
                 }
                 Applied::Deregistered => {
                     self.metrics.deregistrations.inc();
-                    self.lifecycle(client.as_str(), "client_deregistered", None, String::new());
+                    self.lifecycle(
+                        client.as_str(),
+                        Lifecycle::ClientDeregistered,
+                        None,
+                        String::new(),
+                    );
                     self.specs.remove(&client);
                     if self.settings.delete_data_on_deregister {
                         self.data_to_remove.insert(client.to_string());
@@ -554,7 +490,7 @@ impl Controller {
                         if revived && self.registry_replayed {
                             self.lifecycle(
                                 client_id.as_str(),
-                                "client_revived",
+                                Lifecycle::ClientRevived,
                                 None,
                                 "heartbeat from a stale client".into(),
                             );
@@ -599,7 +535,7 @@ impl Controller {
                 if first_time {
                     self.lifecycle(
                         client.as_str(),
-                        "client_registered",
+                        Lifecycle::ClientRegistered,
                         None,
                         format!("recovered_from_split={split}{how}"),
                     );
@@ -672,18 +608,18 @@ impl Controller {
             Ok(Err(error)) => {
                 self.status
                     .listing_failed(self.clock.now(), error.to_string());
-                self.runtime_error("list", &error);
+                self.runtime_error(Operation::List, &error);
                 return;
             }
             Err(_) => {
                 let error = RuntimeError::Timeout {
-                    operation: "list",
+                    operation: Operation::List.as_str(),
                     name: "*".into(),
                     after: self.settings.action_timeout,
                 };
                 self.status
                     .listing_failed(self.clock.now(), error.to_string());
-                self.runtime_error("list", &error);
+                self.runtime_error(Operation::List, &error);
                 return;
             }
         };
@@ -706,7 +642,7 @@ impl Controller {
                 "no heartbeat for {}s; reaping its workers",
                 self.settings.heartbeat_timeout.as_secs()
             );
-            self.lifecycle(client.as_str(), "client_stale", None, detail);
+            self.lifecycle(client.as_str(), Lifecycle::ClientStale, None, detail);
         }
         self.update_gauges(&observed);
         self.metrics.reconciles.inc();
@@ -728,7 +664,7 @@ impl Controller {
                 let in_flight = self
                     .in_flight
                     .values()
-                    .filter(|(_, kind)| *kind == "recreate")
+                    .filter(|(_, kind)| *kind == ActionKind::Recreate)
                     .count();
                 if spec_changes + in_flight >= self.settings.max_recreates_per_pass.max(1) {
                     continue;
@@ -860,29 +796,28 @@ impl Controller {
                 }
                 let now = self.clock.now();
                 match event {
-                    "worker_restarted" | "worker_restarted_by_operator" => {
+                    Lifecycle::WorkerRestarted | Lifecycle::WorkerRestartedByOperator => {
                         if let Some(supervision) = self.supervision.get_mut(&report.name) {
                             supervision.note_restarted(now);
                         }
                     }
-                    "worker_reaped" | "worker_removed" => {
+                    Lifecycle::WorkerReaped | Lifecycle::WorkerRemoved => {
                         self.supervision.remove(&report.name);
                     }
                     _ => {}
                 }
                 let client = report.client_id.clone();
                 self.lifecycle(&client, event, Some(&report.name), String::new());
-                if matches!(
-                    event,
-                    "worker_spawned"
-                        | "worker_restarted"
-                        | "worker_restarted_by_operator"
-                        | "worker_recreated"
-                ) {
-                    self.lifecycle(&client, "worker_started", Some(&report.name), String::new());
+                if event.starts_worker() {
+                    self.lifecycle(
+                        &client,
+                        Lifecycle::WorkerStarted,
+                        Some(&report.name),
+                        String::new(),
+                    );
                 }
             }
-            Err((operation, ref error)) => self.runtime_error_for(operation, &report, error),
+            Err(ref error) => self.runtime_error_for(&report, error),
         }
     }
 
@@ -890,12 +825,12 @@ impl Controller {
     fn lifecycle(
         &mut self,
         client: &str,
-        event: &'static str,
+        event: Lifecycle,
         worker: Option<&Arc<str>>,
         detail: String,
     ) {
-        self.metrics.lifecycle(event);
-        info!(event, client_id = %client, worker = worker.map_or("", |w| &**w), %detail, "lifecycle event");
+        self.metrics.lifecycle(event.as_str());
+        info!(event = event.as_str(), client_id = %client, worker = worker.map_or("", |w| &**w), %detail, "lifecycle event");
         self.events.record(
             client,
             LifecycleEvent {
@@ -917,7 +852,7 @@ impl Controller {
                 let detail = format!("id {}", worker.id);
                 self.lifecycle(
                     &worker.client_id,
-                    "worker_adopted",
+                    Lifecycle::WorkerAdopted,
                     Some(&worker.name),
                     detail,
                 );
@@ -972,18 +907,23 @@ impl Controller {
                         now,
                     );
                     let (client, name) = (worker.client_id.clone(), worker.name.clone());
-                    self.lifecycle(&client, "worker_exited", Some(&name), reason);
+                    self.lifecycle(&client, Lifecycle::WorkerExited, Some(&name), reason);
                     match decision {
                         ExitDecision::RestartAt(at) => {
                             let detail = format!("next retry at {} ({policy})", at.to_rfc3339());
-                            self.lifecycle(&client, "worker_restarting", Some(&name), detail);
+                            self.lifecycle(
+                                &client,
+                                Lifecycle::WorkerRestarting,
+                                Some(&name),
+                                detail,
+                            );
                         }
                         ExitDecision::Stay => {
                             let detail = format!("left stopped by policy {policy}");
-                            self.lifecycle(&client, "worker_stopped", Some(&name), detail);
+                            self.lifecycle(&client, Lifecycle::WorkerStopped, Some(&name), detail);
                         }
                         ExitDecision::GiveUp(reason) => {
-                            self.lifecycle(&client, "worker_gave_up", Some(&name), reason);
+                            self.lifecycle(&client, Lifecycle::WorkerGaveUp, Some(&name), reason);
                             self.fetch_last_lines(&name);
                         }
                     }
@@ -1065,24 +1005,11 @@ impl Controller {
             return;
         };
         let threshold = self.settings.health.failures.max(1);
-        let entry = self.health.entry(report.name.clone()).or_default();
-        let failed = match probe {
-            Probe::Healthy => {
-                *entry = (0, false);
-                None
-            }
-            Probe::Degraded(_) => {
-                *entry = (0, true);
-                None
-            }
-            Probe::Failed(detail) => {
-                entry.0 += 1;
-                (entry.0 >= threshold).then(|| {
-                    *entry = (0, false);
-                    detail
-                })
-            }
-        };
+        let failed = self
+            .health
+            .entry(report.name.clone())
+            .or_default()
+            .count(probe, threshold);
         let Some(detail) = failed else {
             return;
         };
@@ -1102,7 +1029,7 @@ impl Controller {
             .observe_exit(&report.name, exit, policy, &self.settings.backoff, now);
         self.lifecycle(
             &report.client,
-            "worker_unhealthy",
+            Lifecycle::WorkerUnhealthy,
             Some(&report.name),
             reason,
         );
@@ -1112,13 +1039,18 @@ impl Controller {
                 let detail = format!("next retry at {} ({policy})", at.to_rfc3339());
                 self.lifecycle(
                     &report.client,
-                    "worker_restarting",
+                    Lifecycle::WorkerRestarting,
                     Some(&report.name),
                     detail,
                 );
             }
             ExitDecision::GiveUp(reason) => {
-                self.lifecycle(&report.client, "worker_gave_up", Some(&report.name), reason);
+                self.lifecycle(
+                    &report.client,
+                    Lifecycle::WorkerGaveUp,
+                    Some(&report.name),
+                    reason,
+                );
                 self.fetch_last_lines(&report.name);
             }
             ExitDecision::Stay => {}
@@ -1161,18 +1093,23 @@ impl Controller {
     fn requested_restarts(&mut self, observed: &[ObservedWorker]) -> Vec<Action> {
         let requests = std::mem::take(&mut self.restart_requests);
         let mut actions = Vec::new();
-        for (client, role, only_failed) in requests {
-            let Some(specs) = self.specs.get(&client).cloned() else {
+        for request in requests {
+            let Some(specs) = self.specs.get(&request.client_id).cloned() else {
                 continue;
             };
-            for worker in observed.iter().filter(|w| &*w.client_id == client.as_str()) {
-                if role.as_ref().is_some_and(|role| **role != *worker.role) {
+            let client = request.client_id.as_str();
+            for worker in observed.iter().filter(|w| &*w.client_id == client) {
+                if request
+                    .role
+                    .as_ref()
+                    .is_some_and(|role| **role != *worker.role)
+                {
                     continue;
                 }
                 let supervision = self.supervision.get(&worker.name);
                 let in_flight = self.in_flight.get(&worker.name).map(|(_, kind)| *kind);
                 let current = phase(worker, supervision, in_flight);
-                if !current.can_restart() || (only_failed && !current.is_failed()) {
+                if !current.can_restart() || (request.only_failed && !current.is_failed()) {
                     continue;
                 }
                 let Some(spec) = specs.iter().find(|spec| spec.name == worker.name) else {
@@ -1216,7 +1153,7 @@ impl Controller {
                 let unwell = self
                     .health
                     .get(&worker.name)
-                    .is_some_and(|(failures, degraded)| *failures > 0 || *degraded)
+                    .is_some_and(|record| record.failures > 0 || record.degraded)
                     || self.unhealthy.contains(&worker.name);
                 if phase == WorkerPhase::Running && unwell {
                     phase = WorkerPhase::Degraded;
@@ -1238,7 +1175,7 @@ impl Controller {
                     role: worker.role.clone(),
                     name: worker.name.clone(),
                     id: worker.id.clone(),
-                    state: phase.as_str(),
+                    state: phase,
                     exit_code,
                     restart_policy: self
                         .policies
@@ -1298,77 +1235,30 @@ impl Controller {
         }
     }
 
-    fn runtime_error(&self, operation: &'static str, error: &RuntimeError) {
+    fn runtime_error(&self, operation: Operation, error: &RuntimeError) {
         self.metrics
             .runtime_errors
             .get_or_create(&OperationLabel {
-                operation: operation.to_string(),
+                operation: operation.as_str().to_string(),
             })
             .inc();
-        warn!(operation, %error, "runtime call failed");
+        warn!(operation = operation.as_str(), %error, "runtime call failed");
     }
 
-    fn runtime_error_for(
-        &self,
-        operation: &'static str,
-        report: &ActionReport,
-        error: &RuntimeError,
-    ) {
+    fn runtime_error_for(&self, report: &ActionReport, error: &ActionError) {
         self.metrics
             .runtime_errors
             .get_or_create(&OperationLabel {
-                operation: operation.to_string(),
+                operation: error.operation.as_str().to_string(),
             })
             .inc();
-        warn!(operation, client_id = %report.client_id, worker = %report.name, %error, "worker action failed; retried on a later pass");
+        warn!(operation = error.operation.as_str(), client_id = %report.client_id, worker = %report.name, error = %error.source, "worker action failed; retried on a later pass");
     }
 
     /// Stops and removes every worker: for `dev`, whose broker dies with it.
     pub async fn stop_all(runtime: &dyn Runtime, grace: Duration) {
-        let Ok(workers) = runtime.list().await else {
-            return;
-        };
-        let stops = workers.iter().map(|worker| async move {
-            let _ = runtime.stop(&worker.name, grace).await;
-            let _ = runtime.remove(&worker.name).await;
-        });
-        futures::future::join_all(stops).await;
+        executor::stop_all(runtime, grace).await;
     }
-}
-
-/// Asks a worker's `/health`; None when the worker has no known endpoint.
-async fn probe(
-    runtime: &dyn Runtime,
-    http: &reqwest::Client,
-    name: &str,
-    timeout: Duration,
-) -> Option<Probe> {
-    let endpoint = match tokio::time::timeout(timeout, runtime.endpoint(name)).await {
-        Ok(Ok(Some(endpoint))) => endpoint,
-        _ => return None,
-    };
-    let answer = http
-        .get(format!("http://{endpoint}/health"))
-        .timeout(timeout)
-        .send()
-        .await;
-    let response = match answer {
-        Ok(response) => response,
-        Err(error) => return Some(Probe::Failed(format!("no answer: {error}"))),
-    };
-    let failed = !response.status().is_success();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let reason = body["reason"].as_str().unwrap_or_default().to_string();
-    Some(match body["status"].as_str() {
-        _ if failed => Probe::Failed(if reason.is_empty() {
-            "unhealthy".into()
-        } else {
-            reason
-        }),
-        Some("degraded") => Probe::Degraded(reason),
-        Some("failed") => Probe::Failed(reason),
-        _ => Probe::Healthy,
-    })
 }
 
 /// The phase of a listed worker, from the runtime's state, supervision and any action in
@@ -1376,10 +1266,10 @@ async fn probe(
 fn phase(
     worker: &ObservedWorker,
     supervision: Option<&Supervision>,
-    in_flight: Option<&'static str>,
+    in_flight: Option<ActionKind>,
 ) -> WorkerPhase {
     match (in_flight, &worker.state) {
-        (Some("remove"), _) => WorkerPhase::Stopping,
+        (Some(ActionKind::Remove), _) => WorkerPhase::Stopping,
         (Some(_), RuntimeState::Running { .. }) => WorkerPhase::Stopping,
         (Some(_), _) => WorkerPhase::Starting,
         (None, RuntimeState::Running { .. }) => WorkerPhase::Running,
@@ -1390,88 +1280,6 @@ fn phase(
             Some(s) if s.stopped => WorkerPhase::Stopped,
             _ => WorkerPhase::BackingOff,
         },
-    }
-}
-
-async fn call<T>(
-    operation: &'static str,
-    timeout: Duration,
-    future: impl Future<Output = Result<T, RuntimeError>>,
-) -> Result<T, (&'static str, RuntimeError)> {
-    match tokio::time::timeout(timeout, future).await {
-        Ok(result) => result.map_err(|error| (operation, error)),
-        Err(_) => Err((
-            operation,
-            RuntimeError::Timeout {
-                operation,
-                name: String::new(),
-                after: timeout,
-            },
-        )),
-    }
-}
-
-fn tolerate_not_found(
-    result: Result<(), (&'static str, RuntimeError)>,
-) -> Result<(), (&'static str, RuntimeError)> {
-    match result {
-        Err((_, RuntimeError::NotFound(_))) => Ok(()),
-        other => other,
-    }
-}
-
-/// Carries out one action; returns the lifecycle event it amounts to.
-pub async fn execute(
-    runtime: &dyn Runtime,
-    action: &Action,
-    timeout: Duration,
-    stop_grace: Duration,
-) -> Result<&'static str, (&'static str, RuntimeError)> {
-    // A stop may legitimately take its whole grace period.
-    let stop_timeout = timeout + stop_grace;
-    match action {
-        Action::Create(spec) => {
-            match call("create", timeout, runtime.create(spec)).await {
-                Ok(_) => {}
-                // Created by an earlier pass whose report was lost: start what is there.
-                Err((_, RuntimeError::Conflict(_))) => {}
-                Err(error) => return Err(error),
-            }
-            call("start", timeout, runtime.start(&spec.name)).await?;
-            Ok("worker_spawned")
-        }
-        Action::Recreate(worker, spec, reason) => {
-            tolerate_not_found(
-                call("stop", stop_timeout, runtime.stop(&worker.name, stop_grace)).await,
-            )?;
-            tolerate_not_found(call("remove", timeout, runtime.remove(&worker.name)).await)?;
-            call("create", timeout, runtime.create(spec)).await?;
-            call("start", timeout, runtime.start(&spec.name)).await?;
-            Ok(match reason {
-                RecreateReason::SpecChanged => "worker_recreated",
-                RecreateReason::NotRunning => "worker_restarted",
-                RecreateReason::Requested => "worker_restarted_by_operator",
-            })
-        }
-        Action::RemoveData(client) => {
-            call(
-                "remove_client_data",
-                timeout,
-                runtime.remove_client_data(client),
-            )
-            .await?;
-            Ok("client_data_removed")
-        }
-        Action::Remove(worker, reason) => {
-            tolerate_not_found(
-                call("stop", stop_timeout, runtime.stop(&worker.name, stop_grace)).await,
-            )?;
-            tolerate_not_found(call("remove", timeout, runtime.remove(&worker.name)).await)?;
-            Ok(match reason {
-                RemoveReason::ClientStale => "worker_reaped",
-                RemoveReason::ClientUnknown | RemoveReason::RoleRemoved => "worker_removed",
-            })
-        }
     }
 }
 
@@ -1752,7 +1560,7 @@ mod tests {
         h.runtime.crash(name, 1);
         eventually("backing off", || {
             worker_state(&h, "af-9", name)
-                .is_some_and(|w| w.state == "backing-off" && w.next_retry_at.is_some())
+                .is_some_and(|w| w.state == WorkerPhase::BackingOff && w.next_retry_at.is_some())
         })
         .await;
         let starts = h.runtime.calls_of("start").len();
@@ -1765,7 +1573,7 @@ mod tests {
         h.clock.advance(chrono::Duration::seconds(10));
         eventually("restarted after the delay", || {
             worker_state(&h, "af-9", name)
-                .is_some_and(|w| w.state == "running" && w.restart_count == 1)
+                .is_some_and(|w| w.state == WorkerPhase::Running && w.restart_count == 1)
         })
         .await;
 
@@ -1773,57 +1581,60 @@ mod tests {
         for delay in [20, 40] {
             h.runtime.crash(name, 1);
             eventually("backing off again", || {
-                worker_state(&h, "af-9", name).is_some_and(|w| w.state == "backing-off")
+                worker_state(&h, "af-9", name).is_some_and(|w| w.state == WorkerPhase::BackingOff)
             })
             .await;
             h.clock.advance(chrono::Duration::seconds(delay - 1));
             tokio::time::sleep(Duration::from_millis(100)).await;
-            assert_eq!(worker_state(&h, "af-9", name).unwrap().state, "backing-off");
+            assert_eq!(
+                worker_state(&h, "af-9", name).unwrap().state,
+                WorkerPhase::BackingOff
+            );
             h.clock.advance(chrono::Duration::seconds(1));
             eventually("running again", || {
-                worker_state(&h, "af-9", name).is_some_and(|w| w.state == "running")
+                worker_state(&h, "af-9", name).is_some_and(|w| w.state == WorkerPhase::Running)
             })
             .await;
         }
         h.runtime.crash(name, 3);
         eventually("given up", || {
             worker_state(&h, "af-9", name).is_some_and(|w| {
-                w.state == "failed"
+                w.state == WorkerPhase::Failed
                     && w.failed_reason
                         .as_deref()
                         .is_some_and(|r| r.contains("exit code 3"))
             })
         })
         .await;
-        let events: Vec<&str> = h
+        let events: Vec<Lifecycle> = h
             .events
             .last("af-9", 100)
             .into_iter()
             .map(|e| e.event)
             .collect();
-        assert!(events.contains(&"worker_gave_up"), "{events:?}");
-        assert!(events.contains(&"worker_restarting"), "{events:?}");
+        assert!(events.contains(&Lifecycle::WorkerGaveUp), "{events:?}");
+        assert!(events.contains(&Lifecycle::WorkerRestarting), "{events:?}");
 
         // Another client's worker kept running through all of it.
         h.inputs.send(registration("af-10")).await.unwrap();
         eventually("the other client runs", || {
             worker_state(&h, "af-10", "kg-event-normalizer-af-10")
-                .is_some_and(|w| w.state == "running")
+                .is_some_and(|w| w.state == WorkerPhase::Running)
         })
         .await;
 
         // An operator's restart of the failed workers brings it back.
         h.inputs
-            .send(Input::Restart {
+            .send(Input::Restart(crate::input::RestartRequest {
                 client_id: ClientId::parse("af-9").unwrap(),
                 role: None,
                 only_failed: true,
-            })
+            }))
             .await
             .unwrap();
         eventually("restarted by the operator", || {
             worker_state(&h, "af-9", name)
-                .is_some_and(|w| w.state == "running" && w.failed_reason.is_none())
+                .is_some_and(|w| w.state == WorkerPhase::Running && w.failed_reason.is_none())
         })
         .await;
         // Only the failed worker was recreated.
@@ -1909,14 +1720,14 @@ mod tests {
         h.inputs.send(Input::RegistryReplayed).await.unwrap();
         h.inputs.send(registration("af-9")).await.unwrap();
         eventually("degraded after failed probes", || {
-            worker_state(&h, "af-9", name).is_some_and(|w| w.state == "degraded")
+            worker_state(&h, "af-9", name).is_some_and(|w| w.state == WorkerPhase::Degraded)
         })
         .await;
         eventually("marked unhealthy", || {
             h.events
                 .last("af-9", 100)
                 .iter()
-                .any(|e| e.event == "worker_unhealthy")
+                .any(|e| e.event == Lifecycle::WorkerUnhealthy)
         })
         .await;
         // Its backoff (10 s of the injected clock) runs out: it is recreated.
@@ -2016,46 +1827,49 @@ mod tests {
         h.runtime.crash(unless, 0);
         eventually("verdicts", || {
             let state = |n| worker_state(&h, "af-9", n).map(|w| w.state);
-            state(no) == Some("stopped")
-                && state(on_failure) == Some("stopped")
-                && state(unless) == Some("backing-off")
+            state(no) == Some(WorkerPhase::Stopped)
+                && state(on_failure) == Some(WorkerPhase::Stopped)
+                && state(unless) == Some(WorkerPhase::BackingOff)
         })
         .await;
         h.clock.advance(chrono::Duration::seconds(10));
         eventually("unless-stopped restarted", || {
-            worker_state(&h, "af-9", unless).is_some_and(|w| w.state == "running")
+            worker_state(&h, "af-9", unless).is_some_and(|w| w.state == WorkerPhase::Running)
         })
         .await;
         // on-failure:1 restarts a failure once, then gives up.
         h.runtime.clear_calls();
         h.inputs
-            .send(Input::Restart {
+            .send(Input::Restart(crate::input::RestartRequest {
                 client_id: ClientId::parse("af-9").unwrap(),
                 role: Some("log-normalizer".into()),
                 only_failed: false,
-            })
+            }))
             .await
             .unwrap();
         eventually("restarted by the operator", || {
-            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == "running")
+            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == WorkerPhase::Running)
         })
         .await;
         h.runtime.crash(on_failure, 1);
         eventually("backing off", || {
-            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == "backing-off")
+            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == WorkerPhase::BackingOff)
         })
         .await;
         h.clock.advance(chrono::Duration::seconds(10));
         eventually("running again", || {
-            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == "running")
+            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == WorkerPhase::Running)
         })
         .await;
         h.runtime.crash(on_failure, 1);
         eventually("given up", || {
-            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == "failed")
+            worker_state(&h, "af-9", on_failure).is_some_and(|w| w.state == WorkerPhase::Failed)
         })
         .await;
-        assert_eq!(worker_state(&h, "af-9", no).unwrap().state, "stopped");
+        assert_eq!(
+            worker_state(&h, "af-9", no).unwrap().state,
+            WorkerPhase::Stopped
+        );
         h.stop().await;
     }
 
@@ -2124,7 +1938,10 @@ mod tests {
                 h.runtime.crash(name, 1);
                 eventually(
                     &format!("backing off before a {expected_delay} s retry"),
-                    || worker_state(h, "af-9", name).is_some_and(|w| w.state == "backing-off"),
+                    || {
+                        worker_state(h, "af-9", name)
+                            .is_some_and(|w| w.state == WorkerPhase::BackingOff)
+                    },
                 )
                 .await;
                 let w = worker_state(h, "af-9", name).unwrap();
@@ -2132,7 +1949,7 @@ mod tests {
                 assert_eq!(delay, expected_delay);
                 h.clock.advance(chrono::Duration::seconds(expected_delay));
                 eventually("running", || {
-                    worker_state(h, "af-9", name).is_some_and(|w| w.state == "running")
+                    worker_state(h, "af-9", name).is_some_and(|w| w.state == WorkerPhase::Running)
                 })
                 .await;
             }
