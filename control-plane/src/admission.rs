@@ -272,6 +272,7 @@ impl Admission {
     /// room to fill and is not started again for every slot that frees).
     pub fn take_refill(&mut self) -> Option<RefillMarks> {
         let due = self.refill == Refill::Idle
+            && self.settings.max_waiting > 0
             && !self.overflow.is_empty()
             && self.waiting.len() <= self.settings.max_waiting / 2;
         if !due {

@@ -83,16 +83,17 @@ pub struct RunArgs {
     #[arg(long, env = "CP_HEARTBEAT_TIMEOUT_SECS", default_value_t = 120)]
     pub heartbeat_timeout_secs: u64,
 
-    /// How often the controller lists the runtime and reconciles when nothing happens.
-    #[arg(long, env = "CP_RECONCILE_INTERVAL_MS", default_value_t = 1000)]
+    /// How often the controller lists the runtime and reconciles when nothing happens
+    /// (at least 50 ms).
+    #[arg(long, env = "CP_RECONCILE_INTERVAL_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..))]
     pub reconcile_interval_ms: u64,
 
     /// Runtime actions (create, start, stop, remove) in flight at once.
-    #[arg(long, env = "CP_MAX_CONCURRENT_ACTIONS", default_value_t = 8)]
+    #[arg(long, env = "CP_MAX_CONCURRENT_ACTIONS", default_value_t = 8, value_parser = at_least_one_usize())]
     pub max_concurrent_actions: usize,
 
     /// Timeout of one runtime call.
-    #[arg(long, env = "CP_ACTION_TIMEOUT_SECS", default_value_t = 30)]
+    #[arg(long, env = "CP_ACTION_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub action_timeout_secs: u64,
 
     /// How long a worker gets to drain after SIGTERM before it is killed.
@@ -100,11 +101,11 @@ pub struct RunArgs {
     pub stop_grace_secs: u64,
 
     /// Restart backoff: the first delay; doubled for each consecutive failure.
-    #[arg(long, env = "CP_RESTART_BACKOFF_BASE_MS", default_value_t = 1000)]
+    #[arg(long, env = "CP_RESTART_BACKOFF_BASE_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub restart_backoff_base_ms: u64,
 
     /// Restart backoff: the longest delay.
-    #[arg(long, env = "CP_RESTART_BACKOFF_MAX_SECS", default_value_t = 300)]
+    #[arg(long, env = "CP_RESTART_BACKOFF_MAX_SECS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
     pub restart_backoff_max_secs: u64,
 
     /// A worker running this long is healthy again: its backoff starts over.
@@ -116,11 +117,11 @@ pub struct RunArgs {
     pub restart_window_secs: u64,
 
     /// …and how many it may hold before the worker is given up as failed.
-    #[arg(long, env = "CP_RESTART_MAX_IN_WINDOW", default_value_t = 10)]
+    #[arg(long, env = "CP_RESTART_MAX_IN_WINDOW", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub restart_max_in_window: u32,
 
-    /// ± this fraction of each delay, so workers that failed together retry apart.
-    #[arg(long, env = "CP_RESTART_JITTER", default_value_t = 0.2)]
+    /// ± this fraction of each delay, so workers that failed together retry apart (0 to 1).
+    #[arg(long, env = "CP_RESTART_JITTER", default_value_t = 0.2, value_parser = fraction)]
     pub restart_jitter: f64,
 
     /// Roles every client gets, comma separated (ignored when a roles file is given).
@@ -173,13 +174,14 @@ pub struct RunArgs {
     /// Admission: new clients admitted per minute (a burst of as many is allowed). Clients
     /// past it wait and are admitted in arrival order as the rate allows; at start-up,
     /// clients whose workers are running are admitted without counting against it.
-    #[arg(long, env = "CP_MAX_NEW_CLIENTS_PER_MINUTE", default_value_t = 600)]
+    #[arg(long, env = "CP_MAX_NEW_CLIENTS_PER_MINUTE", default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_new_clients_per_minute: u32,
 
     /// Admission: the most registrations kept waiting for the rate or a free slot (each a
     /// few hundred bytes). Past it a registration is counted and not kept; the registry
-    /// still holds it for the next restart's replay.
-    #[arg(long, env = "CP_MAX_WAITING_CLIENTS", default_value_t = 10_000)]
+    /// still holds it, and is read again for it once the line has drained to half. At
+    /// least 1: with no line, nobody could ever be admitted.
+    #[arg(long, env = "CP_MAX_WAITING_CLIENTS", default_value_t = 10_000, value_parser = at_least_one_usize())]
     pub max_waiting_clients: usize,
 
     /// Admission: when set, only these client ids (comma separated) are admitted.
@@ -213,7 +215,7 @@ pub struct RunArgs {
     pub attributor_window_secs: u64,
 
     /// At most this many workers are recreated per pass after a role template changed.
-    #[arg(long, env = "CP_MAX_RECREATES_PER_PASS", default_value_t = 2)]
+    #[arg(long, env = "CP_MAX_RECREATES_PER_PASS", default_value_t = 2, value_parser = at_least_one_usize())]
     pub max_recreates_per_pass: usize,
 
     /// On SIGTERM/SIGINT also stop and remove every worker (by default they keep running:
@@ -226,16 +228,16 @@ pub struct RunArgs {
     pub health_interval_secs: u64,
 
     /// Timeout of one health probe.
-    #[arg(long, env = "CP_HEALTH_TIMEOUT_SECS", default_value_t = 3)]
+    #[arg(long, env = "CP_HEALTH_TIMEOUT_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
     pub health_timeout_secs: u64,
 
     /// Consecutive failed probes after which a worker is restarted under its policy.
-    #[arg(long, env = "CP_HEALTH_FAILURES", default_value_t = 3)]
+    #[arg(long, env = "CP_HEALTH_FAILURES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub health_failures: u32,
 
     /// Health probes in flight at once; a round over many workers works through them this
     /// many at a time.
-    #[arg(long, env = "CP_HEALTH_MAX_CONCURRENT_PROBES", default_value_t = 16)]
+    #[arg(long, env = "CP_HEALTH_MAX_CONCURRENT_PROBES", default_value_t = 16, value_parser = at_least_one_usize())]
     pub health_max_concurrent_probes: usize,
 
     /// Bearer token for mutating API verbs (DELETE /clients/{id}); unset refuses them.
@@ -291,7 +293,7 @@ pub struct DevArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct BrokerArgs {
     /// Number of brokers in the embedded cluster.
-    #[arg(long, env = "EMBEDDED_BROKERS", default_value_t = 1)]
+    #[arg(long, env = "EMBEDDED_BROKERS", default_value_t = 1, value_parser = clap::value_parser!(i32).range(1..))]
     pub brokers: i32,
 
     /// Kafka's `group.initial.rebalance.delay.ms` for the embedded cluster. 0 by default, as
@@ -346,4 +348,96 @@ pub struct CreateTopicsArgs {
     /// Fail (exit 1) when an existing topic still differs from the catalog.
     #[arg(long, env = "KAFKA_TOPICS_STRICT")]
     pub strict: bool,
+}
+
+/// Counts and limits that are meaningless at zero are refused by the parser, not clamped
+/// silently: an operator who sets one to 0 learns so at start-up.
+fn at_least_one_usize() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..)
+}
+
+/// A fraction from 0 to 1.
+fn fraction(value: &str) -> Result<f64, String> {
+    let parsed: f64 = value
+        .parse()
+        .map_err(|error| format!("not a number: {error}"))?;
+    if (0.0..=1.0).contains(&parsed) {
+        Ok(parsed)
+    } else {
+        Err(format!("{parsed} is not between 0 and 1"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    fn run_args(flags: &[&str]) -> Result<RunArgs, clap::Error> {
+        let argv = ["control-plane", "run"].iter().chain(flags);
+        match Cli::try_parse_from(argv)?.command {
+            Command::Run(args) => Ok(args),
+            other => panic!("parsed {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_defaults_parse_and_are_the_documented_ones() {
+        let args = run_args(&[]).unwrap();
+        assert_eq!(args.heartbeat_timeout_secs, 120);
+        assert_eq!(args.reconcile_interval_ms, 1000);
+        assert_eq!(args.max_clients, 5000);
+        assert_eq!(args.max_new_clients_per_minute, 600);
+        assert_eq!(args.max_waiting_clients, 10_000);
+        assert_eq!(args.restart_jitter, 0.2);
+        assert_eq!(args.runtime, RuntimeKind::Process);
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_not_clamped() {
+        for flags in [
+            ["--reconcile-interval-ms", "10"],
+            ["--max-concurrent-actions", "0"],
+            ["--action-timeout-secs", "0"],
+            ["--restart-backoff-base-ms", "0"],
+            ["--restart-backoff-max-secs", "0"],
+            ["--restart-max-in-window", "0"],
+            ["--restart-jitter", "1.5"],
+            ["--max-new-clients-per-minute", "0"],
+            ["--max-waiting-clients", "0"],
+            ["--max-recreates-per-pass", "0"],
+            ["--health-timeout-secs", "0"],
+            ["--health-failures", "0"],
+            ["--health-max-concurrent-probes", "0"],
+        ] {
+            let error = run_args(&flags).expect_err(&format!("{flags:?} accepted"));
+            assert_eq!(
+                error.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flags:?}: {error}"
+            );
+        }
+        let negative = run_args(&["--restart-jitter=-0.1"]).unwrap_err();
+        assert_eq!(negative.kind(), clap::error::ErrorKind::ValueValidation);
+        // The edges are accepted.
+        let args = run_args(&[
+            "--reconcile-interval-ms",
+            "50",
+            "--restart-jitter",
+            "1",
+            "--max-waiting-clients",
+            "1",
+        ])
+        .unwrap();
+        assert_eq!(args.reconcile_interval_ms, 50);
+        assert_eq!(args.restart_jitter, 1.0);
+        assert_eq!(args.max_waiting_clients, 1);
+    }
+
+    #[test]
+    fn an_unknown_runtime_is_refused() {
+        let error = run_args(&["--runtime", "kubernetes"]).unwrap_err();
+        assert_eq!(error.kind(), clap::error::ErrorKind::InvalidValue);
+    }
 }

@@ -28,7 +28,7 @@ pub enum DevError {
 /// `control-plane embedded-broker`: runs until SIGTERM/SIGINT. The broker is not `Send`, so
 /// this must run on the thread that drives the main future.
 pub async fn embedded_broker(args: BrokerArgs) -> Result<(), DevError> {
-    let broker = EmbeddedBroker::start(args.brokers.max(1))?;
+    let broker = EmbeddedBroker::start(args.brokers)?;
     broker.set_group_initial_rebalance_delay(Duration::from_millis(
         args.group_initial_rebalance_delay_ms,
     ));

@@ -270,15 +270,15 @@ pub async fn run(
         ControllerSettings {
             heartbeat_timeout,
             restart_delay: Duration::from_millis(args.restart_backoff_base_ms),
-            reconcile_interval: Duration::from_millis(args.reconcile_interval_ms.max(50)),
+            reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
             max_concurrent_actions: args.max_concurrent_actions,
-            action_timeout: Duration::from_secs(args.action_timeout_secs.max(1)),
+            action_timeout: Duration::from_secs(args.action_timeout_secs),
             stop_grace: Duration::from_secs(args.stop_grace_secs),
             shutdown_grace: Duration::from_secs(10),
             delete_data_on_deregister: args.deregistered_data == config::DeregisteredData::Delete,
             admission: admission::AdmissionSettings {
                 max_clients: args.max_clients,
-                max_new_per_minute: args.max_new_clients_per_minute.max(1),
+                max_new_per_minute: args.max_new_clients_per_minute,
                 max_waiting: args.max_waiting_clients,
                 allowlist: args
                     .client_allowlist
@@ -297,17 +297,17 @@ pub async fn run(
             )],
             health: controller::HealthSettings {
                 interval: Duration::from_secs(args.health_interval_secs),
-                timeout: Duration::from_secs(args.health_timeout_secs.max(1)),
-                failures: args.health_failures.max(1),
-                max_concurrent: args.health_max_concurrent_probes.max(1),
+                timeout: Duration::from_secs(args.health_timeout_secs),
+                failures: args.health_failures,
+                max_concurrent: args.health_max_concurrent_probes,
             },
             backoff: supervise::BackoffSettings {
-                base: chrono::Duration::milliseconds(args.restart_backoff_base_ms.max(1) as i64),
-                cap: chrono::Duration::seconds(args.restart_backoff_max_secs.max(1) as i64),
+                base: chrono::Duration::milliseconds(args.restart_backoff_base_ms as i64),
+                cap: chrono::Duration::seconds(args.restart_backoff_max_secs as i64),
                 reset_after: chrono::Duration::seconds(args.restart_reset_after_secs as i64),
                 window: chrono::Duration::seconds(args.restart_window_secs as i64),
-                max_restarts_in_window: args.restart_max_in_window.max(1),
-                jitter: args.restart_jitter.clamp(0.0, 1.0),
+                max_restarts_in_window: args.restart_max_in_window,
+                jitter: args.restart_jitter,
             },
         },
         metrics,

@@ -7,6 +7,7 @@
 //! Nothing is created, adopted or removed before the registry has been replayed and the
 //! runtime listed once: until then the control plane does not know what should run.
 
+mod decide;
 mod executor;
 mod health;
 
@@ -34,7 +35,7 @@ use crate::events::{EventLog, Lifecycle, LifecycleEvent};
 use crate::input::{Input, RestartRequest};
 use crate::metrics::{ControlPlaneMetrics, OperationLabel, StateLabel};
 use crate::plan::RestartGate;
-use crate::plan::{plan, Desired, DesiredClient, RecreateReason, RemoveReason};
+use crate::plan::{plan, Desired, DesiredClient, RecreateReason};
 use crate::roles::RoleSet;
 use crate::runtime::{
     ObservedWorker, Runtime, RuntimeError, RuntimeState, SharedRoleParts, WorkerSpec,
@@ -653,55 +654,33 @@ impl Controller {
 
         let desired = self.desired();
         let plan = plan(&desired, &observed, now);
-        let mut planned: Vec<Action> = Vec::new();
-        let removals = self.hold_orphans(plan.to_remove, now);
-        planned.extend(removals.into_iter().map(|(w, r)| Action::Remove(w, r)));
-        // A changed template recreates a bounded number of workers at a time, so a bad
-        // template cannot take every client down at once.
-        let mut spec_changes = 0;
-        for (worker, spec, reason) in plan.to_recreate {
-            if reason == RecreateReason::SpecChanged {
-                let in_flight = self
-                    .in_flight
-                    .values()
-                    .filter(|(_, kind)| *kind == ActionKind::Recreate)
-                    .count();
-                if spec_changes + in_flight >= self.settings.max_recreates_per_pass.max(1) {
-                    continue;
-                }
-                spec_changes += 1;
-            }
-            planned.push(Action::Recreate(worker, spec, reason));
+        let hold = decide::hold_orphans(
+            plan.to_remove,
+            &self.orphans_since,
+            |client| self.writer.was_deregistered(client),
+            self.settings.orphan_grace,
+            self.settings.orphan_dry_run,
+            now,
+        );
+        for worker in &hold.found {
+            warn!(event = "orphan_found", worker = %worker.name, client_id = %worker.client_id, dry_run = self.settings.orphan_dry_run, "a worker with our labels belongs to no registered client");
         }
-        planned.extend(plan.to_create.into_iter().map(Action::Create));
-        for action in self.unhealthy_restarts(&observed, now) {
-            if !planned.iter().any(|p| p.target() == action.target()) {
-                planned.push(action);
-            }
-        }
-        for action in self.requested_restarts(&observed) {
-            if !planned.iter().any(|p| p.target() == action.target()) {
-                planned.push(action);
-            }
-        }
-        let with_workers: HashSet<&str> = observed.iter().map(|w| &*w.client_id).collect();
-        let busy: HashSet<&str> = self
-            .in_flight
-            .values()
-            .map(|(client, _)| &**client)
-            .collect();
-        for client in &self.data_to_remove {
-            if !with_workers.contains(client.as_str()) && !busy.contains(client.as_str()) {
-                planned.push(Action::RemoveData(client.clone()));
-            }
-        }
-        for action in planned {
-            // Beyond the concurrency cap nothing is queued: the plan is recomputed on the
-            // next pass (one follows every completed action), which keeps memory flat
-            // when thousands of clients need work at once.
-            if self.in_flight.len() >= self.settings.max_concurrent_actions.max(1) {
-                break;
-            }
+        self.metrics.orphans.set(hold.since.len() as i64);
+        self.orphans_since = hold.since;
+        let mut restarts = self.unhealthy_restarts(&observed, now);
+        restarts.extend(self.requested_restarts(&observed));
+        let proposed = decide::Proposed {
+            removals: hold.kept,
+            recreations: plan.to_recreate,
+            creations: plan.to_create,
+            restarts,
+            data_to_remove: self.data_to_remove.iter().cloned().collect(),
+        };
+        let limits = decide::Limits {
+            max_recreates_per_pass: self.settings.max_recreates_per_pass,
+            max_concurrent_actions: self.settings.max_concurrent_actions,
+        };
+        for action in decide::decide(proposed, &observed, &self.in_flight, limits) {
             self.spawn_action(action, semaphore, actions);
         }
     }
@@ -931,37 +910,6 @@ impl Controller {
                 RuntimeState::Created => {}
             }
         }
-    }
-
-    /// Workers of clients that were never registered (as opposed to deregistered) are
-    /// orphans: left alone for the grace period (a registration may be on its way), then
-    /// removed, or only reported in dry-run mode.
-    fn hold_orphans(
-        &mut self,
-        removals: Vec<(ObservedWorker, RemoveReason)>,
-        now: DateTime<Utc>,
-    ) -> Vec<(ObservedWorker, RemoveReason)> {
-        let mut kept = Vec::with_capacity(removals.len());
-        let mut orphans = HashMap::new();
-        for (worker, reason) in removals {
-            let orphan = reason == RemoveReason::ClientUnknown
-                && !self.writer.was_deregistered(&worker.client_id);
-            if !orphan {
-                kept.push((worker, reason));
-                continue;
-            }
-            let since = self.orphans_since.get(&worker.name).copied().unwrap_or_else(|| {
-                warn!(event = "orphan_found", worker = %worker.name, client_id = %worker.client_id, dry_run = self.settings.orphan_dry_run, "a worker with our labels belongs to no registered client");
-                now
-            });
-            orphans.insert(worker.name.clone(), since);
-            if !self.settings.orphan_dry_run && now - since >= self.settings.orphan_grace {
-                kept.push((worker, reason));
-            }
-        }
-        self.metrics.orphans.set(orphans.len() as i64);
-        self.orphans_since = orphans;
-        kept
     }
 
     /// Queues every running worker for a probe, unless the previous round is still being
@@ -1419,7 +1367,7 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn nothing_is_created_before_the_registry_is_replayed() {
         let h = harness();
         h.inputs.send(registration("af-9")).await.unwrap();
@@ -1433,7 +1381,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_stale_client_is_reaped_and_a_tombstone_removes_a_live_one() {
         let h = harness();
         h.inputs.send(Input::RegistryReplayed).await.unwrap();
@@ -1489,7 +1437,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_hanging_runtime_call_for_one_client_does_not_delay_another() {
         let h = harness();
         h.runtime.delay(
@@ -1514,7 +1462,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_failed_create_is_retried_on_a_later_pass() {
         let h = harness();
         h.runtime.fail_next(
@@ -1548,7 +1496,7 @@ mod tests {
             .cloned()
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_crashed_worker_backs_off_then_restarts_and_gives_up_after_the_window() {
         let h = harness();
         h.inputs.send(Input::RegistryReplayed).await.unwrap();
@@ -1650,7 +1598,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn workers_of_a_never_registered_client_are_orphans_removed_after_the_grace() {
         let h = harness();
         let stray = ClientId::parse("stray").unwrap();
@@ -1674,7 +1622,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_probe_round_over_many_workers_keeps_to_the_concurrency_limit() {
         let h = harness_with(|settings| settings.health.max_concurrent = 2);
         // Every probe's endpoint lookup takes a while, so unbounded probes would overlap.
@@ -1698,6 +1646,7 @@ mod tests {
         h.stop().await;
     }
 
+    // Real time: the worker's /health is a real HTTP server.
     #[tokio::test]
     async fn a_worker_failing_its_health_checks_is_restarted_under_its_policy() {
         // A worker whose /health says failed, as a stalled worker's does.
@@ -1741,7 +1690,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_changed_template_recreates_one_worker_at_a_time() {
         let h = harness(); // max_recreates_per_pass: 1
         let client = ClientId::parse("af-9").unwrap();
@@ -1776,7 +1725,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn orphans_are_only_reported_in_dry_run() {
         let h = harness_with(|settings| settings.orphan_dry_run = true);
         let stray = ClientId::parse("stray").unwrap();
@@ -1797,7 +1746,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn each_policy_decides_what_an_exit_leads_to() {
         let mut roles = RoleSet::builtin(
             &[
@@ -1873,7 +1822,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_registration_flood_past_the_rate_waits_and_is_admitted_as_the_bucket_refills() {
         let h = harness_with(|settings| {
             settings.admission.max_new_per_minute = 2;
@@ -1899,7 +1848,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_client_over_the_cap_is_admitted_when_a_slot_frees() {
         let h = harness_with(|settings| {
             settings.admission.max_clients = 1;
@@ -1923,7 +1872,7 @@ mod tests {
         h.stop().await;
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_healthy_run_resets_the_backoff() {
         let h = harness_with(|settings| {
             settings.backoff.reset_after = chrono::Duration::seconds(600);
