@@ -65,11 +65,13 @@ impl Clock for SystemClock {
     }
 }
 
-/// A clock that moves only when told: for tests.
+/// A clock that moves only when told: for tests (feature `test-support`).
+#[cfg(any(test, feature = "test-support"))]
 pub struct ManualClock {
     now: std::sync::Mutex<DateTime<Utc>>,
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl ManualClock {
     pub fn new(start: DateTime<Utc>) -> Self {
         Self {
@@ -83,6 +85,7 @@ impl ManualClock {
     }
 }
 
+#[cfg(any(test, feature = "test-support"))]
 impl Clock for ManualClock {
     fn now(&self) -> DateTime<Utc> {
         *self.now.lock().unwrap_or_else(|p| p.into_inner())

@@ -4,6 +4,7 @@
 //! production) and [`fake::FakeRuntime`] (records calls, injects failures, for tests). Every implementation passes the one contract
 //! suite in [`contract`].
 
+#[cfg(any(test, feature = "test-support"))]
 pub mod contract;
 pub mod docker;
 pub mod fake;
