@@ -94,6 +94,7 @@ impl DemoAgent {
             .unwrap_or(0)
     }
 
+    #[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
     pub(crate) async fn run(self) -> Result<(), DemoError> {
         let plain = self.producer("none")?;
         let zstd = self.producer("zstd")?;

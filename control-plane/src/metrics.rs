@@ -78,6 +78,7 @@ impl Default for ControlPlaneMetrics {
 }
 
 impl ControlPlaneMetrics {
+    #[allow(clippy::too_many_lines)] // one registration per metric, in one list
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("cp");
         let metrics = Self {

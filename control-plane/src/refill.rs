@@ -24,8 +24,8 @@ use kg_shared::registry::decode_registry;
 use kg_shared::topics::CLUSTER_REGISTRY;
 use kg_shared::unreadable::{is_unreadable, skip_unreadable};
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::message::{BorrowedMessage, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
@@ -94,49 +94,12 @@ async fn read_again(
     stop: &watch::Receiver<bool>,
 ) -> Result<RefillMarks, String> {
     let config = kafka.client_config();
-    let consumer: StreamConsumer = config
-        .clone()
-        .set("group.id", "kg-control-plane-refill")
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        // Records deleted since they were dropped are gone from the registry too: start at
-        // the first one left.
-        .set("auto.offset.reset", "earliest")
-        // Small fetches and a small prefetch: a re-read is not urgent, and the control
-        // plane's memory bound (40 MB under 100,000 registrations held back) includes it.
-        .set("queued.max.messages.kbytes", "64")
-        // librdkafka refuses a fetch.max.bytes below message.max.bytes (1,000,000).
-        .set("fetch.max.bytes", "1048576")
-        .set("max.partition.fetch.bytes", "65536")
-        .set("fetch.queue.backoff.ms", "10")
-        .create()
-        .map_err(|error| format!("consumer: {error}"))?;
-    // Per partition: the next offset to read, and the end (the high watermark now).
-    let mut next = RefillMarks::new();
-    let mut ends = RefillMarks::new();
-    let mut assignment = TopicPartitionList::new();
-    for (&partition, &mark) in marks {
-        let (low, high) = tokio::task::block_in_place(|| {
-            consumer.fetch_watermarks(CLUSTER_REGISTRY, partition, LOOKUP_TIMEOUT)
-        })
-        .map_err(|error| format!("watermarks of partition {partition}: {error}"))?;
-        let from = mark.max(low);
-        if from >= high {
-            continue;
-        }
-        next.insert(partition, from);
-        ends.insert(partition, high);
-        assignment
-            .add_partition_offset(CLUSTER_REGISTRY, partition, Offset::Offset(from))
-            .map_err(|error| error.to_string())?;
-    }
+    let consumer = refill_consumer(&config)?;
+    let (mut next, ends) = assign_from(&consumer, marks)?;
     info!(partitions = next.len(), from = ?next, to = ?ends, "reading the registry again");
     if next.is_empty() {
         return Ok(RefillMarks::new());
     }
-    consumer
-        .assign(&assignment)
-        .map_err(|error| format!("assign: {error}"))?;
     let stopped = || *stop.borrow();
     let mut registrations = 0u64;
     while !next.is_empty() {
@@ -182,35 +145,90 @@ async fn read_again(
             continue;
         }
         advance(&mut next, &ends, partition, offset + 1);
-        // Records that cannot be decoded were dead-lettered by ingest when it read them.
-        let Ok(decoded) = decode_registry(message.key(), message.payload()) else {
+        let Some(input) = refilled(&message, clock) else {
             continue;
         };
-        let now = clock.now();
-        let timestamp_ms = message.timestamp().to_millis();
-        let at = timestamp_ms
-            .and_then(DateTime::from_timestamp_millis)
-            .map_or(now, |produced| produced.min(now));
-        let arrival = Arrival {
-            timestamp_ms: timestamp_ms.unwrap_or_else(|| now.timestamp_millis()),
-            partition,
-            offset,
-        };
         registrations += 1;
-        if inputs
-            .send(Input::Refilled {
-                message: decoded,
-                at,
-                arrival,
-            })
-            .await
-            .is_err()
-        {
+        if inputs.send(input).await.is_err() {
             return Ok(next);
         }
     }
     info!(records = registrations, "registry read again");
     Ok(RefillMarks::new())
+}
+
+/// The re-read's own consumer: assigned, never committing, fetching small.
+fn refill_consumer(config: &ClientConfig) -> Result<StreamConsumer, String> {
+    config
+        .clone()
+        .set("group.id", "kg-control-plane-refill")
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        // Records deleted since they were dropped are gone from the registry too: start at
+        // the first one left.
+        .set("auto.offset.reset", "earliest")
+        // Small fetches and a small prefetch: a re-read is not urgent, and the control
+        // plane's memory bound (40 MB under 100,000 registrations held back) includes it.
+        .set("queued.max.messages.kbytes", "64")
+        // librdkafka refuses a fetch.max.bytes below message.max.bytes (1,000,000).
+        .set("fetch.max.bytes", "1048576")
+        .set("max.partition.fetch.bytes", "65536")
+        .set("fetch.queue.backoff.ms", "10")
+        .create()
+        .map_err(|error| format!("consumer: {error}"))
+}
+
+/// Per partition in `marks`: where to read from (the mark, or the first offset left) and
+/// the end (the high watermark now); partitions with nothing in between are left out.
+/// Assigns `consumer` to read them.
+fn assign_from(
+    consumer: &StreamConsumer,
+    marks: &RefillMarks,
+) -> Result<(RefillMarks, RefillMarks), String> {
+    let mut next = RefillMarks::new();
+    let mut ends = RefillMarks::new();
+    let mut assignment = TopicPartitionList::new();
+    for (&partition, &mark) in marks {
+        let (low, high) = tokio::task::block_in_place(|| {
+            consumer.fetch_watermarks(CLUSTER_REGISTRY, partition, LOOKUP_TIMEOUT)
+        })
+        .map_err(|error| format!("watermarks of partition {partition}: {error}"))?;
+        let from = mark.max(low);
+        if from >= high {
+            continue;
+        }
+        next.insert(partition, from);
+        ends.insert(partition, high);
+        assignment
+            .add_partition_offset(CLUSTER_REGISTRY, partition, Offset::Offset(from))
+            .map_err(|error| error.to_string())?;
+    }
+    if !next.is_empty() {
+        consumer
+            .assign(&assignment)
+            .map_err(|error| format!("assign: {error}"))?;
+    }
+    Ok((next, ends))
+}
+
+/// A registry record read again, as the controller's input. `None` for one that cannot
+/// be decoded: ingest dead-lettered it when it read it.
+fn refilled(message: &BorrowedMessage<'_>, clock: &dyn Clock) -> Option<Input> {
+    let decoded = decode_registry(message.key(), message.payload()).ok()?;
+    let now = clock.now();
+    let timestamp_ms = message.timestamp().to_millis();
+    let at = timestamp_ms
+        .and_then(DateTime::from_timestamp_millis)
+        .map_or(now, |produced| produced.min(now));
+    Some(Input::Refilled {
+        message: decoded,
+        at,
+        arrival: Arrival {
+            timestamp_ms: timestamp_ms.unwrap_or_else(|| now.timestamp_millis()),
+            partition: message.partition(),
+            offset: message.offset(),
+        },
+    })
 }
 
 /// Moves a partition's next offset on, and drops the partition once it reaches its end.

@@ -399,6 +399,7 @@ fn matches(change: &Change, target: &Target) -> bool {
         && (target.namespace.is_none() || change.namespace == target.namespace)
 }
 
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let path = request.uri().path().to_string();
     let query: BTreeMap<String, String> = request

@@ -125,6 +125,7 @@ fn an_invalid_client_id_is_refused_before_anything_starts() -> Result<()> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 fn the_agent_streams_protocol_shapes_and_survives_an_outage_and_410_without_duplicates(
 ) -> Result<()> {
     let broker = Broker::start()?;

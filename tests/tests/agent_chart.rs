@@ -137,6 +137,7 @@ fn seed(kube: &FakeKube) -> String {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 fn the_rendered_chart_runs_the_agent_into_a_root_cause_answer_and_its_hook_deregisters(
 ) -> Result<()> {
     let Some(helm) = require_tool("helm", helm_binary(), "run scripts/install-test-tools.sh")?

@@ -93,6 +93,7 @@ fn running(plane: &ControlPlane, client: &str) -> Option<()> {
 }
 
 on_both_brokers!(chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their_object);
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their_object(
     kind: BrokerKind,
 ) -> Result<()> {
@@ -266,6 +267,7 @@ async fn chart_events_keyed_by_uid_reach_the_graph_of_the_client_that_owns_their
 /// must still be built, with the pod behind the batch) and on `events.normalized` (the
 /// event behind the batch must still be attributed). Each run is dead-lettered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn corrupt_batches_on_the_attributors_inputs_are_skipped() -> Result<()> {
     let broker = Broker::start()?;
     let b = broker.bootstrap.as_str();

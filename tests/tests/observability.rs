@@ -99,6 +99,7 @@ fn check_endpoint(what: &str, base: &str, must_have: &[&str]) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn promtool_accepts_the_metrics_of_the_control_plane_and_of_every_worker_role() -> Result<()>
 {
     if require_tool("promtool", promtool(), "run scripts/install-test-tools.sh")?.is_none() {
@@ -198,6 +199,7 @@ fn non_json_lines(text: &str) -> Vec<(usize, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn with_log_format_json_every_line_of_every_process_is_json() -> Result<()> {
     let broker = Broker::start()?;
     let mut plane = ControlPlane::start(

@@ -40,6 +40,7 @@ fn find_normalized(bootstrap: &str, client: &str, raw_uid: &str) -> Option<(Stri
 on_both_brokers!(
     chart_registration_runs_workers_that_normalize_then_stale_reregister_and_tombstone_work
 );
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn chart_registration_runs_workers_that_normalize_then_stale_reregister_and_tombstone_work(
     kind: BrokerKind,
 ) -> Result<()> {
@@ -157,6 +158,7 @@ async fn chart_registration_runs_workers_that_normalize_then_stale_reregister_an
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn agent_quirks_are_handled_as_the_protocol_says() -> Result<()> {
     let broker = Broker::start()?;
     let plane = ControlPlane::start(&broker, ControlPlaneOptions::default())?;

@@ -240,6 +240,7 @@ fn keys_on(bootstrap: &str, topic: &str, partition: i32) -> Result<Vec<String>> 
 /// finds its next offset gone: librdkafka's default reset went to the end and lost every
 /// registration the broker still had behind the gap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn offsets_the_broker_dropped_before_ingest_read_them_never_make_it_skip_to_the_end(
 ) -> Result<()> {
     let broker = Broker::start()?;

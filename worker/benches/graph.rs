@@ -182,6 +182,7 @@ impl Gen {
 }
 
 /// The episodes, in arrival order (time order with a few seconds of jitter).
+#[allow(clippy::too_many_lines)] // a benchmark's steps, in order
 fn episodes() -> Vec<GraphInput> {
     let mut g = Gen {
         rng: Rng(0x9e37_79b9_7f4a_7c15),

@@ -47,6 +47,7 @@ pub struct WorkerMetrics {
 }
 
 impl WorkerMetrics {
+    #[allow(clippy::too_many_lines)] // one registration per metric, in one list
     pub fn new(client_id: &str, role: &str) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
             "worker",

@@ -64,6 +64,7 @@ async fn find(runtime: &dyn Runtime, name: &str) -> Result<Option<ObservedWorker
 
 /// Runs the whole contract with workers for `client` (a client id no other test uses).
 /// `settle` bounds how long a start or stop may take to show in `list`.
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 pub async fn run_contract(
     runtime: &dyn Runtime,
     client: &str,

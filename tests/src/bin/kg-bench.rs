@@ -526,6 +526,7 @@ fn throughput(options: &Options) -> Result<()> {
 }
 
 /// Rounds of: SIGSTOP the worker, pre-produce, SIGCONT, time the outputs.
+#[allow(clippy::too_many_lines)] // a benchmark's steps, in order
 fn drain(options: &Options) -> Result<()> {
     let bootstrap = options.str("bootstrap")?;
     let client = options.str("client")?;
@@ -692,6 +693,7 @@ fn metric_sum(body: &str, family: &str) -> f64 {
 }
 
 /// Times the control plane's ingest of a preloaded burst of heartbeats.
+#[allow(clippy::too_many_lines)] // a benchmark's steps, in order
 fn heartbeat_ingest(options: &Options) -> Result<()> {
     let bootstrap = options.str("bootstrap")?;
     let api = options.str("api")?.trim_end_matches('/').to_string();

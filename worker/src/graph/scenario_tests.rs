@@ -171,6 +171,7 @@ fn top_cause(store: &SqliteGraphStore, event_id: &str) -> Candidate {
 /// pods (Deployment → ReplicaSet → Pods, Service SELECTS them, on node-2) are OOMKilled,
 /// crash-loop, fail their readiness probes and log errors. Plus the state and topology,
 /// and noise: normal lifecycle events, a healthy frontend pod, low-signal log lines.
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 fn incident_inputs() -> Vec<GraphInput> {
     let cart = ["cart-5c4d-a", "cart-5c4d-b"];
     let checkout = ["checkout-7d9f-x", "checkout-7d9f-y"];
@@ -356,6 +357,7 @@ fn log_ids(inputs: &[GraphInput], pod_name: &str) -> Vec<String> {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 fn realistic_incident_ranks_the_true_root_causes_first() {
     let inputs = incident_inputs();
     let mut s = store();
