@@ -57,7 +57,7 @@ pub async fn deregister(common: &CommonArgs, client: &ClientId) -> anyhow::Resul
 }
 
 /// `run`: registers, heartbeats and streams until `shutdown` resolves.
-#[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
+#[allow(clippy::too_many_lines)] // one linear sequence; to be split when it next changes
 pub async fn run(
     common: CommonArgs,
     run: RunArgs,

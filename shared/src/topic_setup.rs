@@ -173,7 +173,7 @@ fn same_config_value(key: &str, actual: &str, expected: &str) -> bool {
 
 /// Creates the project's topics; compares the ones that exist; with `fix_configs`, sets
 /// their fixable configs.
-#[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
+#[allow(clippy::too_many_lines)] // one linear sequence; to be split when it next changes
 pub async fn ensure_topics(
     kafka: &KafkaArgs,
     replication_factor: i32,

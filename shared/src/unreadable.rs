@@ -231,7 +231,7 @@ impl<'a> PartitionProbe<'a> {
 /// begins at a different partition, so a pass cut short does not always favour the same
 /// ones. `stopped` is asked between broker calls and probe polls: once it says so, the
 /// pass ends with what it has. Blocking: call it off the async threads.
-#[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
+#[allow(clippy::too_many_lines)] // one linear sequence; to be split when it next changes
 pub fn skip_unreadable<C: ConsumerContext, K: Consumer<C>>(
     consumer: &K,
     config: &ClientConfig,

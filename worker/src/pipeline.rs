@@ -165,7 +165,7 @@ fn is_permanent(error: &KafkaError) -> bool {
 
 /// Runs until `shutdown` resolves, then finishes the batch in hand within the grace
 /// period, commits, and returns.
-#[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
+#[allow(clippy::too_many_lines)] // one linear sequence; to be split when it next changes
 pub async fn run_pipeline(
     kafka: &KafkaArgs,
     settings: &PipelineSettings,

@@ -694,7 +694,7 @@ impl Writer<'_> {
         self.cache.recent.insert(res, facts);
     }
 
-    #[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
+    #[allow(clippy::too_many_lines)] // one linear sequence; to be split when it next changes
     fn put_episode(&mut self, e: &EpisodeInput) -> rusqlite::Result<()> {
         let (res, subject_key, subject_uid) = self.resolve_subject(&e.subject)?;
         let t = e.time_ms();

@@ -499,7 +499,7 @@ impl Writer<'_> {
 
     /// Recomputes the incidents of `r` within `[lo, hi]` (whole clusters) and their
     /// PART_OF edges, writing only differences.
-    #[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
+    #[allow(clippy::too_many_lines)] // one linear sequence; to be split when it next changes
     fn recluster(&mut self, r: i64, lo: i64, hi: i64) -> rusqlite::Result<()> {
         let members: Vec<Member> = self
             .conn
