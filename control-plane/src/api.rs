@@ -2,10 +2,12 @@
 //! deregistration. [`router`] builds the routes without a socket so tests call it
 //! directly.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -57,12 +59,61 @@ pub fn router(state: ApiState) -> Router {
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": message.into() }))).into_response()
+/// The API's one error answer: a status and `{"error": "<message>"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
 }
 
-fn bad_id(invalid: kg_shared::InvalidClientId) -> Response {
-    error(StatusCode::BAD_REQUEST, invalid.to_string())
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn not_registered(id: &ClientId) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            format!("client {id} is not registered"),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<kg_shared::InvalidClientId> for ApiError {
+    fn from(invalid: kg_shared::InvalidClientId) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, invalid.to_string())
+    }
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    ApiError::new(status, message).into_response()
+}
+
+/// The `{id}` of a client route, validated: an invalid id is answered 400 before any
+/// handler runs, so none of them can reach the table or the runtime with it.
+pub struct ClientPath(pub ClientId);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<HashMap<String, String>>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| ApiError::new(StatusCode::BAD_REQUEST, rejection.body_text()))?;
+        let id = params
+            .get("id")
+            .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "no client id in the path"))?;
+        Ok(ClientPath(ClientId::parse(id)?))
+    }
 }
 
 async fn health() -> impl IntoResponse {
@@ -163,17 +214,10 @@ async fn list_clients(
     response
 }
 
-async fn get_client(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
-    let id = match ClientId::parse(&id) {
-        Ok(id) => id,
-        Err(invalid) => return bad_id(invalid),
-    };
+async fn get_client(State(state): State<ApiState>, ClientPath(id): ClientPath) -> Response {
     match state.table.get(&id) {
         Some(record) => Json(client_view(record.value(), &state.status.listing())).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            format!("client {id} is not registered"),
-        ),
+        None => ApiError::not_registered(&id).into_response(),
     }
 }
 
@@ -229,21 +273,19 @@ fn refuse_unauthorized(state: &ApiState, headers: &HeaderMap, verb: &str) -> Opt
 
 async fn deregister(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    client: Result<ClientPath, ApiError>,
     headers: HeaderMap,
 ) -> Response {
+    // The token first: an unauthenticated caller learns nothing about the id.
     if let Some(refusal) = refuse_unauthorized(&state, &headers, "deregistration") {
         return refusal;
     }
-    let id = match ClientId::parse(&id) {
-        Ok(id) => id,
-        Err(invalid) => return bad_id(invalid),
+    let id = match client {
+        Ok(ClientPath(id)) => id,
+        Err(invalid) => return invalid.into_response(),
     };
     if !state.table.contains_key(&id) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("client {id} is not registered"),
-        );
+        return ApiError::not_registered(&id).into_response();
     }
     let Some(publisher) = &state.publisher else {
         return error(
@@ -272,22 +314,19 @@ struct RestartQuery {
 /// (or one role's, or only the failed ones), clearing their backoff and give-up.
 async fn restart(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    client: Result<ClientPath, ApiError>,
     Query(query): Query<RestartQuery>,
     headers: HeaderMap,
 ) -> Response {
     if let Some(refusal) = refuse_unauthorized(&state, &headers, "restart") {
         return refusal;
     }
-    let id = match ClientId::parse(&id) {
-        Ok(id) => id,
-        Err(invalid) => return bad_id(invalid),
+    let id = match client {
+        Ok(ClientPath(id)) => id,
+        Err(invalid) => return invalid.into_response(),
     };
     let Some(record) = state.table.get(&id).map(|r| r.value().clone()) else {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("client {id} is not registered"),
-        );
+        return ApiError::not_registered(&id).into_response();
     };
     let workers: Vec<std::sync::Arc<str>> = record
         .workers
@@ -328,13 +367,9 @@ struct EventsQuery {
 /// `GET /clients/{id}/events?limit=N`: the client's last lifecycle events, oldest first.
 async fn client_events(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ClientPath(id): ClientPath,
     Query(query): Query<EventsQuery>,
 ) -> Response {
-    let id = match ClientId::parse(&id) {
-        Ok(id) => id,
-        Err(invalid) => return bad_id(invalid),
-    };
     let limit = query
         .limit
         .unwrap_or(50)
@@ -349,13 +384,10 @@ struct LogsQuery {
 
 async fn worker_logs(
     State(state): State<ApiState>,
-    Path((id, role)): Path<(String, String)>,
+    ClientPath(id): ClientPath,
+    Path((_, role)): Path<(String, String)>,
     Query(query): Query<LogsQuery>,
 ) -> Response {
-    let id = match ClientId::parse(&id) {
-        Ok(id) => id,
-        Err(invalid) => return bad_id(invalid),
-    };
     if !role.bytes().all(|b| b.is_ascii_lowercase() || b == b'-') {
         return error(
             StatusCode::BAD_REQUEST,
@@ -382,7 +414,7 @@ struct RcaQuery {
 /// candidates and relays its answer.
 async fn rca(
     State(state): State<ApiState>,
-    Path(id): Path<String>,
+    ClientPath(id): ClientPath,
     Query(query): Query<RcaQuery>,
 ) -> Response {
     let limit = query.limit.unwrap_or(10).clamp(1, 100).to_string();
@@ -399,22 +431,20 @@ async fn rca(
 }
 
 /// `GET /clients/{id}/graph/stats`: the client's graph statistics.
-async fn graph_stats(State(state): State<ApiState>, Path(id): Path<String>) -> Response {
+async fn graph_stats(State(state): State<ApiState>, ClientPath(id): ClientPath) -> Response {
     graph_query(&state, &id, "/graph/stats", &[]).await
 }
 
-async fn graph_query(state: &ApiState, id: &str, path: &str, params: &[(&str, &str)]) -> Response {
-    let id = match ClientId::parse(id) {
-        Ok(id) => id,
-        Err(invalid) => return bad_id(invalid),
-    };
-    if !state.table.contains_key(&id) {
-        return error(
-            StatusCode::NOT_FOUND,
-            format!("client {id} is not registered"),
-        );
+async fn graph_query(
+    state: &ApiState,
+    id: &ClientId,
+    path: &str,
+    params: &[(&str, &str)],
+) -> Response {
+    if !state.table.contains_key(id) {
+        return ApiError::not_registered(id).into_response();
     }
-    let name = worker_name("graph-builder", &id);
+    let name = worker_name("graph-builder", id);
     let endpoint = match state.runtime.endpoint(&name).await {
         Ok(Some(endpoint)) => endpoint,
         Ok(None) | Err(RuntimeError::NotFound(_)) => {
@@ -584,10 +614,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_invalid_client_id_is_a_bad_request() {
-        let (status, body) = send(state(None), "GET", "/clients/Bad_Id", None).await;
-        assert_eq!(status, StatusCode::BAD_REQUEST);
-        assert!(body.contains("error"));
+    async fn the_token_is_checked_before_the_client_id() {
+        for (method, uri) in [
+            ("DELETE", "/clients/Bad_Id"),
+            ("POST", "/clients/Bad_Id/restart"),
+        ] {
+            let (status, _) = send(state(Some("test-token")), method, uri, None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{method} {uri}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_invalid_client_id_is_a_bad_request_on_every_client_route() {
+        // The mutating verbs authorize first: with the token, the id is what is refused.
+        let routes = [
+            ("GET", "/clients/Bad_Id"),
+            ("GET", "/clients/Bad_Id/events"),
+            ("GET", "/clients/Bad_Id/workers/graph-builder/logs"),
+            ("GET", "/clients/Bad_Id/rca?event_id=x"),
+            ("GET", "/clients/Bad_Id/graph/stats"),
+            ("DELETE", "/clients/Bad_Id"),
+            ("POST", "/clients/Bad_Id/restart"),
+        ];
+        for (method, uri) in routes {
+            let (status, body) = send(
+                state(Some("test-token")),
+                method,
+                uri,
+                Some("Bearer test-token"),
+            )
+            .await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{method} {uri}: {body}");
+            let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert!(
+                error["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("Bad_Id")),
+                "{method} {uri}: {body}"
+            );
+        }
     }
 
     #[tokio::test]
