@@ -135,6 +135,26 @@ fn tolerate_not_found(result: Result<(), ActionError>) -> Result<(), ActionError
     }
 }
 
+/// Stops a worker (SIGTERM, then its grace) and removes it; one already gone is fine.
+async fn stop_and_remove(
+    runtime: &dyn Runtime,
+    name: &str,
+    timeout: Duration,
+    stop_grace: Duration,
+) -> Result<(), ActionError> {
+    // A stop may legitimately take its whole grace period.
+    let stop_timeout = timeout + stop_grace;
+    tolerate_not_found(
+        call(
+            Operation::Stop,
+            stop_timeout,
+            runtime.stop(name, stop_grace),
+        )
+        .await,
+    )?;
+    tolerate_not_found(call(Operation::Remove, timeout, runtime.remove(name)).await)
+}
+
 /// Carries out one action; returns the lifecycle event it amounts to.
 pub async fn execute(
     runtime: &dyn Runtime,
@@ -142,8 +162,6 @@ pub async fn execute(
     timeout: Duration,
     stop_grace: Duration,
 ) -> Result<Lifecycle, ActionError> {
-    // A stop may legitimately take its whole grace period.
-    let stop_timeout = timeout + stop_grace;
     match action {
         Action::Create(spec) => {
             match call(Operation::Create, timeout, runtime.create(spec)).await {
@@ -159,17 +177,7 @@ pub async fn execute(
             Ok(Lifecycle::WorkerSpawned)
         }
         Action::Recreate(worker, spec, reason) => {
-            tolerate_not_found(
-                call(
-                    Operation::Stop,
-                    stop_timeout,
-                    runtime.stop(&worker.name, stop_grace),
-                )
-                .await,
-            )?;
-            tolerate_not_found(
-                call(Operation::Remove, timeout, runtime.remove(&worker.name)).await,
-            )?;
+            stop_and_remove(runtime, &worker.name, timeout, stop_grace).await?;
             call(Operation::Create, timeout, runtime.create(spec)).await?;
             call(Operation::Start, timeout, runtime.start(&spec.name)).await?;
             Ok(match reason {
@@ -188,17 +196,7 @@ pub async fn execute(
             Ok(Lifecycle::ClientDataRemoved)
         }
         Action::Remove(worker, reason) => {
-            tolerate_not_found(
-                call(
-                    Operation::Stop,
-                    stop_timeout,
-                    runtime.stop(&worker.name, stop_grace),
-                )
-                .await,
-            )?;
-            tolerate_not_found(
-                call(Operation::Remove, timeout, runtime.remove(&worker.name)).await,
-            )?;
+            stop_and_remove(runtime, &worker.name, timeout, stop_grace).await?;
             Ok(match reason {
                 RemoveReason::ClientStale => Lifecycle::WorkerReaped,
                 RemoveReason::ClientUnknown | RemoveReason::RoleRemoved => Lifecycle::WorkerRemoved,
