@@ -213,11 +213,11 @@ impl Admission {
                         self.waiting.remove(&client);
                         self.refilled.remove(&client);
                     }
-                    self.mark_dropped(last);
+                    self.mark(last.partition, last.offset);
                     displaced = true;
                 }
                 _ => {
-                    self.mark_dropped(arrival);
+                    self.mark(arrival.partition, arrival.offset);
                     return Ok(Deferral::WaitingFull);
                 }
             }
@@ -231,14 +231,11 @@ impl Admission {
         })
     }
 
-    /// Marks a registration dropped from (or never let into) the line: the re-read starts
-    /// at or before it.
-    fn mark_dropped(&mut self, arrival: Arrival) {
-        let mark = self
-            .overflow
-            .entry(arrival.partition)
-            .or_insert(arrival.offset);
-        *mark = (*mark).min(arrival.offset);
+    /// Marks an offset of a registration dropped from (or never let into) the line, or
+    /// where a re-read stopped: the next re-read of that partition starts at or before it.
+    fn mark(&mut self, partition: i32, offset: i64) {
+        let mark = self.overflow.entry(partition).or_insert(offset);
+        *mark = (*mark).min(offset);
     }
 
     /// A registration read again from the registry (`crate::refill`), of a client not in
@@ -289,14 +286,14 @@ impl Admission {
         self.refill = Refill::Idle;
         self.refilled.clear();
         for (partition, offset) in unfinished {
-            let mark = self.overflow.entry(partition).or_insert(offset);
-            *mark = (*mark).min(offset);
+            self.mark(partition, offset);
         }
     }
 
     /// Whether registrations were dropped that the registry still holds (a re-read is due
     /// or under way).
-    pub fn has_overflow(&self) -> bool {
+    #[cfg(test)]
+    fn has_overflow(&self) -> bool {
         !self.overflow.is_empty() || self.refill == Refill::Reading
     }
 
@@ -451,15 +448,8 @@ mod tests {
 
     /// Defers `ids` in the order given, each arriving at its position.
     fn line_up(admission: &mut Admission, ids: &[&str]) {
-        for (n, id) in ids.iter().enumerate() {
-            assert_eq!(
-                admission.defer(&registration(id), t(0), arrival(n as i64)),
-                Ok(Deferral::Waiting {
-                    again: false,
-                    displaced: false
-                })
-            );
-        }
+        let positioned: Vec<(&str, i64)> = ids.iter().zip(0..).map(|(id, n)| (*id, n)).collect();
+        line_up_at(admission, &positioned);
     }
 
     #[test]
