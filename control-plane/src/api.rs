@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use kg_shared::ClientId;
+use kg_shared::{ClientId, Role};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -328,22 +328,32 @@ async fn restart(
     let Some(record) = state.table.get(&id).map(|r| r.value().clone()) else {
         return ApiError::not_registered(&id).into_response();
     };
-    let workers: Vec<std::sync::Arc<str>> = record
-        .workers
-        .iter()
-        .filter(|w| query.role.as_ref().is_none_or(|role| **role == *w.role))
-        .filter(|w| !query.only_failed || w.state == WorkerPhase::Failed)
-        .map(|w| w.name.clone())
-        .collect();
+    // A name that is no role's names no worker: nothing is restarted, and the answer is
+    // what it has always been for it (202, restarting none).
+    let role = query.role.as_deref().map(str::parse::<Role>).transpose();
+    let workers: Vec<std::sync::Arc<str>> = match &role {
+        Ok(role) => record
+            .workers
+            .iter()
+            .filter(|w| role.is_none_or(|role| role.as_str() == &*w.role))
+            .filter(|w| !query.only_failed || w.state == WorkerPhase::Failed)
+            .map(|w| w.name.clone())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
     let Some(commands) = &state.commands else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "no controller to send the restart to",
         );
     };
+    let restarted = Json(json!({ "client_id": id, "restarting": workers }));
+    let Ok(role) = role else {
+        return (StatusCode::ACCEPTED, restarted).into_response();
+    };
     let command = Input::Restart(RestartRequest {
         client_id: id.clone(),
-        role: query.role.clone(),
+        role,
         only_failed: query.only_failed,
     });
     if commands.send(command).await.is_err() {
@@ -352,11 +362,7 @@ async fn restart(
             "the controller is stopping",
         );
     }
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "client_id": id, "restarting": workers })),
-    )
-        .into_response()
+    (StatusCode::ACCEPTED, restarted).into_response()
 }
 
 #[derive(Deserialize)]
@@ -704,6 +710,78 @@ mod tests {
         let (ids, next) = page("/clients").await;
         assert_eq!(ids.len(), 5);
         assert_eq!(next, None);
+    }
+
+    #[tokio::test]
+    async fn a_restart_names_a_role_or_restarts_nothing() {
+        let (commands, mut sent) = mpsc::channel(4);
+        let mut state = state(Some("test-token"));
+        state.commands = Some(commands);
+        let id = ClientId::parse("af-9").unwrap();
+        let worker = |role: &str| crate::table::WorkerView {
+            role: role.into(),
+            name: format!("kg-{role}-af-9").into(),
+            id: role.into(),
+            state: WorkerPhase::Running,
+            exit_code: None,
+            restart_policy: crate::supervise::RestartPolicy::Always,
+            restart_count: 0,
+            last_exit_reason: None,
+            next_retry_at: None,
+            failed_reason: None,
+            last_lines: None,
+        };
+        state.table.insert(
+            id.clone(),
+            ClientRecord {
+                client_id: id.clone(),
+                state: crate::table::ClientState::Active,
+                cluster_name: None,
+                registered_at: chrono::Utc::now(),
+                last_heartbeat: None,
+                registration: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+                registrations_seen: 1,
+                workers: vec![worker("event-normalizer"), worker("log-normalizer")],
+            },
+        );
+        let restart = |query: &'static str| {
+            let state = state.clone();
+            async move {
+                let uri = format!("/clients/af-9/restart{query}");
+                send(state, "POST", &uri, Some("Bearer test-token")).await
+            }
+        };
+
+        let (status, body) = restart("?role=log-normalizer").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(
+            body,
+            r#"{"client_id":"af-9","restarting":["kg-log-normalizer-af-9"]}"#
+        );
+        let Some(Input::Restart(request)) = sent.try_recv().ok() else {
+            panic!("no restart sent");
+        };
+        assert_eq!(
+            request,
+            RestartRequest {
+                client_id: id.clone(),
+                role: Some(kg_shared::Role::LogNormalizer),
+                only_failed: false,
+            }
+        );
+
+        // No such role: no worker has it, so nothing is restarted.
+        let (status, body) = restart("?role=miner").await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(body, r#"{"client_id":"af-9","restarting":[]}"#);
+        assert!(sent.try_recv().is_err());
+
+        let (status, body) = restart("").await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        let Some(Input::Restart(request)) = sent.try_recv().ok() else {
+            panic!("no restart sent");
+        };
+        assert_eq!(request.role, None);
     }
 
     #[tokio::test]

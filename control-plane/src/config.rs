@@ -3,8 +3,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use kg_shared::kafka::KafkaArgs;
+
+use crate::liveness::HeartbeatTimeout;
 pub use kg_shared::telemetry::LogFormat;
 
 #[derive(Debug, clap::Parser)]
@@ -80,8 +83,12 @@ pub struct RunArgs {
 
     /// A client with no heartbeat (or registration) for this long is stale: its workers
     /// are stopped and removed.
-    #[arg(long, env = "CP_HEARTBEAT_TIMEOUT_SECS", default_value_t = 120)]
-    pub heartbeat_timeout_secs: u64,
+    #[arg(
+        long = "heartbeat-timeout-secs",
+        env = "CP_HEARTBEAT_TIMEOUT_SECS",
+        default_value_t = HeartbeatTimeout::default()
+    )]
+    pub heartbeat_timeout: HeartbeatTimeout,
 
     /// How often the controller lists the runtime and reconciles when nothing happens
     /// (at least 50 ms).
@@ -368,6 +375,55 @@ fn fraction(value: &str) -> Result<f64, String> {
     }
 }
 
+impl RunArgs {
+    /// The controller's tuning, from the flags.
+    pub fn controller_settings(&self) -> crate::controller::ControllerSettings {
+        crate::controller::ControllerSettings {
+            heartbeat_timeout: self.heartbeat_timeout,
+            restart_delay: Duration::from_millis(self.restart_backoff_base_ms),
+            reconcile_interval: Duration::from_millis(self.reconcile_interval_ms),
+            max_concurrent_actions: self.max_concurrent_actions,
+            action_timeout: Duration::from_secs(self.action_timeout_secs),
+            stop_grace: Duration::from_secs(self.stop_grace_secs),
+            shutdown_grace: Duration::from_secs(10),
+            delete_data_on_deregister: self.deregistered_data == DeregisteredData::Delete,
+            admission: crate::admission::AdmissionSettings {
+                max_clients: self.max_clients,
+                max_new_per_minute: self.max_new_clients_per_minute,
+                max_waiting: self.max_waiting_clients,
+                allowlist: self
+                    .client_allowlist
+                    .iter()
+                    .map(|id| id.trim().to_string())
+                    .filter(|id| !id.is_empty())
+                    .collect(),
+            },
+            orphan_grace: chrono::Duration::seconds(self.orphan_grace_secs as i64),
+            orphan_dry_run: self.orphan_dry_run,
+            max_recreates_per_pass: self.max_recreates_per_pass,
+            event_attributor: self.event_attributor,
+            attributor_env: vec![(
+                "ATTRIBUTOR_WINDOW_SECS".into(),
+                self.attributor_window_secs.to_string(),
+            )],
+            health: crate::controller::HealthSettings {
+                interval: Duration::from_secs(self.health_interval_secs),
+                timeout: Duration::from_secs(self.health_timeout_secs),
+                failures: self.health_failures,
+                max_concurrent: self.health_max_concurrent_probes,
+            },
+            backoff: crate::supervise::BackoffSettings {
+                base: chrono::Duration::milliseconds(self.restart_backoff_base_ms as i64),
+                cap: chrono::Duration::seconds(self.restart_backoff_max_secs as i64),
+                reset_after: chrono::Duration::seconds(self.restart_reset_after_secs as i64),
+                window: chrono::Duration::seconds(self.restart_window_secs as i64),
+                max_restarts_in_window: self.restart_max_in_window,
+                jitter: self.restart_jitter,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser;
@@ -385,13 +441,18 @@ mod tests {
     #[test]
     fn the_defaults_parse_and_are_the_documented_ones() {
         let args = run_args(&[]).unwrap();
-        assert_eq!(args.heartbeat_timeout_secs, 120);
+        assert_eq!(args.heartbeat_timeout.as_secs(), 120);
         assert_eq!(args.reconcile_interval_ms, 1000);
         assert_eq!(args.max_clients, 5000);
         assert_eq!(args.max_new_clients_per_minute, 600);
         assert_eq!(args.max_waiting_clients, 10_000);
         assert_eq!(args.restart_jitter, 0.2);
         assert_eq!(args.runtime, RuntimeKind::Process);
+        let default_roles: Vec<String> = crate::roles::DEFAULT_ROLES
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(args.roles, default_roles);
     }
 
     #[test]

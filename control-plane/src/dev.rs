@@ -88,7 +88,7 @@ pub async fn dev(mut args: DevArgs) -> Result<(), DevError> {
     let mut runtime: Option<Arc<dyn Runtime>> = None;
     let demo = args.demo;
     let heartbeat_secs = args.demo_heartbeat_secs;
-    let timeout_secs = args.run.heartbeat_timeout_secs;
+    let timeout_secs = args.run.heartbeat_timeout.as_secs();
     let stop_grace = Duration::from_secs(args.run.stop_grace_secs);
     crate::run(args.run, shutdown, |handles| {
         println!("api=http://{}", handles.api_addr);

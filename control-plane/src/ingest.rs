@@ -34,6 +34,7 @@ use prometheus_client::metrics::family::Family;
 
 use crate::admission::Arrival;
 use crate::input::Input;
+use crate::liveness::HeartbeatTimeout;
 use crate::metrics::{ControlPlaneMetrics, ReasonLabel, TopicReasonLabel};
 use crate::publisher::Publisher;
 use crate::replay_order::HeldHeartbeats;
@@ -53,7 +54,7 @@ pub enum IngestError {
 
 /// Settings of the ingest loop.
 pub struct IngestSettings {
-    pub heartbeat_timeout: Duration,
+    pub heartbeat_timeout: HeartbeatTimeout,
     pub metadata_timeout: Duration,
 }
 
@@ -471,25 +472,49 @@ async fn run_skipped(
     publisher.dead_letter_in_background(&letter, metrics).await;
 }
 
+/// Why ingest could not assign itself the registry and heartbeat partitions yet (it
+/// retries: the topics may not exist yet).
+#[derive(Debug, thiserror::Error)]
+enum AssignError {
+    #[error("metadata of {topic}: {source}")]
+    Metadata {
+        topic: &'static str,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("topic {topic} has no partitions (does it exist?)")]
+    NoPartitions { topic: &'static str },
+    #[error("watermarks of {topic}/{partition}: {source}")]
+    Watermarks {
+        topic: &'static str,
+        partition: i32,
+        #[source]
+        source: KafkaError,
+    },
+    /// A start offset librdkafka refuses to add to the assignment.
+    #[error(transparent)]
+    Offset(KafkaError),
+    #[error("assign: {0}")]
+    Assign(#[source] KafkaError),
+}
+
 #[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
 fn assign_partitions(
     consumer: &IngestConsumer,
     settings: &IngestSettings,
     now: DateTime<Utc>,
-) -> Result<(Watermarks, Pending, NextOffsets), String> {
+) -> Result<(Watermarks, Pending, NextOffsets), AssignError> {
     let mut watermarks = Watermarks::new();
     let mut pending = Pending::new();
     let mut next_offsets = NextOffsets::new();
     let mut assignment = TopicPartitionList::new();
     let mut heartbeat_by_time = TopicPartitionList::new();
     let mut lows: HashMap<TopicPartition, i64> = HashMap::new();
-    let since = now
-        - chrono::Duration::from_std(settings.heartbeat_timeout)
-            .unwrap_or(chrono::Duration::seconds(120));
+    let since = settings.heartbeat_timeout.horizon(now);
     for topic in [CLUSTER_REGISTRY, CLUSTER_HEARTBEAT] {
         let metadata = consumer
             .fetch_metadata(Some(topic), settings.metadata_timeout)
-            .map_err(|error| format!("metadata of {topic}: {error}"))?;
+            .map_err(|source| AssignError::Metadata { topic, source })?;
         let partitions: Vec<i32> = metadata
             .topics()
             .iter()
@@ -497,12 +522,16 @@ fn assign_partitions(
             .flat_map(|t| t.partitions().iter().map(|p| p.id()))
             .collect();
         if partitions.is_empty() {
-            return Err(format!("topic {topic} has no partitions (does it exist?)"));
+            return Err(AssignError::NoPartitions { topic });
         }
         for partition in partitions {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, settings.metadata_timeout)
-                .map_err(|error| format!("watermarks of {topic}/{partition}: {error}"))?;
+                .map_err(|source| AssignError::Watermarks {
+                    topic,
+                    partition,
+                    source,
+                })?;
             watermarks.insert((topic, partition), high);
             lows.insert((topic, partition), low);
             if topic == CLUSTER_REGISTRY {
@@ -514,7 +543,7 @@ fn assign_partitions(
                 next_offsets.insert((CLUSTER_REGISTRY, partition), low);
                 assignment
                     .add_partition_offset(topic, partition, Offset::Beginning)
-                    .map_err(|error| error.to_string())?;
+                    .map_err(AssignError::Offset)?;
             } else {
                 heartbeat_by_time
                     .add_partition_offset(
@@ -522,7 +551,7 @@ fn assign_partitions(
                         partition,
                         Offset::Offset(since.timestamp_millis()),
                     )
-                    .map_err(|error| error.to_string())?;
+                    .map_err(AssignError::Offset)?;
             }
         }
     }
@@ -544,7 +573,7 @@ fn assign_partitions(
         if answered_end {
             from_epoch
                 .add_partition_offset(element.topic(), element.partition(), Offset::Offset(0))
-                .map_err(|error| error.to_string())?;
+                .map_err(AssignError::Offset)?;
         }
     }
     let epoch = if from_epoch.count() > 0 {
@@ -590,11 +619,9 @@ fn assign_partitions(
         next_offsets.insert(key, replay_from.unwrap_or(high));
         assignment
             .add_partition_offset(element.topic(), element.partition(), offset)
-            .map_err(|error| error.to_string())?;
+            .map_err(AssignError::Offset)?;
     }
-    consumer
-        .assign(&assignment)
-        .map_err(|error| format!("assign: {error}"))?;
+    consumer.assign(&assignment).map_err(AssignError::Assign)?;
     Ok((watermarks, pending, next_offsets))
 }
 

@@ -43,6 +43,7 @@ pub enum Input {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RestartRequest {
     pub client_id: ClientId,
-    pub role: Option<String>,
+    /// One role's workers only.
+    pub role: Option<kg_shared::Role>,
     pub only_failed: bool,
 }

@@ -20,6 +20,7 @@ pub mod dev;
 pub mod events;
 pub mod ingest;
 pub mod input;
+pub mod liveness;
 pub mod metrics;
 pub mod plan;
 pub mod publisher;
@@ -29,6 +30,8 @@ pub mod roles;
 pub mod runtime;
 pub mod supervise;
 pub mod table;
+#[cfg(test)]
+mod test_fixtures;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -42,7 +45,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info};
 
 use crate::config::{RunArgs, RuntimeKind};
-use crate::controller::{Controller, ControllerSettings, Status};
+use crate::controller::{Controller, Status};
 use crate::ingest::IngestSettings;
 use crate::metrics::ControlPlaneMetrics;
 use crate::publisher::Publisher;
@@ -163,16 +166,12 @@ pub async fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPl
 
 /// Runs the control plane until `shutdown` resolves. `on_started` receives the handles
 /// once the API is listening.
-#[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
 pub async fn run(
     args: RunArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
     on_started: impl FnOnce(&Handles),
 ) -> Result<(), ControlPlaneError> {
-    std::fs::create_dir_all(&args.data_dir).map_err(|source| ControlPlaneError::DataDir {
-        path: args.data_dir.clone(),
-        source,
-    })?;
+    create_data_dir(&args.data_dir)?;
     let metrics = Arc::new(ControlPlaneMetrics::new());
     let runtime = runtime::instrumented::InstrumentedRuntime::wrap(
         build_runtime(&args).await?,
@@ -183,20 +182,9 @@ pub async fn run(
     let table: ClientTable = Arc::new(DashMap::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let publisher = Arc::new(Publisher::new(&args.kafka, metrics.clone())?);
-    let heartbeat_timeout = Duration::from_secs(args.heartbeat_timeout_secs);
+    let heartbeat_timeout = args.heartbeat_timeout;
 
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|source| ControlPlaneError::Bind {
-            addr: args.listen,
-            source,
-        })?;
-    let api_addr = listener
-        .local_addr()
-        .map_err(|source| ControlPlaneError::Bind {
-            addr: args.listen,
-            source,
-        })?;
+    let (listener, api_addr) = bind_api(args.listen).await?;
     write_api_addr(&args.data_dir, api_addr);
     info!(api = %api_addr, runtime = runtime.kind(), roles = ?roles.roles.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(), "control plane starting");
 
@@ -219,42 +207,22 @@ pub async fn run(
         publisher: Some(publisher.clone()),
         api_token: args.api_token.clone(),
     });
-    let api_stop = stopped(stop_rx.clone());
-    let api_task = tokio::spawn(async move {
-        if let Err(failure) = axum::serve(listener, router)
-            .with_graceful_shutdown(api_stop)
-            .await
-        {
-            error!(error = %failure, "api server stopped");
+    let api_task = tokio::spawn(serve_api(listener, router, stopped(stop_rx.clone())));
+
+    let (refills_tx, refilled_rx) =
+        refill::spawn(args.kafka.clone(), clock.clone(), stop_rx.clone());
+
+    let mut ingest_task = tokio::spawn({
+        let settings = IngestSettings {
+            heartbeat_timeout,
+            metadata_timeout: Duration::from_secs(5),
+        };
+        let (kafka, metrics, publisher) = (args.kafka.clone(), metrics.clone(), publisher.clone());
+        let (clock, stop) = (clock.clone(), stop_rx.clone());
+        async move {
+            ingest::run_ingest(&kafka, settings, metrics, publisher, clock, inputs_tx, stop).await
         }
     });
-
-    // Re-reads of the registry for registrations past the waiting line (`refill`): one at
-    // a time, so one queued request is enough.
-    let (refills_tx, refills_rx) = mpsc::channel(1);
-    let (refilled_tx, refilled_rx) = mpsc::channel(refill::REFILLED_QUEUE);
-    tokio::spawn(refill::run_refills(
-        args.kafka.clone(),
-        refills_rx,
-        refilled_tx,
-        clock.clone(),
-        stop_rx.clone(),
-    ));
-
-    let mut ingest_task = {
-        let kafka = args.kafka.clone();
-        let metrics = metrics.clone();
-        let publisher = publisher.clone();
-        let clock = clock.clone();
-        let stop = stop_rx.clone();
-        tokio::spawn(async move {
-            let settings = IngestSettings {
-                heartbeat_timeout,
-                metadata_timeout: Duration::from_secs(5),
-            };
-            ingest::run_ingest(&kafka, settings, metrics, publisher, clock, inputs_tx, stop).await
-        })
-    };
 
     on_started(&Handles {
         table: table.clone(),
@@ -265,55 +233,10 @@ pub async fn run(
 
     let controller = Controller::new(
         runtime.clone(),
-        TableWriter::new(
-            table,
-            chrono::Duration::from_std(heartbeat_timeout).unwrap_or(chrono::Duration::seconds(120)),
-        ),
+        TableWriter::new(table, heartbeat_timeout),
         roles,
         args.worker_base_env(),
-        ControllerSettings {
-            heartbeat_timeout,
-            restart_delay: Duration::from_millis(args.restart_backoff_base_ms),
-            reconcile_interval: Duration::from_millis(args.reconcile_interval_ms),
-            max_concurrent_actions: args.max_concurrent_actions,
-            action_timeout: Duration::from_secs(args.action_timeout_secs),
-            stop_grace: Duration::from_secs(args.stop_grace_secs),
-            shutdown_grace: Duration::from_secs(10),
-            delete_data_on_deregister: args.deregistered_data == config::DeregisteredData::Delete,
-            admission: admission::AdmissionSettings {
-                max_clients: args.max_clients,
-                max_new_per_minute: args.max_new_clients_per_minute,
-                max_waiting: args.max_waiting_clients,
-                allowlist: args
-                    .client_allowlist
-                    .iter()
-                    .map(|id| id.trim().to_string())
-                    .filter(|id| !id.is_empty())
-                    .collect(),
-            },
-            orphan_grace: chrono::Duration::seconds(args.orphan_grace_secs as i64),
-            orphan_dry_run: args.orphan_dry_run,
-            max_recreates_per_pass: args.max_recreates_per_pass,
-            event_attributor: args.event_attributor,
-            attributor_env: vec![(
-                "ATTRIBUTOR_WINDOW_SECS".into(),
-                args.attributor_window_secs.to_string(),
-            )],
-            health: controller::HealthSettings {
-                interval: Duration::from_secs(args.health_interval_secs),
-                timeout: Duration::from_secs(args.health_timeout_secs),
-                failures: args.health_failures,
-                max_concurrent: args.health_max_concurrent_probes,
-            },
-            backoff: supervise::BackoffSettings {
-                base: chrono::Duration::milliseconds(args.restart_backoff_base_ms as i64),
-                cap: chrono::Duration::seconds(args.restart_backoff_max_secs as i64),
-                reset_after: chrono::Duration::seconds(args.restart_reset_after_secs as i64),
-                window: chrono::Duration::seconds(args.restart_window_secs as i64),
-                max_restarts_in_window: args.restart_max_in_window,
-                jitter: args.restart_jitter,
-            },
-        },
+        args.controller_settings(),
         metrics,
         status,
         clock,
@@ -324,14 +247,7 @@ pub async fn run(
     let shutdown_or_ingest_end = async {
         tokio::select! {
             _ = shutdown => {}
-            joined = &mut ingest_task => {
-                ingest_ended = Some(match joined {
-                    Ok(Ok(())) => "it returned".to_string(),
-                    Ok(Err(failure)) => failure.to_string(),
-                    Err(join) if join.is_panic() => "it panicked".to_string(),
-                    Err(join) => join.to_string(),
-                });
-            }
+            joined = &mut ingest_task => ingest_ended = Some(why_ingest_ended(joined)),
         }
     };
     controller.run(inputs_rx, shutdown_or_ingest_end).await;
@@ -340,6 +256,16 @@ pub async fn run(
         Controller::stop_all(runtime.as_ref(), Duration::from_secs(args.stop_grace_secs)).await;
     }
     let _ = stop_tx.send(true);
+    stop_tasks(api_task, ingest_task, ingest_ended).await
+}
+
+/// After the controller: the API and ingest are stopped (they have been told), and a run
+/// ended by ingest is an error, so that the control plane is restarted.
+async fn stop_tasks(
+    api_task: tokio::task::JoinHandle<()>,
+    ingest_task: tokio::task::JoinHandle<Result<(), ingest::IngestError>>,
+    ingest_ended: Option<String>,
+) -> Result<(), ControlPlaneError> {
     if let Some(reason) = ingest_ended {
         let _ = api_task.await;
         error!(%reason, "ingest stopped; the control plane exits so that it is restarted");
@@ -351,6 +277,54 @@ pub async fn run(
     let _ = api_task.await;
     info!("control plane stopped; workers left running");
     Ok(())
+}
+
+fn create_data_dir(path: &Path) -> Result<(), ControlPlaneError> {
+    std::fs::create_dir_all(path).map_err(|source| ControlPlaneError::DataDir {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Why ingest's task ended before shutdown: the control plane exits with it.
+fn why_ingest_ended(
+    joined: Result<Result<(), ingest::IngestError>, tokio::task::JoinError>,
+) -> String {
+    match joined {
+        Ok(Ok(())) => "it returned".to_string(),
+        Ok(Err(failure)) => failure.to_string(),
+        Err(join) if join.is_panic() => "it panicked".to_string(),
+        Err(join) => join.to_string(),
+    }
+}
+
+/// Binds the API's listener; the address it got (the port may be chosen by the system).
+async fn bind_api(
+    listen: SocketAddr,
+) -> Result<(tokio::net::TcpListener, SocketAddr), ControlPlaneError> {
+    let bind_failed = |source| ControlPlaneError::Bind {
+        addr: listen,
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(bind_failed)?;
+    let addr = listener.local_addr().map_err(bind_failed)?;
+    Ok((listener, addr))
+}
+
+/// Serves the API until `stop` resolves; in-flight requests finish first.
+async fn serve_api(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: impl Future<Output = ()> + Send + 'static,
+) {
+    if let Err(failure) = axum::serve(listener, router)
+        .with_graceful_shutdown(stop)
+        .await
+    {
+        error!(error = %failure, "api server stopped");
+    }
 }
 
 fn write_api_addr(data_dir: &Path, addr: SocketAddr) {

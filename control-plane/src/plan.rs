@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use chrono::{DateTime, Duration, Utc};
 use kg_shared::ClientId;
 
+use crate::liveness::HeartbeatTimeout;
 use crate::runtime::{ObservedWorker, RuntimeState, WorkerSpec};
 
 /// One registered client as the planner sees it.
@@ -26,7 +27,7 @@ pub struct DesiredClient {
 pub struct Desired {
     pub clients: Vec<DesiredClient>,
     /// A client not seen for this long is stale and its workers go.
-    pub heartbeat_timeout: Duration,
+    pub heartbeat_timeout: HeartbeatTimeout,
     /// An exited worker that supervision has not judged yet is started again once it has
     /// been down this long.
     pub restart_delay: Duration,
@@ -83,11 +84,6 @@ impl Plan {
     }
 }
 
-/// Whether a client last seen at `last_seen` is live at `now`.
-pub fn is_live(last_seen: DateTime<Utc>, now: DateTime<Utc>, timeout: Duration) -> bool {
-    now - last_seen < timeout
-}
-
 /// Computes the actions that make `observed` match `desired` at `now`.
 pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) -> Plan {
     let mut result = Plan::default();
@@ -96,7 +92,7 @@ pub fn plan(desired: &Desired, observed: &[ObservedWorker], now: DateTime<Utc>) 
     let mut registered: BTreeSet<&str> = BTreeSet::new();
     for client in &desired.clients {
         registered.insert(client.client_id.as_str());
-        if is_live(client.last_seen, now, desired.heartbeat_timeout) {
+        if desired.heartbeat_timeout.is_live(client.last_seen, now) {
             for spec in client.specs.iter() {
                 wanted.insert(&*spec.name, spec);
             }
@@ -167,18 +163,9 @@ fn needs_restart(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::roles::{RoleSet, DEFAULT_IMAGE, DEFAULT_ROLES};
+    use crate::test_fixtures::{default_roles as roles, running, t};
     use proptest::prelude::*;
     use std::sync::Arc;
-
-    fn t(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_760_000_000 + seconds, 0).unwrap()
-    }
-
-    fn roles() -> RoleSet {
-        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
-        RoleSet::builtin(&enabled, DEFAULT_IMAGE).unwrap()
-    }
 
     fn client(id: &str, last_seen: i64) -> DesiredClient {
         let client_id = ClientId::parse(id).unwrap();
@@ -192,20 +179,9 @@ mod tests {
     fn desired(clients: Vec<DesiredClient>) -> Desired {
         Desired {
             clients,
-            heartbeat_timeout: Duration::seconds(120),
+            heartbeat_timeout: HeartbeatTimeout::default(),
             restart_delay: Duration::seconds(2),
             restart_gates: HashMap::new(),
-        }
-    }
-
-    fn running(spec: &WorkerSpec) -> ObservedWorker {
-        ObservedWorker {
-            name: spec.name.clone(),
-            id: format!("id-{}", spec.name).into(),
-            client_id: spec.client_id.as_str().into(),
-            role: spec.role.clone(),
-            spec_hash: spec.spec_hash.clone(),
-            state: RuntimeState::Running { started_at: t(0) },
         }
     }
 
@@ -385,7 +361,7 @@ mod tests {
             }
             let mut expected = BTreeMap::new();
             for c in &desired.clients {
-                if is_live(c.last_seen, t(now), desired.heartbeat_timeout) {
+                if desired.heartbeat_timeout.is_live(c.last_seen, t(now)) {
                     for spec in c.specs.iter() { expected.insert(spec.name.clone(), spec.spec_hash.clone()); }
                 }
             }

@@ -24,6 +24,7 @@ use kg_shared::registry::decode_registry;
 use kg_shared::topics::CLUSTER_REGISTRY;
 use kg_shared::unreadable::{is_unreadable, skip_unreadable};
 use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, watch};
@@ -49,6 +50,38 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest one probe pass over records that cannot be read may take.
 const PROBE_BUDGET: Duration = Duration::from_secs(5);
+
+/// Why a re-read could not start; its marks are kept for the next.
+#[derive(Debug, thiserror::Error)]
+enum RefillError {
+    #[error("consumer: {0}")]
+    Consumer(#[source] KafkaError),
+    /// Of the registry's `partition`.
+    #[error("watermarks of partition {partition}: {source}")]
+    Watermarks {
+        partition: i32,
+        #[source]
+        source: KafkaError,
+    },
+    /// A start offset librdkafka refuses to add to the assignment.
+    #[error(transparent)]
+    Offset(KafkaError),
+    #[error("assign: {0}")]
+    Assign(#[source] KafkaError),
+}
+
+/// Starts the re-read task; what it is asked on, and what it brings back. Re-reads run one
+/// at a time, so one queued request is enough.
+pub fn spawn(
+    kafka: KafkaArgs,
+    clock: Arc<dyn Clock>,
+    stop: watch::Receiver<bool>,
+) -> (mpsc::Sender<RefillMarks>, mpsc::Receiver<Input>) {
+    let (refills_tx, refills_rx) = mpsc::channel(1);
+    let (refilled_tx, refilled_rx) = mpsc::channel(REFILLED_QUEUE);
+    tokio::spawn(run_refills(kafka, refills_rx, refilled_tx, clock, stop));
+    (refills_tx, refilled_rx)
+}
 
 /// Serves re-read requests until `stop` turns true or the controller goes away.
 pub async fn run_refills(
@@ -92,7 +125,7 @@ async fn read_again(
     inputs: &mpsc::Sender<Input>,
     clock: &dyn Clock,
     stop: &watch::Receiver<bool>,
-) -> Result<RefillMarks, String> {
+) -> Result<RefillMarks, RefillError> {
     let config = kafka.client_config();
     let consumer = refill_consumer(&config)?;
     let (mut next, ends) = assign_from(&consumer, marks)?;
@@ -158,7 +191,7 @@ async fn read_again(
 }
 
 /// The re-read's own consumer: assigned, never committing, fetching small.
-fn refill_consumer(config: &ClientConfig) -> Result<StreamConsumer, String> {
+fn refill_consumer(config: &ClientConfig) -> Result<StreamConsumer, RefillError> {
     config
         .clone()
         .set("group.id", "kg-control-plane-refill")
@@ -175,7 +208,7 @@ fn refill_consumer(config: &ClientConfig) -> Result<StreamConsumer, String> {
         .set("max.partition.fetch.bytes", "65536")
         .set("fetch.queue.backoff.ms", "10")
         .create()
-        .map_err(|error| format!("consumer: {error}"))
+        .map_err(RefillError::Consumer)
 }
 
 /// Per partition in `marks`: where to read from (the mark, or the first offset left) and
@@ -184,7 +217,7 @@ fn refill_consumer(config: &ClientConfig) -> Result<StreamConsumer, String> {
 fn assign_from(
     consumer: &StreamConsumer,
     marks: &RefillMarks,
-) -> Result<(RefillMarks, RefillMarks), String> {
+) -> Result<(RefillMarks, RefillMarks), RefillError> {
     let mut next = RefillMarks::new();
     let mut ends = RefillMarks::new();
     let mut assignment = TopicPartitionList::new();
@@ -192,7 +225,7 @@ fn assign_from(
         let (low, high) = tokio::task::block_in_place(|| {
             consumer.fetch_watermarks(CLUSTER_REGISTRY, partition, LOOKUP_TIMEOUT)
         })
-        .map_err(|error| format!("watermarks of partition {partition}: {error}"))?;
+        .map_err(|source| RefillError::Watermarks { partition, source })?;
         let from = mark.max(low);
         if from >= high {
             continue;
@@ -201,12 +234,10 @@ fn assign_from(
         ends.insert(partition, high);
         assignment
             .add_partition_offset(CLUSTER_REGISTRY, partition, Offset::Offset(from))
-            .map_err(|error| error.to_string())?;
+            .map_err(RefillError::Offset)?;
     }
     if !next.is_empty() {
-        consumer
-            .assign(&assignment)
-            .map_err(|error| format!("assign: {error}"))?;
+        consumer.assign(&assignment).map_err(RefillError::Assign)?;
     }
     Ok((next, ends))
 }

@@ -14,17 +14,27 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use kg_shared::ClientId;
+use kg_shared::role::names;
+use kg_shared::{ClientId, Role};
 use serde::{Deserialize, Serialize};
 
 use crate::runtime::{SharedRoleParts, WorkerSpec};
 use crate::supervise::RestartPolicy;
 
-/// Roles the `worker` binary knows.
-pub const KNOWN_ROLES: &[&str] = &["event-normalizer", "log-normalizer", "graph-builder"];
+/// The roles a client's workers may have: every [`Role`] but the shared event attributor,
+/// which runs once for all clients (`ControllerSettings::event_attributor`), not per client.
+pub const KNOWN_ROLES: &[Role] = &[
+    Role::EventNormalizer,
+    Role::LogNormalizer,
+    Role::GraphBuilder,
+];
 
 /// The roles every client gets unless configured otherwise.
-pub const DEFAULT_ROLES: &[&str] = &["event-normalizer", "log-normalizer", "graph-builder"];
+pub const DEFAULT_ROLES: &[Role] = &[
+    Role::EventNormalizer,
+    Role::LogNormalizer,
+    Role::GraphBuilder,
+];
 
 /// The default worker image, used by the Docker runtime.
 pub const DEFAULT_IMAGE: &str = "kg-worker:latest";
@@ -43,7 +53,7 @@ pub enum RolesError {
         #[source]
         source: toml::de::Error,
     },
-    #[error("unknown role {0:?}; known roles: {KNOWN_ROLES:?}")]
+    #[error("unknown role {0:?}; known roles: {known:?}", known = names(KNOWN_ROLES))]
     UnknownRole(String),
     #[error("role {0:?} is listed twice")]
     Duplicate(String),
@@ -55,6 +65,8 @@ pub enum RolesError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleTemplate {
+    /// A [`KNOWN_ROLES`] name (checked when the set is built), kept as written so a roles
+    /// file naming another is refused with [`RolesError::UnknownRole`].
     pub name: String,
     /// Extra arguments after `--role <name>`.
     #[serde(default)]
@@ -104,7 +116,7 @@ struct RolesFile {
 pub const SHARED_CLIENT: &str = "shared";
 
 /// The role of the shared event attributor.
-pub const ATTRIBUTOR_ROLE: &str = "event-attributor";
+pub const ATTRIBUTOR_ROLE: Role = Role::EventAttributor;
 
 /// The configured roles and image.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,7 +161,8 @@ impl RoleSet {
         }
         let mut seen = std::collections::BTreeSet::new();
         for role in &roles {
-            if !KNOWN_ROLES.contains(&role.name.as_str()) {
+            let known = role.name.parse::<Role>().ok();
+            if !known.is_some_and(|known| KNOWN_ROLES.contains(&known)) {
                 return Err(RolesError::UnknownRole(role.name.clone()));
             }
             if !seen.insert(role.name.clone()) {
@@ -187,7 +200,7 @@ impl RoleSet {
     /// and `base_env`; one worker for all clients, run under [`SHARED_CLIENT`].
     pub fn attributor_parts(&self, base_env: &[(String, String)]) -> SharedRoleParts {
         SharedRoleParts {
-            role: ATTRIBUTOR_ROLE.into(),
+            role: ATTRIBUTOR_ROLE.as_str().into(),
             image: self.image.as_str().into(),
             args: vec!["--role".to_string(), ATTRIBUTOR_ROLE.to_string()].into(),
             env: Arc::new(base_env.iter().cloned().collect()),
@@ -274,6 +287,18 @@ mod tests {
             RoleSet::builtin(&[], DEFAULT_IMAGE),
             Err(RolesError::Empty)
         ));
+        // The shared attributor is a role, but no client's.
+        assert!(matches!(
+            RoleSet::builtin(&["event-attributor".into()], DEFAULT_IMAGE),
+            Err(RolesError::UnknownRole(_))
+        ));
+        assert_eq!(
+            RoleSet::builtin(&["miner".into()], DEFAULT_IMAGE)
+                .unwrap_err()
+                .to_string(),
+            "unknown role \"miner\"; known roles: \
+             [\"event-normalizer\", \"log-normalizer\", \"graph-builder\"]"
+        );
     }
 
     #[test]

@@ -41,8 +41,17 @@ impl fmt::Display for RestartPolicy {
     }
 }
 
+/// A restart policy that cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidRestartPolicy {
+    #[error("on-failure:<n> needs a whole number, not {0:?}")]
+    MaxRetries(String),
+    #[error("unknown restart policy {0:?}; use no, always, on-failure[:max] or unless-stopped")]
+    Unknown(String),
+}
+
 impl FromStr for RestartPolicy {
-    type Err = String;
+    type Err = InvalidRestartPolicy;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
         match raw.trim() {
@@ -56,10 +65,8 @@ impl FromStr for RestartPolicy {
                     .map(|max| RestartPolicy::OnFailure {
                         max_retries: Some(max),
                     })
-                    .map_err(|_| format!("on-failure:<n> needs a whole number, not {max:?}")),
-                None => Err(format!(
-                    "unknown restart policy {other:?}; use no, always, on-failure[:max] or unless-stopped"
-                )),
+                    .map_err(|_| InvalidRestartPolicy::MaxRetries(max.to_string())),
+                None => Err(InvalidRestartPolicy::Unknown(other.to_string())),
             },
         }
     }
@@ -406,6 +413,18 @@ mod tests {
         }
         assert!("sometimes".parse::<RestartPolicy>().is_err());
         assert!("on-failure:x".parse::<RestartPolicy>().is_err());
+        // The messages a roles file's mistake is reported with.
+        assert_eq!(
+            "sometimes".parse::<RestartPolicy>().unwrap_err().to_string(),
+            "unknown restart policy \"sometimes\"; use no, always, on-failure[:max] or unless-stopped"
+        );
+        assert_eq!(
+            "on-failure:x"
+                .parse::<RestartPolicy>()
+                .unwrap_err()
+                .to_string(),
+            "on-failure:<n> needs a whole number, not \"x\""
+        );
     }
 
     #[test]

@@ -10,14 +10,14 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use kg_shared::registry::Registration;
 use kg_shared::ClientId;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::plan::is_live;
+use crate::liveness::HeartbeatTimeout;
 use crate::supervise::{RestartPolicy, WorkerPhase};
 
 /// Liveness as the API shows it.
@@ -105,11 +105,11 @@ pub struct TableWriter {
     /// Timestamp of the last applied registry event per client, tombstones included, so
     /// a replayed older registration cannot resurrect a deregistered client.
     registry_clock: HashMap<ClientId, DateTime<Utc>>,
-    heartbeat_timeout: Duration,
+    heartbeat_timeout: HeartbeatTimeout,
 }
 
 impl TableWriter {
-    pub fn new(table: ClientTable, heartbeat_timeout: Duration) -> Self {
+    pub fn new(table: ClientTable, heartbeat_timeout: HeartbeatTimeout) -> Self {
         Self {
             table,
             registry_clock: HashMap::new(),
@@ -261,8 +261,12 @@ fn compact(registration: &Registration) -> Box<RawValue> {
     serde_json::value::to_raw_value(&registration.fields).expect("a JSON map always serializes")
 }
 
-fn state_at(last_seen: DateTime<Utc>, now: DateTime<Utc>, timeout: Duration) -> ClientState {
-    if is_live(last_seen, now, timeout) {
+fn state_at(
+    last_seen: DateTime<Utc>,
+    now: DateTime<Utc>,
+    timeout: HeartbeatTimeout,
+) -> ClientState {
+    if timeout.is_live(last_seen, now) {
         ClientState::Active
     } else {
         ClientState::Stale
@@ -288,7 +292,7 @@ mod tests {
     }
 
     fn writer() -> TableWriter {
-        TableWriter::new(Arc::new(DashMap::new()), Duration::seconds(120))
+        TableWriter::new(Arc::new(DashMap::new()), HeartbeatTimeout::default())
     }
 
     #[test]

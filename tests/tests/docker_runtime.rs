@@ -73,7 +73,7 @@ async fn the_docker_runtime_passes_the_runtime_contract() -> Result<()> {
     let _ = Command::new("docker")
         .args(["volume", "rm", "-f", "kg-data-contract-docker"])
         .output();
-    result.map_err(anyhow::Error::msg)
+    result.map_err(anyhow::Error::from)
 }
 
 /// The Kafka SASL password reaches a worker's container as a file only its user can read,

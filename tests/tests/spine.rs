@@ -545,7 +545,7 @@ async fn the_process_runtime_passes_the_runtime_contract() -> Result<()> {
         Duration::from_secs(15),
     )
     .await
-    .map_err(anyhow::Error::msg)
+    .map_err(anyhow::Error::from)
 }
 
 fn control_plane_runtime(

@@ -29,6 +29,7 @@ use kg_shared::attribution::{
 use kg_shared::keys::parse_key;
 use kg_shared::topics::{DLQ_NORMALIZED, RAW_K8S_EVENTS, STATE_K8S_RESOURCE};
 use kg_shared::unreadable::{is_unreadable, skip_unreadable};
+use kg_shared::Role;
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
@@ -37,7 +38,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 use tracing::{info, warn};
 
-use crate::config::{Role, WorkerConfig};
+use crate::config::WorkerConfig;
 use crate::metrics::WorkerMetrics;
 use crate::pipeline::{self, PipelineSettings};
 use crate::{serve_http, WorkerError};

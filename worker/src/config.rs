@@ -6,63 +6,7 @@ use std::path::PathBuf;
 
 use kg_shared::kafka::KafkaArgs;
 use kg_shared::telemetry::LogFormat;
-use kg_shared::topics::{
-    EVENTS_NORMALIZED, LOGS_NORMALIZED, RAW_K8S_EVENTS, RAW_K8S_LOGS, STATE_K8S_RESOURCE,
-    STATE_K8S_TOPOLOGY,
-};
-use kg_shared::ClientId;
-
-/// Which job this worker process does for its client.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Role {
-    /// raw.k8s.events → events.normalized
-    EventNormalizer,
-    /// raw.k8s.logs → logs.normalized
-    LogNormalizer,
-    /// events.normalized, logs.normalized, state.k8s.* → the client's graph store
-    GraphBuilder,
-    /// Shared by every client, not one client's: untagged raw Events on events.normalized
-    /// and raw.k8s.events → raw.k8s.events keyed `<client>::event::<uid>`, for the one
-    /// client that reported the involved object on state.k8s.resource.
-    EventAttributor,
-}
-
-impl Role {
-    /// The name used in container names, consumer groups and `--role`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::EventNormalizer => "event-normalizer",
-            Role::LogNormalizer => "log-normalizer",
-            Role::GraphBuilder => "graph-builder",
-            Role::EventAttributor => "event-attributor",
-        }
-    }
-
-    /// The topics the role consumes.
-    pub fn input_topics(self) -> &'static [&'static str] {
-        match self {
-            Role::EventNormalizer => &[RAW_K8S_EVENTS],
-            Role::LogNormalizer => &[RAW_K8S_LOGS],
-            Role::GraphBuilder => &[
-                EVENTS_NORMALIZED,
-                LOGS_NORMALIZED,
-                STATE_K8S_RESOURCE,
-                STATE_K8S_TOPOLOGY,
-            ],
-            Role::EventAttributor => &[EVENTS_NORMALIZED, RAW_K8S_EVENTS],
-        }
-    }
-
-    /// Whether the role keeps state on disk (its data directory must be writable).
-    pub fn keeps_state(self) -> bool {
-        self == Role::GraphBuilder
-    }
-
-    /// The consumer group operators' scripts expect: `<role>-<client id>`.
-    pub fn consumer_group(self, client: &ClientId) -> String {
-        format!("{}-{}", self.as_str(), client)
-    }
-}
+use kg_shared::{ClientId, Role};
 
 /// Everything a worker needs to run.
 #[derive(Debug, Clone, clap::Parser)]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use kg_shared::ClientId;
 
 use crate::graph::{decode_input_at, GraphInput, GraphStore, SqliteGraphStore, StoreError};
-use crate::handler::{skip_unless_keyed_for, Outcome, RecordHandler};
+use crate::handler::{skip_unless_keyed_for, FlushError, Outcome, RecordHandler};
 
 /// The client's store, shared by the pipeline (writes) and the HTTP queries (reads).
 pub type SharedStore = Arc<Mutex<Box<dyn GraphStore>>>;
@@ -46,7 +46,7 @@ impl GraphBuilder {
 
 impl RecordHandler for GraphBuilder {
     fn input_topics(&self) -> &'static [&'static str] {
-        crate::config::Role::GraphBuilder.input_topics()
+        kg_shared::Role::GraphBuilder.input_topics()
     }
 
     fn handle(
@@ -76,7 +76,7 @@ impl RecordHandler for GraphBuilder {
         }
     }
 
-    fn flush(&self) -> Result<(), String> {
+    fn flush(&self) -> Result<(), FlushError> {
         let mut pending = self
             .pending
             .lock()
@@ -88,7 +88,7 @@ impl RecordHandler for GraphBuilder {
             .store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        store.apply(&pending).map_err(|error| error.to_string())?;
+        store.apply(&pending)?;
         pending.clear();
         Ok(())
     }

@@ -4,9 +4,8 @@
 
 use kg_shared::keys::{event_output_key, key_belongs_to, log_output_key, parse_key};
 use kg_shared::topics::{EVENTS_NORMALIZED, LOGS_NORMALIZED};
-use kg_shared::ClientId;
+use kg_shared::{ClientId, Role};
 
-use crate::config::Role;
 use crate::normalize::{log_tenant_from_body, normalize_event, normalize_log};
 
 /// The decision for one record.
@@ -49,9 +48,18 @@ pub trait RecordHandler: Send + Sync + 'static {
 
     /// Writes what the batch absorbed; called before the batch's offsets are committed,
     /// and again (with the same contents) after a failure, so it must be idempotent.
-    fn flush(&self) -> Result<(), String> {
+    fn flush(&self) -> Result<(), FlushError> {
         Ok(())
     }
+}
+
+/// Why a handler could not write what its batch absorbed; the batch is not committed and
+/// the write is tried again.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    /// The graph builder's store refused the batch.
+    #[error(transparent)]
+    Store(#[from] crate::graph::StoreError),
 }
 
 /// The handler of a normalizer role serving `client`; None for roles with state of their

@@ -10,6 +10,8 @@ use axum::response::IntoResponse;
 use axum::response::Response;
 use axum::routing::get;
 use axum::{Json, Router};
+use kg_shared::health::{HealthAnswer, HealthStatus};
+use kg_shared::Role;
 use serde_json::json;
 
 use crate::graph::GraphStore;
@@ -20,7 +22,7 @@ use crate::metrics::WorkerMetrics;
 #[derive(Clone)]
 pub struct HttpState {
     pub client_id: String,
-    pub role: &'static str,
+    pub role: Role,
     pub metrics: Arc<WorkerMetrics>,
     /// The graph builder's store; None for the normalizers.
     pub graph: Option<SharedStore>,
@@ -103,13 +105,13 @@ async fn health(State(state): State<HttpState>) -> Response {
     let (code, status, reason) = if lag > 0 && idle_secs as u64 >= state.health.stall_secs {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "failed",
+            HealthStatus::Failed,
             format!("{lag} records waiting and nothing committed for {idle_secs}s"),
         )
     } else if lag > state.health.degraded_lag {
         (
             StatusCode::OK,
-            "degraded",
+            HealthStatus::Degraded,
             format!("lagging by {lag} records"),
         )
     } else if let Some(ratio) =
@@ -117,25 +119,22 @@ async fn health(State(state): State<HttpState>) -> Response {
     {
         (
             StatusCode::OK,
-            "degraded",
+            HealthStatus::Degraded,
             format!("{:.0}% of recent records dead-lettered", ratio * 100.0),
         )
     } else {
-        (StatusCode::OK, "healthy", String::new())
+        (StatusCode::OK, HealthStatus::Healthy, String::new())
     };
-    (
-        code,
-        Json(json!({
-            "status": status,
-            "reason": reason,
-            "client_id": state.client_id,
-            "role": state.role,
-            "records_in": state.metrics.records_in.get(),
-            "records_out": state.metrics.records_out.get(),
-            "consumer_lag": lag,
-        })),
-    )
-        .into_response()
+    let answer = HealthAnswer {
+        client_id: state.client_id.clone(),
+        consumer_lag: lag,
+        reason,
+        records_in: state.metrics.records_in.get(),
+        records_out: state.metrics.records_out.get(),
+        role: state.role,
+        status,
+    };
+    (code, Json(answer)).into_response()
 }
 
 /// OpenMetrics for scrapers that ask for it, the Prometheus text format otherwise
@@ -225,7 +224,7 @@ mod tests {
     fn state(metrics: Arc<WorkerMetrics>) -> HttpState {
         HttpState {
             client_id: "af-9".into(),
-            role: "event-normalizer",
+            role: Role::EventNormalizer,
             metrics,
             graph: None,
             health: HealthThresholds {

@@ -17,6 +17,7 @@ pub mod pipeline;
 use std::future::Future;
 use std::sync::Arc;
 
+use kg_shared::Role;
 use tracing::info;
 
 use crate::config::WorkerConfig;
@@ -51,9 +52,9 @@ pub enum WorkerError {
     #[error("failed to build the owner index from state.k8s.resource: {0}")]
     OwnerIndex(#[source] rdkafka::error::KafkaError),
     #[error("CLIENT_ID is required for the {} role", .0.as_str())]
-    NoClientId(config::Role),
+    NoClientId(Role),
     #[error("--passthrough is for the normalizer roles, not {}", .0.as_str())]
-    NoPassthrough(config::Role),
+    NoPassthrough(Role),
 }
 
 /// Runs the worker until `shutdown` resolves and the pipeline has drained and committed.
@@ -62,7 +63,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let role = config.role;
-    if role == config::Role::EventAttributor {
+    if role == Role::EventAttributor {
         return attributor::run(config, shutdown).await;
     }
     let client_id = config
@@ -126,7 +127,7 @@ pub async fn run(
 pub(crate) async fn serve_http(
     config: &WorkerConfig,
     client_label: &str,
-    role: config::Role,
+    role: Role,
     metrics: Arc<WorkerMetrics>,
     graph: Option<graph_builder::SharedStore>,
 ) -> Result<
@@ -154,7 +155,7 @@ pub(crate) async fn serve_http(
     }
     let router = http::router(http::HttpState {
         client_id: client_label.to_string(),
-        role: role.as_str(),
+        role,
         metrics,
         graph,
         health: http::HealthThresholds {

@@ -118,6 +118,7 @@ impl ClientContext for LagReporter {
 impl ConsumerContext for LagReporter {}
 
 /// A record to produce, kept whole so it can be produced again if delivery fails.
+#[derive(Debug)]
 struct Outgoing {
     topic: &'static str,
     key: String,
@@ -517,6 +518,15 @@ async fn flush_with_retry(
     }
 }
 
+/// A record the producer refuses for good ([`is_permanent`]), handed back with the refusal.
+#[derive(Debug, thiserror::Error)]
+#[error("the producer refuses a record for {}: {error}", record.topic)]
+struct Refused {
+    #[source]
+    error: KafkaError,
+    record: Outgoing,
+}
+
 /// Hands a record to the producer. When librdkafka's queue is full, waits for the oldest
 /// outstanding delivery before trying again rather than growing memory without bound.
 /// An error no retry can cure ([`is_permanent`]) is not retried: the record comes back
@@ -525,7 +535,7 @@ async fn enqueue(
     producer: &FutureProducer,
     pending: &mut Vec<Pending>,
     record: Outgoing,
-) -> Result<(), (KafkaError, Outgoing)> {
+) -> Result<(), Refused> {
     loop {
         let sent = FutureRecord::to(record.topic)
             .key(&record.key)
@@ -541,7 +551,7 @@ async fn enqueue(
             }
             Err((error, _)) if is_permanent(&error) => {
                 warn!(%error, topic = record.topic, offset = record.source.offset, "the producer refuses this record; not retrying");
-                return Err((error, record));
+                return Err(Refused { error, record });
             }
             Err((error, _)) => {
                 warn!(%error, topic = record.topic, "failed to enqueue record; retrying");
@@ -622,14 +632,14 @@ async fn enqueue_or_replace(
     metrics: &WorkerMetrics,
     record: Outgoing,
 ) {
-    let Err((error, refused)) = enqueue(producer, pending, record).await else {
+    let Err(Refused { error, record }) = enqueue(producer, pending, record).await else {
         return;
     };
-    let Some(letter) = replacement(metrics, refused, &error) else {
+    let Some(letter) = replacement(metrics, record, &error) else {
         return;
     };
-    if let Err((error, refused)) = enqueue(producer, pending, letter).await {
-        replacement(metrics, refused, &error);
+    if let Err(Refused { error, record }) = enqueue(producer, pending, letter).await {
+        replacement(metrics, record, &error);
     }
 }
 

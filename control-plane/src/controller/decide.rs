@@ -7,6 +7,9 @@
 //!   only reported in dry-run;
 //! - a changed template recreates at most `max_recreates_per_pass` workers at a time,
 //!   those in flight included, so a bad template cannot take every client down at once;
+//! - a worker failed by its health checks is recreated once its backoff is due; an
+//!   operator's restart recreates the workers it names unless the control plane is already
+//!   creating, starting or stopping them (and, for "only failed", unless they have failed);
 //! - health and operator restarts follow the plan's own actions, never a second action on
 //!   one target;
 //! - a deregistered client's data is removed once none of its workers exist and none of
@@ -20,12 +23,19 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use kg_shared::ClientId;
+
 use super::executor::{Action, ActionKind};
+use super::workers::{phase, Workers};
+use crate::input::RestartRequest;
 use crate::plan::{RecreateReason, RemoveReason};
 use crate::runtime::{ObservedWorker, WorkerSpec};
 
 /// What is in flight: per target (`Action::target`), its client and what it does.
 pub type InFlight = HashMap<Arc<str>, (Arc<str>, ActionKind)>;
+
+/// Each client's worker specs.
+pub type SpecsByClient = HashMap<ClientId, Arc<[WorkerSpec]>>;
 
 /// The limits the decide step keeps to.
 #[derive(Debug, Clone, Copy)]
@@ -151,36 +161,98 @@ pub fn hold_orphans(
     hold
 }
 
+/// Workers failed by their health checks whose backoff is due, recreated from their spec.
+/// The caller clears their `unhealthy` mark: the verdict is carried out once.
+pub fn health_restarts(
+    observed: &[ObservedWorker],
+    workers: &Workers,
+    specs: &SpecsByClient,
+    now: DateTime<Utc>,
+) -> Vec<Action> {
+    observed
+        .iter()
+        .filter(|worker| {
+            workers.get(&worker.name).is_some_and(|record| {
+                record.unhealthy
+                    && record
+                        .supervision
+                        .as_ref()
+                        .is_some_and(|s| s.next_retry_at.is_some_and(|at| now >= at))
+            })
+        })
+        .filter_map(|worker| {
+            let spec = spec_of(specs, worker)?;
+            Some(Action::Recreate(
+                worker.clone(),
+                spec,
+                RecreateReason::NotRunning,
+            ))
+        })
+        .collect()
+}
+
+/// Operators' restart requests as recreations of the matching workers: all of a client's,
+/// one role's, or only the failed ones; never a worker the control plane is creating,
+/// starting or stopping. The caller starts their supervision over
+/// ([`crate::supervise::Supervision::reset_by_operator`]) and forgets their last lines.
+pub fn operator_restarts(
+    requests: &[RestartRequest],
+    observed: &[ObservedWorker],
+    workers: &Workers,
+    in_flight: &InFlight,
+    specs: &SpecsByClient,
+) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for request in requests {
+        let Some(client_specs) = specs.get(&request.client_id) else {
+            continue;
+        };
+        let client = request.client_id.as_str();
+        for worker in observed.iter().filter(|w| &*w.client_id == client) {
+            if request
+                .role
+                .as_ref()
+                .is_some_and(|role| role.as_str() != &*worker.role)
+            {
+                continue;
+            }
+            let supervision = workers
+                .get(&worker.name)
+                .and_then(|r| r.supervision.as_ref());
+            let flying = in_flight.get(&worker.name).map(|(_, kind)| *kind);
+            let current = phase(worker, supervision, flying);
+            if !current.can_restart() || (request.only_failed && !current.is_failed()) {
+                continue;
+            }
+            let Some(spec) = client_specs.iter().find(|spec| spec.name == worker.name) else {
+                continue;
+            };
+            actions.push(Action::Recreate(
+                worker.clone(),
+                spec.clone(),
+                RecreateReason::Requested,
+            ));
+        }
+    }
+    actions
+}
+
+/// The spec a listed worker was made from, if its client is still wanted.
+fn spec_of(specs: &SpecsByClient, worker: &ObservedWorker) -> Option<WorkerSpec> {
+    let client = ClientId::parse(&worker.client_id).ok()?;
+    specs
+        .get(&client)?
+        .iter()
+        .find(|spec| spec.name == worker.name)
+        .cloned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::RemoveReason::{ClientStale, ClientUnknown};
-    use crate::roles::{RoleSet, DEFAULT_IMAGE, DEFAULT_ROLES};
-    use crate::runtime::RuntimeState;
-    use kg_shared::ClientId;
-
-    fn t(seconds: i64) -> DateTime<Utc> {
-        DateTime::from_timestamp(1_760_000_000 + seconds, 0).unwrap()
-    }
-
-    /// The three default workers of `client`.
-    fn specs(client: &str) -> Vec<WorkerSpec> {
-        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
-        RoleSet::builtin(&enabled, DEFAULT_IMAGE)
-            .unwrap()
-            .render(&ClientId::parse(client).unwrap(), &[])
-    }
-
-    fn running(spec: &WorkerSpec) -> ObservedWorker {
-        ObservedWorker {
-            name: spec.name.clone(),
-            id: format!("id-{}", spec.name).into(),
-            client_id: spec.client_id.as_str().into(),
-            role: spec.role.clone(),
-            spec_hash: spec.spec_hash.clone(),
-            state: RuntimeState::Running { started_at: t(0) },
-        }
-    }
+    use crate::supervise::Supervision;
+    use crate::test_fixtures::{exited, running, specs, t};
 
     fn limits(recreates: usize, concurrent: usize) -> Limits {
         Limits {
@@ -198,6 +270,95 @@ mod tests {
             .iter()
             .map(|(target, client, kind)| ((*target).into(), ((*client).into(), *kind)))
             .collect()
+    }
+
+    fn specs_by_client(clients: &[&str]) -> SpecsByClient {
+        clients
+            .iter()
+            .map(|c| (ClientId::parse(c).unwrap(), specs(c).into()))
+            .collect()
+    }
+
+    /// A worker whose supervision has a retry at `t(retry_at)`, marked unhealthy or not,
+    /// and given up or not.
+    fn supervised(workers: &mut Workers, name: &Arc<str>, retry_at: i64, unhealthy: bool) {
+        let record = workers.entry(name);
+        record.unhealthy = unhealthy;
+        record.supervision = Some(Supervision {
+            next_retry_at: Some(t(retry_at)),
+            ..Supervision::default()
+        });
+    }
+
+    #[test]
+    fn a_worker_failed_by_its_health_checks_is_recreated_once_its_backoff_is_due() {
+        let a = specs("a");
+        let observed: Vec<ObservedWorker> = a.iter().map(running).collect();
+        let mut workers = Workers::default();
+        supervised(&mut workers, &a[0].name, 10, true);
+        // Due, but not failed by its checks (an exit's retry is the plan's): not here.
+        supervised(&mut workers, &a[1].name, 10, false);
+        let known = specs_by_client(&["a"]);
+        let cases: [(&str, i64, &SpecsByClient, Vec<&str>); 3] = [
+            ("backoff not due", 9, &known, vec![]),
+            ("due", 10, &known, vec![&*a[0].name]),
+            // The client left the table: nothing to recreate it from.
+            ("client gone", 10, &HashMap::new(), vec![]),
+        ];
+        for (case, now, specs, expected) in cases {
+            let chosen = health_restarts(&observed, &workers, specs, t(now));
+            assert_eq!(targets(&chosen), expected, "{case}");
+            assert!(chosen
+                .iter()
+                .all(|a| matches!(a, Action::Recreate(_, _, RecreateReason::NotRunning))));
+        }
+    }
+
+    fn request(client: &str, role: Option<&str>, only_failed: bool) -> RestartRequest {
+        RestartRequest {
+            client_id: ClientId::parse(client).unwrap(),
+            role: role.map(|r| r.parse().unwrap()),
+            only_failed,
+        }
+    }
+
+    #[test]
+    fn an_operators_restart_names_all_one_role_or_the_failed_and_spares_workers_in_motion() {
+        let a = specs("a");
+        let b = specs("b");
+        // a[0] has given up, a[1] runs, a[2] is being recreated; b's run.
+        let observed: Vec<ObservedWorker> = vec![
+            exited(&a[0], 1, 0),
+            running(&a[1]),
+            running(&a[2]),
+            running(&b[0]),
+        ];
+        let mut workers = Workers::default();
+        workers.supervision(&a[0].name).failed_reason = Some("gave up".into());
+        let flying = in_flight(&[(&a[2].name, "a", ActionKind::Recreate)]);
+        let known = specs_by_client(&["a", "b"]);
+        let role = &*a[1].role;
+        let cases: [(&str, RestartRequest, Vec<&str>); 4] = [
+            (
+                "all of a",
+                request("a", None, false),
+                vec![&*a[0].name, &*a[1].name],
+            ),
+            (
+                "one role",
+                request("a", Some(role), false),
+                vec![&*a[1].name],
+            ),
+            ("only failed", request("a", None, true), vec![&*a[0].name]),
+            ("unknown client", request("zz", None, false), vec![]),
+        ];
+        for (case, request, expected) in cases {
+            let chosen = operator_restarts(&[request], &observed, &workers, &flying, &known);
+            assert_eq!(targets(&chosen), expected, "{case}");
+            assert!(chosen
+                .iter()
+                .all(|a| matches!(a, Action::Recreate(_, _, RecreateReason::Requested))));
+        }
     }
 
     #[test]

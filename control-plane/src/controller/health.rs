@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kg_shared::health::{HealthReading, HealthStatus};
+
 use crate::runtime::Runtime;
 
 /// Health probes of running workers (`GET /health` on each worker).
@@ -89,19 +91,26 @@ pub async fn probe(
         Ok(response) => response,
         Err(error) => return Some(Probe::Failed(format!("no answer: {error}"))),
     };
-    let failed = !response.status().is_success();
-    let body: serde_json::Value = response.json().await.unwrap_or_default();
-    let reason = body["reason"].as_str().unwrap_or_default().to_string();
-    Some(match body["status"].as_str() {
-        _ if failed => Probe::Failed(if reason.is_empty() {
+    let success = response.status().is_success();
+    let body = response.bytes().await.unwrap_or_default();
+    Some(verdict(success, HealthReading::parse(&body)))
+}
+
+/// What a `/health` answer means: a failing HTTP status is a failure whatever the body
+/// says (with its reason, or "unhealthy"); otherwise the worker's own status decides, and
+/// an answer without one that can be read counts as healthy.
+fn verdict(success: bool, reading: HealthReading) -> Probe {
+    let reason = reading.reason.unwrap_or_default();
+    match reading.status {
+        _ if !success => Probe::Failed(if reason.is_empty() {
             "unhealthy".into()
         } else {
             reason
         }),
-        Some("degraded") => Probe::Degraded(reason),
-        Some("failed") => Probe::Failed(reason),
-        _ => Probe::Healthy,
-    })
+        Some(HealthStatus::Degraded) => Probe::Degraded(reason),
+        Some(HealthStatus::Failed) => Probe::Failed(reason),
+        Some(HealthStatus::Healthy) | None => Probe::Healthy,
+    }
 }
 
 #[cfg(test)]
@@ -124,5 +133,48 @@ mod tests {
         assert_eq!(record.count(Probe::Healthy, 2), None);
         assert_eq!(record.count(failed("f"), 2), None);
         assert_eq!(record.count(failed("g"), 2), Some("g".to_string()));
+    }
+
+    #[test]
+    fn the_http_status_then_the_workers_own_status_decide() {
+        let verdict_of =
+            |success: bool, body: &str| verdict(success, HealthReading::parse(body.as_bytes()));
+        let cases = [
+            (true, r#"{"status":"healthy","reason":""}"#, Probe::Healthy),
+            (
+                true,
+                r#"{"status":"degraded","reason":"lagging by 5000 records"}"#,
+                Probe::Degraded("lagging by 5000 records".into()),
+            ),
+            (
+                true,
+                r#"{"status":"degraded"}"#,
+                Probe::Degraded(String::new()),
+            ),
+            (
+                true,
+                r#"{"status":"failed","reason":"stalled"}"#,
+                Probe::Failed("stalled".into()),
+            ),
+            // Unknown or unreadable: healthy, as long as the HTTP status is.
+            (true, r#"{"status":"sleepy"}"#, Probe::Healthy),
+            (true, "not json", Probe::Healthy),
+            (true, "", Probe::Healthy),
+            // A failing HTTP status fails whatever the body says.
+            (
+                false,
+                r#"{"status":"failed","reason":"stalled"}"#,
+                Probe::Failed("stalled".into()),
+            ),
+            (
+                false,
+                r#"{"status":"healthy"}"#,
+                Probe::Failed("unhealthy".into()),
+            ),
+            (false, "Bad Gateway", Probe::Failed("unhealthy".into())),
+        ];
+        for (success, body, expected) in cases {
+            assert_eq!(verdict_of(success, body), expected, "{success} {body}");
+        }
     }
 }

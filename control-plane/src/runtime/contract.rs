@@ -50,15 +50,31 @@ where
     }
 }
 
-fn broken(promise: &str, detail: impl std::fmt::Debug) -> String {
-    format!("runtime contract broken: {promise}: {detail:?}")
+/// The first promise a runtime broke, with the worker it broke it for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("runtime contract broken: {promise}: {detail}")]
+pub struct ContractBroken {
+    /// The contract's worker.
+    pub worker: String,
+    /// What the runtime should have done.
+    pub promise: &'static str,
+    /// What it did instead (its answer, debug-formatted).
+    pub detail: String,
 }
 
-async fn find(runtime: &dyn Runtime, name: &str) -> Result<Option<ObservedWorker>, String> {
+fn broken(worker: &str, promise: &'static str, detail: impl std::fmt::Debug) -> ContractBroken {
+    ContractBroken {
+        worker: worker.to_string(),
+        promise,
+        detail: format!("{detail:?}"),
+    }
+}
+
+async fn find(runtime: &dyn Runtime, name: &str) -> Result<Option<ObservedWorker>, ContractBroken> {
     let listed = runtime
         .list()
         .await
-        .map_err(|error| broken("list succeeds", error))?;
+        .map_err(|error| broken(name, "list succeeds", error))?;
     Ok(listed.into_iter().find(|worker| &*worker.name == name))
 }
 
@@ -70,7 +86,7 @@ pub async fn run_contract(
     client: &str,
     image: &str,
     settle: Duration,
-) -> Result<(), String> {
+) -> Result<(), ContractBroken> {
     let spec = contract_spec(client, image);
     let name = spec.name.clone();
     // Leftovers of an earlier aborted run would make every check below meaningless.
@@ -78,51 +94,68 @@ pub async fn run_contract(
     let _ = runtime.remove(&name).await;
 
     if find(runtime, &name).await?.is_some() {
-        return Err(broken("a removed worker is not listed", &name));
+        return Err(broken(&name, "a removed worker is not listed", &name));
     }
     match runtime.inspect(&name).await {
         Err(RuntimeError::NotFound(_)) => {}
-        other => return Err(broken("inspect of an unknown worker is NotFound", other)),
+        other => {
+            return Err(broken(
+                &name,
+                "inspect of an unknown worker is NotFound",
+                other,
+            ))
+        }
     }
     match runtime.start(&name).await {
         Err(RuntimeError::NotFound(_)) => {}
-        other => return Err(broken("start of an unknown worker is NotFound", other)),
+        other => {
+            return Err(broken(
+                &name,
+                "start of an unknown worker is NotFound",
+                other,
+            ))
+        }
     }
 
     let created = runtime
         .create(&spec)
         .await
-        .map_err(|error| broken("create succeeds", error))?;
+        .map_err(|error| broken(&name, "create succeeds", error))?;
     if &*created.client_id != client
         || created.role != spec.role
         || created.spec_hash != spec.spec_hash
     {
-        return Err(broken("create reports the spec's labels", created));
+        return Err(broken(&name, "create reports the spec's labels", created));
     }
     let listed = find(runtime, &name)
         .await?
-        .ok_or_else(|| broken("a created worker is listed", &name))?;
+        .ok_or_else(|| broken(&name, "a created worker is listed", &name))?;
     if &*listed.client_id != client
         || &*listed.role != "event-normalizer"
         || listed.spec_hash != spec.spec_hash
     {
-        return Err(broken("list reports client, role and spec hash", listed));
+        return Err(broken(
+            &name,
+            "list reports client, role and spec hash",
+            listed,
+        ));
     }
     if matches!(listed.state, RuntimeState::Running { .. }) {
         return Err(broken(
+            &name,
             "a created worker is not running before start",
             listed,
         ));
     }
     match runtime.create(&spec).await {
         Err(RuntimeError::Conflict(_)) => {}
-        other => return Err(broken("creating a taken name is Conflict", other)),
+        other => return Err(broken(&name, "creating a taken name is Conflict", other)),
     }
 
     runtime
         .start(&name)
         .await
-        .map_err(|error| broken("start succeeds", error))?;
+        .map_err(|error| broken(&name, "start succeeds", error))?;
     let running = poll_until(settle, || async {
         find(runtime, &name)
             .await
@@ -132,36 +165,46 @@ pub async fn run_contract(
     })
     .await;
     if running.is_none() {
-        return Err(broken("a started worker is listed as running", &name));
+        return Err(broken(
+            &name,
+            "a started worker is listed as running",
+            &name,
+        ));
     }
     runtime
         .start(&name)
         .await
-        .map_err(|error| broken("start of a running worker is a no-op", error))?;
+        .map_err(|error| broken(&name, "start of a running worker is a no-op", error))?;
     match runtime.remove(&name).await {
         Err(RuntimeError::Conflict(_)) => {}
-        other => return Err(broken("remove of a running worker is Conflict", other)),
+        other => {
+            return Err(broken(
+                &name,
+                "remove of a running worker is Conflict",
+                other,
+            ))
+        }
     }
     let inspected = runtime
         .inspect(&name)
         .await
-        .map_err(|error| broken("inspect of a running worker succeeds", error))?;
+        .map_err(|error| broken(&name, "inspect of a running worker succeeds", error))?;
     if !matches!(inspected.state, RuntimeState::Running { .. }) {
-        return Err(broken("inspect agrees with list", inspected));
+        return Err(broken(&name, "inspect agrees with list", inspected));
     }
     runtime
         .logs(&name, 50)
         .await
-        .map_err(|error| broken("logs of a known worker succeed", error))?;
+        .map_err(|error| broken(&name, "logs of a known worker succeed", error))?;
     runtime
         .endpoint(&name)
         .await
-        .map_err(|error| broken("endpoint of a running worker succeeds", error))?;
+        .map_err(|error| broken(&name, "endpoint of a running worker succeeds", error))?;
 
     runtime
         .stop(&name, Duration::from_secs(10))
         .await
-        .map_err(|error| broken("stop succeeds", error))?;
+        .map_err(|error| broken(&name, "stop succeeds", error))?;
     let stopped = poll_until(settle, || async {
         find(runtime, &name)
             .await
@@ -171,17 +214,17 @@ pub async fn run_contract(
     })
     .await;
     if stopped.is_none() {
-        return Err(broken("a stopped worker is listed as exited", &name));
+        return Err(broken(&name, "a stopped worker is listed as exited", &name));
     }
     runtime
         .stop(&name, Duration::from_secs(1))
         .await
-        .map_err(|error| broken("stop of a stopped worker is a no-op", error))?;
+        .map_err(|error| broken(&name, "stop of a stopped worker is a no-op", error))?;
 
     runtime
         .start(&name)
         .await
-        .map_err(|error| broken("an exited worker can be started again", error))?;
+        .map_err(|error| broken(&name, "an exited worker can be started again", error))?;
     if poll_until(settle, || async {
         find(runtime, &name)
             .await
@@ -192,27 +235,43 @@ pub async fn run_contract(
     .await
     .is_none()
     {
-        return Err(broken("a restarted worker is listed as running", &name));
+        return Err(broken(
+            &name,
+            "a restarted worker is listed as running",
+            &name,
+        ));
     }
     runtime
         .stop(&name, Duration::from_secs(10))
         .await
-        .map_err(|error| broken("stop succeeds", error))?;
+        .map_err(|error| broken(&name, "stop succeeds", error))?;
 
     runtime
         .remove(&name)
         .await
-        .map_err(|error| broken("remove of a stopped worker succeeds", error))?;
+        .map_err(|error| broken(&name, "remove of a stopped worker succeeds", error))?;
     if find(runtime, &name).await?.is_some() {
-        return Err(broken("a removed worker is not listed", &name));
+        return Err(broken(&name, "a removed worker is not listed", &name));
     }
     match runtime.remove(&name).await {
         Err(RuntimeError::NotFound(_)) => {}
-        other => return Err(broken("remove of an unknown worker is NotFound", other)),
+        other => {
+            return Err(broken(
+                &name,
+                "remove of an unknown worker is NotFound",
+                other,
+            ))
+        }
     }
     match runtime.logs(&name, 10).await {
         Err(RuntimeError::NotFound(_)) => {}
-        other => return Err(broken("logs of an unknown worker are NotFound", other)),
+        other => {
+            return Err(broken(
+                &name,
+                "logs of an unknown worker are NotFound",
+                other,
+            ))
+        }
     }
     Ok(())
 }
