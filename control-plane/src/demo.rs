@@ -94,7 +94,6 @@ impl DemoAgent {
             .unwrap_or(0)
     }
 
-    #[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
     pub(crate) async fn run(self) -> Result<(), DemoError> {
         let plain = self.producer("none")?;
         let zstd = self.producer("zstd")?;
@@ -119,34 +118,7 @@ impl DemoAgent {
         )
         .await;
 
-        let heartbeats = {
-            let id = id.clone();
-            let heartbeat_for = self.heartbeat_for;
-            tokio::spawn(async move {
-                let until = tokio::time::Instant::now() + heartbeat_for;
-                let started = tokio::time::Instant::now();
-                while tokio::time::Instant::now() < until {
-                    let now = Utc::now().to_rfc3339();
-                    Self::send(
-                        &plain,
-                        CLUSTER_HEARTBEAT,
-                        &id,
-                        &json!({"client_id": id, "timestamp": now}),
-                    )
-                    .await;
-                    Self::send(
-                        &zstd,
-                        CLUSTER_HEARTBEAT,
-                        &format!("{id}::{id}"),
-                        &json!({"client_id": id, "status": "healthy", "timestamp": now,
-                                "metrics": {"resources_sent": 0, "uptime_seconds": started.elapsed().as_secs()}}),
-                    )
-                    .await;
-                    tokio::time::sleep(Duration::from_secs(5)).await;
-                }
-                plain
-            })
-        };
+        let heartbeats = self.heartbeat(plain, zstd, id.clone());
 
         if self
             .wait_for(
@@ -191,6 +163,42 @@ impl DemoAgent {
         }
         observer.abort();
         Ok(())
+    }
+
+    /// Heartbeats as the agent does, on both heartbeat shapes it sends (a plain one and
+    /// the zstd-compressed `<id>::<id>` one with metrics), every 5 s for `heartbeat_for`.
+    /// The task hands the plain producer back when it stops.
+    fn heartbeat(
+        &self,
+        plain: FutureProducer,
+        zstd: FutureProducer,
+        id: String,
+    ) -> tokio::task::JoinHandle<FutureProducer> {
+        let heartbeat_for = self.heartbeat_for;
+        tokio::spawn(async move {
+            let until = tokio::time::Instant::now() + heartbeat_for;
+            let started = tokio::time::Instant::now();
+            while tokio::time::Instant::now() < until {
+                let now = Utc::now().to_rfc3339();
+                Self::send(
+                    &plain,
+                    CLUSTER_HEARTBEAT,
+                    &id,
+                    &json!({"client_id": id, "timestamp": now}),
+                )
+                .await;
+                Self::send(
+                    &zstd,
+                    CLUSTER_HEARTBEAT,
+                    &format!("{id}::{id}"),
+                    &json!({"client_id": id, "status": "healthy", "timestamp": now,
+                            "metrics": {"resources_sent": 0, "uptime_seconds": started.elapsed().as_secs()}}),
+                )
+                .await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            plain
+        })
     }
 
     /// Asks the control plane what probably caused the event with `reason`, as an operator

@@ -8,6 +8,9 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use serde::Serialize;
+use tracing::info;
+
+use crate::metrics::ControlPlaneMetrics;
 
 /// Events kept per client.
 pub const EVENTS_PER_CLIENT: usize = 100;
@@ -110,6 +113,16 @@ pub struct LifecycleEvent {
     pub detail: String,
 }
 
+impl LifecycleEvent {
+    /// Emits the event: counted in `cp_lifecycle_events_total`, logged, and recorded in
+    /// the client's log. The one way a lifecycle event happens, so the three never differ.
+    pub fn emit(self, client: &str, log: &EventLog, metrics: &ControlPlaneMetrics) {
+        metrics.lifecycle(self.event.as_str());
+        info!(event = self.event.as_str(), client_id = %client, worker = self.worker.as_deref().unwrap_or(""), detail = %self.detail, "lifecycle event");
+        log.record(client, self);
+    }
+}
+
 /// Per-client ring buffers.
 #[derive(Clone, Default)]
 pub struct EventLog {
@@ -160,5 +173,23 @@ mod tests {
         assert_eq!(all[0].detail, "e5");
         assert_eq!(log.last("af-9", 2).len(), 2);
         assert!(log.last("other", 10).is_empty());
+    }
+
+    #[test]
+    fn an_emitted_event_is_counted_and_recorded() {
+        let (log, metrics) = (EventLog::default(), ControlPlaneMetrics::new());
+        let event = LifecycleEvent {
+            at: Utc::now(),
+            event: Lifecycle::WorkerGaveUp,
+            worker: Some("kg-log-normalizer-af-9".into()),
+            detail: "too many restarts".into(),
+        };
+        event.clone().emit("af-9", &log, &metrics);
+        assert_eq!(log.last("af-9", 10), [event]);
+        let exposed = metrics.encode(kg_shared::exposition::ExpositionFormat::PrometheusText);
+        assert!(
+            exposed.contains(r#"cp_lifecycle_events_total{event="worker_gave_up"} 1"#),
+            "{exposed}"
+        );
     }
 }

@@ -120,7 +120,6 @@ impl ConsumerContext for IngestContext {}
 type IngestConsumer = StreamConsumer<IngestContext>;
 
 /// Runs until `stop` turns true.
-#[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
 pub async fn run_ingest(
     kafka: &KafkaArgs,
     settings: IngestSettings,
@@ -133,14 +132,95 @@ pub async fn run_ingest(
     // The blocking probe pass asks `stopped` between broker calls; the loop awaits
     // `shutdown`. Both read the same flag.
     let stopped = || *stop.borrow();
-    let shutdown = {
-        let mut stop = stop.clone();
-        async move {
-            let _ = stop.wait_for(|stop| *stop).await;
-        }
-    };
+    let shutdown = stop_signal(stop.clone());
     tokio::pin!(shutdown);
-    let consumer: IngestConsumer = kafka
+    let consumer = ingest_consumer(kafka, &metrics)?;
+
+    let Some((start_watermarks, mut pending, mut next_offsets)) =
+        assign_when_ready(&consumer, &settings, clock.as_ref(), &mut shutdown).await
+    else {
+        return Ok(());
+    };
+    info!(partitions_to_replay = pending.len(), "ingest started");
+    let mut replay = ReplayProgress::new(&pending);
+    let mut progress = tokio::time::interval(Duration::from_millis(250));
+    let mut last_probe: Option<Instant> = None;
+    // A flood of bad records is counted, not logged line by line.
+    let mut log_limit = LogLimiter::default();
+    loop {
+        if !replay.announce(&pending, &inputs).await {
+            return Ok(());
+        }
+        let message = tokio::select! {
+            biased;
+            _ = &mut shutdown => {
+                // Bounded: a broker that is down must not hold the shutdown.
+                tokio::task::block_in_place(|| publisher.flush(Duration::from_secs(3)));
+                return Ok(());
+            }
+            _ = progress.tick(), if !replay.announced => {
+                // Compaction and deletion can leave the last offsets empty, so watermarks
+                // are also compared with the consumer's position.
+                retire_by_position(&consumer, &mut pending);
+                continue;
+            }
+            received = consumer.recv() => received,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(error) => {
+                let skipped = Skipper {
+                    consumer: &consumer,
+                    kafka,
+                    settings: &settings,
+                    stopped: &stopped,
+                }
+                .skip(&error, &mut last_probe, &mut next_offsets);
+                let Some((why, runs)) = skipped else {
+                    continue;
+                };
+                for run in runs {
+                    run_skipped(&run, why, &error, clock.now(), &metrics, &publisher).await;
+                    retire(
+                        &mut pending,
+                        (topic_name(&run.topic), run.partition),
+                        run.resume_at,
+                    );
+                }
+                continue;
+            }
+        };
+        let now = clock.now();
+        let topic = topic_name(message.topic());
+        let key = (topic, message.partition());
+        next_offsets.insert(key, message.offset() + 1);
+        let at = applies_at(&message, &start_watermarks, now);
+        retire(&mut pending, key, message.offset() + 1);
+        let input = if topic == CLUSTER_REGISTRY {
+            registry_input(&message, at, now, &metrics, &publisher, &mut log_limit).await
+        } else {
+            heartbeat_input(&message, at, now, &metrics, &publisher, &mut log_limit).await
+        };
+        let Some(input) = input.and_then(|input| replay.pass(input)) else {
+            continue;
+        };
+        if inputs.send(input).await.is_err() {
+            return Ok(());
+        }
+    }
+}
+
+/// Resolves once `stop` turns true.
+async fn stop_signal(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+/// Ingest's consumer: offsets stored by hand, and small prefetch queues.
+fn ingest_consumer(
+    kafka: &KafkaArgs,
+    metrics: &Arc<ControlPlaneMetrics>,
+) -> Result<IngestConsumer, IngestError> {
+    kafka
         .client_config()
         .set("group.id", "kg-control-plane")
         .set("statistics.interval.ms", "5000")
@@ -167,147 +247,165 @@ pub async fn run_ingest(
         .create_with_context(IngestContext {
             metrics: metrics.clone(),
         })
-        .map_err(IngestError::Consumer)?;
+        .map_err(IngestError::Consumer)
+}
 
-    // The topics may not exist yet (a real cluster whose topic setup has not run): wait
-    // for them rather than failing, so start order does not matter.
-    let (start_watermarks, mut pending, mut next_offsets) = loop {
+/// Waits until the registry and heartbeat topics exist and are assigned; None if asked
+/// to stop first. The topics may not exist yet (a real cluster whose topic setup has not
+/// run): ingest waits for them rather than failing, so start order does not matter.
+async fn assign_when_ready(
+    consumer: &IngestConsumer,
+    settings: &IngestSettings,
+    clock: &dyn Clock,
+    shutdown: &mut (impl std::future::Future<Output = ()> + Unpin),
+) -> Option<(Watermarks, Pending, NextOffsets)> {
+    loop {
         // Metadata and watermark look-ups block for up to their timeout; keep them off the
         // async threads so the API stays responsive while Kafka is unreachable.
         let attempt =
-            tokio::task::block_in_place(|| assign_partitions(&consumer, &settings, clock.now()));
+            tokio::task::block_in_place(|| assign_partitions(consumer, settings, clock.now()));
         match attempt {
-            Ok(started) => break started,
+            Ok(started) => return Some(started),
             Err(reason) => {
                 warn!(%reason, "waiting for the registry and heartbeat topics");
                 tokio::select! {
-                    _ = &mut shutdown => return Ok(()),
+                    _ = &mut *shutdown => return None,
                     _ = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
             }
         }
-    };
-    info!(partitions_to_replay = pending.len(), "ingest started");
-    let mut replay_announced = false;
-    // Heartbeats wait for the whole registry (`crate::replay_order` says why).
-    let mut held = HeldHeartbeats::default();
-    let mut registry_replayed = !registry_pending(&pending);
-    let mut progress = tokio::time::interval(Duration::from_millis(250));
-    let mut last_probe: Option<Instant> = None;
-    // A flood of bad records is counted, not logged line by line.
-    let mut log_limit = LogLimiter::default();
-    loop {
-        if !registry_replayed && !registry_pending(&pending) {
-            registry_replayed = true;
+    }
+}
+
+/// When a record counts as heard: during the replay, when it was produced (never in the
+/// future); after it, now.
+fn applies_at(
+    message: &BorrowedMessage<'_>,
+    start_watermarks: &Watermarks,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    let key = (topic_name(message.topic()), message.partition());
+    let replaying = start_watermarks
+        .get(&key)
+        .is_some_and(|high| message.offset() < *high);
+    if !replaying {
+        return now;
+    }
+    message
+        .timestamp()
+        .to_millis()
+        .and_then(DateTime::from_timestamp_millis)
+        .map_or(now, |produced| produced.min(now))
+}
+
+/// What ingest needs to move past records it cannot read.
+struct Skipper<'a> {
+    consumer: &'a IngestConsumer,
+    kafka: &'a KafkaArgs,
+    settings: &'a IngestSettings,
+    stopped: &'a dyn Fn() -> bool,
+}
+
+impl Skipper<'_> {
+    /// After a consumer error: the runs of records skipped and why, or None when the
+    /// error skips nothing (or a probe for unreadable records ran too recently).
+    fn skip(
+        &self,
+        error: &KafkaError,
+        last_probe: &mut Option<Instant>,
+        next_offsets: &mut NextOffsets,
+    ) -> Option<(Skipped, Vec<UnreadableRun>)> {
+        if is_unreadable(error) {
+            if last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
+                return None;
+            }
+            *last_probe = Some(Instant::now());
+            warn!(%error, "ingest cannot decode records; looking for the stalled partition");
+            let runs = tokio::task::block_in_place(|| {
+                skip_unreadable(self.consumer, self.kafka, self.stopped, next_offsets)
+            });
+            Some((Skipped::Unreadable, runs))
+        } else if matches!(
+            error,
+            KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)
+        ) {
+            warn!(%error, "a partition's next offset is gone from the broker; moving to the first one left");
+            let gaps = tokio::task::block_in_place(|| {
+                skip_deleted(self.consumer, self.settings, self.stopped, next_offsets)
+            });
+            Some((Skipped::DeletedBeforeRead, gaps))
+        } else {
+            warn!(%error, "ingest consumer error");
+            None
+        }
+    }
+}
+
+/// How far the replay has got: the registry applied, and the end announced; and the
+/// heartbeats that wait for the whole registry (`crate::replay_order` says why).
+struct ReplayProgress {
+    registry: bool,
+    announced: bool,
+    held: HeldHeartbeats,
+}
+
+impl ReplayProgress {
+    fn new(pending: &Pending) -> Self {
+        Self {
+            registry: !registry_pending(pending),
+            announced: false,
+            held: HeldHeartbeats::default(),
+        }
+    }
+
+    /// Tells the controller what the replay has reached: once the registry is applied,
+    /// the heartbeats held meanwhile; once every partition is, the end of the replay.
+    /// False once the controller is gone.
+    async fn announce(&mut self, pending: &Pending, inputs: &mpsc::Sender<Input>) -> bool {
+        if !self.registry && !registry_pending(pending) {
+            self.registry = true;
             debug!(
-                clients = held.len(),
+                clients = self.held.len(),
                 "registry replayed; releasing the heartbeats read meanwhile"
             );
-            for input in held.release() {
+            for input in self.held.release() {
                 if inputs.send(input).await.is_err() {
-                    return Ok(());
+                    return false;
                 }
             }
         }
-        // The controller mutates nothing until this: the whole registry, and the heartbeats
-        // of the last timeout, or a restarted control plane would see registered clients
-        // without their recent heartbeats and reap live clients' workers.
-        if !replay_announced && pending.is_empty() {
-            replay_announced = true;
+        // The controller mutates nothing until this: the whole registry, and the
+        // heartbeats of the last timeout, or a restarted control plane would see
+        // registered clients without their recent heartbeats and reap live clients'
+        // workers.
+        if !self.announced && pending.is_empty() {
+            self.announced = true;
             info!("registry and recent heartbeats replayed");
             if inputs.send(Input::RegistryReplayed).await.is_err() {
-                return Ok(());
+                return false;
             }
         }
-        let message = tokio::select! {
-            biased;
-            _ = &mut shutdown => {
-                // Bounded: a broker that is down must not hold the shutdown.
-                tokio::task::block_in_place(|| publisher.flush(Duration::from_secs(3)));
-                return Ok(());
-            }
-            _ = progress.tick(), if !replay_announced => {
-                // Compaction and deletion can leave the last offsets empty, so watermarks
-                // are also compared with the consumer's position.
-                retire_by_position(&consumer, &mut pending);
-                continue;
-            }
-            received = consumer.recv() => received,
-        };
-        let message = match message {
-            Ok(message) => message,
-            Err(error) => {
-                let (why, runs) = if is_unreadable(&error) {
-                    if last_probe.is_some_and(|at| at.elapsed() < PROBE_INTERVAL) {
-                        continue;
-                    }
-                    last_probe = Some(Instant::now());
-                    warn!(%error, "ingest cannot decode records; looking for the stalled partition");
-                    let runs = tokio::task::block_in_place(|| {
-                        skip_unreadable(&consumer, kafka, &stopped, &mut next_offsets)
-                    });
-                    (Skipped::Unreadable, runs)
-                } else if matches!(
-                    error,
-                    KafkaError::MessageConsumption(RDKafkaErrorCode::AutoOffsetReset)
-                ) {
-                    warn!(%error, "a partition's next offset is gone from the broker; moving to the first one left");
-                    let gaps = tokio::task::block_in_place(|| {
-                        skip_deleted(&consumer, &settings, &stopped, &mut next_offsets)
-                    });
-                    (Skipped::DeletedBeforeRead, gaps)
-                } else {
-                    warn!(%error, "ingest consumer error");
-                    continue;
-                };
-                for run in runs {
-                    run_skipped(&run, why, &error, clock.now(), &metrics, &publisher).await;
-                    let key = (topic_name(&run.topic), run.partition);
-                    if pending.get(&key).is_some_and(|high| run.resume_at >= *high) {
-                        pending.remove(&key);
-                    }
-                }
-                continue;
-            }
-        };
-        let now = clock.now();
-        let topic = topic_name(message.topic());
-        let key = (topic, message.partition());
-        next_offsets.insert(key, message.offset() + 1);
-        let replaying = start_watermarks
-            .get(&key)
-            .is_some_and(|high| message.offset() < *high);
-        let at = if replaying {
-            message
-                .timestamp()
-                .to_millis()
-                .and_then(DateTime::from_timestamp_millis)
-                .map_or(now, |produced| produced.min(now))
-        } else {
-            now
-        };
-        if pending
-            .get(&key)
-            .is_some_and(|high| message.offset() + 1 >= *high)
-        {
-            pending.remove(&key);
-        }
-        let input = if topic == CLUSTER_REGISTRY {
-            registry_input(&message, at, now, &metrics, &publisher, &mut log_limit).await
-        } else {
-            heartbeat_input(&message, at, now, &metrics, &publisher, &mut log_limit).await
-        };
-        let Some(input) = input else { continue };
+        true
+    }
+
+    /// The input to send now: a heartbeat read while the registry is still being
+    /// replayed is held instead.
+    fn pass(&mut self, input: Input) -> Option<Input> {
         match input {
-            Input::Heartbeat { client_id, at } if !registry_replayed => {
-                held.hold(client_id, at);
+            Input::Heartbeat { client_id, at } if !self.registry => {
+                self.held.hold(client_id, at);
+                None
             }
-            input => {
-                if inputs.send(input).await.is_err() {
-                    return Ok(());
-                }
-            }
+            input => Some(input),
         }
+    }
+}
+
+/// A partition read up to `next` (the next offset to read) is replayed once that reaches
+/// the high watermark it had at start-up.
+fn retire(pending: &mut Pending, key: TopicPartition, next: i64) {
+    if pending.get(&key).is_some_and(|high| next >= *high) {
+        pending.remove(&key);
     }
 }
 
@@ -498,7 +596,6 @@ enum AssignError {
     Assign(#[source] KafkaError),
 }
 
-#[allow(clippy::too_many_lines)] // to be split as the controller reshape goes on (issue 13)
 fn assign_partitions(
     consumer: &IngestConsumer,
     settings: &IngestSettings,
@@ -512,19 +609,7 @@ fn assign_partitions(
     let mut lows: HashMap<TopicPartition, i64> = HashMap::new();
     let since = settings.heartbeat_timeout.horizon(now);
     for topic in [CLUSTER_REGISTRY, CLUSTER_HEARTBEAT] {
-        let metadata = consumer
-            .fetch_metadata(Some(topic), settings.metadata_timeout)
-            .map_err(|source| AssignError::Metadata { topic, source })?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            return Err(AssignError::NoPartitions { topic });
-        }
-        for partition in partitions {
+        for partition in partitions_of(consumer, topic, settings.metadata_timeout)? {
             let (low, high) = consumer
                 .fetch_watermarks(topic, partition, settings.metadata_timeout)
                 .map_err(|source| AssignError::Watermarks {
@@ -555,34 +640,8 @@ fn assign_partitions(
             }
         }
     }
-    // Where the broker cannot look offsets up by time, reading the heartbeats from the
-    // beginning is correct too (old ones are simply stale), only slower.
-    let by_time = consumer
-        .offsets_for_times(heartbeat_by_time.clone(), settings.metadata_timeout)
-        .ok();
-    // "Nothing that recent" and "cannot look up by time" both come back as the end of
-    // the log (librdkafka's mock broker answers every time query so). Asking again from
-    // the epoch tells them apart: a broker that can look up answers a non-empty
-    // partition's first offset.
-    let mut from_epoch = TopicPartitionList::new();
-    for element in heartbeat_by_time.elements() {
-        let answered_end = by_time
-            .as_ref()
-            .and_then(|found| found.find_partition(element.topic(), element.partition()))
-            .is_some_and(|found| found.offset() == Offset::End);
-        if answered_end {
-            from_epoch
-                .add_partition_offset(element.topic(), element.partition(), Offset::Offset(0))
-                .map_err(AssignError::Offset)?;
-        }
-    }
-    let epoch = if from_epoch.count() > 0 {
-        consumer
-            .offsets_for_times(from_epoch, settings.metadata_timeout)
-            .ok()
-    } else {
-        None
-    };
+    let (by_time, epoch) =
+        heartbeat_offsets_by_time(consumer, &heartbeat_by_time, settings.metadata_timeout)?;
     for element in heartbeat_by_time.elements() {
         let lookup = |list: &Option<TopicPartitionList>| {
             list.as_ref()
@@ -623,6 +682,64 @@ fn assign_partitions(
     }
     consumer.assign(&assignment).map_err(AssignError::Assign)?;
     Ok((watermarks, pending, next_offsets))
+}
+
+/// The topic's partitions; none is an error (the topic does not exist yet).
+fn partitions_of(
+    consumer: &IngestConsumer,
+    topic: &'static str,
+    timeout: Duration,
+) -> Result<Vec<i32>, AssignError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(|source| AssignError::Metadata { topic, source })?;
+    let partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    if partitions.is_empty() {
+        return Err(AssignError::NoPartitions { topic });
+    }
+    Ok(partitions)
+}
+
+/// The heartbeat partitions' offsets at the replay horizon (`heartbeat_by_time`), and,
+/// where that answer was the end of the log, at the epoch: what
+/// [`heartbeat_replay_start`] decides from.
+fn heartbeat_offsets_by_time(
+    consumer: &IngestConsumer,
+    heartbeat_by_time: &TopicPartitionList,
+    timeout: Duration,
+) -> Result<(Option<TopicPartitionList>, Option<TopicPartitionList>), AssignError> {
+    // Where the broker cannot look offsets up by time, reading the heartbeats from the
+    // beginning is correct too (old ones are simply stale), only slower.
+    let by_time = consumer
+        .offsets_for_times(heartbeat_by_time.clone(), timeout)
+        .ok();
+    // "Nothing that recent" and "cannot look up by time" both come back as the end of
+    // the log (librdkafka's mock broker answers every time query so). Asking again from
+    // the epoch tells them apart: a broker that can look up answers a non-empty
+    // partition's first offset.
+    let mut from_epoch = TopicPartitionList::new();
+    for element in heartbeat_by_time.elements() {
+        let answered_end = by_time
+            .as_ref()
+            .and_then(|found| found.find_partition(element.topic(), element.partition()))
+            .is_some_and(|found| found.offset() == Offset::End);
+        if answered_end {
+            from_epoch
+                .add_partition_offset(element.topic(), element.partition(), Offset::Offset(0))
+                .map_err(AssignError::Offset)?;
+        }
+    }
+    let epoch = if from_epoch.count() > 0 {
+        consumer.offsets_for_times(from_epoch, timeout).ok()
+    } else {
+        None
+    };
+    Ok((by_time, epoch))
 }
 
 /// Where a heartbeat partition is read from: the first offset at or after "now minus the

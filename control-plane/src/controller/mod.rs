@@ -305,7 +305,7 @@ impl Controller {
         }
     }
 
-    /// Records, logs and counts a lifecycle event.
+    /// Emits a lifecycle event of `client` (and `worker`) now.
     fn lifecycle(
         &mut self,
         client: &str,
@@ -313,17 +313,13 @@ impl Controller {
         worker: Option<&Arc<str>>,
         detail: String,
     ) {
-        self.metrics.lifecycle(event.as_str());
-        info!(event = event.as_str(), client_id = %client, worker = worker.map_or("", |w| &**w), %detail, "lifecycle event");
-        self.events.record(
-            client,
-            LifecycleEvent {
-                at: self.clock.now(),
-                event,
-                worker: worker.cloned(),
-                detail,
-            },
-        );
+        let event = LifecycleEvent {
+            at: self.clock.now(),
+            event,
+            worker: worker.cloned(),
+            detail,
+        };
+        event.emit(client, &self.events, &self.metrics);
     }
 
     /// The restart policy of `role`.
