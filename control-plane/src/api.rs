@@ -506,6 +506,20 @@ mod tests {
     use http_body_util::BodyExt;
     use tower::ServiceExt;
 
+    /// An active client's record with `workers`.
+    fn active_record(client_id: ClientId, workers: Vec<crate::table::WorkerView>) -> ClientRecord {
+        ClientRecord {
+            client_id,
+            state: crate::table::ClientState::Active,
+            cluster_name: None,
+            registered_at: chrono::Utc::now(),
+            last_heartbeat: None,
+            registration: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
+            registrations_seen: 1,
+            workers,
+        }
+    }
+
     fn state(token: Option<&str>) -> ApiState {
         ApiState {
             table: Arc::new(DashMap::new()),
@@ -666,19 +680,9 @@ mod tests {
         let state = state(None);
         for n in 0..5 {
             let id = ClientId::parse(&format!("client-{n}")).unwrap();
-            state.table.insert(
-                id.clone(),
-                ClientRecord {
-                    client_id: id,
-                    state: crate::table::ClientState::Active,
-                    cluster_name: None,
-                    registered_at: chrono::Utc::now(),
-                    last_heartbeat: None,
-                    registration: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-                    registrations_seen: 1,
-                    workers: Vec::new(),
-                },
-            );
+            state
+                .table
+                .insert(id.clone(), active_record(id, Vec::new()));
         }
         let page = |uri: &str| {
             let state = state.clone();
@@ -733,16 +737,10 @@ mod tests {
         };
         state.table.insert(
             id.clone(),
-            ClientRecord {
-                client_id: id.clone(),
-                state: crate::table::ClientState::Active,
-                cluster_name: None,
-                registered_at: chrono::Utc::now(),
-                last_heartbeat: None,
-                registration: serde_json::value::RawValue::from_string("{}".into()).unwrap(),
-                registrations_seen: 1,
-                workers: vec![worker("event-normalizer"), worker("log-normalizer")],
-            },
+            active_record(
+                id.clone(),
+                vec![worker("event-normalizer"), worker("log-normalizer")],
+            ),
         );
         let restart = |query: &'static str| {
             let state = state.clone();

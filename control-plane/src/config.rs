@@ -458,6 +458,8 @@ mod tests {
     #[test]
     fn out_of_range_values_are_refused_not_clamped() {
         for flags in [
+            ["--heartbeat-timeout-secs", "0"],
+            ["--heartbeat-timeout-secs", "31536001"],
             ["--reconcile-interval-ms", "10"],
             ["--max-concurrent-actions", "0"],
             ["--action-timeout-secs", "0"],
