@@ -2,7 +2,8 @@
 //! [`keys`] (tenant extraction from record keys), [`client_id`] (validated client ids),
 //! [`registry`] and [`heartbeat`] (tolerant decoding of what deployed agents send),
 //! [`records`] (the normalized event and log records), [`dlq`] (dead-letter envelopes),
-//! [`role`] (the worker roles) and [`health`] (a worker's `/health` answer).
+//! [`role`] (the worker roles), [`health`] (a worker's `/health` answer) and
+//! [`pipeline_template`] (the operator's pipeline definitions).
 //! With the `kafka` feature, [`kafka`] adds the Kafka glue: client configuration from the
 //! environment, the embedded broker, and topic setup, and [`checks`] the start-up checks
 //! both binaries run (data directory, free space, Kafka, topics); with `telemetry`, [`telemetry`]
@@ -15,6 +16,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod keys;
 pub mod log_limit;
+pub mod pipeline_template;
 pub mod records;
 pub mod registry;
 pub mod role;

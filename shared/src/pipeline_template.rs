@@ -1,0 +1,506 @@
+//! Pipeline templates: the operator-written TOML file that names each pipeline, what it
+//! reads and writes, and its stages in order. The control plane reads it at start (and
+//! refuses to start on an error); each pipeline worker reads the same file and runs its
+//! own template. Errors name the file, the line, the column and the field, because an
+//! operator fixes them by hand:
+//!
+//! ```toml
+//! [[pipeline]]
+//! name = "traffic-flatten"
+//! input = ["traffic-raw"]
+//! output = "traffic-events"
+//!
+//! [[pipeline.stage]]
+//! kind = "flatten"
+//! fields = { speed = "traffic_data.speed_mph", highway = "location.highway" }
+//!
+//! [[pipeline.stage]]
+//! kind = "validate"
+//! required = ["speed", "highway"]
+//! ranges = { speed = { min = 0, max = 120 } }
+//!
+//! [[pipeline.stage]]
+//! kind = "enrich"
+//! processor_id = "stream-processor-{client}"
+//! ```
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The longest pipeline name: `kg-pipeline-<name>-<client>` must stay a valid container
+/// name and a DNS label (63) with the longest client id.
+pub const MAX_NAME_LEN: usize = 20;
+
+/// Every pipeline an operator defined.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PipelineTemplates {
+    pub pipelines: Vec<PipelineTemplate>,
+}
+
+/// One pipeline: inputs, stages in order, and the output its records are sunk to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PipelineTemplate {
+    /// Lowercase letters, digits and '-': part of the container and consumer group names.
+    pub name: String,
+    /// The topics it consumes (records keyed `<client>::…`; other clients' are skipped).
+    pub input: Vec<String>,
+    /// The topic it produces to, keyed `<client>::…`.
+    pub output: String,
+    /// Run for every client, unless the operator configures otherwise.
+    pub default: bool,
+    pub stages: Vec<Stage>,
+}
+
+/// A pipeline as the file has it: each stage a table whose `kind` picks its shape. The
+/// stages are read in a second step, one at a time, so an error inside one can name its
+/// field (serde's tagged enums buffer a table and forget where they were in it).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    name: toml::Spanned<String>,
+    input: Vec<String>,
+    output: String,
+    #[serde(default)]
+    default: bool,
+    #[serde(default, rename = "stage")]
+    stages: Vec<toml::Table>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplates {
+    #[serde(default, rename = "pipeline")]
+    pipelines: Vec<RawTemplate>,
+}
+
+/// One stage of a pipeline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stage {
+    Flatten(Flatten),
+    Validate(Validate),
+    Enrich(Enrich),
+}
+
+/// Nested objects into flat fields: each output field from a dotted path of the input
+/// (`speed = "traffic_data.speed_mph"`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Flatten {
+    pub fields: BTreeMap<String, String>,
+    /// Keep the input's top-level scalar fields that no mapping names.
+    #[serde(default)]
+    pub keep_unmapped: bool,
+}
+
+/// Checks on the flat record; a record that fails one is dead-lettered with the reasons,
+/// never retried.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Validate {
+    #[serde(default)]
+    pub required: Vec<String>,
+    #[serde(default)]
+    pub types: BTreeMap<String, FieldType>,
+    #[serde(default)]
+    pub ranges: BTreeMap<String, NumberRange>,
+    #[serde(default)]
+    pub timestamp: Option<TimestampRule>,
+}
+
+/// Processing metadata: `processed_at`, `processor_id` (`{client}` is replaced by the
+/// client id) and `validation_status`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrich {
+    pub processor_id: String,
+}
+
+/// The stage kinds, as `kind` names them.
+pub const STAGE_KINDS: &[&str] = &["flatten", "validate", "enrich"];
+
+impl Stage {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Stage::Flatten(_) => "flatten",
+            Stage::Validate(_) => "validate",
+            Stage::Enrich(_) => "enrich",
+        }
+    }
+
+    /// A stage from its table; the error's path is within the table.
+    fn from_table(mut table: toml::Table) -> Result<Self, (String, String)> {
+        let kind = match table.remove("kind") {
+            Some(toml::Value::String(kind)) => kind,
+            Some(other) => {
+                return Err((
+                    "kind".into(),
+                    format!("a string is required, not {}", other.type_str()),
+                ))
+            }
+            None => return Err(("kind".into(), format!("missing; one of {STAGE_KINDS:?}"))),
+        };
+        fn read<T: serde::de::DeserializeOwned>(table: toml::Table) -> Result<T, (String, String)> {
+            serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|error| {
+                (
+                    error.path().to_string(),
+                    error.into_inner().message().to_string(),
+                )
+            })
+        }
+        match kind.as_str() {
+            "flatten" => read(table).map(Stage::Flatten),
+            "validate" => read(table).map(Stage::Validate),
+            "enrich" => read(table).map(Stage::Enrich),
+            other => Err((
+                "kind".into(),
+                format!("unknown stage kind {other:?}; one of {STAGE_KINDS:?}"),
+            )),
+        }
+    }
+}
+
+/// A field's JSON type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FieldType {
+    String,
+    Number,
+    Integer,
+    Boolean,
+    Object,
+    Array,
+}
+
+/// Inclusive bounds of a numeric field; either may be absent.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NumberRange {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+}
+
+/// A timestamp field (RFC 3339, or milliseconds since the epoch) that may be neither in
+/// the future (beyond `max_skew_secs`) nor older than `max_age_secs`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimestampRule {
+    pub field: String,
+    pub max_age_secs: u64,
+    #[serde(default)]
+    pub max_skew_secs: u64,
+}
+
+/// Why a templates file was refused: where, which field, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}:{line}:{column}: {field}: {message}", file.display())]
+pub struct TemplateError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    /// The field's path, e.g. `pipeline[0].stage[1].ranges.speed.min`.
+    pub field: String,
+    pub message: String,
+}
+
+impl PipelineTemplates {
+    /// Reads and checks the templates file at `path`.
+    pub fn load(path: &Path) -> Result<Self, TemplateError> {
+        let text = std::fs::read_to_string(path).map_err(|error| TemplateError {
+            file: path.to_path_buf(),
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message: format!("cannot read it: {error}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks `text`; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, TemplateError> {
+        let at = |span: Option<Range<usize>>, field: String, message: String| {
+            let (line, column) = span.map_or((0, 0), |span| line_and_column(text, span.start));
+            TemplateError {
+                file: file.to_path_buf(),
+                line,
+                column,
+                field,
+                message,
+            }
+        };
+        let deserializer = toml::Deserializer::new(text);
+        let raw: RawTemplates =
+            serde_path_to_error::deserialize(deserializer).map_err(|error| {
+                let field = error.path().to_string();
+                let inner = error.into_inner();
+                at(inner.span(), field, inner.message().to_string())
+            })?;
+        let mut pipelines = Vec::with_capacity(raw.pipelines.len());
+        for (n, pipeline) in raw.pipelines.into_iter().enumerate() {
+            check(&pipeline, &pipelines).map_err(|(field, message)| {
+                at(
+                    Some(pipeline.name.span()),
+                    format!("pipeline[{n}].{field}"),
+                    message,
+                )
+            })?;
+            let mut stages = Vec::with_capacity(pipeline.stages.len());
+            for (m, table) in pipeline.stages.into_iter().enumerate() {
+                let stage = Stage::from_table(table).map_err(|(inner, message)| {
+                    let field = format!("pipeline[{n}].stage[{m}].{inner}");
+                    let span = stage_line(text, n, m, &inner).map(|start| start..start);
+                    at(span, field, message)
+                })?;
+                stages.push(stage);
+            }
+            pipelines.push(PipelineTemplate {
+                name: pipeline.name.into_inner(),
+                input: pipeline.input,
+                output: pipeline.output,
+                default: pipeline.default,
+                stages,
+            });
+        }
+        Ok(Self { pipelines })
+    }
+
+    /// The pipeline named `name`.
+    pub fn get(&self, name: &str) -> Option<&PipelineTemplate> {
+        self.pipelines.iter().find(|p| p.name == name)
+    }
+}
+
+/// What the types alone cannot say of a pipeline: its name, whether an earlier one has
+/// it, its topics, that it has stages. The error's field, within the pipeline.
+fn check(pipeline: &RawTemplate, earlier: &[PipelineTemplate]) -> Result<(), (String, String)> {
+    let name = pipeline.name.get_ref();
+    if !is_name(name) {
+        return Err((
+            "name".into(),
+            format!(
+                "{name:?} is not a pipeline name: 1 to {MAX_NAME_LEN} lowercase letters, digits and '-', starting with a letter"
+            ),
+        ));
+    }
+    if earlier.iter().any(|p| p.name == *name) {
+        return Err(("name".into(), format!("{name:?} is defined twice")));
+    }
+    if pipeline.input.is_empty() || pipeline.input.iter().any(|t| t.trim().is_empty()) {
+        return Err(("input".into(), "at least one topic, none empty".into()));
+    }
+    if pipeline.output.trim().is_empty() {
+        return Err(("output".into(), "a topic is required".into()));
+    }
+    if pipeline.input.contains(&pipeline.output) {
+        return Err((
+            "output".into(),
+            format!(
+                "{:?} is also an input: the pipeline would read its own output",
+                pipeline.output
+            ),
+        ));
+    }
+    if pipeline.stages.is_empty() {
+        return Err(("stage".into(), "at least one stage".into()));
+    }
+    Ok(())
+}
+
+/// A pipeline name: a letter, then lowercase letters, digits and '-', not ending in '-'.
+fn is_name(name: &str) -> bool {
+    (1..=MAX_NAME_LEN).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Where in `text` stage `stage` of pipeline `pipeline` has the key `field` (a path within
+/// the stage) starts: that key's line, else the stage's header. Counted from the table
+/// headers, since a stage is read from a table that no longer knows its place.
+fn stage_line(text: &str, pipeline: usize, stage: usize, field: &str) -> Option<usize> {
+    let key = field.split(['.', '[']).next().unwrap_or_default();
+    // Byte offsets of each line, with the line trimmed.
+    let mut offset = 0;
+    let lines: Vec<(usize, &str)> = text
+        .split_inclusive('\n')
+        .map(|line| {
+            let start = offset;
+            offset += line.len();
+            (start, line.trim())
+        })
+        .collect();
+    let pipeline_start = lines
+        .iter()
+        .enumerate()
+        .filter(|(_, (_, line))| *line == "[[pipeline]]")
+        .nth(pipeline)?
+        .0;
+    let mut stages = lines[pipeline_start + 1..]
+        .iter()
+        .enumerate()
+        .take_while(|(_, (_, line))| *line != "[[pipeline]]")
+        .filter(|(_, (_, line))| *line == "[[pipeline.stage]]")
+        .map(|(n, _)| pipeline_start + 1 + n);
+    let header = stages.nth(stage)?;
+    let block = lines[header + 1..]
+        .iter()
+        .take_while(|(_, line)| !line.starts_with("[["));
+    let named = block.clone().find(|(_, line)| {
+        line.strip_prefix(key)
+            .is_some_and(|after| after.trim_start().starts_with('='))
+            || line.starts_with(&format!("[pipeline.stage.{key}"))
+    });
+    Some(named.unwrap_or(&lines[header]).0)
+}
+
+/// The 1-based line and column of byte `offset` in `text`.
+fn line_and_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<PipelineTemplates, TemplateError> {
+        PipelineTemplates::parse(text, Path::new("pipelines.toml"))
+    }
+
+    const TRAFFIC: &str = r#"
+[[pipeline]]
+name = "traffic-flatten"
+input = ["traffic-raw"]
+output = "traffic-events"
+default = true
+
+[[pipeline.stage]]
+kind = "flatten"
+fields = { speed = "traffic_data.speed_mph", highway = "location.highway" }
+
+[[pipeline.stage]]
+kind = "validate"
+required = ["speed", "highway"]
+types = { speed = "number", highway = "string" }
+ranges = { speed = { min = 0, max = 120 } }
+timestamp = { field = "timestamp", max_age_secs = 31536000 }
+
+[[pipeline.stage]]
+kind = "enrich"
+processor_id = "stream-processor-{client}"
+"#;
+
+    #[test]
+    fn a_well_formed_file_parses_into_its_stages_in_order() {
+        let templates = parse(TRAFFIC).unwrap();
+        let pipeline = templates.get("traffic-flatten").unwrap();
+        assert!(pipeline.default);
+        let kinds: Vec<&str> = pipeline.stages.iter().map(Stage::kind).collect();
+        assert_eq!(kinds, ["flatten", "validate", "enrich"]);
+        let Stage::Validate(validate) = &pipeline.stages[1] else {
+            panic!("not a validate stage")
+        };
+        assert_eq!(
+            validate.ranges["speed"],
+            NumberRange {
+                min: Some(0.0),
+                max: Some(120.0)
+            }
+        );
+        assert_eq!(validate.types["highway"], FieldType::String);
+    }
+
+    #[test]
+    fn errors_name_the_line_the_column_and_the_field() {
+        // (what is wrong, the file, line, field, words the message must have)
+        let cases = [
+            (
+                "an unknown field in a stage",
+                TRAFFIC.replace("required = [", "requird = ["),
+                14,
+                "pipeline[0].stage[1].requird",
+                "unknown field `requird`",
+            ),
+            (
+                "a range bound of the wrong type",
+                TRAFFIC.replace("min = 0,", "min = \"zero\","),
+                16,
+                "pipeline[0].stage[1].ranges.speed.min",
+                "invalid type",
+            ),
+            (
+                "an unknown stage kind",
+                TRAFFIC.replace("kind = \"enrich\"", "kind = \"enrichh\""),
+                20,
+                "pipeline[0].stage[2].kind",
+                "unknown stage kind \"enrichh\"",
+            ),
+            (
+                "a name that cannot be part of a container name",
+                TRAFFIC.replace("traffic-flatten", "Traffic_Flatten"),
+                3,
+                "pipeline[0].name",
+                "is not a pipeline name",
+            ),
+            (
+                "a pipeline reading its own output",
+                TRAFFIC.replace("[\"traffic-raw\"]", "[\"traffic-events\"]"),
+                3,
+                "pipeline[0].output",
+                "would read its own output",
+            ),
+            (
+                "a name defined twice",
+                format!("{TRAFFIC}{}", TRAFFIC.replace("default = true", "")),
+                24,
+                "pipeline[1].name",
+                "defined twice",
+            ),
+        ];
+        for (case, text, line, field, words) in cases {
+            let error = parse(&text).expect_err(case);
+            assert_eq!(error.line, line, "{case}: {error}");
+            assert_eq!(error.field, field, "{case}: {error}");
+            assert!(error.message.contains(words), "{case}: {error}");
+            assert!(
+                error
+                    .to_string()
+                    .starts_with(&format!("pipelines.toml:{line}:")),
+                "{case}: {error}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_file_has_no_pipelines_and_a_pipeline_needs_a_stage() {
+        assert!(parse("").unwrap().pipelines.is_empty());
+        let error =
+            parse("[[pipeline]]\nname = \"a\"\ninput = [\"x\"]\noutput = \"y\"\n").unwrap_err();
+        assert_eq!(error.field, "pipeline[0].stage");
+    }
+
+    #[test]
+    fn names_fit_container_names() {
+        for (name, ok) in [
+            ("alerts", true),
+            ("alert-enrichment", true),
+            ("a1", true),
+            ("1a", false),
+            ("a-", false),
+            ("", false),
+            ("with_underscore", false),
+            ("a-name-longer-than-twenty", false),
+        ] {
+            assert_eq!(is_name(name), ok, "{name:?}");
+        }
+    }
+}
