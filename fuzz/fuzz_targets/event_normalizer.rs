@@ -4,7 +4,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let client = kg_shared::ClientId::parse("af-9").expect("a valid id");
-    if let Ok(event) = kg_fuzz::normalize::normalize_event(&client, data) {
-        let _ = kg_fuzz::normalize::to_json(&event);
+    if let Ok(event) = kg_fuzz::roles::event_normalizer::normalize::normalize_event(&client, data) {
+        let _ = kg_fuzz::roles::normalize_common::to_json(&event);
     }
 });

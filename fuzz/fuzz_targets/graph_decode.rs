@@ -15,7 +15,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let topic = TOPICS[pick as usize % TOPICS.len()];
     let (key, value) = kg_fuzz::key_value(rest);
-    if let Err(error) = kg_fuzz::graph::decode::decode_input_at(topic, key, value, None) {
+    if let Err(error) =
+        kg_fuzz::roles::graph_builder::decode::decode_input_at(topic, key, value, None)
+    {
         let _ = (error.reason_code(), error.to_string());
     }
 });

@@ -1,15 +1,11 @@
 //! The worker's pure decoders, compiled from the worker's own sources so the fuzz build
 //! does not need the worker's Kafka, HTTP and SQLite dependencies. The module paths match
-//! the worker's (`crate::normalize`, `crate::graph::…`), so the files compile unchanged.
+//! the worker's (`crate::roles::normalize_common`, `crate::roles::event_normalizer::normalize`,
+//! `crate::roles::graph_builder::decode`, …: [`roles`] mirrors `worker/src/roles/`), so the
+//! files compile unchanged.
 #![allow(dead_code, unused_imports)]
 
-#[path = "../../worker/src/normalize/mod.rs"]
-pub mod normalize;
-
-// A file loaded by `#[path]` resolves its own module paths from its directory, which
-// exists; an inline `mod graph { … }` would resolve them from src/graph/, which does not.
-#[path = "graph_decoders.rs"]
-pub mod graph;
+pub mod roles;
 
 /// Splits fuzz input into a Kafka key and value: the first byte is the key's length
 /// (255: a null key), the rest after the key is the value (an empty rest: a null value,

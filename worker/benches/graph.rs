@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kg_shared::records::{Etype, Severity, Subject};
-use worker::graph::{
+use worker::roles::event_normalizer::normalize::event_type_abstract;
+use worker::roles::graph_builder::{
     EpisodeInput, GraphInput, GraphStore, ResourceSnapshot, SqliteGraphStore, TopologyEdge,
 };
-use worker::normalize::event::event_type_abstract;
 
 const NODES: usize = 30;
 const DEPLOYMENTS: usize = 150;

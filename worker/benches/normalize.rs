@@ -7,7 +7,9 @@ use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use kg_shared::ClientId;
-use worker::normalize::{normalize_event, normalize_log, to_json};
+use worker::roles::event_normalizer::normalize::normalize_event;
+use worker::roles::log_normalizer::normalize::normalize_log;
+use worker::roles::normalize_common::to_json;
 
 /// A realistic kubelet Event as the exporter sends it, with the involved object's labels
 /// and annotations: about 1 KB.

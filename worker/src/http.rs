@@ -14,9 +14,8 @@ use kg_shared::health::{HealthAnswer, HealthStatus};
 use kg_shared::Role;
 use serde_json::json;
 
-use crate::graph::GraphStore;
-use crate::graph_builder::SharedStore;
 use crate::metrics::WorkerMetrics;
+use crate::roles::graph_builder::{GraphStore, SharedStore};
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -166,7 +165,9 @@ fn json_error(status: StatusCode, message: impl Into<String>) -> Response {
 /// Runs a read on the store off the async threads: SQLite calls block.
 async fn with_store<T: serde::Serialize + Send + 'static>(
     state: &HttpState,
-    read: impl FnOnce(&dyn GraphStore) -> Result<T, crate::graph::StoreError> + Send + 'static,
+    read: impl FnOnce(&dyn GraphStore) -> Result<T, crate::roles::graph_builder::StoreError>
+        + Send
+        + 'static,
 ) -> Response {
     let Some(store) = state.graph.clone() else {
         return json_error(StatusCode::NOT_FOUND, "this worker keeps no graph");

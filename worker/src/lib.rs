@@ -1,18 +1,14 @@
 //! The per-client worker: one binary, `--role` chooses the job, `CLIENT_ID` the tenant.
-//! Modules: [`config`] (flags and environment), [`normalize`] (pure transforms from raw
-//! agent records to normalized records), [`handler`] (the per-record decision of each
-//! role), [`pipeline`] (the at-least-once Kafka loop), [`http`] (`/health`, `/metrics`),
+//! Modules: [`config`] (flags and environment), [`roles`] (one folder per role: what it
+//! consumes and produces, its per-record decision and its pure transforms),
+//! [`pipeline`] (the at-least-once Kafka loop), [`http`] (`/health`, `/metrics`),
 //! [`metrics`].
 
-pub mod attributor;
 pub mod config;
-pub mod graph;
-pub mod graph_builder;
-pub mod handler;
 pub mod http;
 pub mod metrics;
-pub mod normalize;
 pub mod pipeline;
+pub mod roles;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -48,7 +44,7 @@ pub enum WorkerError {
         source: std::io::Error,
     },
     #[error("failed to open the graph store: {0}")]
-    Store(#[from] graph::StoreError),
+    Store(#[from] roles::graph_builder::StoreError),
     #[error("failed to build the owner index from state.k8s.resource: {0}")]
     OwnerIndex(#[source] rdkafka::error::KafkaError),
     #[error("CLIENT_ID is required for the {} role", .0.as_str())]
@@ -64,39 +60,14 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let role = config.role;
     if role == Role::EventAttributor {
-        return attributor::run(config, shutdown).await;
+        return roles::event_attributor::run(config, shutdown).await;
     }
     let client_id = config
         .client_id
         .clone()
         .ok_or(WorkerError::NoClientId(role))?;
     let metrics = Arc::new(WorkerMetrics::new(client_id.as_str(), role.as_str()));
-    let (handler, graph): (
-        Box<dyn handler::RecordHandler>,
-        Option<graph_builder::SharedStore>,
-    ) = match handler::normalizer_for(role, client_id.clone()) {
-        _ if config.passthrough => {
-            let passthrough =
-                handler::Passthrough::for_role(role).ok_or(WorkerError::NoPassthrough(role))?;
-            tracing::warn!("benchmark pass-through: records are forwarded unprocessed");
-            (Box::new(passthrough), None)
-        }
-        Some(handler) => (handler, None),
-        None => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|source| WorkerError::DataDir {
-                path: config.data_dir.clone(),
-                source,
-            })?;
-            let store = graph_builder::open_store(&config.data_dir, &client_id)?;
-            (
-                Box::new(graph_builder::GraphBuilder::new(
-                    client_id.clone(),
-                    store.clone(),
-                )),
-                Some(store),
-            )
-        }
-    };
+    let (handler, graph) = roles::handler_for(&config, role, &client_id)?;
 
     let (stop_http, server, bound) =
         serve_http(&config, client_id.as_str(), role, metrics.clone(), graph).await?;
@@ -129,7 +100,7 @@ pub(crate) async fn serve_http(
     client_label: &str,
     role: Role,
     metrics: Arc<WorkerMetrics>,
-    graph: Option<graph_builder::SharedStore>,
+    graph: Option<roles::graph_builder::SharedStore>,
 ) -> Result<
     (
         tokio::sync::oneshot::Sender<()>,

@@ -23,8 +23,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, error, info, warn};
 
-use crate::handler::{Outcome, RecordHandler};
 use crate::metrics::WorkerMetrics;
+use crate::roles::{Outcome, RecordHandler};
 
 /// Failures that stop the pipeline.
 #[derive(Debug, thiserror::Error)]

@@ -1,16 +1,48 @@
-//! The graph-builder role: reads its tenant's normalized events and logs and resource
-//! state and topology, decodes them into [`GraphInput`]s, and writes each Kafka batch to
-//! the client's graph store in one transaction before the batch's offsets are committed.
+//! The graph builder (`--role graph-builder`, one per client): consumes its tenant's
+//! `events.normalized`, `logs.normalized`, `state.k8s.resource` and `state.k8s.topology`,
+//! decodes them into [`GraphInput`]s, and writes each Kafka batch to the client's graph
+//! store in one transaction before the batch's offsets are committed. It produces no topic
+//! (undecodable records go to `dlq.normalized`); the worker's HTTP queries read the store.
 //! Redelivery after a crash replays at most the uncommitted batch, and the store's writes
 //! are idempotent, so the graph ends the same as after an uninterrupted run.
+//!
+//! The per-client graph: resources, episodes (events and high-signal log lines) and
+//! incidents, with ABOUT, topology (RUNS_ON, SELECTS, CONTROLS), POTENTIAL_CAUSE and
+//! PART_OF relationships, kept in one embedded SQLite file per client. Batches go in with
+//! [`GraphStore::apply`]; everything derived is recomputed from stored facts, so
+//! redelivery and a different interleaving of the four input topics end in the same
+//! graph. `docs/graph.md` has the design, the schema and how to query the file.
+//!
+//! Files: this one is the role (its [`GraphBuilder`] handler and the client's store file);
+//! the pure part is [`model`] (what is written: [`GraphInput`], resource naming),
+//! [`decode`] (input records → [`GraphInput`]), [`scoring`] (episode classes and the
+//! confidence of a cause → effect pair) and [`derive`](mod@derive) (cause selection,
+//! escalation and incident clustering as pure functions); [`store`] is the store's
+//! interface ([`GraphStore`]) and [`sqlite`] its implementation ([`SqliteGraphStore`]);
+//! `tests.rs` runs records as the input topics carry them through decode and the store.
+
+pub mod decode;
+pub mod derive;
+pub mod model;
+pub mod scoring;
+pub mod sqlite;
+pub mod store;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use kg_shared::ClientId;
 
-use crate::graph::{decode_input_at, GraphInput, GraphStore, SqliteGraphStore, StoreError};
-use crate::handler::{skip_unless_keyed_for, FlushError, Outcome, RecordHandler};
+pub use self::decode::{decode_input, decode_input_at, GraphDecodeError};
+pub use self::model::{EpisodeInput, GraphInput, ResourceSnapshot, TopologyEdge};
+pub use self::sqlite::SqliteGraphStore;
+pub use self::store::{
+    ApplyStats, Candidate, EpisodicView, GraphStats, GraphStore, IncidentSummary, StoreError,
+};
+
+use super::{skip_unless_keyed_for, FlushError, Outcome, RecordHandler};
 
 /// The client's store, shared by the pipeline (writes) and the HTTP queries (reads).
 pub type SharedStore = Arc<Mutex<Box<dyn GraphStore>>>;

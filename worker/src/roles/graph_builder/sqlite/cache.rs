@@ -8,8 +8,8 @@ use std::hash::{BuildHasherDefault, Hasher};
 use rusqlite::Connection;
 
 use super::facts_from_row;
-use crate::graph::derive::EpisodeFacts;
-use crate::graph::model::MAX_HOPS;
+use crate::roles::graph_builder::derive::EpisodeFacts;
+use crate::roles::graph_builder::model::MAX_HOPS;
 
 /// A fast hasher for row ids (which no one outside chooses): a multiply-rotate mix.
 #[derive(Clone, Copy, Debug, Default)]

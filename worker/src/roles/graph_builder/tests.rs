@@ -43,7 +43,7 @@ fn event(
     uid: Option<&str>,
     message: &str,
 ) -> GraphInput {
-    let eta = crate::normalize::event::event_type_abstract(reason);
+    let eta = crate::roles::event_normalizer::normalize::event_type_abstract(reason);
     let mut subject = json!({"kind": kind, "name": name});
     if kind != "Node" {
         subject["ns"] = json!(NS);

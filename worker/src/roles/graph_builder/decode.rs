@@ -36,10 +36,11 @@ use serde::{Deserialize, Deserializer};
 
 use super::model::{canonical_name, EpisodeInput, GraphInput, ResourceSnapshot, TopologyEdge};
 use super::scoring::log_signal;
-use crate::normalize::event::{event_severity, event_type_abstract};
-use crate::normalize::{
-    normalize_event, normalize_log, parse_object, parse_time, JsonStr, NormalizeError,
+use crate::roles::event_normalizer::normalize::{
+    event_severity, event_type_abstract, normalize_event,
 };
+use crate::roles::log_normalizer::normalize::normalize_log;
+use crate::roles::normalize_common::{parse_object, parse_time, JsonStr, NormalizeError};
 
 /// How much of a foreign value an error message quotes.
 const QUOTE_LIMIT: usize = 80;
@@ -323,7 +324,7 @@ fn decode_log(
     // ones; it needs a client only to check the body's `client_id` against it.
     let client = tenant
         .and_then(|t| ClientId::parse(t).ok())
-        .or_else(|| crate::normalize::log_tenant_from_body(value))
+        .or_else(|| crate::roles::log_normalizer::normalize::log_tenant_from_body(value))
         .unwrap_or_else(|| ClientId::parse("unknown").expect("a valid client id"));
     let log = normalize_log(&client, value)?;
     let Some((reason, severity)) =

@@ -1,9 +1,16 @@
-//! Pure transforms from what the agents send to the normalized records of
-//! [`kg_shared::records`]: [`event`] (raw Kubernetes Events →
-//! [`NormalizedEvent`](kg_shared::records::NormalizedEvent)) and [`log`] (the log
-//! shipper's records → [`NormalizedLog`](kg_shared::records::NormalizedLog)). No I/O here: the worker's
-//! Kafka edge calls these with a record's value and produces the result, or sends the
-//! original bytes and [`NormalizeError::reason_code`] to the DLQ.
+//! What the roles' pure parts share: the normalizers' error ([`NormalizeError`]) and output
+//! encoding ([`to_json`]), reading a record's JSON without copying (`parse_object`,
+//! `JsonStr`), times, the tenant check, and the id hashes. The transforms themselves are
+//! the roles': `event_normalizer/normalize.rs` (raw Kubernetes Events →
+//! [`NormalizedEvent`](kg_shared::records::NormalizedEvent)) and `log_normalizer/normalize.rs`
+//! (the log shipper's records → [`NormalizedLog`](kg_shared::records::NormalizedLog)).
+//!
+//! It sits beside the role folders, not in one of them, because three roles build on it:
+//! both normalizers, and the graph builder's `decode.rs`, which reads what the normalizers
+//! write with the same helpers and the same error (and reads raw Events and log records
+//! with the normalizers' own transforms). No I/O here: the worker's Kafka edge calls the
+//! transforms with a record's value and produces the result, or sends the original bytes
+//! and [`NormalizeError::reason_code`] to the DLQ.
 //!
 //! Inputs are deserialized into borrowed structs (strings point into the input unless
 //! JSON escapes force a copy); fields nobody reads are skipped, not built.
@@ -15,12 +22,6 @@ use kg_shared::ClientId;
 use serde::de::{self, IgnoredAny, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::error::Category;
-
-pub mod event;
-pub mod log;
-
-pub use event::normalize_event;
-pub use log::{log_tenant_from_body, normalize_log};
 
 /// How much of a foreign value an error message quotes.
 const QUOTE_LIMIT: usize = 80;

@@ -5,8 +5,10 @@ use std::collections::{HashMap, VecDeque};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::cache::Cache;
-use crate::graph::model::{MAX_HOPS, TOPOLOGY_SLACK_MS};
-use crate::graph::{Candidate, EpisodicView, GraphStats, IncidentSummary, StoreError};
+use crate::roles::graph_builder::model::{MAX_HOPS, TOPOLOGY_SLACK_MS};
+use crate::roles::graph_builder::{
+    Candidate, EpisodicView, GraphStats, IncidentSummary, StoreError,
+};
 
 /// The stored causes of `event_id`, best first, each with the shortest resource path
 /// (over the topology present at the effect's time) from its resource to the effect's.

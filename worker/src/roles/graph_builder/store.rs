@@ -1,29 +1,10 @@
-//! The per-client graph: resources, episodes (events and high-signal log lines) and
-//! incidents, with ABOUT, topology (RUNS_ON, SELECTS, CONTROLS), POTENTIAL_CAUSE and
-//! PART_OF relationships, kept in one embedded SQLite file per client.
-//!
-//! Modules: [`model`] (what is written: [`GraphInput`], resource naming), [`decode`]
-//! (input records → [`GraphInput`]), [`scoring`] (episode classes and the confidence of
-//! a cause → effect pair), [`derive`] (cause selection, escalation and incident clustering
-//! as pure functions), [`sqlite`] (the [`SqliteGraphStore`]).
-//!
-//! The graph builder applies one batch of inputs per Kafka batch with
-//! [`GraphStore::apply`], in one transaction, before committing the batch's offsets.
-//! Writes are idempotent and everything derived is recomputed from stored facts, so
-//! redelivery and a different interleaving of the four input topics end in the same
-//! graph. `docs/graph.md` has the design, the schema and how to query the file.
-
-pub mod decode;
-pub mod derive;
-pub mod model;
-pub mod scoring;
-pub mod sqlite;
+//! The graph store's interface: [`GraphStore`] (one batch applied in one transaction, and
+//! the queries), what it returns, and [`StoreError`]. Its one implementation is
+//! [`SqliteGraphStore`](super::SqliteGraphStore) (`sqlite.rs`).
 
 use serde::Serialize;
 
-pub use decode::{decode_input, decode_input_at, GraphDecodeError};
-pub use model::{EpisodeInput, GraphInput, ResourceSnapshot, TopologyEdge};
-pub use sqlite::SqliteGraphStore;
+use super::model::GraphInput;
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +202,3 @@ pub trait GraphStore: Send {
     /// One episode, if stored.
     fn episode(&self, event_id: &str) -> Result<Option<EpisodicView>, StoreError>;
 }
-
-#[cfg(test)]
-mod scenario_tests;

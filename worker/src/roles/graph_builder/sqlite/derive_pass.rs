@@ -12,14 +12,14 @@ use rusqlite::{params, OptionalExtension};
 
 use super::cache::{Ball, IdMap};
 use super::{facts_from_row, incident_id, ms_text, parse_severity, Changed, TopoChange, Writer};
-use crate::graph::derive::{
+use crate::roles::graph_builder::derive::{
     escalation_flags, incident_clusters, merge_points, CauseCandidate, EpisodeFacts, ScoredCause,
     TopCauses,
 };
-use crate::graph::model::{
+use crate::roles::graph_builder::model::{
     CAUSAL_WINDOW_MS, ESCALATION_WINDOW_MS, MAX_CAUSES_PER_EFFECT, MAX_HOPS, TOPOLOGY_SLACK_MS,
 };
-use crate::graph::scoring::escalate;
+use crate::roles::graph_builder::scoring::escalate;
 
 /// An episode whose causes are to be recomputed.
 #[derive(Clone, Copy)]
@@ -409,7 +409,7 @@ impl Writer<'_> {
                     .query_map(
                         params![r, lo - ESCALATION_WINDOW_MS, hi + ESCALATION_WINDOW_MS],
                         |row| {
-                            let class = crate::graph::scoring::EpisodeClass::from_label(
+                            let class = crate::roles::graph_builder::scoring::EpisodeClass::from_label(
                                 row.get_ref(3)?.as_str()?,
                             );
                             Ok(EscalationRow {
