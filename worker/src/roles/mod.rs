@@ -36,6 +36,7 @@ pub mod event_normalizer;
 pub mod graph_builder;
 pub mod log_normalizer;
 pub mod normalize_common;
+pub mod pipeline;
 
 use kg_shared::keys::{key_belongs_to, parse_key};
 use kg_shared::topics::{EVENTS_NORMALIZED, LOGS_NORMALIZED};

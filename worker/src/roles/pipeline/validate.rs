@@ -1,0 +1,149 @@
+//! The validate stage, seed 004's three layers: fields present, types and numeric ranges,
+//! and a timestamp neither in the future nor too old. Every violation is reported, not
+//! only the first, so one dead letter says everything that is wrong with a record.
+
+use chrono::{DateTime, Utc};
+use kg_shared::pipeline_template::{FieldType, TimestampRule, Validate};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Record;
+
+/// One check a record failed.
+#[derive(Debug, Clone, PartialEq, Serialize, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct Violation {
+    pub field: String,
+    pub reason: String,
+}
+
+pub fn validate(record: &Record, spec: &Validate, now: DateTime<Utc>) -> Vec<Violation> {
+    let mut violations = Vec::new();
+    let mut violated = |field: &str, reason: String| {
+        violations.push(Violation {
+            field: field.to_string(),
+            reason,
+        });
+    };
+    for field in &spec.required {
+        if record.get(field).is_none_or(Value::is_null) {
+            violated(field, "missing".into());
+        }
+    }
+    for (field, expected) in &spec.types {
+        if let Some(value) = record.get(field).filter(|v| !v.is_null()) {
+            if !has_type(value, *expected) {
+                violated(
+                    field,
+                    format!(
+                        "expected {}, got {}",
+                        type_name(*expected),
+                        json_type(value)
+                    ),
+                );
+            }
+        }
+    }
+    for (field, range) in &spec.ranges {
+        let Some(value) = record.get(field).filter(|v| !v.is_null()) else {
+            continue;
+        };
+        let Some(number) = value.as_f64() else {
+            violated(
+                field,
+                format!("expected a number, got {}", json_type(value)),
+            );
+            continue;
+        };
+        if range.min.is_some_and(|min| number < min) || range.max.is_some_and(|max| number > max) {
+            let bound = |b: Option<f64>| b.map_or("…".to_string(), |b| b.to_string());
+            violated(
+                field,
+                format!(
+                    "{number} is outside {} to {}",
+                    bound(range.min),
+                    bound(range.max)
+                ),
+            );
+        }
+    }
+    if let Some(rule) = &spec.timestamp {
+        if let Some(reason) = timestamp_violation(record, rule, now) {
+            violated(&rule.field, reason);
+        }
+    }
+    violations
+}
+
+/// Why the rule's timestamp field fails, if it does: unreadable, in the future, or older
+/// than allowed. An absent field is `required`'s business.
+fn timestamp_violation(
+    record: &Record,
+    rule: &TimestampRule,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    let value = record.get(&rule.field).filter(|v| !v.is_null())?;
+    let Some(at) = parse_timestamp(value) else {
+        return Some(format!(
+            "not a timestamp (RFC 3339 or epoch milliseconds): {value}"
+        ));
+    };
+    let skew =
+        chrono::Duration::seconds(i64::try_from(rule.max_skew_secs).unwrap_or(i64::MAX / 1000));
+    let max_age =
+        chrono::Duration::seconds(i64::try_from(rule.max_age_secs).unwrap_or(i64::MAX / 1000));
+    if at > now + skew {
+        Some(format!("{} is in the future", at.to_rfc3339()))
+    } else if now - at > max_age {
+        Some(format!(
+            "{} is older than {} s",
+            at.to_rfc3339(),
+            rule.max_age_secs
+        ))
+    } else {
+        None
+    }
+}
+
+fn parse_timestamp(value: &Value) -> Option<DateTime<Utc>> {
+    match value {
+        Value::String(text) => DateTime::parse_from_rfc3339(text)
+            .ok()
+            .map(|at| at.with_timezone(&Utc)),
+        Value::Number(millis) => DateTime::from_timestamp_millis(millis.as_i64()?),
+        _ => None,
+    }
+}
+
+fn has_type(value: &Value, expected: FieldType) -> bool {
+    match expected {
+        FieldType::String => value.is_string(),
+        FieldType::Number => value.is_number(),
+        FieldType::Integer => value.is_i64() || value.is_u64(),
+        FieldType::Boolean => value.is_boolean(),
+        FieldType::Object => value.is_object(),
+        FieldType::Array => value.is_array(),
+    }
+}
+
+fn type_name(expected: FieldType) -> &'static str {
+    match expected {
+        FieldType::String => "a string",
+        FieldType::Number => "a number",
+        FieldType::Integer => "an integer",
+        FieldType::Boolean => "a boolean",
+        FieldType::Object => "an object",
+        FieldType::Array => "an array",
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
