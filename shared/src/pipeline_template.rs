@@ -308,6 +308,17 @@ fn check(pipeline: &RawTemplate, earlier: &[PipelineTemplate]) -> Result<(), (St
     Ok(())
 }
 
+/// The consumer group of pipeline `name` serving `client`: `pipeline-<name>-<client>`.
+pub fn consumer_group(name: &str, client: &crate::ClientId) -> String {
+    format!("pipeline-{name}-{client}")
+}
+
+/// The worker (container) name of pipeline `name` serving `client`:
+/// `kg-pipeline-<name>-<client>`.
+pub fn worker_name(name: &str, client: &crate::ClientId) -> String {
+    format!("kg-pipeline-{name}-{client}")
+}
+
 /// A pipeline name: a letter, then lowercase letters, digits and '-', not ending in '-'.
 fn is_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())

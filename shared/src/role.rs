@@ -30,15 +30,20 @@ pub enum Role {
     /// and raw.k8s.events → raw.k8s.events keyed `<client>::event::<uid>`, for the one
     /// client that reported the involved object on state.k8s.resource.
     EventAttributor,
+    /// An operator-defined pipeline (`--pipeline NAME`, one container per pipeline and
+    /// client): its topics and stages come from the pipeline templates file
+    /// ([`crate::pipeline_template`]).
+    Pipeline,
 }
 
 impl Role {
     /// Every role, in the order `--help` lists them.
-    pub const ALL: [Role; 4] = [
+    pub const ALL: [Role; 5] = [
         Role::EventNormalizer,
         Role::LogNormalizer,
         Role::GraphBuilder,
         Role::EventAttributor,
+        Role::Pipeline,
     ];
 
     /// The name used in container names, consumer groups and `--role`.
@@ -48,10 +53,12 @@ impl Role {
             Role::LogNormalizer => "log-normalizer",
             Role::GraphBuilder => "graph-builder",
             Role::EventAttributor => "event-attributor",
+            Role::Pipeline => "pipeline",
         }
     }
 
-    /// The topics the role consumes.
+    /// The topics the role consumes; none for [`Role::Pipeline`], whose topics are its
+    /// template's.
     pub fn input_topics(self) -> &'static [&'static str] {
         match self {
             Role::EventNormalizer => &[RAW_K8S_EVENTS],
@@ -63,6 +70,7 @@ impl Role {
                 STATE_K8S_TOPOLOGY,
             ],
             Role::EventAttributor => &[EVENTS_NORMALIZED, RAW_K8S_EVENTS],
+            Role::Pipeline => &[],
         }
     }
 
@@ -123,7 +131,8 @@ mod tests {
                 "event-normalizer",
                 "log-normalizer",
                 "graph-builder",
-                "event-attributor"
+                "event-attributor",
+                "pipeline"
             ]
         );
     }
@@ -135,7 +144,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "unknown role \"miner\"; known roles: [\"event-normalizer\", \"log-normalizer\", \
-             \"graph-builder\", \"event-attributor\"]"
+             \"graph-builder\", \"event-attributor\", \"pipeline\"]"
         );
         // Names are exact: no other case, no padding.
         assert!("Event-Normalizer".parse::<Role>().is_err());

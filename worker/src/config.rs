@@ -25,6 +25,14 @@ pub struct WorkerConfig {
     #[arg(long, env = "CLIENT_ID", value_parser = parse_client_id)]
     pub client_id: Option<ClientId>,
 
+    /// The pipeline this worker runs (`--role pipeline` only): a name in the templates file.
+    #[arg(long, env = "WORKER_PIPELINE")]
+    pub pipeline: Option<String>,
+
+    /// The pipeline templates file (`--role pipeline` only; docs/pipelines.md).
+    #[arg(long, env = "WORKER_PIPELINES_FILE")]
+    pub pipelines_file: Option<PathBuf>,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

@@ -13,7 +13,7 @@ pub mod roles;
 use std::future::Future;
 use std::sync::Arc;
 
-use kg_shared::Role;
+use kg_shared::{pipeline_template, Role};
 use tracing::info;
 
 use crate::config::WorkerConfig;
@@ -51,6 +51,29 @@ pub enum WorkerError {
     NoClientId(Role),
     #[error("--passthrough is for the normalizer roles, not {}", .0.as_str())]
     NoPassthrough(Role),
+    #[error("the pipeline role needs --pipeline (WORKER_PIPELINE) and --pipelines-file (WORKER_PIPELINES_FILE)")]
+    NoPipeline,
+    #[error("the pipeline templates file is refused: {0}")]
+    Templates(#[from] kg_shared::pipeline_template::TemplateError),
+    #[error("no pipeline {name:?} in {}", file.display())]
+    UnknownPipeline {
+        name: String,
+        file: std::path::PathBuf,
+    },
+}
+
+/// The topics the configured worker consumes: its role's, or for a pipeline its
+/// template's, read from the templates file (which is checked on the way).
+pub fn input_topics(config: &WorkerConfig) -> Result<Vec<String>, WorkerError> {
+    if config.role != Role::Pipeline {
+        return Ok(config
+            .role
+            .input_topics()
+            .iter()
+            .map(|t| t.to_string())
+            .collect());
+    }
+    Ok(roles::pipeline::template_of(config)?.input)
 }
 
 /// Runs the worker until `shutdown` resolves and the pipeline has drained and committed.
@@ -73,11 +96,17 @@ pub async fn run(
         serve_http(&config, client_id.as_str(), role, metrics.clone(), graph).await?;
     info!(client_id = %client_id, role = role.as_str(), http = %bound, "worker started");
 
-    let settings = PipelineSettings::from_config(
-        &config,
-        role.consumer_group(&client_id),
-        format!("kg-{}-{}", role.as_str(), client_id),
-    );
+    let (group, instance) = match (role, &config.pipeline) {
+        (Role::Pipeline, Some(name)) => (
+            pipeline_template::consumer_group(name, &client_id),
+            pipeline_template::worker_name(name, &client_id),
+        ),
+        _ => (
+            role.consumer_group(&client_id),
+            format!("kg-{}-{}", role.as_str(), client_id),
+        ),
+    };
+    let settings = PipelineSettings::from_config(&config, group, instance);
     let result = pipeline::run_pipeline(
         &config.kafka,
         &settings,

@@ -17,11 +17,21 @@ async fn main() -> ExitCode {
     // Only the graph builder keeps state on disk. Kafka is required: a worker that cannot
     // reach it does nothing, and exit 2 shows up in the control plane's API and restarts
     // with its back-off. Missing input topics are reported: the consumer waits for them.
+    // A pipeline's topics are its template's: a templates file with an error stops the
+    // worker here, before anything waits for Kafka.
+    let topics = match worker::input_topics(&config) {
+        Ok(topics) => topics,
+        Err(error) => {
+            eprintln!("worker: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let mut startup = Vec::new();
     if config.role.keeps_state() {
         startup.push(settings.data_dir(&config.data_dir, "WORKER_DATA_DIR"));
     }
-    startup.extend(settings.kafka_checks(&config.kafka, config.role.input_topics(), false));
+    startup.extend(settings.kafka_checks(&config.kafka, &topics, false));
     checks::run_or_exit(startup).await;
     match worker::run(config, kg_shared::telemetry::termination_signal()).await {
         Ok(()) => ExitCode::SUCCESS,

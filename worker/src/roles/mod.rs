@@ -19,7 +19,8 @@
 //! - [`graph_builder`]: `events.normalized`, `logs.normalized`, `state.k8s.resource` and
 //!   `state.k8s.topology` → the client's graph file;
 //! - [`event_attributor`]: `events.normalized`, `raw.k8s.events` and `state.k8s.resource`
-//!   → `raw.k8s.events` (untagged Events copied, keyed for the client that claims them).
+//!   → `raw.k8s.events` (untagged Events copied, keyed for the client that claims them);
+//! - [`pipeline`]: an operator-defined pipeline's inputs → its output, through its stages.
 //!
 //! Every role dead-letters what it cannot read to `dlq.normalized`. Adding a role is a
 //! folder like these, a `kg_shared::Role` variant, and its place in the dispatch below
@@ -107,7 +108,7 @@ pub fn normalizer_for(role: Role, client: ClientId) -> Option<Box<dyn RecordHand
     match role {
         Role::EventNormalizer => Some(Box::new(EventNormalizer { client })),
         Role::LogNormalizer => Some(Box::new(LogNormalizer { client })),
-        Role::GraphBuilder | Role::EventAttributor => None,
+        Role::GraphBuilder | Role::EventAttributor | Role::Pipeline => None,
     }
 }
 
@@ -130,6 +131,10 @@ pub(crate) fn handler_for(
                 (Box::new(passthrough), None)
             }
             Some(handler) => (handler, None),
+            None if role == Role::Pipeline => (
+                Box::new(pipeline::PipelineHandler::load(config, client_id)?),
+                None,
+            ),
             None => {
                 std::fs::create_dir_all(&config.data_dir).map_err(|source| {
                     WorkerError::DataDir {
@@ -165,7 +170,7 @@ impl Passthrough {
         let output = match role {
             Role::EventNormalizer => EVENTS_NORMALIZED,
             Role::LogNormalizer => LOGS_NORMALIZED,
-            Role::GraphBuilder | Role::EventAttributor => return None,
+            Role::GraphBuilder | Role::EventAttributor | Role::Pipeline => return None,
         };
         Some(Self {
             input: role.input_topics(),

@@ -1,17 +1,26 @@
-//! The pipeline role (issue 14; not a `Role` yet): an operator-defined chain of stages
-//! (`kg_shared::pipeline_template`) run per record. So far the pure part: bytes in, a
-//! record or a rejection out. The Kafka side will be `crate::pipeline`'s at-least-once
-//! loop, as for the normalizers. `flatten.rs`, `validate.rs` and `enrich.rs` are the
-//! stages, one concern each.
+//! The pipeline role (`--role pipeline --pipeline NAME --pipelines-file FILE`, one per
+//! pipeline and client): consumes the template's input topics and produces its output
+//! topic, each record of this client (keyed `<client>::…`, key kept) through the
+//! template's stages (`kg_shared::pipeline_template`); a record a stage rejects goes to
+//! `dlq.normalized` with the reason, never retried (the same input would fail the same
+//! way). Kafka is `crate::pipeline`'s at-least-once loop, as for the normalizers.
+//!
+//! Files: this one is the role ([`PipelineHandler`], and [`Stages`], bytes in, a record or
+//! a rejection out); `flatten.rs`, `validate.rs` and `enrich.rs` are the stages, pure, one
+//! concern each; `tests.rs` runs the shipped example template.
 
 mod enrich;
 mod flatten;
 mod validate;
 
 use chrono::{DateTime, Utc};
-use kg_shared::pipeline_template::{PipelineTemplate, Stage};
+use kg_shared::pipeline_template::{PipelineTemplate, PipelineTemplates, Stage};
 use kg_shared::ClientId;
 use serde_json::{Map, Value};
+
+use super::{null_value, skip_unless_keyed_for, Outcome, RecordHandler};
+use crate::config::WorkerConfig;
+use crate::WorkerError;
 
 pub use validate::Violation;
 
@@ -88,6 +97,83 @@ impl Stages {
             }
         }
         Ok(record)
+    }
+}
+
+/// The template of the pipeline `config` names (`--pipeline`), from its templates file.
+pub fn template_of(config: &WorkerConfig) -> Result<PipelineTemplate, WorkerError> {
+    let (Some(name), Some(file)) = (&config.pipeline, &config.pipelines_file) else {
+        return Err(WorkerError::NoPipeline);
+    };
+    PipelineTemplates::load(file)?
+        .pipelines
+        .into_iter()
+        .find(|template| template.name == *name)
+        .ok_or_else(|| WorkerError::UnknownPipeline {
+            name: name.clone(),
+            file: file.clone(),
+        })
+}
+
+/// One pipeline for one client: the record handler the at-least-once loop drives.
+pub struct PipelineHandler {
+    stages: Stages,
+    input: &'static [&'static str],
+    output: &'static str,
+}
+
+impl PipelineHandler {
+    /// The pipeline `config` names, from its templates file, serving `client`.
+    pub fn load(config: &WorkerConfig, client: &ClientId) -> Result<Self, WorkerError> {
+        Ok(Self::new(&template_of(config)?, client.clone()))
+    }
+
+    pub fn new(template: &PipelineTemplate, client: ClientId) -> Self {
+        // The loop asks for `'static` topic names (the built-in roles' are constants);
+        // a pipeline's are read once at start and live as long as the process, so they
+        // are leaked once, not per record.
+        let input: Vec<&'static str> = template
+            .input
+            .iter()
+            .map(|topic| &*Box::leak(topic.clone().into_boxed_str()))
+            .collect();
+        Self {
+            stages: Stages::new(template, client),
+            input: Box::leak(input.into_boxed_slice()),
+            output: Box::leak(template.output.clone().into_boxed_str()),
+        }
+    }
+}
+
+impl RecordHandler for PipelineHandler {
+    fn input_topics(&self) -> &'static [&'static str] {
+        self.input
+    }
+
+    fn handle(
+        &self,
+        _topic: &str,
+        _timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Outcome {
+        if let Some(skipped) = skip_unless_keyed_for(key, &self.stages.client) {
+            return skipped;
+        }
+        let Some(value) = value else {
+            return null_value();
+        };
+        match self.stages.process(value, Utc::now()) {
+            Ok(record) => Outcome::Produce {
+                topic: self.output,
+                key: String::from_utf8_lossy(key.unwrap_or_default()).into_owned(),
+                value: serde_json::to_vec(&record).unwrap_or_default(),
+            },
+            Err(rejection) => Outcome::DeadLetter {
+                reason_code: rejection.reason_code(),
+                reason: rejection.to_string(),
+            },
+        }
     }
 }
 

@@ -123,3 +123,57 @@ fn what_is_not_a_json_object_is_rejected_with_its_reason() {
         "failed validation: timestamp: not a timestamp (RFC 3339 or epoch milliseconds): true"
     );
 }
+
+#[test]
+fn the_handler_takes_this_clients_records_through_the_stages_and_dead_letters_rejections() {
+    use super::{Outcome, PipelineHandler, RecordHandler};
+    let templates = PipelineTemplates::parse(TEMPLATE, Path::new("traffic-flatten.toml")).unwrap();
+    let handler = PipelineHandler::new(
+        templates.get("traffic-flatten").unwrap(),
+        ClientId::parse("metro-la").unwrap(),
+    );
+    assert_eq!(handler.input_topics(), ["traffic-raw"]);
+    // A reading from the last minute passes every layer.
+    let fresh = with(|v| v["timestamp"] = json!(Utc::now().timestamp_millis()));
+    let handle = |key: &str, value: Option<&[u8]>| {
+        handler.handle("traffic-raw", None, Some(key.as_bytes()), value)
+    };
+    match handle("metro-la::sensor-7", Some(&fresh)) {
+        Outcome::Produce { topic, key, value } => {
+            assert_eq!(
+                (topic, key.as_str()),
+                ("traffic-events", "metro-la::sensor-7")
+            );
+            let record: Value = serde_json::from_slice(&value).unwrap();
+            assert_eq!(record["speed"], 31.6);
+            assert_eq!(record["processor_id"], "stream-processor-metro-la");
+        }
+        other => panic!("not produced: {other:?}"),
+    }
+    assert_eq!(
+        handle("elsewhere::sensor-7", Some(&fresh)),
+        Outcome::Foreign
+    );
+    assert_eq!(
+        handle("no-tenant-here", Some(&fresh)),
+        Outcome::Unattributed
+    );
+    assert!(matches!(
+        handle("metro-la::sensor-7", None),
+        Outcome::DeadLetter {
+            reason_code: "null_value",
+            ..
+        }
+    ));
+    let too_fast = with(|v| {
+        v["timestamp"] = json!(Utc::now().timestamp_millis());
+        v["traffic_data"]["speed_mph"] = json!(300);
+    });
+    assert_eq!(
+        handle("metro-la::sensor-7", Some(&too_fast)),
+        Outcome::DeadLetter {
+            reason_code: "validation_failed",
+            reason: "failed validation: speed: 300 is outside 0 to 120".into(),
+        }
+    );
+}
