@@ -69,6 +69,64 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 const RAW_EVENTS: &str = "raw.k8s.events";
 const EVENTS_NORMALIZED: &str = "events.normalized";
+
+/// What `throughput` produces and counts: the event normalizer's records, or the example
+/// traffic pipeline's (`examples/pipelines/traffic-flatten.toml`).
+#[derive(Clone, Copy)]
+enum Workload {
+    Events,
+    Traffic,
+}
+
+impl Workload {
+    fn from(options: &Options) -> Result<Self> {
+        match options.opt("workload").unwrap_or("events") {
+            "events" => Ok(Workload::Events),
+            "traffic" => Ok(Workload::Traffic),
+            other => bail!("--workload events|traffic, not {other:?}"),
+        }
+    }
+
+    fn input(self) -> &'static str {
+        match self {
+            Workload::Events => RAW_EVENTS,
+            Workload::Traffic => "traffic-raw",
+        }
+    }
+
+    fn output(self) -> &'static str {
+        match self {
+            Workload::Events => EVENTS_NORMALIZED,
+            Workload::Traffic => "traffic-events",
+        }
+    }
+
+    /// Record `n` of `client`: key and value.
+    fn record(self, client: &str, n: u64) -> (String, String) {
+        match self {
+            Workload::Events => raw_event(client, n),
+            Workload::Traffic => traffic_reading(client, n),
+        }
+    }
+}
+
+/// A METR-LA reading as seed 004's sensors send it, nested, with a timestamp of now (so
+/// it passes the pipeline's age check) and a distinct sensor per `n`. About 250 bytes.
+fn traffic_reading(client: &str, n: u64) -> (String, String) {
+    const HIGHWAYS: [&str; 4] = ["I-10", "I-405", "US-101", "SR-110"];
+    const WEATHER: [&str; 3] = ["clear", "cloudy", "rain"];
+    let value = format!(
+        r#"{{"traffic_data":{{"speed_mph":{speed:.1},"volume_vehicles_per_hour":{volume}}},"location":{{"highway":"{highway}","direction":"{direction}","lanes":{lanes}}},"weather":{{"condition":"{weather}"}},"timestamp":{now}}}"#,
+        speed = 20.0 + (n % 600) as f64 / 10.0,
+        volume = 500 + n % 5000,
+        highway = HIGHWAYS[(n % 4) as usize],
+        direction = if n.is_multiple_of(2) { "E" } else { "W" },
+        lanes = 2 + n % 5,
+        weather = WEATHER[(n % 3) as usize],
+        now = chrono::Utc::now().timestamp_millis(),
+    );
+    (format!("{client}::sensor-{n}"), value)
+}
 const REGISTRY: &str = "cluster.registry";
 const HEARTBEAT: &str = "cluster.heartbeat";
 
@@ -108,8 +166,8 @@ fn main() -> Result<()> {
         "heartbeat-ceiling" => heartbeat_ceiling(&options),
         "attribution" => attribution(&options),
         "event" => {
-            // Prints one generated event, to check its shape and size.
-            let (key, value) = raw_event(options.str("client")?, 0);
+            // Prints one generated record, to check its shape and size.
+            let (key, value) = Workload::from(&options)?.record(options.str("client")?, 0);
             println!("{key}\n{value}\n{} bytes", value.len());
             Ok(())
         }
@@ -307,6 +365,11 @@ struct OutputCounter {
 
 impl OutputCounter {
     fn start(bootstrap: &str, client: &str) -> Result<Self> {
+        Self::start_on(bootstrap, client, EVENTS_NORMALIZED)
+    }
+
+    /// Counts the outputs on `topic`.
+    fn start_on(bootstrap: &str, client: &str, topic: &str) -> Result<Self> {
         let consumer: BaseConsumer = ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
             .set("group.id", "kg-bench-counter")
@@ -318,7 +381,7 @@ impl OutputCounter {
             .set("fetch.queue.backoff.ms", "5")
             .set("log_level", "4")
             .create()?;
-        assign_from_beginning(&consumer, EVENTS_NORMALIZED)?;
+        assign_from_beginning(&consumer, topic)?;
         let seen = Arc::new(Mutex::new(Seen::default()));
         let unique = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -460,8 +523,9 @@ fn throughput(options: &Options) -> Result<()> {
     let window = options.num("window", 12_000)?;
     let max_secs = options.num("max-secs", 120)?;
     let metrics_url = options.opt("metrics-url");
+    let workload = Workload::from(options)?;
 
-    let counter = OutputCounter::start(bootstrap, client)?;
+    let counter = OutputCounter::start_on(bootstrap, client, workload.output())?;
     let producer = producer(bootstrap, "lz4")?;
     let before = worker_counters(metrics_url);
     let started = Instant::now();
@@ -477,8 +541,8 @@ fn throughput(options: &Options) -> Result<()> {
         if produced >= counter.unique() + window {
             std::thread::sleep(Duration::from_micros(500));
         } else {
-            let (key, value) = raw_event(client, produced);
-            produce(&producer, RAW_EVENTS, &key, &value)?;
+            let (key, value) = workload.record(client, produced);
+            produce(&producer, workload.input(), &key, &value)?;
             produced += 1;
         }
         if Instant::now() >= next_report {
@@ -502,7 +566,7 @@ fn throughput(options: &Options) -> Result<()> {
         );
     let after = worker_counters(metrics_url);
     let seen = counter.seen.lock().unwrap();
-    let message_bytes = raw_event(client, 0).1.len();
+    let message_bytes = workload.record(client, 0).1.len();
     println!(
         "RESULT mode=throughput records={} outputs_total={} duplicates={} complete={complete} \
          first_to_last_secs={:.3} rate={:.0} ts_span_secs={:.3} ts_rate={:.0} produced={produced} \

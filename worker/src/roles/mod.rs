@@ -124,6 +124,11 @@ pub(crate) fn handler_for(
 ) -> Result<(Box<dyn RecordHandler>, Option<graph_builder::SharedStore>), WorkerError> {
     let (handler, graph): (Box<dyn RecordHandler>, Option<graph_builder::SharedStore>) =
         match normalizer_for(role, client_id.clone()) {
+            _ if config.passthrough && role == Role::Pipeline => {
+                tracing::warn!("benchmark pass-through: records are forwarded unprocessed");
+                let pipeline = pipeline::PipelineHandler::load(config, client_id)?;
+                (Box::new(pipeline.passthrough()), None)
+            }
             _ if config.passthrough => {
                 let passthrough =
                     Passthrough::for_role(role).ok_or(WorkerError::NoPassthrough(role))?;
@@ -155,8 +160,9 @@ pub(crate) fn handler_for(
     Ok((handler, graph))
 }
 
-/// The no-op ceiling of a normalizer role (`--passthrough`, benchmarks only): every input
-/// record goes out unchanged, key and value, to the role's output topic. Same consumer,
+/// The no-op ceiling of a normalizer role or a pipeline (`--passthrough`, benchmarks only):
+/// every input record goes out unchanged, key and value, to the role's (or template's)
+/// output topic. Same consumer,
 /// producer, batches and commits as the real role; only the processing is missing.
 pub struct Passthrough {
     pub input: &'static [&'static str],

@@ -145,6 +145,16 @@ impl PipelineHandler {
     }
 }
 
+impl PipelineHandler {
+    /// The no-op ceiling on this pipeline's topics (`--passthrough`, benchmarks only).
+    pub fn passthrough(&self) -> super::Passthrough {
+        super::Passthrough {
+            input: self.input,
+            output: self.output,
+        }
+    }
+}
+
 impl RecordHandler for PipelineHandler {
     fn input_topics(&self) -> &'static [&'static str] {
         self.input
