@@ -145,6 +145,12 @@ pub struct RunArgs {
     #[arg(long, env = "CP_ROLES_FILE")]
     pub roles_file: Option<PathBuf>,
 
+    /// TOML file with the pipeline templates (docs/pipelines.md): every client gets a
+    /// worker of each pipeline marked `default`. Refused at start-up, with the line and
+    /// field, if it has an error.
+    #[arg(long, env = "CP_PIPELINES_FILE")]
+    pub pipelines_file: Option<PathBuf>,
+
     /// Worker image (Docker runtime).
     #[arg(long, env = "CP_WORKER_IMAGE", default_value = "kg-worker:latest")]
     pub worker_image: String,

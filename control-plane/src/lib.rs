@@ -108,6 +108,8 @@ pub enum ControlPlaneError {
     Runtime(#[from] runtime::RuntimeError),
     #[error(transparent)]
     Roles(#[from] roles::RolesError),
+    #[error("the pipeline templates file is refused: {0}")]
+    Pipelines(#[from] kg_shared::pipeline_template::TemplateError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
     #[error("failed to bind the API on {addr}: {source}")]
@@ -177,7 +179,8 @@ pub async fn run(
         build_runtime(&args).await?,
         metrics.clone(),
     );
-    let roles = RoleSet::load(args.roles_file.as_deref(), &args.roles, &args.worker_image)?;
+    let roles = RoleSet::load(args.roles_file.as_deref(), &args.roles, &args.worker_image)?
+        .with_pipelines(args.pipelines_file.as_deref())?;
     let status = Arc::new(Status::default());
     let table: ClientTable = Arc::new(DashMap::new());
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);

@@ -14,6 +14,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use kg_shared::pipeline_template::{PipelineTemplate, PipelineTemplates, TemplateError};
 use kg_shared::role::names;
 use kg_shared::{ClientId, Role};
 use serde::{Deserialize, Serialize};
@@ -123,6 +124,9 @@ pub const ATTRIBUTOR_ROLE: Role = Role::EventAttributor;
 pub struct RoleSet {
     pub image: String,
     pub roles: Vec<RoleTemplate>,
+    /// The operator's pipelines (`CP_PIPELINES_FILE`); every client gets a worker of
+    /// each one marked `default`.
+    pub pipelines: Vec<PipelineTemplate>,
 }
 
 impl RoleSet {
@@ -169,13 +173,57 @@ impl RoleSet {
                 return Err(RolesError::Duplicate(role.name.clone()));
             }
         }
-        Ok(Self { image, roles })
+        Ok(Self {
+            image,
+            roles,
+            pipelines: Vec::new(),
+        })
+    }
+
+    /// The pipelines of the templates file at `file`, when one is given.
+    pub fn with_pipelines(mut self, file: Option<&Path>) -> Result<Self, TemplateError> {
+        if let Some(file) = file {
+            self.pipelines = PipelineTemplates::load(file)?.pipelines;
+        }
+        Ok(self)
     }
 
     /// What every client's worker of each role shares, built once: the role's name,
     /// image, arguments and environment (`base_env`, the Kafka settings, first, so a
-    /// role's own env can override it).
+    /// role's own env can override it); then one part per default pipeline.
     pub fn shared_parts(&self, base_env: &[(String, String)]) -> Vec<SharedRoleParts> {
+        let mut parts = self.role_parts(base_env);
+        parts.extend(self.pipeline_parts(base_env));
+        parts
+    }
+
+    /// Each default pipeline's part: `--role pipeline --pipeline <name>`, and its own
+    /// text of the templates file in `WORKER_PIPELINES_TOML`, so the worker needs no file
+    /// of the host's and a change to the pipeline changes its spec (and recreates it).
+    fn pipeline_parts(&self, base_env: &[(String, String)]) -> Vec<SharedRoleParts> {
+        let image: Arc<str> = self.image.as_str().into();
+        let role = Role::Pipeline.as_str();
+        self.pipelines
+            .iter()
+            .filter(|pipeline| pipeline.default)
+            .map(|pipeline| {
+                let mut env: BTreeMap<String, String> = base_env.iter().cloned().collect();
+                env.insert("WORKER_PIPELINES_TOML".into(), pipeline.source.clone());
+                let args = ["--role", role, "--pipeline", pipeline.name.as_str()];
+                SharedRoleParts {
+                    role: role.into(),
+                    instance: Some(pipeline.name.as_str().into()),
+                    image: image.clone(),
+                    args: args.iter().map(|a| a.to_string()).collect(),
+                    env: Arc::new(env),
+                    memory_limit_mb: Some(256),
+                    cpu_limit: Some(0.5),
+                }
+            })
+            .collect()
+    }
+
+    fn role_parts(&self, base_env: &[(String, String)]) -> Vec<SharedRoleParts> {
         let image: Arc<str> = self.image.as_str().into();
         self.roles
             .iter()
@@ -186,6 +234,7 @@ impl RoleSet {
                 args.extend(role.args.iter().cloned());
                 SharedRoleParts {
                     role: role.name.as_str().into(),
+                    instance: None,
                     image: image.clone(),
                     args: args.into(),
                     env: Arc::new(env),
@@ -201,6 +250,7 @@ impl RoleSet {
     pub fn attributor_parts(&self, base_env: &[(String, String)]) -> SharedRoleParts {
         SharedRoleParts {
             role: ATTRIBUTOR_ROLE.as_str().into(),
+            instance: None,
             image: self.image.as_str().into(),
             args: vec!["--role".to_string(), ATTRIBUTOR_ROLE.to_string()].into(),
             env: Arc::new(base_env.iter().cloned().collect()),
@@ -268,6 +318,57 @@ mod tests {
         assert_eq!(a.memory_limit_mb, Some(64));
         assert_eq!(a.env["WORKER_BATCH_MAX_RECORDS"], "10");
         assert_ne!(a.spec_hash, b.spec_hash);
+    }
+
+    #[test]
+    fn every_client_gets_a_worker_of_each_default_pipeline_carrying_its_own_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pipelines.toml");
+        let pipeline = |name: &str, default: bool| {
+            format!(
+                "[[pipeline]]\nname = \"{name}\"\ninput = [\"in-{name}\"]\noutput = \"out-{name}\"\ndefault = {default}\n\n[[pipeline.stage]]\nkind = \"enrich\"\nprocessor_id = \"p\"\n"
+            )
+        };
+        std::fs::write(
+            &path,
+            format!(
+                "{}{}",
+                pipeline("alerts", true),
+                pipeline("optional", false)
+            ),
+        )
+        .unwrap();
+        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
+        let roles = RoleSet::builtin(&enabled, DEFAULT_IMAGE)
+            .unwrap()
+            .with_pipelines(Some(&path))
+            .unwrap();
+        let specs = roles.render(&client(), &[]);
+        let names: Vec<_> = specs.iter().map(|s| &*s.name).collect();
+        assert_eq!(names[3..], ["kg-pipeline-alerts-af-9"]);
+        let spec = &specs[3];
+        assert_eq!(&*spec.role, "pipeline");
+        assert_eq!(*spec.args, ["--role", "pipeline", "--pipeline", "alerts"]);
+        assert_eq!(spec.env["WORKER_PIPELINES_TOML"], pipeline("alerts", true));
+        // A change to the other pipeline leaves this one's spec as it was; a change to
+        // this one recreates it.
+        std::fs::write(
+            &path,
+            format!("{}{}", pipeline("alerts", true), pipeline("optional", true)),
+        )
+        .unwrap();
+        let other_changed = roles.clone().with_pipelines(Some(&path)).unwrap();
+        assert_eq!(
+            other_changed.render(&client(), &[])[3].spec_hash,
+            spec.spec_hash
+        );
+        std::fs::write(&path, pipeline("alerts", true).replace("\"p\"", "\"q\"")).unwrap();
+        let changed = roles.clone().with_pipelines(Some(&path)).unwrap();
+        assert_ne!(changed.render(&client(), &[])[3].spec_hash, spec.spec_hash);
+        // A broken file is refused whole.
+        std::fs::write(&path, "[[pipeline]]\nname = 1\n").unwrap();
+        let error = roles.with_pipelines(Some(&path)).unwrap_err();
+        assert_eq!((error.line, error.field.as_str()), (2, "pipeline[0].name"));
     }
 
     #[test]

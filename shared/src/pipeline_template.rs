@@ -52,6 +52,10 @@ pub struct PipelineTemplate {
     /// Run for every client, unless the operator configures otherwise.
     pub default: bool,
     pub stages: Vec<Stage>,
+    /// Its own text in the file, from its `[[pipeline]]` header to the next: a templates
+    /// file of this pipeline alone, which the control plane hands to its workers (so a
+    /// change to another pipeline does not touch this one's workers).
+    pub source: String,
 }
 
 /// A pipeline as the file has it: each stage a table whose `kind` picks its shape. The
@@ -233,7 +237,12 @@ impl PipelineTemplates {
         let deserializer = toml::Deserializer::new(text);
         let raw: RawTemplates =
             serde_path_to_error::deserialize(deserializer).map_err(|error| {
-                let field = error.path().to_string();
+                // `toml::Spanned` reads its value through a private field: not the
+                // operator's to see.
+                let field = error
+                    .path()
+                    .to_string()
+                    .replace(".$__serde_spanned_private_value", "");
                 let inner = error.into_inner();
                 at(inner.span(), field, inner.message().to_string())
             })?;
@@ -255,7 +264,9 @@ impl PipelineTemplates {
                 })?;
                 stages.push(stage);
             }
+            let source = pipeline_source(text, n);
             pipelines.push(PipelineTemplate {
+                source,
                 name: pipeline.name.into_inner(),
                 input: pipeline.input,
                 output: pipeline.output,
@@ -306,6 +317,23 @@ fn check(pipeline: &RawTemplate, earlier: &[PipelineTemplate]) -> Result<(), (St
         return Err(("stage".into(), "at least one stage".into()));
     }
     Ok(())
+}
+
+/// The text of the `n`-th `[[pipeline]]` table of `text`: from its header to the next
+/// one, or to the end.
+fn pipeline_source(text: &str, n: usize) -> String {
+    let mut offset = 0;
+    let headers: Vec<usize> = text
+        .split_inclusive('\n')
+        .filter_map(|line| {
+            let start = offset;
+            offset += line.len();
+            (line.trim() == "[[pipeline]]").then_some(start)
+        })
+        .collect();
+    let start = headers.get(n).copied().unwrap_or(0);
+    let end = headers.get(n + 1).copied().unwrap_or(text.len());
+    text[start..end].to_string()
 }
 
 /// The consumer group of pipeline `name` serving `client`: `pipeline-<name>-<client>`.
@@ -492,11 +520,36 @@ processor_id = "stream-processor-{client}"
     }
 
     #[test]
+    fn a_name_of_the_wrong_type_names_the_field_as_written() {
+        let error = parse("[[pipeline]]\nname = 1\n").unwrap_err();
+        assert_eq!((error.line, error.field.as_str()), (2, "pipeline[0].name"));
+    }
+
+    #[test]
     fn an_empty_file_has_no_pipelines_and_a_pipeline_needs_a_stage() {
         assert!(parse("").unwrap().pipelines.is_empty());
         let error =
             parse("[[pipeline]]\nname = \"a\"\ninput = [\"x\"]\noutput = \"y\"\n").unwrap_err();
         assert_eq!(error.field, "pipeline[0].stage");
+    }
+
+    #[test]
+    fn each_pipelines_own_text_is_a_templates_file_of_it_alone() {
+        let two = format!(
+            "{TRAFFIC}{}",
+            TRAFFIC
+                .replace("traffic-flatten", "second")
+                .replace("default = true", "")
+        );
+        let templates = parse(&two).unwrap();
+        assert_eq!(templates.pipelines.len(), 2);
+        for pipeline in &templates.pipelines {
+            let alone = parse(&pipeline.source).unwrap();
+            assert_eq!(alone.pipelines.len(), 1);
+            assert_eq!(alone.pipelines[0].name, pipeline.name);
+            assert_eq!(alone.pipelines[0].stages, pipeline.stages);
+        }
+        assert!(!templates.pipelines[0].source.contains("second"));
     }
 
     #[test]

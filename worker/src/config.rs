@@ -33,6 +33,11 @@ pub struct WorkerConfig {
     #[arg(long, env = "WORKER_PIPELINES_FILE")]
     pub pipelines_file: Option<PathBuf>,
 
+    /// The templates as text, instead of a file: what the control plane passes, so a
+    /// worker in a container needs no file of the host's.
+    #[arg(long, env = "WORKER_PIPELINES_TOML", hide_env_values = true)]
+    pub pipelines_toml: Option<String>,
+
     #[command(flatten)]
     pub kafka: KafkaArgs,
 

@@ -51,7 +51,7 @@ pub enum WorkerError {
     NoClientId(Role),
     #[error("--passthrough is for the normalizer roles, not {}", .0.as_str())]
     NoPassthrough(Role),
-    #[error("the pipeline role needs --pipeline (WORKER_PIPELINE) and --pipelines-file (WORKER_PIPELINES_FILE)")]
+    #[error("the pipeline role needs --pipeline (WORKER_PIPELINE) and the templates: --pipelines-file (WORKER_PIPELINES_FILE) or WORKER_PIPELINES_TOML")]
     NoPipeline,
     #[error("the pipeline templates file is refused: {0}")]
     Templates(#[from] kg_shared::pipeline_template::TemplateError),

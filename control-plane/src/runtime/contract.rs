@@ -23,6 +23,7 @@ pub fn contract_spec(client: &str, image: &str) -> WorkerSpec {
     );
     let parts = SharedRoleParts {
         role: "event-normalizer".into(),
+        instance: None,
         image: image.into(),
         args: vec!["--role".to_string(), "event-normalizer".to_string()].into(),
         env: std::sync::Arc::new(env),

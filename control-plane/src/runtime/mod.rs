@@ -25,6 +25,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct SharedRoleParts {
     pub role: Arc<str>,
+    /// Which one of the role's workers a client has, for roles with several per client
+    /// (a pipeline's name): part of the worker's name, `kg-<role>-<instance>-<client>`.
+    pub instance: Option<Arc<str>>,
     pub image: Arc<str>,
     pub args: Arc<[String]>,
     pub env: Arc<BTreeMap<String, String>>,
@@ -62,7 +65,10 @@ impl WorkerSpec {
     /// Builds `client_id`'s spec of a role and computes its hash.
     pub fn new(client_id: ClientId, parts: &SharedRoleParts) -> Self {
         let mut spec = Self {
-            name: worker_name(&parts.role, &client_id).into(),
+            name: match &parts.instance {
+                Some(instance) => format!("kg-{}-{instance}-{client_id}", parts.role).into(),
+                None => worker_name(&parts.role, &client_id).into(),
+            },
             client_id,
             role: parts.role.clone(),
             image: parts.image.clone(),

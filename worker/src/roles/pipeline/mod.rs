@@ -102,16 +102,24 @@ impl Stages {
 
 /// The template of the pipeline `config` names (`--pipeline`), from its templates file.
 pub fn template_of(config: &WorkerConfig) -> Result<PipelineTemplate, WorkerError> {
-    let (Some(name), Some(file)) = (&config.pipeline, &config.pipelines_file) else {
+    let Some(name) = &config.pipeline else {
         return Err(WorkerError::NoPipeline);
     };
-    PipelineTemplates::load(file)?
+    let (templates, file) = match (&config.pipelines_toml, &config.pipelines_file) {
+        (Some(text), _) => {
+            let file = std::path::PathBuf::from("WORKER_PIPELINES_TOML");
+            (PipelineTemplates::parse(text, &file)?, file)
+        }
+        (None, Some(file)) => (PipelineTemplates::load(file)?, file.clone()),
+        (None, None) => return Err(WorkerError::NoPipeline),
+    };
+    templates
         .pipelines
         .into_iter()
         .find(|template| template.name == *name)
         .ok_or_else(|| WorkerError::UnknownPipeline {
             name: name.clone(),
-            file: file.clone(),
+            file,
         })
 }
 

@@ -1,0 +1,86 @@
+//! Pipelines run by the control plane (issue 14): every registered client gets a worker of
+//! each default pipeline of `CP_PIPELINES_FILE`, `kg-pipeline-<name>-<client>`, supervised
+//! like every worker, which carries its own template and processes the client's records;
+//! a tombstone removes it with the client's other workers.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use kg_tests::*;
+use serde_json::Value;
+
+on_both_brokers!(a_registered_client_gets_its_default_pipelines_which_process_its_records);
+
+async fn a_registered_client_gets_its_default_pipelines_which_process_its_records(
+    kind: BrokerKind,
+) -> Result<()> {
+    let broker = broker_or_skip!(kind);
+    let b = &broker.bootstrap;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/pipelines/traffic-flatten.toml");
+    let templates = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        templates.path(),
+        std::fs::read_to_string(example)?.replace(
+            "output = \"traffic-events\"\n",
+            "output = \"traffic-events\"\ndefault = true\n",
+        ),
+    )?;
+    // Not catalog topics: created (by a record of nobody's) before any pipeline starts.
+    kcat_produce(b, "traffic-raw", "setup::0", Some("{}"), None)?;
+    let plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            extra_env: vec![(
+                "CP_PIPELINES_FILE".into(),
+                templates.path().display().to_string(),
+            )],
+            ..Default::default()
+        },
+    )?;
+    let client = "metro-la";
+    let pipeline = "kg-pipeline-traffic-flatten-metro-la";
+    register_with_chart(b, client)?;
+    poll("the client's four workers", Duration::from_secs(60), || {
+        let running = plane.running_workers(client);
+        (running.len() == 4 && running.iter().any(|(name, _)| name == pipeline)).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+
+    let reading = serde_json::json!({
+        "traffic_data": {"speed_mph": 55.5, "volume_vehicles_per_hour": 900},
+        "location": {"highway": "I-405", "direction": "N", "lanes": 6},
+        "weather": {"condition": "clear"},
+        "timestamp": chrono::Utc::now().timestamp_millis(),
+    });
+    kcat_produce(
+        b,
+        "traffic-raw",
+        "metro-la::s1",
+        Some(&reading.to_string()),
+        None,
+    )?;
+    let record = poll("the pipeline's output", Duration::from_secs(60), || {
+        kcat_consume(b, "traffic-events")
+            .ok()?
+            .into_iter()
+            .find(|(key, _)| key == "metro-la::s1")
+            .and_then(|(_, value)| serde_json::from_str::<Value>(&value).ok())
+    })
+    .with_context(|| plane.worker_log(pipeline))?;
+    assert_eq!(record["speed"], 55.5);
+    assert_eq!(record["highway"], "I-405");
+    assert_eq!(record["processor_id"], "stream-processor-metro-la");
+
+    // The chart's pre-delete tombstone removes the pipeline with the other workers.
+    kcat_produce(b, "cluster.registry", client, None, None)?;
+    poll("the client deregistered", Duration::from_secs(30), || {
+        plane.client(client).is_none().then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    poll("every worker removed", Duration::from_secs(60), || {
+        plane.worker_dirs().is_empty().then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    Ok(())
+}
