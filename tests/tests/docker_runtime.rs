@@ -43,12 +43,10 @@ fn docker_with_images() -> Result<Option<()>> {
     Ok(engine)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_docker_runtime_passes_the_runtime_contract() -> Result<()> {
-    if docker_with_images()?.is_none() {
-        return Ok(());
-    }
-    let runtime = DockerRuntime::connect(
+/// The Docker runtime as the tests use it: workers on the host's network (where the
+/// embedded broker listens), as user 10001, no secrets.
+async fn host_network_runtime() -> Result<DockerRuntime> {
+    Ok(DockerRuntime::connect(
         DockerSettings {
             network: "host".into(),
             user: "10001:10001".into(),
@@ -58,7 +56,15 @@ async fn the_docker_runtime_passes_the_runtime_contract() -> Result<()> {
         },
         Duration::from_secs(10),
     )
-    .await?;
+    .await?)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_runtime_passes_the_runtime_contract() -> Result<()> {
+    if docker_with_images()?.is_none() {
+        return Ok(());
+    }
+    let runtime = host_network_runtime().await?;
     let result = control_plane::runtime::contract::run_contract(
         &runtime,
         "contract-docker",
@@ -315,5 +321,86 @@ fn after_a_kill_mid_spawn_each_docker_worker_has_exactly_one_container() -> Resu
         Ok(())
     })();
     remove_clients(&clients);
+    result
+}
+
+/// A default pipeline's worker as the control plane renders it, run by the Docker runtime
+/// from the worker image: its template reaches the container in its environment (no file
+/// of the host's), and it turns this client's reading into a flat record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_docker_runtime_runs_a_pipeline_worker_from_its_template_alone() -> Result<()> {
+    use control_plane::roles::RoleSet;
+    use control_plane::runtime::Runtime;
+    if docker_with_images()?.is_none() {
+        return Ok(());
+    }
+    let broker = Broker::start()?;
+    let b = &broker.bootstrap;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let templates = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        templates.path(),
+        std::fs::read_to_string(root.join("examples/pipelines/traffic-flatten.toml"))?.replace(
+            "output = \"traffic-events\"\n",
+            "output = \"traffic-events\"\ndefault = true\n",
+        ),
+    )?;
+    let roles = RoleSet::builtin(&["event-normalizer".into()], "kg-worker:latest")?
+        .with_pipelines(Some(templates.path()))?;
+    let client = kg_shared::ClientId::parse("pipeline-docker")?;
+    let base_env = vec![("KAFKA_BOOTSTRAP_SERVERS".to_string(), b.clone())];
+    let spec = roles
+        .render(&client, &base_env)
+        .into_iter()
+        .find(|spec| &*spec.role == "pipeline")
+        .context("no pipeline spec")?;
+    ensure!(
+        &*spec.name == "kg-pipeline-traffic-flatten-pipeline-docker",
+        "{}",
+        spec.name
+    );
+    kg_tests::kcat_produce(b, "traffic-raw", "setup::0", Some("{}"), None)?;
+    let runtime = host_network_runtime().await?;
+    let name = spec.name.to_string();
+    let result = async {
+        runtime.create(&spec).await?;
+        runtime.start(&name).await?;
+        let reading = serde_json::json!({
+            "traffic_data": {"speed_mph": 61.0, "volume_vehicles_per_hour": 1200},
+            "location": {"highway": "I-5", "direction": "S", "lanes": 4},
+            "weather": {"condition": "rain"},
+            "timestamp": chrono::Utc::now().timestamp_millis(),
+        });
+        kg_tests::kcat_produce(
+            b,
+            "traffic-raw",
+            "pipeline-docker::s1",
+            Some(&reading.to_string()),
+            None,
+        )?;
+        let record = poll(
+            "the pipeline container's output",
+            Duration::from_secs(60),
+            || {
+                kg_tests::kcat_consume(b, "traffic-events")
+                    .ok()?
+                    .into_iter()
+                    .find(|(key, _)| key == "pipeline-docker::s1")
+                    .and_then(|(_, value)| serde_json::from_str::<serde_json::Value>(&value).ok())
+            },
+        )
+        .with_context(|| {
+            let logs = Command::new("docker").args(["logs", &name]).output();
+            logs.map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                .unwrap_or_default()
+        })?;
+        ensure!(
+            record["highway"] == "I-5" && record["validation_status"] == "valid",
+            "{record}"
+        );
+        Ok(())
+    }
+    .await;
+    let _ = Command::new("docker").args(["rm", "-f", &name]).output();
     result
 }
