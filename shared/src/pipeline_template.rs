@@ -319,6 +319,15 @@ fn check(pipeline: &RawTemplate, earlier: &[PipelineTemplate]) -> Result<(), (St
     Ok(())
 }
 
+/// Whether `line` is the table header `header`, however TOML lets it be written: spaces
+/// inside the brackets, a comment after it.
+fn is_header(line: &str, header: &str) -> bool {
+    let code = line.split('#').next().unwrap_or_default();
+    code.chars()
+        .filter(|c| !c.is_whitespace())
+        .eq(header.chars())
+}
+
 /// The text of the `n`-th `[[pipeline]]` table of `text`: from its header to the next
 /// one, or to the end.
 fn pipeline_source(text: &str, n: usize) -> String {
@@ -328,7 +337,7 @@ fn pipeline_source(text: &str, n: usize) -> String {
         .filter_map(|line| {
             let start = offset;
             offset += line.len();
-            (line.trim() == "[[pipeline]]").then_some(start)
+            is_header(line, "[[pipeline]]").then_some(start)
         })
         .collect();
     let start = headers.get(n).copied().unwrap_or(0);
@@ -375,14 +384,14 @@ fn stage_line(text: &str, pipeline: usize, stage: usize, field: &str) -> Option<
     let pipeline_start = lines
         .iter()
         .enumerate()
-        .filter(|(_, (_, line))| *line == "[[pipeline]]")
+        .filter(|(_, (_, line))| is_header(line, "[[pipeline]]"))
         .nth(pipeline)?
         .0;
     let mut stages = lines[pipeline_start + 1..]
         .iter()
         .enumerate()
-        .take_while(|(_, (_, line))| *line != "[[pipeline]]")
-        .filter(|(_, (_, line))| *line == "[[pipeline.stage]]")
+        .take_while(|(_, (_, line))| !is_header(line, "[[pipeline]]"))
+        .filter(|(_, (_, line))| is_header(line, "[[pipeline.stage]]"))
         .map(|(n, _)| pipeline_start + 1 + n);
     let header = stages.nth(stage)?;
     let block = lines[header + 1..]
@@ -550,6 +559,22 @@ processor_id = "stream-processor-{client}"
             assert_eq!(alone.pipelines[0].stages, pipeline.stages);
         }
         assert!(!templates.pipelines[0].source.contains("second"));
+    }
+
+    #[test]
+    fn headers_are_found_with_spaces_inside_and_comments_after() {
+        let spaced = TRAFFIC
+            .replace("[[pipeline]]", "[[ pipeline ]]  # traffic")
+            .replace("[[pipeline.stage]]", "[[ pipeline.stage ]]");
+        let error = parse(&spaced.replace("required = [", "requird = [")).unwrap_err();
+        assert_eq!(
+            (error.line, error.field.as_str()),
+            (14, "pipeline[0].stage[1].requird")
+        );
+        let two = format!("{spaced}{}", spaced.replace("traffic-flatten", "second"));
+        let templates = parse(&two).unwrap();
+        assert!(!templates.pipelines[0].source.contains("second"));
+        assert!(templates.pipelines[1].source.starts_with("[[ pipeline ]]"));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! and a timestamp neither in the future nor too old. Every violation is reported, not
 //! only the first, so one dead letter says everything that is wrong with a record.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use kg_shared::pipeline_template::{FieldType, TimestampRule, Validate};
 use serde::Serialize;
 use serde_json::Value;
@@ -88,13 +88,13 @@ fn timestamp_violation(
             "not a timestamp (RFC 3339 or epoch milliseconds): {value}"
         ));
     };
-    let skew =
-        chrono::Duration::seconds(i64::try_from(rule.max_skew_secs).unwrap_or(i64::MAX / 1000));
-    let max_age =
-        chrono::Duration::seconds(i64::try_from(rule.max_age_secs).unwrap_or(i64::MAX / 1000));
-    if at > now + skew {
+    // A bound too large for the time arithmetic is no bound at all, not a panic.
+    let bound = |secs: u64| i64::try_from(secs).ok().and_then(TimeDelta::try_seconds);
+    let latest = bound(rule.max_skew_secs).and_then(|skew| now.checked_add_signed(skew));
+    let max_age = bound(rule.max_age_secs);
+    if latest.is_some_and(|latest| at > latest) {
         Some(format!("{} is in the future", at.to_rfc3339()))
-    } else if now - at > max_age {
+    } else if max_age.is_some_and(|max_age| now.signed_duration_since(at) > max_age) {
         Some(format!(
             "{} is older than {} s",
             at.to_rfc3339(),
@@ -145,5 +145,38 @@ fn json_type(value: &Value) -> &'static str {
         Value::String(_) => "a string",
         Value::Array(_) => "an array",
         Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bound_too_large_for_time_arithmetic_is_no_bound_not_a_panic() {
+        let now = DateTime::from_timestamp(1_760_000_000, 0).unwrap();
+        let rule = |max_age_secs, max_skew_secs| Validate {
+            required: Vec::new(),
+            types: Default::default(),
+            ranges: Default::default(),
+            timestamp: Some(TimestampRule {
+                field: "at".into(),
+                max_age_secs,
+                max_skew_secs,
+            }),
+        };
+        let record = |millis: i64| {
+            let mut record = Record::new();
+            record.insert("at".into(), millis.into());
+            record
+        };
+        let ancient = record(0);
+        let future = record(now.timestamp_millis() + 3_600_000);
+        for huge in [u64::MAX, i64::MAX as u64, 10_u64.pow(17)] {
+            assert!(validate(&ancient, &rule(huge, 0), now).is_empty(), "{huge}");
+            assert!(validate(&future, &rule(60, huge), now).is_empty(), "{huge}");
+        }
+        assert_eq!(validate(&ancient, &rule(60, 0), now).len(), 1);
+        assert_eq!(validate(&future, &rule(60, 0), now).len(), 1);
     }
 }
