@@ -345,7 +345,7 @@ mod tests {
             .unwrap();
         let specs = roles.render(&client(), &[]);
         let names: Vec<_> = specs.iter().map(|s| &*s.name).collect();
-        assert_eq!(names[3..], ["kg-pipeline-alerts-af-9"]);
+        assert_eq!(names[3..], ["kg-pipeline-alerts.af-9"]);
         let spec = &specs[3];
         assert_eq!(&*spec.role, "pipeline");
         assert_eq!(*spec.args, ["--role", "pipeline", "--pipeline", "alerts"]);

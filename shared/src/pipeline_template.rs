@@ -30,8 +30,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-/// The longest pipeline name: `kg-pipeline-<name>-<client>` must stay a valid container
-/// name and a DNS label (63) with the longest client id.
+/// The longest pipeline name, so that worker names (`kg-pipeline-<name>.<client>`) stay
+/// short enough to read and type in `docker logs`.
 pub const MAX_NAME_LEN: usize = 20;
 
 /// Every pipeline an operator defined.
@@ -114,6 +114,29 @@ pub struct Validate {
     pub timestamp: Option<TimestampRule>,
 }
 
+impl Validate {
+    /// Ranges a number can fall in: no `nan` bound (it would turn the check off), and a
+    /// minimum not above the maximum.
+    fn checked(self) -> Result<Self, (String, String)> {
+        for (field, range) in &self.ranges {
+            for (which, bound) in [("min", range.min), ("max", range.max)] {
+                if bound.is_some_and(f64::is_nan) {
+                    return Err((format!("ranges.{field}.{which}"), "nan is no bound".into()));
+                }
+            }
+            if let (Some(min), Some(max)) = (range.min, range.max) {
+                if min > max {
+                    return Err((
+                        format!("ranges.{field}"),
+                        format!("min {min} is above max {max}: nothing would pass"),
+                    ));
+                }
+            }
+        }
+        Ok(self)
+    }
+}
+
 /// Processing metadata: `processed_at`, `processor_id` (`{client}` is replaced by the
 /// client id) and `validation_status`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -156,7 +179,9 @@ impl Stage {
         }
         match kind.as_str() {
             "flatten" => read(table).map(Stage::Flatten),
-            "validate" => read(table).map(Stage::Validate),
+            "validate" => read::<Validate>(table)
+                .and_then(Validate::checked)
+                .map(Stage::Validate),
             "enrich" => read(table).map(Stage::Enrich),
             other => Err((
                 "kind".into(),
@@ -243,6 +268,8 @@ impl PipelineTemplates {
                     .path()
                     .to_string()
                     .replace(".$__serde_spanned_private_value", "");
+                // serde_path_to_error writes the empty path (the file itself) as ".".
+                let field = if field == "." { String::new() } else { field };
                 let inner = error.into_inner();
                 at(inner.span(), field, inner.message().to_string())
             })?;
@@ -258,13 +285,25 @@ impl PipelineTemplates {
             let mut stages = Vec::with_capacity(pipeline.stages.len());
             for (m, table) in pipeline.stages.into_iter().enumerate() {
                 let stage = Stage::from_table(table).map_err(|(inner, message)| {
-                    let field = format!("pipeline[{n}].stage[{m}].{inner}");
+                    // A missing field is reported at the stage itself (path ".").
+                    let inner = if inner == "." { String::new() } else { inner };
+                    let field = if inner.is_empty() {
+                        format!("pipeline[{n}].stage[{m}]")
+                    } else {
+                        format!("pipeline[{n}].stage[{m}].{inner}")
+                    };
                     let span = stage_line(text, n, m, &inner).map(|start| start..start);
                     at(span, field, message)
                 })?;
                 stages.push(stage);
             }
-            let source = pipeline_source(text, n);
+            let source = pipeline_source(text, n).ok_or_else(|| {
+                at(
+                    Some(pipeline.name.span()),
+                    format!("pipeline[{n}]"),
+                    "its [[pipeline]] header must be a line of its own".into(),
+                )
+            })?;
             pipelines.push(PipelineTemplate {
                 source,
                 name: pipeline.name.into_inner(),
@@ -304,6 +343,16 @@ fn check(pipeline: &RawTemplate, earlier: &[PipelineTemplate]) -> Result<(), (St
     if pipeline.output.trim().is_empty() {
         return Err(("output".into(), "a topic is required".into()));
     }
+    if let Some(reserved) = pipeline
+        .input
+        .iter()
+        .find(|t| *t == crate::topics::DLQ_NORMALIZED)
+    {
+        return Err((
+            "input".into(),
+            format!("{reserved:?} is where pipelines dead-letter: a pipeline reading it would read its own rejections"),
+        ));
+    }
     if pipeline.input.contains(&pipeline.output) {
         return Err((
             "output".into(),
@@ -329,8 +378,9 @@ fn is_header(line: &str, header: &str) -> bool {
 }
 
 /// The text of the `n`-th `[[pipeline]]` table of `text`: from its header to the next
-/// one, or to the end.
-fn pipeline_source(text: &str, n: usize) -> String {
+/// one, or to the end. None when the headers cannot be told apart by line (written in a
+/// form the scan does not know), rather than handing a worker every pipeline.
+fn pipeline_source(text: &str, n: usize) -> Option<String> {
     let mut offset = 0;
     let headers: Vec<usize> = text
         .split_inclusive('\n')
@@ -340,20 +390,23 @@ fn pipeline_source(text: &str, n: usize) -> String {
             is_header(line, "[[pipeline]]").then_some(start)
         })
         .collect();
-    let start = headers.get(n).copied().unwrap_or(0);
+    let start = *headers.get(n)?;
     let end = headers.get(n + 1).copied().unwrap_or(text.len());
-    text[start..end].to_string()
+    Some(text[start..end].to_string())
 }
 
-/// The consumer group of pipeline `name` serving `client`: `pipeline-<name>-<client>`.
+/// The consumer group of pipeline `name` serving `client`: `pipeline-<name>.<client>`.
+/// A dot, which neither a pipeline name nor a client id may hold, between the two: with a
+/// dash, pipeline `traffic` of client `eu-1` and pipeline `traffic-eu` of client `1` would
+/// share a group (and a worker name), and each would commit the other's records unread.
 pub fn consumer_group(name: &str, client: &crate::ClientId) -> String {
-    format!("pipeline-{name}-{client}")
+    format!("pipeline-{name}.{client}")
 }
 
 /// The worker (container) name of pipeline `name` serving `client`:
-/// `kg-pipeline-<name>-<client>`.
+/// `kg-pipeline-<name>.<client>` (the dot as in [`consumer_group`]).
 pub fn worker_name(name: &str, client: &crate::ClientId) -> String {
-    format!("kg-pipeline-{name}-{client}")
+    format!("kg-pipeline-{name}.{client}")
 }
 
 /// A pipeline name: a letter, then lowercase letters, digits and '-', not ending in '-'.
@@ -397,7 +450,8 @@ fn stage_line(text: &str, pipeline: usize, stage: usize, field: &str) -> Option<
     let block = lines[header + 1..]
         .iter()
         .take_while(|(_, line)| !line.starts_with("[["));
-    let named = block.clone().find(|(_, line)| {
+    // No key (a field missing from the stage): the stage's header.
+    let named = block.clone().filter(|_| !key.is_empty()).find(|(_, line)| {
         line.strip_prefix(key)
             .is_some_and(|after| after.trim_start().starts_with('='))
             || line.starts_with(&format!("[pipeline.stage.{key}"))
@@ -532,6 +586,36 @@ processor_id = "stream-processor-{client}"
     fn a_name_of_the_wrong_type_names_the_field_as_written() {
         let error = parse("[[pipeline]]\nname = 1\n").unwrap_err();
         assert_eq!((error.line, error.field.as_str()), (2, "pipeline[0].name"));
+    }
+
+    #[test]
+    fn ranges_that_pass_nothing_or_check_nothing_and_a_dead_letter_input_are_refused() {
+        let cases = [
+            (
+                TRAFFIC.replace("min = 0, max = 120", "min = nan, max = 120"),
+                "pipeline[0].stage[1].ranges.speed.min",
+                16,
+            ),
+            (
+                TRAFFIC.replace("min = 0, max = 120", "min = 130, max = 120"),
+                "pipeline[0].stage[1].ranges.speed",
+                16,
+            ),
+            (
+                TRAFFIC.replace("[\"traffic-raw\"]", "[\"traffic-raw\", \"dlq.normalized\"]"),
+                "pipeline[0].input",
+                3,
+            ),
+            (
+                TRAFFIC.replace("processor_id = \"stream-processor-{client}\"", ""),
+                "pipeline[0].stage[2]",
+                19,
+            ),
+        ];
+        for (text, field, line) in cases {
+            let error = parse(&text).unwrap_err();
+            assert_eq!((error.field.as_str(), error.line), (field, line), "{error}");
+        }
     }
 
     #[test]

@@ -355,7 +355,7 @@ async fn the_docker_runtime_runs_a_pipeline_worker_from_its_template_alone() -> 
         .find(|spec| &*spec.role == "pipeline")
         .context("no pipeline spec")?;
     ensure!(
-        &*spec.name == "kg-pipeline-traffic-flatten-pipeline-docker",
+        &*spec.name == "kg-pipeline-traffic-flatten.pipeline-docker",
         "{}",
         spec.name
     );

@@ -1,5 +1,5 @@
 //! Pipelines run by the control plane (issue 14): every registered client gets a worker of
-//! each default pipeline of `CP_PIPELINES_FILE`, `kg-pipeline-<name>-<client>`, supervised
+//! each default pipeline of `CP_PIPELINES_FILE`, `kg-pipeline-<name>.<client>`, supervised
 //! like every worker, which carries its own template and processes the client's records;
 //! a tombstone removes it with the client's other workers.
 
@@ -39,7 +39,7 @@ async fn a_registered_client_gets_its_default_pipelines_which_process_its_record
         },
     )?;
     let client = "metro-la";
-    let pipeline = "kg-pipeline-traffic-flatten-metro-la";
+    let pipeline = "kg-pipeline-traffic-flatten.metro-la";
     register_with_chart(b, client)?;
     poll("the client's four workers", Duration::from_secs(60), || {
         let running = plane.running_workers(client);

@@ -221,11 +221,7 @@ fn map_error(operation: &'static str, name: &str, error: DockerError) -> Runtime
 
 /// Names go into URLs; refuse anything that is not one of ours.
 fn checked(name: &str) -> Result<&str, RuntimeError> {
-    if !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-    {
+    if super::is_worker_name(name) {
         Ok(name)
     } else {
         Err(RuntimeError::NotFound(name.to_string()))

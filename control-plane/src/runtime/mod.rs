@@ -25,8 +25,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone)]
 pub struct SharedRoleParts {
     pub role: Arc<str>,
-    /// Which one of the role's workers a client has, for roles with several per client
-    /// (a pipeline's name): part of the worker's name, `kg-<role>-<instance>-<client>`.
+    /// Which one of the role's workers a client has, for the one role with several per
+    /// client: a pipeline's name, in the worker's name `kg-pipeline-<name>.<client>`.
     pub instance: Option<Arc<str>>,
     pub image: Arc<str>,
     pub args: Arc<[String]>,
@@ -66,7 +66,9 @@ impl WorkerSpec {
     pub fn new(client_id: ClientId, parts: &SharedRoleParts) -> Self {
         let mut spec = Self {
             name: match &parts.instance {
-                Some(instance) => format!("kg-{}-{instance}-{client_id}", parts.role).into(),
+                Some(pipeline) => {
+                    kg_shared::pipeline_template::worker_name(pipeline, &client_id).into()
+                }
                 None => worker_name(&parts.role, &client_id).into(),
             },
             client_id,
@@ -115,6 +117,18 @@ impl WorkerSpec {
 }
 
 /// `kg-<role>-<client id>`.
+/// Whether `name` can be one of our workers' names, checked before it goes into a URL
+/// (Docker) or a path (the process runtime): lowercase letters, digits, '-' and the '.'
+/// of pipeline workers' names, starting with a letter or digit and never `..`, so it can
+/// neither leave a directory nor change a URL's meaning.
+pub fn is_worker_name(name: &str) -> bool {
+    name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && !name.contains("..")
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
 pub fn worker_name(role: &str, client_id: &ClientId) -> String {
     format!("kg-{role}-{client_id}")
 }
@@ -212,4 +226,27 @@ pub trait Runtime: Send + Sync + 'static {
     /// Deletes a client's durable data (the graph store). Called only after all of the
     /// client's workers are removed.
     async fn remove_client_data(&self, client_id: &str) -> Result<(), RuntimeError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_worker_name;
+
+    #[test]
+    fn worker_names_go_into_urls_and_paths_only_when_they_cannot_escape() {
+        for (name, ok) in [
+            ("kg-event-normalizer-af-9", true),
+            ("kg-pipeline-traffic-flatten.metro-la", true),
+            ("", false),
+            ("..", false),
+            ("kg-a..b", false),
+            (".hidden", false),
+            ("-flag", false),
+            ("kg/evil", false),
+            ("KG-upper", false),
+            ("kg-a%2e", false),
+        ] {
+            assert_eq!(is_worker_name(name), ok, "{name:?}");
+        }
+    }
 }

@@ -109,11 +109,7 @@ impl ProcessRuntime {
     fn dir(&self, name: &str) -> Result<PathBuf, RuntimeError> {
         // Names come from validated client ids and role names, but a path is built from
         // them, so refuse anything that could leave the root.
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !super::is_worker_name(name) {
             return Err(RuntimeError::NotFound(name.to_string()));
         }
         Ok(self.root.join(name))
