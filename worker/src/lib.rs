@@ -62,23 +62,37 @@ pub enum WorkerError {
     },
 }
 
-/// The topics the configured worker consumes: its role's, or for a pipeline its
-/// template's, read from the templates file (which is checked on the way).
-pub fn input_topics(config: &WorkerConfig) -> Result<Vec<String>, WorkerError> {
+/// The template a pipeline worker runs, read (and checked) once at start; None for the
+/// other roles. Read once so the start-up topic check and the stages see the same file.
+pub fn pipeline_template(
+    config: &WorkerConfig,
+) -> Result<Option<pipeline_template::PipelineTemplate>, WorkerError> {
     if config.role != Role::Pipeline {
-        return Ok(config
+        return Ok(None);
+    }
+    roles::pipeline::template_of(config).map(Some)
+}
+
+/// The topics the worker consumes: its role's, or a pipeline's template's.
+pub fn input_topics(
+    config: &WorkerConfig,
+    pipeline: Option<&pipeline_template::PipelineTemplate>,
+) -> Vec<String> {
+    match pipeline {
+        Some(template) => template.input.clone(),
+        None => config
             .role
             .input_topics()
             .iter()
             .map(|t| t.to_string())
-            .collect());
+            .collect(),
     }
-    Ok(roles::pipeline::template_of(config)?.input)
 }
 
 /// Runs the worker until `shutdown` resolves and the pipeline has drained and committed.
 pub async fn run(
     config: WorkerConfig,
+    pipeline: Option<pipeline_template::PipelineTemplate>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), WorkerError> {
     let role = config.role;
@@ -90,7 +104,7 @@ pub async fn run(
         .clone()
         .ok_or(WorkerError::NoClientId(role))?;
     let metrics = Arc::new(WorkerMetrics::new(client_id.as_str(), role.as_str()));
-    let (handler, graph) = roles::handler_for(&config, role, &client_id)?;
+    let (handler, graph) = roles::handler_for(&config, role, &client_id, pipeline.as_ref())?;
 
     let (stop_http, server, bound) =
         serve_http(&config, client_id.as_str(), role, metrics.clone(), graph).await?;

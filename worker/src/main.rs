@@ -19,13 +19,14 @@ async fn main() -> ExitCode {
     // with its back-off. Missing input topics are reported: the consumer waits for them.
     // A pipeline's topics are its template's: a templates file with an error stops the
     // worker here, before anything waits for Kafka.
-    let topics = match worker::input_topics(&config) {
-        Ok(topics) => topics,
+    let pipeline = match worker::pipeline_template(&config) {
+        Ok(pipeline) => pipeline,
         Err(error) => {
             eprintln!("worker: {error}");
             return ExitCode::FAILURE;
         }
     };
+    let topics = worker::input_topics(&config, pipeline.as_ref());
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
     let mut startup = Vec::new();
     if config.role.keeps_state() {
@@ -33,7 +34,7 @@ async fn main() -> ExitCode {
     }
     startup.extend(settings.kafka_checks(&config.kafka, &topics, false));
     checks::run_or_exit(startup).await;
-    match worker::run(config, kg_shared::telemetry::termination_signal()).await {
+    match worker::run(config, pipeline, kg_shared::telemetry::termination_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("worker: {error}");

@@ -40,6 +40,7 @@ pub mod normalize_common;
 pub mod pipeline;
 
 use kg_shared::keys::{key_belongs_to, parse_key};
+use kg_shared::pipeline_template::PipelineTemplate;
 use kg_shared::topics::{EVENTS_NORMALIZED, LOGS_NORMALIZED};
 use kg_shared::{ClientId, Role};
 
@@ -121,13 +122,17 @@ pub(crate) fn handler_for(
     config: &WorkerConfig,
     role: Role,
     client_id: &ClientId,
+    pipeline: Option<&PipelineTemplate>,
 ) -> Result<(Box<dyn RecordHandler>, Option<graph_builder::SharedStore>), WorkerError> {
+    let pipeline_handler = || {
+        let template = pipeline.ok_or(WorkerError::NoPipeline)?;
+        Ok::<_, WorkerError>(pipeline::PipelineHandler::new(template, client_id.clone()))
+    };
     let (handler, graph): (Box<dyn RecordHandler>, Option<graph_builder::SharedStore>) =
         match normalizer_for(role, client_id.clone()) {
             _ if config.passthrough && role == Role::Pipeline => {
                 tracing::warn!("benchmark pass-through: records are forwarded unprocessed");
-                let pipeline = pipeline::PipelineHandler::load(config, client_id)?;
-                (Box::new(pipeline.passthrough()), None)
+                (Box::new(pipeline_handler()?.passthrough()), None)
             }
             _ if config.passthrough => {
                 let passthrough =
@@ -136,10 +141,7 @@ pub(crate) fn handler_for(
                 (Box::new(passthrough), None)
             }
             Some(handler) => (handler, None),
-            None if role == Role::Pipeline => (
-                Box::new(pipeline::PipelineHandler::load(config, client_id)?),
-                None,
-            ),
+            None if role == Role::Pipeline => (Box::new(pipeline_handler()?), None),
             None => {
                 std::fs::create_dir_all(&config.data_dir).map_err(|source| {
                     WorkerError::DataDir {

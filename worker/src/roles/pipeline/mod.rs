@@ -131,11 +131,6 @@ pub struct PipelineHandler {
 }
 
 impl PipelineHandler {
-    /// The pipeline `config` names, from its templates file, serving `client`.
-    pub fn load(config: &WorkerConfig, client: &ClientId) -> Result<Self, WorkerError> {
-        Ok(Self::new(&template_of(config)?, client.clone()))
-    }
-
     pub fn new(template: &PipelineTemplate, client: ClientId) -> Self {
         // The loop asks for `'static` topic names (the built-in roles' are constants);
         // a pipeline's are read once at start and live as long as the process, so they
