@@ -512,8 +512,27 @@ fn after_a_kill_mid_spawn_each_worker_has_exactly_one_process() -> Result<()> {
     .with_context(|| plane.log_tail())?;
     let graph = format!("kg-graph-builder-{client}");
     let events = format!("kg-event-normalizer-{client}");
+    // "Running" is the process runtime's word for a live pid, before the worker has checked
+    // its topics and written its address into its directory. A worker whose directory the
+    // test removes before that write exits on its own (it cannot tell its supervisor where
+    // it listens), and there is no stray left to stop: this raced in CI (2 of 4 runs), so
+    // the kill waits until every worker has written its address.
+    let names: Vec<String> = plane
+        .running_workers(client)
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect();
+    poll("every worker's address", Duration::from_secs(60), || {
+        names
+            .iter()
+            .all(|name| plane.worker_addr(name).is_some())
+            .then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
     let graph_pid = plane.worker_pid(&graph).context("graph builder pid")?;
     ensure!(processes_of(&plane, &graph) == [graph_pid]);
+    let old_normalizers = processes_of(&plane, &events);
+    ensure!(old_normalizers.len() == 1, "{old_normalizers:?}");
 
     plane.kill();
     std::fs::remove_file(plane.data_dir.join("workers").join(&graph).join("pid.json"))?;
@@ -544,6 +563,14 @@ fn after_a_kill_mid_spawn_each_worker_has_exactly_one_process() -> Result<()> {
     ensure!(plane
         .log()
         .contains("adopted a worker process that was started but never recorded"));
-    ensure!(plane.log().contains("stopping a stray worker process"));
+    ensure!(
+        plane.log().contains("stopping a stray worker process"),
+        "{}",
+        plane.log_tail()
+    );
+    ensure!(
+        processes_of(&plane, &events) != old_normalizers,
+        "the stray normalizer {old_normalizers:?} still runs"
+    );
     Ok(())
 }
