@@ -39,12 +39,29 @@ pub struct HealthAnswer {
     /// The client the worker serves; empty for the shared event attributor.
     pub client_id: String,
     pub consumer_lag: i64,
+    /// A pipeline's delay stage, if it has one (absent for every other worker, whose
+    /// answer stays as it was).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay: Option<DelayHealth>,
     /// Why it is not healthy; empty when it is.
     pub reason: String,
     pub records_in: u64,
     pub records_out: u64,
     pub role: Role,
     pub status: HealthStatus,
+}
+
+/// A delay stage's sessions, in a pipeline worker's `/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DelayHealth {
+    /// Sessions held now.
+    pub pending_sessions: u64,
+    /// The earliest due time held (RFC 3339), if any.
+    pub oldest_due: Option<String>,
+    /// Checks that found a session's state out of its `hold_while` values.
+    pub violations: u64,
+    /// Whether the state topic has been read to its end (checks wait until it has).
+    pub state_caught_up: bool,
 }
 
 /// What a prober reads of a `/health` body, whoever wrote it: only `status` and `reason`,
@@ -85,6 +102,7 @@ mod tests {
 
     fn answer(status: HealthStatus, reason: &str) -> HealthAnswer {
         HealthAnswer {
+            delay: None,
             client_id: "af-9".into(),
             consumer_lag: 5000,
             reason: reason.into(),

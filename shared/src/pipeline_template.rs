@@ -30,6 +30,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+mod delay;
+
+pub use delay::{Delay, StateCheck};
+
 /// The longest pipeline name, so that worker names (`kg-pipeline-<name>.<client>`) stay
 /// short enough to read and type in `docker logs`.
 pub const MAX_NAME_LEN: usize = 20;
@@ -86,6 +90,8 @@ pub enum Stage {
     Flatten(Flatten),
     Validate(Validate),
     Enrich(Enrich),
+    /// Holds records until a due time, re-checking a state topic (at most one per pipeline).
+    Delay(Delay),
 }
 
 /// Nested objects into flat fields: each output field from a dotted path of the input
@@ -146,7 +152,7 @@ pub struct Enrich {
 }
 
 /// The stage kinds, as `kind` names them.
-pub const STAGE_KINDS: &[&str] = &["flatten", "validate", "enrich"];
+pub const STAGE_KINDS: &[&str] = &["flatten", "validate", "enrich", "delay"];
 
 impl Stage {
     pub fn kind(&self) -> &'static str {
@@ -154,11 +160,12 @@ impl Stage {
             Stage::Flatten(_) => "flatten",
             Stage::Validate(_) => "validate",
             Stage::Enrich(_) => "enrich",
+            Stage::Delay(_) => "delay",
         }
     }
 
     /// A stage from its table; the error's path is within the table.
-    fn from_table(mut table: toml::Table) -> Result<Self, (String, String)> {
+    fn from_table(mut table: toml::Table, output: &str) -> Result<Self, (String, String)> {
         let kind = match table.remove("kind") {
             Some(toml::Value::String(kind)) => kind,
             Some(other) => {
@@ -183,6 +190,9 @@ impl Stage {
                 .and_then(Validate::checked)
                 .map(Stage::Validate),
             "enrich" => read(table).map(Stage::Enrich),
+            "delay" => read::<Delay>(table)
+                .and_then(|delay| delay.checked(output))
+                .map(Stage::Delay),
             other => Err((
                 "kind".into(),
                 format!("unknown stage kind {other:?}; one of {STAGE_KINDS:?}"),
@@ -284,7 +294,18 @@ impl PipelineTemplates {
             })?;
             let mut stages = Vec::with_capacity(pipeline.stages.len());
             for (m, table) in pipeline.stages.into_iter().enumerate() {
-                let stage = Stage::from_table(table).map_err(|(inner, message)| {
+                let stage = Stage::from_table(table, &pipeline.output).and_then(|stage| {
+                    let second_delay = matches!(stage, Stage::Delay(_))
+                        && stages.iter().any(|s| matches!(s, Stage::Delay(_)));
+                    if second_delay {
+                        return Err((
+                            "kind".into(),
+                            "a pipeline holds records in one delay stage at most".into(),
+                        ));
+                    }
+                    Ok(stage)
+                });
+                let stage = stage.map_err(|(inner, message)| {
                     // A missing field is reported at the stage itself (path ".").
                     let inner = if inner == "." { String::new() } else { inner };
                     let field = if inner.is_empty() {
@@ -674,6 +695,83 @@ processor_id = "stream-processor-{client}"
             ("a-name-longer-than-twenty", false),
         ] {
             assert_eq!(is_name(name), ok, "{name:?}");
+        }
+    }
+
+    const COOLING: &str = r#"
+[[pipeline]]
+name = "server-cooling"
+input = ["servers.poweroff"]
+output = "servers.demise"
+
+[[pipeline.stage]]
+kind = "delay"
+key = "server_id"
+hold = "48h"
+check_every = "2h"
+check = { topic = "servers.power", field = "power", hold_while = ["off"] }
+"#;
+
+    #[test]
+    fn a_delay_stage_reads_its_durations_and_its_check() {
+        let templates = parse(COOLING).unwrap();
+        let Stage::Delay(delay) = &templates.get("server-cooling").unwrap().stages[0] else {
+            panic!("not a delay stage")
+        };
+        assert_eq!(delay.key, "server_id");
+        assert_eq!(delay.hold, std::time::Duration::from_secs(48 * 3600));
+        assert_eq!(delay.check_every, std::time::Duration::from_secs(2 * 3600));
+        let check = delay.check.as_ref().unwrap();
+        assert_eq!(check.topic, "servers.power");
+        assert_eq!(check.hold_while, [serde_json::json!("off")]);
+        assert_eq!(check.divert_violations_to, None);
+    }
+
+    #[test]
+    fn a_delay_that_cannot_hold_or_check_is_refused_at_its_line() {
+        // (what is wrong, the file, line, field, words the message must have)
+        let cases = [
+            (
+                "not a duration",
+                COOLING.replace("hold = \"48h\"", "hold = \"two days\""),
+                10,
+                "pipeline[0].stage[0].hold",
+                "not a duration",
+            ),
+            (
+                "a check less often than the hold",
+                COOLING.replace("check_every = \"2h\"", "check_every = \"49h\""),
+                11,
+                "pipeline[0].stage[0].check_every",
+                "longer than the hold",
+            ),
+            (
+                "a check of the pipeline's own output",
+                COOLING.replace("topic = \"servers.power\"", "topic = \"servers.demise\""),
+                12,
+                "pipeline[0].stage[0].check.topic",
+                "its own records",
+            ),
+            (
+                "a check no state can pass",
+                COOLING.replace("hold_while = [\"off\"]", "hold_while = []"),
+                12,
+                "pipeline[0].stage[0].check.hold_while",
+                "at least one value",
+            ),
+            (
+                "a second delay",
+                format!("{COOLING}\n[[pipeline.stage]]\nkind = \"delay\"\nkey = \"k\"\nhold = \"1s\"\ncheck_every = \"1s\"\n"),
+                15,
+                "pipeline[0].stage[1].kind",
+                "one delay stage at most",
+            ),
+        ];
+        for (what, text, line, field, words) in cases {
+            let error = parse(&text).expect_err(what);
+            assert_eq!(error.line, line, "{what}: {error}");
+            assert_eq!(error.field, field, "{what}: {error}");
+            assert!(error.message.contains(words), "{what}: {error}");
         }
     }
 }

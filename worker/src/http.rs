@@ -16,6 +16,7 @@ use serde_json::json;
 
 use crate::metrics::WorkerMetrics;
 use crate::roles::graph_builder::{GraphStore, SharedStore};
+use crate::roles::pipeline::health::StagesHealth;
 
 /// What the handlers read.
 #[derive(Clone)]
@@ -27,6 +28,8 @@ pub struct HttpState {
     pub graph: Option<SharedStore>,
     pub health: HealthThresholds,
     pub dlq_window: Arc<std::sync::Mutex<DlqWindow>>,
+    /// A pipeline's stages; None for the other roles.
+    pub stages: Option<Arc<StagesHealth>>,
 }
 
 /// When `/health` says degraded or failed.
@@ -61,6 +64,7 @@ impl Default for DlqWindow {
 pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
+        .route("/health/stages", get(stages))
         .route("/metrics", get(metrics))
         .route("/graph/rca", get(rca))
         .route("/graph/stats", get(stats))
@@ -125,6 +129,10 @@ async fn health(State(state): State<HttpState>) -> Response {
         (StatusCode::OK, HealthStatus::Healthy, String::new())
     };
     let answer = HealthAnswer {
+        delay: state
+            .stages
+            .as_ref()
+            .and_then(|stages| stages.delay_summary(&state.metrics)),
         client_id: state.client_id.clone(),
         consumer_lag: lag,
         reason,
@@ -134,6 +142,18 @@ async fn health(State(state): State<HttpState>) -> Response {
         status,
     };
     (code, Json(answer)).into_response()
+}
+
+/// A pipeline's stages, each with its state and counts (404 for the other roles).
+async fn stages(State(state): State<HttpState>) -> Response {
+    match &state.stages {
+        Some(stages) => Json(stages.report(&state.metrics)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(json!({"error": "only a pipeline worker has stages"})),
+        )
+            .into_response(),
+    }
 }
 
 /// OpenMetrics for scrapers that ask for it, the Prometheus text format otherwise
@@ -234,6 +254,7 @@ mod tests {
                 degraded_dlq_ratio: 0.1,
             },
             dlq_window: Default::default(),
+            stages: None,
         }
     }
 

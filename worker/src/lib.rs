@@ -43,6 +43,8 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("failed to open the delay stage's store: {0}")]
+    Pending(#[from] roles::pipeline::pending::PendingError),
     #[error("failed to open the graph store: {0}")]
     Store(#[from] roles::graph_builder::StoreError),
     #[error("failed to build the owner index from state.k8s.resource: {0}")]
@@ -104,10 +106,17 @@ pub async fn run(
         .clone()
         .ok_or(WorkerError::NoClientId(role))?;
     let metrics = Arc::new(WorkerMetrics::new(client_id.as_str(), role.as_str()));
-    let (handler, graph) = roles::handler_for(&config, role, &client_id, pipeline.as_ref())?;
+    let parts = roles::handler_for(&config, role, &client_id, pipeline.as_ref())?;
 
-    let (stop_http, server, bound) =
-        serve_http(&config, client_id.as_str(), role, metrics.clone(), graph).await?;
+    let (stop_http, server, bound) = serve_http(
+        &config,
+        client_id.as_str(),
+        role,
+        metrics.clone(),
+        parts.graph,
+        parts.stages,
+    )
+    .await?;
     info!(client_id = %client_id, role = role.as_str(), http = %bound, "worker started");
 
     let (group, instance) = match (role, &config.pipeline) {
@@ -121,19 +130,54 @@ pub async fn run(
         ),
     };
     let settings = PipelineSettings::from_config(&config, group, instance);
+    let (stop_delay, delay) = start_delay(&config, &settings, parts.delay, metrics.clone())?;
     let result = pipeline::run_pipeline(
         &config.kafka,
         &settings,
         &client_id,
-        handler.as_ref(),
+        parts.handler.as_ref(),
         metrics,
         shutdown,
     )
     .await;
+    // The scheduler finishes the pass in hand: what it emitted and was acknowledged is
+    // released, the rest stays held for the next start.
+    let _ = stop_delay.send(true);
+    if let Some(delay) = delay {
+        let _ = tokio::time::timeout(settings.shutdown_grace, delay).await;
+    }
     let _ = stop_http.send(());
     let _ = server.await;
     info!("worker stopped");
     Ok(result?)
+}
+
+/// Starts a pipeline's delay scheduler, with a producer of its own; the sender stops it.
+fn start_delay(
+    config: &WorkerConfig,
+    settings: &PipelineSettings,
+    delay: Option<roles::pipeline::scheduler::DelayTask>,
+    metrics: Arc<WorkerMetrics>,
+) -> Result<
+    (
+        tokio::sync::watch::Sender<bool>,
+        Option<tokio::task::JoinHandle<()>>,
+    ),
+    WorkerError,
+> {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let Some(delay) = delay else {
+        return Ok((stop, None));
+    };
+    let producer = pipeline::create_producer(&config.kafka, settings)?;
+    let task = tokio::spawn(roles::pipeline::scheduler::run(
+        delay,
+        config.kafka.client_config(),
+        producer,
+        metrics,
+        stopped,
+    ));
+    Ok((stop, Some(task)))
 }
 
 /// Binds the worker's HTTP server (health, metrics, graph queries), writes its address
@@ -144,6 +188,7 @@ pub(crate) async fn serve_http(
     role: Role,
     metrics: Arc<WorkerMetrics>,
     graph: Option<roles::graph_builder::SharedStore>,
+    stages: Option<Arc<roles::pipeline::health::StagesHealth>>,
 ) -> Result<
     (
         tokio::sync::oneshot::Sender<()>,
@@ -178,6 +223,7 @@ pub(crate) async fn serve_http(
             degraded_dlq_ratio: config.degraded_dlq_ratio,
         },
         dlq_window: Default::default(),
+        stages,
     });
     let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {

@@ -15,6 +15,11 @@ pub struct ReasonLabel {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
 /// Every metric a worker exports, labelled with its client and role.
 pub struct WorkerMetrics {
     registry: Registry,
@@ -44,6 +49,15 @@ pub struct WorkerMetrics {
     pub attributor_parked: Gauge,
     /// The event attributor's objects claimed by two or more clients (0 for the others).
     pub attributor_contested: Gauge,
+    /// A pipeline's delay stage: sessions held now.
+    pub delay_pending: Gauge,
+    /// A pipeline's delay stage: the earliest due time held, seconds since the epoch (0:
+    /// nothing held).
+    pub delay_oldest_due: Gauge,
+    /// A pipeline's delay stage: checks that found a session's state out of `hold_while`.
+    pub delay_violations: Counter,
+    /// A pipeline's delay stage: sessions let go, by what became of them.
+    pub delay_released: Family<OutcomeLabel, Counter>,
 }
 
 impl WorkerMetrics {
@@ -79,6 +93,10 @@ impl WorkerMetrics {
             attributor_objects: Gauge::default(),
             attributor_parked: Gauge::default(),
             attributor_contested: Gauge::default(),
+            delay_pending: Gauge::default(),
+            delay_oldest_due: Gauge::default(),
+            delay_violations: Counter::default(),
+            delay_released: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -163,6 +181,28 @@ impl WorkerMetrics {
                 "attributor_contested_objects",
                 "Objects two or more clients reported; no event is attributed through them",
                 metrics.attributor_contested.clone(),
+            );
+        }
+        if role == "pipeline" {
+            registry.register(
+                "delay_pending_sessions",
+                "Sessions the delay stage holds (kept in the client's volume)",
+                metrics.delay_pending.clone(),
+            );
+            registry.register(
+                "delay_oldest_due_timestamp_seconds",
+                "The earliest due time of a held session, seconds since the epoch (0: none held)",
+                metrics.delay_oldest_due.clone(),
+            );
+            registry.register(
+                "delay_violations",
+                "Checks that found a held session's state out of its hold_while values",
+                metrics.delay_violations.clone(),
+            );
+            registry.register(
+                "delay_released",
+                "Held sessions let go once what they became was acknowledged, by outcome (emitted, diverted, dropped, dead_lettered)",
+                metrics.delay_released.clone(),
             );
         }
         Self {

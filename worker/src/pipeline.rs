@@ -351,8 +351,10 @@ async fn handle_message(
         (message.topic().to_string(), message.partition()),
         message.offset(),
     );
-    match handler.handle(
+    match handler.handle_at(
         message.topic(),
+        message.partition(),
+        message.offset(),
         message.timestamp().to_millis(),
         message.key(),
         message.payload(),

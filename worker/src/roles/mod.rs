@@ -87,6 +87,20 @@ pub trait RecordHandler: Send + Sync + 'static {
         value: Option<&[u8]>,
     ) -> Outcome;
 
+    /// [`RecordHandler::handle`], told where the record is (a handler that keeps records
+    /// for later needs their place for a dead letter then).
+    fn handle_at(
+        &self,
+        topic: &str,
+        _partition: i32,
+        _offset: i64,
+        timestamp_ms: Option<i64>,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+    ) -> Outcome {
+        self.handle(topic, timestamp_ms, key, value)
+    }
+
     /// Writes what the batch absorbed; called before the batch's offsets are committed,
     /// and again (with the same contents) after a failure, so it must be idempotent.
     fn flush(&self) -> Result<(), FlushError> {
@@ -101,6 +115,9 @@ pub enum FlushError {
     /// The graph builder's store refused the batch.
     #[error(transparent)]
     Store(#[from] graph_builder::StoreError),
+    /// A pipeline's delay stage could not keep the sessions it held.
+    #[error("holding delayed records: {0}")]
+    Held(String),
 }
 
 /// The handler of a normalizer role serving `client`; None for roles with state of their
@@ -118,48 +135,73 @@ pub fn normalizer_for(role: Role, client: ClientId) -> Option<Box<dyn RecordHand
 /// ceiling, a normalizer, or the graph builder on the client's store (its data directory
 /// created first). The event attributor runs its own loop ([`event_attributor::run`]),
 /// which [`crate::run`] starts before asking for a handler.
+/// What a role runs: its record handler, the graph builder's store, a pipeline's delay.
+pub(crate) struct RoleParts {
+    pub handler: Box<dyn RecordHandler>,
+    pub graph: Option<graph_builder::SharedStore>,
+    /// A pipeline's delay stage, whose scheduler runs beside the loop.
+    pub delay: Option<pipeline::scheduler::DelayTask>,
+    /// A pipeline's stages, for its health routes.
+    pub stages: Option<std::sync::Arc<pipeline::health::StagesHealth>>,
+}
+
 pub(crate) fn handler_for(
     config: &WorkerConfig,
     role: Role,
     client_id: &ClientId,
     pipeline: Option<&PipelineTemplate>,
-) -> Result<(Box<dyn RecordHandler>, Option<graph_builder::SharedStore>), WorkerError> {
+) -> Result<RoleParts, WorkerError> {
     let pipeline_handler = || {
         let template = pipeline.ok_or(WorkerError::NoPipeline)?;
-        Ok::<_, WorkerError>(pipeline::PipelineHandler::new(template, client_id.clone()))
+        pipeline::PipelineHandler::new(template, client_id.clone(), &config.data_dir)
     };
-    let (handler, graph): (Box<dyn RecordHandler>, Option<graph_builder::SharedStore>) =
-        match normalizer_for(role, client_id.clone()) {
-            _ if config.passthrough && role == Role::Pipeline => {
-                tracing::warn!("benchmark pass-through: records are forwarded unprocessed");
-                (Box::new(pipeline_handler()?.passthrough()), None)
+    let parts = |handler: Box<dyn RecordHandler>| RoleParts {
+        handler,
+        graph: None,
+        delay: None,
+        stages: None,
+    };
+    Ok(match normalizer_for(role, client_id.clone()) {
+        _ if config.passthrough && role == Role::Pipeline => {
+            tracing::warn!("benchmark pass-through: records are forwarded unprocessed");
+            parts(Box::new(pipeline_handler()?.passthrough()))
+        }
+        _ if config.passthrough => {
+            let passthrough =
+                Passthrough::for_role(role).ok_or(WorkerError::NoPassthrough(role))?;
+            tracing::warn!("benchmark pass-through: records are forwarded unprocessed");
+            parts(Box::new(passthrough))
+        }
+        Some(handler) => parts(handler),
+        None if role == Role::Pipeline => {
+            let handler = pipeline_handler()?;
+            let delay = handler.delay_task();
+            let name = config.pipeline.as_deref().unwrap_or_default();
+            let stages = Some(std::sync::Arc::new(handler.health(name)));
+            RoleParts {
+                handler: Box::new(handler),
+                graph: None,
+                delay,
+                stages,
             }
-            _ if config.passthrough => {
-                let passthrough =
-                    Passthrough::for_role(role).ok_or(WorkerError::NoPassthrough(role))?;
-                tracing::warn!("benchmark pass-through: records are forwarded unprocessed");
-                (Box::new(passthrough), None)
+        }
+        None => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|source| WorkerError::DataDir {
+                path: config.data_dir.clone(),
+                source,
+            })?;
+            let store = graph_builder::open_store(&config.data_dir, client_id)?;
+            RoleParts {
+                handler: Box::new(graph_builder::GraphBuilder::new(
+                    client_id.clone(),
+                    store.clone(),
+                )),
+                graph: Some(store),
+                delay: None,
+                stages: None,
             }
-            Some(handler) => (handler, None),
-            None if role == Role::Pipeline => (Box::new(pipeline_handler()?), None),
-            None => {
-                std::fs::create_dir_all(&config.data_dir).map_err(|source| {
-                    WorkerError::DataDir {
-                        path: config.data_dir.clone(),
-                        source,
-                    }
-                })?;
-                let store = graph_builder::open_store(&config.data_dir, client_id)?;
-                (
-                    Box::new(graph_builder::GraphBuilder::new(
-                        client_id.clone(),
-                        store.clone(),
-                    )),
-                    Some(store),
-                )
-            }
-        };
-    Ok((handler, graph))
+        }
+    })
 }
 
 /// The no-op ceiling of a normalizer role or a pipeline (`--passthrough`, benchmarks only):

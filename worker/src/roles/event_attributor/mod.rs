@@ -73,7 +73,8 @@ pub async fn run(
 ) -> Result<(), WorkerError> {
     let role = Role::EventAttributor;
     let metrics = Arc::new(WorkerMetrics::new("", role.as_str()));
-    let (stop_http, server, bound) = serve_http(&config, "", role, metrics.clone(), None).await?;
+    let (stop_http, server, bound) =
+        serve_http(&config, "", role, metrics.clone(), None, None).await?;
     info!(role = role.as_str(), http = %bound, "worker started");
 
     let settings = PipelineSettings::from_config(&config, GROUP.into(), INSTANCE.into());

@@ -7,7 +7,7 @@ use kg_shared::pipeline_template::PipelineTemplates;
 use kg_shared::ClientId;
 use serde_json::{json, Value};
 
-use super::{Rejection, Stages, Violation};
+use super::{Processed, Rejection, Stages, Violation};
 
 const TEMPLATE: &str = include_str!("../../../../examples/pipelines/traffic-flatten.toml");
 const SAMPLE: &str = include_str!("../../../../examples/pipelines/traffic-sample.json");
@@ -28,9 +28,12 @@ fn traffic() -> Stages {
 
 #[test]
 fn seed_004s_reading_comes_out_flat_validated_and_stamped() {
-    let record = traffic()
+    let Processed::Done(record) = traffic()
         .process(SAMPLE.as_bytes(), at("2025-10-05T07:42:44.651Z"))
-        .unwrap();
+        .unwrap()
+    else {
+        panic!("held by a pipeline without a delay")
+    };
     assert_eq!(
         Value::Object(record),
         json!({
@@ -128,10 +131,14 @@ fn what_is_not_a_json_object_is_rejected_with_its_reason() {
 fn the_handler_takes_this_clients_records_through_the_stages_and_dead_letters_rejections() {
     use super::{Outcome, PipelineHandler, RecordHandler};
     let templates = PipelineTemplates::parse(TEMPLATE, Path::new("traffic-flatten.toml")).unwrap();
+    let data = tempfile::tempdir().unwrap();
     let handler = PipelineHandler::new(
         templates.get("traffic-flatten").unwrap(),
         ClientId::parse("metro-la").unwrap(),
-    );
+        data.path(),
+    )
+    .unwrap();
+    assert!(handler.delay_task().is_none());
     assert_eq!(handler.input_topics(), ["traffic-raw"]);
     // A reading from the last minute passes every layer.
     let fresh = with(|v| v["timestamp"] = json!(Utc::now().timestamp_millis()));
@@ -176,4 +183,122 @@ fn the_handler_takes_this_clients_records_through_the_stages_and_dead_letters_re
             reason: "failed validation: speed: 300 is outside 0 to 120".into(),
         }
     );
+}
+
+const COOLING: &str = include_str!("../../../../examples/pipelines/server-cooling.toml");
+const POWEROFF: &str = include_str!("../../../../examples/pipelines/server-poweroff-sample.json");
+
+fn cooling(name: &str) -> super::PipelineTemplate {
+    PipelineTemplates::parse(COOLING, Path::new("server-cooling.toml"))
+        .unwrap()
+        .get(name)
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn seed_000s_poweroff_is_held_as_its_server_and_resumed_by_the_demise_stamp() {
+    let stages = Stages::new(
+        &cooling("server-cooling"),
+        ClientId::parse("dc-east").unwrap(),
+    );
+    let now = at("2025-11-02T16:17:30Z");
+    let Processed::Held { record, session } = stages.process(POWEROFF.as_bytes(), now).unwrap()
+    else {
+        panic!("not held")
+    };
+    assert_eq!(session, "srv-0042");
+    assert_eq!(record["reason"], "decommission");
+    assert!(
+        !record.contains_key("processor_id"),
+        "stamped before the delay"
+    );
+    let later = at("2025-11-04T16:17:30Z");
+    let emitted = stages.resume(record, later).unwrap();
+    assert_eq!(emitted["processor_id"], "demise-processor-dc-east");
+    assert_eq!(emitted["processed_at"], "2025-11-04T16:17:30.000Z");
+    assert_eq!(emitted["validation_status"], "valid");
+    // A poweroff that names no server is dead-lettered before it is held.
+    assert_eq!(
+        stages.process(br#"{"powered_off_at": "2025-11-02T16:17:27Z"}"#, now),
+        Err(Rejection::Invalid(vec![violation("server_id", "missing")]))
+    );
+    // The repurpose pipeline takes the demise record as it comes out.
+    let repurpose = Stages::new(
+        &cooling("server-repurpose"),
+        ClientId::parse("dc-east").unwrap(),
+    );
+    let Processed::Done(repurposed) = repurpose
+        .process(&serde_json::to_vec(&emitted).unwrap(), later)
+        .unwrap()
+    else {
+        panic!("held without a delay")
+    };
+    assert_eq!(repurposed["processor_id"], "repurpose-processor-dc-east");
+}
+
+#[test]
+fn the_handler_holds_each_session_once_and_keeps_it_only_when_flushed() {
+    use super::{Outcome, PipelineHandler, RecordHandler};
+    let data = tempfile::tempdir().unwrap();
+    let client = ClientId::parse("dc-east").unwrap();
+    let handler =
+        PipelineHandler::new(&cooling("server-cooling"), client.clone(), data.path()).unwrap();
+    let task = handler.delay_task().expect("a delay task");
+    let held = |key: &str, value: &[u8]| {
+        handler.handle_at(
+            "servers.poweroff",
+            2,
+            17,
+            None,
+            Some(key.as_bytes()),
+            Some(value),
+        )
+    };
+    assert_eq!(
+        held("dc-east::srv-0042", POWEROFF.as_bytes()),
+        Outcome::Absorbed
+    );
+    // Absorbed is not kept until the batch is flushed (before its offsets are committed).
+    assert_eq!(task.store.stats().unwrap().0, 0);
+    handler.flush().unwrap();
+    assert_eq!(task.store.stats().unwrap().0, 1);
+    // The same server again (a redelivery) is absorbed, and still one session.
+    assert_eq!(
+        held("dc-east::srv-0042", POWEROFF.as_bytes()),
+        Outcome::Absorbed
+    );
+    handler.flush().unwrap();
+    assert_eq!(task.store.stats().unwrap().0, 1);
+    let session = task.store.to_check(i64::MAX, 10).unwrap().remove(0);
+    assert_eq!(
+        (
+            session.source_topic.as_str(),
+            session.source_partition,
+            session.source_offset
+        ),
+        ("servers.poweroff", 2, 17)
+    );
+    assert_eq!(session.due_ms - session.held_at_ms, 48 * 3600 * 1000);
+    assert_eq!(session.next_check_ms - session.held_at_ms, 2 * 3600 * 1000);
+    // A server id of the wrong shape fails validation; another tenant's is skipped.
+    assert!(matches!(
+        held(
+            "dc-east::srv-7",
+            br#"{"server_id": 7, "powered_off_at": "x"}"#
+        ),
+        Outcome::DeadLetter {
+            reason_code: "validation_failed",
+            ..
+        }
+    ));
+    assert_eq!(
+        held("elsewhere::srv-0042", POWEROFF.as_bytes()),
+        Outcome::Foreign
+    );
+    // The store outlives the handler: a new worker finds the session.
+    drop(task);
+    drop(handler);
+    let again = PipelineHandler::new(&cooling("server-cooling"), client, data.path()).unwrap();
+    assert_eq!(again.delay_task().unwrap().store.stats().unwrap().0, 1);
 }

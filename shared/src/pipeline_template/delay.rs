@@ -1,0 +1,111 @@
+//! The delay stage's template (seed 000's cooling period): hold each session's record
+//! until `hold` has passed, checking every `check_every` the latest state of its key in a
+//! (compacted) state topic; a session whose state leaves `hold_while` is a violation and
+//! is dropped, or diverted to a topic, instead of emitted.
+//!
+//! ```toml
+//! [[pipeline.stage]]
+//! kind = "delay"
+//! key = "server_id"
+//! hold = "48h"
+//! check_every = "2h"
+//! check = { topic = "servers.power", field = "power", hold_while = ["off"] }
+//! ```
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Hold, re-check, then emit.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delay {
+    /// The record field naming the session (one pending record per session: a second
+    /// record of a session already held is not held again).
+    pub key: String,
+    /// How long a record is held before it is emitted ("48h", "90s", "500ms").
+    #[serde(deserialize_with = "duration")]
+    pub hold: Duration,
+    /// How often a held session's state is checked; the last check is at the due time.
+    #[serde(deserialize_with = "duration")]
+    pub check_every: Duration,
+    /// Without a check, every held record is emitted at its due time.
+    #[serde(default)]
+    pub check: Option<StateCheck>,
+}
+
+/// The condition a held session must keep: the latest record of its key in `topic` has
+/// `field` equal to one of `hold_while`. A key with no state record yet keeps it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateCheck {
+    /// Records keyed `<client>::…`, JSON objects carrying the delay's `key` field.
+    pub topic: String,
+    pub field: String,
+    pub hold_while: Vec<serde_json::Value>,
+    /// Where a violating session's record goes; without it, violations are dropped
+    /// (counted and logged).
+    #[serde(default)]
+    pub divert_violations_to: Option<String>,
+}
+
+fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text).map_err(|error| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not a duration like \"48h\", \"90s\" or \"500ms\": {error}"
+        ))
+    })
+}
+
+impl Delay {
+    /// What the types cannot say: durations that hold something, a check that can pass.
+    pub(super) fn checked(self, output: &str) -> Result<Self, (String, String)> {
+        if self.key.trim().is_empty() {
+            return Err(("key".into(), "a field name is required".into()));
+        }
+        if self.hold.is_zero() {
+            return Err(("hold".into(), "a zero hold holds nothing".into()));
+        }
+        if self.check_every.is_zero() {
+            return Err(("check_every".into(), "must be above zero".into()));
+        }
+        if self.check_every > self.hold {
+            return Err((
+                "check_every".into(),
+                format!(
+                    "{:?} is longer than the hold {:?}: no check would run before the due time",
+                    self.check_every, self.hold
+                ),
+            ));
+        }
+        if let Some(check) = &self.check {
+            if check.topic.trim().is_empty() {
+                return Err(("check.topic".into(), "a topic is required".into()));
+            }
+            if check.topic == output {
+                return Err((
+                    "check.topic".into(),
+                    format!("{output:?} is the pipeline's output: it would check its own records"),
+                ));
+            }
+            if check.hold_while.is_empty() {
+                return Err((
+                    "check.hold_while".into(),
+                    "at least one value: with none, every known state is a violation".into(),
+                ));
+            }
+            if check
+                .divert_violations_to
+                .as_deref()
+                .is_some_and(|topic| topic.trim().is_empty())
+            {
+                return Err((
+                    "check.divert_violations_to".into(),
+                    "a topic, or leave it out to drop violations".into(),
+                ));
+            }
+        }
+        Ok(self)
+    }
+}

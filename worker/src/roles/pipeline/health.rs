@@ -1,0 +1,92 @@
+//! A pipeline worker's per-stage health, as seed 000's `/health/processors` had it: each
+//! stage's state and counts, and for the delay stage its held sessions. Read by
+//! `GET /health/stages`, and (the delay's summary) by `GET /health`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat};
+use kg_shared::health::DelayHealth;
+use kg_shared::pipeline_template::Stage;
+use serde_json::{json, Value};
+
+use super::pending::PendingStore;
+use super::state::StateView;
+use super::Stages;
+use crate::metrics::WorkerMetrics;
+
+/// What the health routes read of a pipeline.
+pub struct StagesHealth {
+    pub pipeline: String,
+    pub stages: Stages,
+    /// The delay stage's store and state view, if the pipeline has one.
+    pub delay: Option<(Arc<PendingStore>, Arc<StateView>)>,
+}
+
+impl StagesHealth {
+    /// The delay stage's summary for `/health`; None without a delay stage.
+    pub fn delay_summary(&self, metrics: &WorkerMetrics) -> Option<DelayHealth> {
+        let (store, view) = self.delay.as_ref()?;
+        let (pending, oldest_due) = store.stats().unwrap_or((0, None));
+        Some(DelayHealth {
+            pending_sessions: pending,
+            oldest_due: oldest_due
+                .and_then(DateTime::from_timestamp_millis)
+                .map(|due| due.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            violations: metrics.delay_violations.get(),
+            state_caught_up: view.is_caught_up(),
+        })
+    }
+
+    /// Every stage, in order: kind, state, records passed and rejected; the delay stage
+    /// also its sessions and what became of those let go.
+    pub fn report(&self, metrics: &WorkerMetrics) -> Value {
+        let stages: Vec<Value> = self
+            .stages
+            .each()
+            .enumerate()
+            .map(|(index, (stage, counter))| {
+                let mut entry = json!({
+                    "index": index,
+                    "kind": stage.kind(),
+                    "state": "running",
+                    "passed": counter.passed.load(Ordering::Relaxed),
+                    "rejected": counter.rejected.load(Ordering::Relaxed),
+                });
+                if let (Stage::Delay(delay), Some(summary)) = (stage, self.delay_summary(metrics)) {
+                    if !summary.state_caught_up {
+                        entry["state"] = json!("reading its state topic");
+                    }
+                    entry["hold"] = json!(humanize(delay.hold));
+                    entry["check_every"] = json!(humanize(delay.check_every));
+                    entry["pending_sessions"] = json!(summary.pending_sessions);
+                    entry["oldest_due"] = json!(summary.oldest_due);
+                    entry["violations"] = json!(summary.violations);
+                    entry["released"] = json!(released(metrics));
+                }
+                entry
+            })
+            .collect();
+        json!({ "pipeline": self.pipeline, "stages": stages })
+    }
+}
+
+fn humanize(duration: std::time::Duration) -> String {
+    format!("{}s", duration.as_secs_f64())
+}
+
+/// Sessions let go, by outcome, from the metric family.
+fn released(metrics: &WorkerMetrics) -> serde_json::Map<String, Value> {
+    ["emitted", "diverted", "dropped", "dead_lettered"]
+        .into_iter()
+        .map(|outcome| {
+            let count = metrics
+                .delay_released
+                .get_or_create(&crate::metrics::OutcomeLabel {
+                    outcome: outcome.into(),
+                })
+                .get();
+            (outcome.to_string(), json!(count))
+        })
+        .collect()
+}

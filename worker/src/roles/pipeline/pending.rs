@@ -1,0 +1,270 @@
+//! The delay stage's held sessions, in a SQLite file on the client's volume
+//! (`<data dir>/pipeline-<name>.pending.sqlite`): they outlive the worker, so a restart or
+//! a SIGKILL resumes every session where it was, without reading anything back from Kafka.
+//! A session is written here, and synced, before the input offset that brought it is
+//! committed; it is removed only after what it became (the output, a diverted record, a
+//! dead letter) is acknowledged. One row per session: a record of a session already held
+//! (a redelivery after a crash, or a second poweroff) is not held again.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+/// A held session, as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldSession {
+    pub session: String,
+    /// The input record's Kafka key (`<client>::…`), kept for the output.
+    pub kafka_key: String,
+    /// The record as the stages before the delay left it (JSON).
+    pub record: Vec<u8>,
+    /// Where the input record came from, for a dead letter.
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+    pub held_at_ms: i64,
+    pub due_ms: i64,
+    pub next_check_ms: i64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PendingError {
+    #[error("pending store {path}: {source}")]
+    Sqlite {
+        path: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("pending store {path}: its lock is poisoned")]
+    Poisoned { path: String },
+}
+
+/// The held sessions of one pipeline for one client.
+pub struct PendingStore {
+    conn: Mutex<Connection>,
+    path: String,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS held (
+    session TEXT PRIMARY KEY,
+    kafka_key TEXT NOT NULL,
+    record BLOB NOT NULL,
+    source_topic TEXT NOT NULL,
+    source_partition INTEGER NOT NULL,
+    source_offset INTEGER NOT NULL,
+    held_at_ms INTEGER NOT NULL,
+    due_ms INTEGER NOT NULL,
+    next_check_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS held_by_next_check ON held (next_check_ms);
+CREATE INDEX IF NOT EXISTS held_by_due ON held (due_ms);
+";
+
+/// Where pipeline `name`'s held sessions live in the client's data directory.
+pub fn store_path(data_dir: &Path, pipeline: &str) -> PathBuf {
+    data_dir.join(format!("pipeline-{pipeline}.pending.sqlite"))
+}
+
+impl PendingStore {
+    pub fn open(path: &Path) -> Result<Self, PendingError> {
+        let display = path.display().to_string();
+        let sqlite = |source| PendingError::Sqlite {
+            path: display.clone(),
+            source,
+        };
+        let conn = Connection::open(path).map_err(sqlite)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite)?;
+        // FULL: each batch's transaction is synced before its input offsets are committed,
+        // so not even a machine crash loses a held session whose input was committed.
+        conn.execute_batch(
+            "PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;",
+        )
+        .map_err(sqlite)?;
+        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+            path: display,
+        })
+    }
+
+    fn with<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, PendingError> {
+        let mut conn = self.conn.lock().map_err(|_| PendingError::Poisoned {
+            path: self.path.clone(),
+        })?;
+        work(&mut conn).map_err(|source| PendingError::Sqlite {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Holds these sessions, in one synced transaction; a session already held keeps its
+    /// first record and times. Returns how many were new.
+    pub fn hold(&self, sessions: &[HeldSession]) -> Result<usize, PendingError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut added = 0;
+            {
+                let mut insert = tx.prepare_cached(
+                    "INSERT OR IGNORE INTO held (session, kafka_key, record, source_topic,
+                        source_partition, source_offset, held_at_ms, due_ms, next_check_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                )?;
+                for s in sessions {
+                    added += insert.execute(params![
+                        s.session,
+                        s.kafka_key,
+                        s.record,
+                        s.source_topic,
+                        s.source_partition,
+                        s.source_offset,
+                        s.held_at_ms,
+                        s.due_ms,
+                        s.next_check_ms
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(added)
+        })
+    }
+
+    /// Up to `limit` sessions whose next check is at or before `now_ms`, earliest first.
+    pub fn to_check(&self, now_ms: i64, limit: usize) -> Result<Vec<HeldSession>, PendingError> {
+        self.with(|conn| {
+            let mut query = conn.prepare_cached(
+                "SELECT session, kafka_key, record, source_topic, source_partition,
+                        source_offset, held_at_ms, due_ms, next_check_ms
+                 FROM held WHERE next_check_ms <= ?1 ORDER BY next_check_ms LIMIT ?2",
+            )?;
+            let rows = query.query_map(params![now_ms, limit as i64], |row| {
+                Ok(HeldSession {
+                    session: row.get(0)?,
+                    kafka_key: row.get(1)?,
+                    record: row.get(2)?,
+                    source_topic: row.get(3)?,
+                    source_partition: row.get(4)?,
+                    source_offset: row.get(5)?,
+                    held_at_ms: row.get(6)?,
+                    due_ms: row.get(7)?,
+                    next_check_ms: row.get(8)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Moves sessions' next checks, in one transaction.
+    pub fn recheck(&self, next_checks: &[(String, i64)]) -> Result<(), PendingError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut update =
+                    tx.prepare_cached("UPDATE held SET next_check_ms = ?2 WHERE session = ?1")?;
+                for (session, next) in next_checks {
+                    update.execute(params![session, next])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// Lets these sessions go (what they became was acknowledged), in one transaction.
+    pub fn release(&self, sessions: &[String]) -> Result<(), PendingError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut delete = tx.prepare_cached("DELETE FROM held WHERE session = ?1")?;
+                for session in sessions {
+                    delete.execute(params![session])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
+    /// How many sessions are held, and the earliest due time (ms), for health and metrics.
+    pub fn stats(&self) -> Result<(u64, Option<i64>), PendingError> {
+        self.with(|conn| {
+            conn.query_row("SELECT COUNT(*), MIN(due_ms) FROM held", [], |row| {
+                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
+            })
+        })
+    }
+
+    /// The earliest next check (ms), if any session is held.
+    pub fn next_check(&self) -> Result<Option<i64>, PendingError> {
+        self.with(|conn| {
+            conn.query_row("SELECT MIN(next_check_ms) FROM held", [], |row| row.get(0))
+                .optional()
+                .map(Option::flatten)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(name: &str, next_check_ms: i64) -> HeldSession {
+        HeldSession {
+            session: name.into(),
+            kafka_key: format!("c1::{name}"),
+            record: br#"{"server_id":"x"}"#.to_vec(),
+            source_topic: "servers.poweroff".into(),
+            source_partition: 0,
+            source_offset: 7,
+            held_at_ms: 0,
+            due_ms: 1000 + next_check_ms,
+            next_check_ms,
+        }
+    }
+
+    #[test]
+    fn held_sessions_survive_reopening_and_are_checked_earliest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), "cooling");
+        {
+            let store = PendingStore::open(&path).unwrap();
+            assert_eq!(
+                store
+                    .hold(&[session("b", 20), session("a", 10), session("c", 30)])
+                    .unwrap(),
+                3
+            );
+            // A redelivered record of a held session is not held again.
+            assert_eq!(store.hold(&[session("a", 99)]).unwrap(), 0);
+        }
+        let store = PendingStore::open(&path).unwrap();
+        let due: Vec<String> = store
+            .to_check(20, 10)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.session)
+            .collect();
+        assert_eq!(due, ["a", "b"]);
+        assert_eq!(store.to_check(20, 10).unwrap()[0], session("a", 10));
+        assert_eq!(store.stats().unwrap(), (3, Some(1010)));
+        assert_eq!(store.next_check().unwrap(), Some(10));
+
+        store.recheck(&[("a".into(), 25)]).unwrap();
+        store.release(&["b".into()]).unwrap();
+        let due: Vec<String> = store
+            .to_check(30, 10)
+            .unwrap()
+            .into_iter()
+            .map(|s| s.session)
+            .collect();
+        assert_eq!(due, ["a", "c"]);
+        assert_eq!(store.stats().unwrap().0, 2);
+        store.release(&["a".into(), "c".into()]).unwrap();
+        assert_eq!(store.stats().unwrap(), (0, None));
+        assert_eq!(store.next_check().unwrap(), None);
+    }
+}
