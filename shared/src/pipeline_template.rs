@@ -739,6 +739,13 @@ check = { topic = "servers.power", field = "power", hold_while = ["off"] }
                 "not a duration",
             ),
             (
+                "a hold beyond time arithmetic",
+                COOLING.replace("hold = \"48h\"", "hold = \"300000years\""),
+                10,
+                "pipeline[0].stage[0].hold",
+                "longest hold",
+            ),
+            (
                 "a check less often than the hold",
                 COOLING.replace("check_every = \"2h\"", "check_every = \"49h\""),
                 11,

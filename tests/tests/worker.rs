@@ -369,11 +369,13 @@ on_both_brokers!(
     a_cooling_pipeline_holds_each_server_through_a_sigkill_and_emits_only_those_that_stayed_off
 );
 
-/// Seed 000's cooling flow, the shipped templates with the durations shortened (4 s hold,
+/// Seed 000's cooling flow, the shipped templates with the durations shortened (15 s hold,
 /// 1 s checks): three servers power off and are held; the worker is SIGKILLed while they
-/// cool and one server is powered on meanwhile; the restarted worker (same volume) resumes
-/// all three, emits the two that stayed off after their hold, once each, diverts the one
-/// powered on, and the repurpose pipeline takes the demises on.
+/// cool and one server is powered on meanwhile; the next worker (same volume) starts only
+/// once all three are overdue, so it would emit the one powered on if it checked before it
+/// had read the state topic to its end. It resumes all three, emits the two that stayed
+/// off, once each, diverts the one powered on, and the repurpose pipeline takes the
+/// demises on.
 #[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn a_cooling_pipeline_holds_each_server_through_a_sigkill_and_emits_only_those_that_stayed_off(
     kind: BrokerKind,
@@ -383,9 +385,9 @@ async fn a_cooling_pipeline_holds_each_server_through_a_sigkill_and_emits_only_t
     let client = "dc-east";
     let volume = tempfile::tempdir()?;
     let text = std::fs::read_to_string(example("server-cooling.toml"))?
-        .replace("hold = \"48h\"", "hold = \"4s\"")
+        .replace("hold = \"48h\"", "hold = \"15s\"")
         .replace("check_every = \"2h\"", "check_every = \"1s\"");
-    ensure!(text.contains("hold = \"4s\"") && text.contains("check_every = \"1s\""));
+    ensure!(text.contains("hold = \"15s\"") && text.contains("check_every = \"1s\""));
     let templates = volume.path().join("server-cooling.toml");
     std::fs::write(&templates, &text)?;
     let data = volume.path().join("data");
@@ -470,6 +472,10 @@ async fn a_cooling_pipeline_holds_each_server_through_a_sigkill_and_emits_only_t
     cooling.child.kill()?;
     cooling.child.wait()?;
     power("srv-2", "on")?;
+    let due = powered_off + chrono::Duration::seconds(15);
+    poll("every session overdue", Duration::from_secs(30), || {
+        (chrono::Utc::now() > due + chrono::Duration::seconds(1)).then_some(())
+    })?;
     let cooling = start("server-cooling")?;
 
     let demised = poll("the two demises", Duration::from_secs(40), || {
@@ -492,8 +498,8 @@ async fn a_cooling_pipeline_holds_each_server_through_a_sigkill_and_emits_only_t
             record["processed_at"].as_str().context("processed_at")?,
         )?;
         ensure!(
-            emitted >= powered_off + chrono::Duration::seconds(4),
-            "{key} emitted at {emitted}, before its 4 s hold from {powered_off}"
+            emitted >= powered_off + chrono::Duration::seconds(15),
+            "{key} emitted at {emitted}, before its 15 s hold from {powered_off}"
         );
     }
     assert_eq!(diverted.len(), 1, "{diverted:?}");

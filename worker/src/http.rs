@@ -125,6 +125,8 @@ async fn health(State(state): State<HttpState>) -> Response {
             HealthStatus::Degraded,
             format!("{:.0}% of recent records dead-lettered", ratio * 100.0),
         )
+    } else if let Some(trouble) = state.stages.as_ref().and_then(|stages| stages.trouble()) {
+        (StatusCode::OK, HealthStatus::Degraded, trouble)
     } else {
         (StatusCode::OK, HealthStatus::Healthy, String::new())
     };

@@ -43,6 +43,8 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("the delay stage stopped: {0}")]
+    DelayStopped(String),
     #[error("failed to open the delay stage's store: {0}")]
     Pending(#[from] roles::pipeline::pending::PendingError),
     #[error("failed to open the graph store: {0}")]
@@ -106,7 +108,7 @@ pub async fn run(
         .clone()
         .ok_or(WorkerError::NoClientId(role))?;
     let metrics = Arc::new(WorkerMetrics::new(client_id.as_str(), role.as_str()));
-    let parts = roles::handler_for(&config, role, &client_id, pipeline.as_ref())?;
+    let parts = roles::handler_for(&config, role, &client_id, pipeline.as_ref(), &metrics)?;
 
     let (stop_http, server, bound) = serve_http(
         &config,
@@ -131,6 +133,33 @@ pub async fn run(
     };
     let settings = PipelineSettings::from_config(&config, group, instance);
     let (stop_delay, delay) = start_delay(&config, &settings, parts.delay, metrics.clone())?;
+    // A delay scheduler that stops on its own (its state reader ended, or it panicked)
+    // would leave the loop holding records nobody emits: the worker stops, and exits with
+    // an error so that its supervisor restarts it.
+    let (delay_failed, delay_failure) = tokio::sync::oneshot::channel::<String>();
+    let delay = delay.map(|scheduler| {
+        tokio::spawn(async move {
+            let reason = match scheduler.await {
+                Ok(Ok(())) => return,
+                Ok(Err(stopped)) => stopped.to_string(),
+                Err(join) => format!("the delay stage's scheduler failed: {join}"),
+            };
+            let _ = delay_failed.send(reason);
+        })
+    });
+    let failure = Arc::new(std::sync::Mutex::new(None::<String>));
+    let noted = failure.clone();
+    let shutdown = async move {
+        tokio::select! {
+            _ = shutdown => {}
+            Ok(reason) = delay_failure => {
+                tracing::error!(%reason, "stopping the worker");
+                if let Ok(mut failure) = noted.lock() {
+                    *failure = Some(reason);
+                }
+            }
+        }
+    };
     let result = pipeline::run_pipeline(
         &config.kafka,
         &settings,
@@ -140,11 +169,16 @@ pub async fn run(
         shutdown,
     )
     .await;
-    // The scheduler finishes the pass in hand: what it emitted and was acknowledged is
-    // released, the rest stays held for the next start.
+    // The scheduler finishes the pass in hand, briefly: what it emitted and was
+    // acknowledged is released, the rest stays held for the next start.
     let _ = stop_delay.send(true);
     if let Some(delay) = delay {
-        let _ = tokio::time::timeout(settings.shutdown_grace, delay).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), delay).await;
+    }
+    if let Some(reason) = failure.lock().ok().and_then(|mut f| f.take()) {
+        let _ = stop_http.send(());
+        let _ = server.await;
+        return Err(WorkerError::DelayStopped(reason));
     }
     let _ = stop_http.send(());
     let _ = server.await;
@@ -152,24 +186,27 @@ pub async fn run(
     Ok(result?)
 }
 
+/// A running delay scheduler: ends with an error when it stopped on its own.
+type DelayScheduler =
+    tokio::task::JoinHandle<Result<(), roles::pipeline::scheduler::SchedulerStopped>>;
+
 /// Starts a pipeline's delay scheduler, with a producer of its own; the sender stops it.
 fn start_delay(
     config: &WorkerConfig,
     settings: &PipelineSettings,
     delay: Option<roles::pipeline::scheduler::DelayTask>,
     metrics: Arc<WorkerMetrics>,
-) -> Result<
-    (
-        tokio::sync::watch::Sender<bool>,
-        Option<tokio::task::JoinHandle<()>>,
-    ),
-    WorkerError,
-> {
+) -> Result<(tokio::sync::watch::Sender<bool>, Option<DelayScheduler>), WorkerError> {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let Some(delay) = delay else {
         return Ok((stop, None));
     };
-    let producer = pipeline::create_producer(&config.kafka, settings)?;
+    // Its own producer, which gives up on a record after 30 s (the default is 5 minutes),
+    // so that one unreachable topic does not hold a whole pass.
+    let producer = pipeline::producer_config(&config.kafka, settings)
+        .set("message.timeout.ms", "30000")
+        .create()
+        .map_err(pipeline::PipelineError::Producer)?;
     let task = tokio::spawn(roles::pipeline::scheduler::run(
         delay,
         config.kafka.client_config(),

@@ -58,6 +58,8 @@ pub struct WorkerMetrics {
     pub delay_violations: Counter,
     /// A pipeline's delay stage: sessions let go, by what became of them.
     pub delay_released: Family<OutcomeLabel, Counter>,
+    /// A pipeline's delay stage: from a session's due time to its output's acknowledgement.
+    pub delay_lateness: Histogram,
 }
 
 impl WorkerMetrics {
@@ -97,6 +99,7 @@ impl WorkerMetrics {
             delay_oldest_due: Gauge::default(),
             delay_violations: Counter::default(),
             delay_released: Family::default(),
+            delay_lateness: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -203,6 +206,12 @@ impl WorkerMetrics {
                 "delay_released",
                 "Held sessions let go once what they became was acknowledged, by outcome (emitted, diverted, dropped, dead_lettered)",
                 metrics.delay_released.clone(),
+            );
+            registry.register_with_unit(
+                "delay_emit_lateness",
+                "From a held session's due time to the acknowledgement of its output",
+                Unit::Seconds,
+                metrics.delay_lateness.clone(),
             );
         }
         Self {

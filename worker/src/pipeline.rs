@@ -19,7 +19,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::statistics::Statistics;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use tokio::time::{sleep, sleep_until, Instant};
 use tracing::{debug, error, info, warn};
 
@@ -150,7 +150,7 @@ struct Source {
 pub const MAX_OUTPUT_BYTES: usize = 900 * 1024;
 
 /// Produce errors that no retry can cure: the record itself is what the broker refuses.
-fn is_permanent(error: &KafkaError) -> bool {
+pub(crate) fn is_permanent(error: &KafkaError) -> bool {
     matches!(
         error.rdkafka_error_code(),
         Some(
@@ -745,8 +745,15 @@ pub(crate) fn create_producer(
     kafka: &KafkaArgs,
     settings: &PipelineSettings,
 ) -> Result<FutureProducer, PipelineError> {
-    kafka
-        .client_config()
+    producer_config(kafka, settings)
+        .create()
+        .map_err(PipelineError::Producer)
+}
+
+/// The producer's settings: idempotent, lz4, and records up to [`MAX_OUTPUT_BYTES`].
+pub(crate) fn producer_config(kafka: &KafkaArgs, settings: &PipelineSettings) -> ClientConfig {
+    let mut config = kafka.client_config();
+    config
         .set("compression.type", "lz4")
         .set("linger.ms", "5")
         .set("enable.idempotence", "true")
@@ -759,7 +766,6 @@ pub(crate) fn create_producer(
         .set(
             "message.max.bytes",
             (MAX_OUTPUT_BYTES + 64 * 1024).to_string(),
-        )
-        .create()
-        .map_err(PipelineError::Producer)
+        );
+    config
 }

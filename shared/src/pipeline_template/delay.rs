@@ -49,6 +49,9 @@ pub struct StateCheck {
     pub divert_violations_to: Option<String>,
 }
 
+/// The longest hold: due times stay far inside what time arithmetic can represent.
+pub const MAX_HOLD: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
 fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|error| {
@@ -66,6 +69,12 @@ impl Delay {
         }
         if self.hold.is_zero() {
             return Err(("hold".into(), "a zero hold holds nothing".into()));
+        }
+        if self.hold > MAX_HOLD {
+            return Err((
+                "hold".into(),
+                format!("{:?} is longer than the longest hold, 10 years", self.hold),
+            ));
         }
         if self.check_every.is_zero() {
             return Err(("check_every".into(), "must be above zero".into()));

@@ -150,10 +150,14 @@ pub(crate) fn handler_for(
     role: Role,
     client_id: &ClientId,
     pipeline: Option<&PipelineTemplate>,
+    metrics: &std::sync::Arc<crate::metrics::WorkerMetrics>,
 ) -> Result<RoleParts, WorkerError> {
     let pipeline_handler = || {
         let template = pipeline.ok_or(WorkerError::NoPipeline)?;
-        pipeline::PipelineHandler::new(template, client_id.clone(), &config.data_dir)
+        Ok::<_, WorkerError>(
+            pipeline::PipelineHandler::new(template, client_id.clone(), &config.data_dir)?
+                .with_metrics(metrics.clone()),
+        )
     };
     let parts = |handler: Box<dyn RecordHandler>| RoleParts {
         handler,

@@ -19,13 +19,14 @@ pub enum Step {
 
 /// When a session held at `held_at` is due, and when it is first checked.
 pub fn schedule(delay: &Delay, held_at: DateTime<Utc>) -> (DateTime<Utc>, DateTime<Utc>) {
-    let due = held_at + span(delay.hold);
-    let first_check = (held_at + span(delay.check_every)).min(due);
+    let due = later(held_at, delay.hold);
+    let first_check = later(held_at, delay.check_every).min(due);
     (due, first_check)
 }
 
-/// The check of a session due at `due`, at `now`, with `state` the latest state record of
-/// its key (None: none seen yet, which holds).
+/// The check of a session due at `due`, at `now`, with `state` the checked field's value
+/// in the latest state record of its key (None: no record seen yet, which holds; a record
+/// without the field reads as null).
 pub fn decide(
     delay: &Delay,
     due: DateTime<Utc>,
@@ -33,10 +34,9 @@ pub fn decide(
     now: DateTime<Utc>,
 ) -> Step {
     if let (Some(check), Some(state)) = (&delay.check, state) {
-        let value = state.get(&check.field).unwrap_or(&Value::Null);
-        if !check.hold_while.contains(value) {
+        if !check.hold_while.contains(state) {
             return Step::Violated {
-                state: value.clone(),
+                state: state.clone(),
             };
         }
     }
@@ -44,7 +44,7 @@ pub fn decide(
         return Step::Emit;
     }
     Step::Recheck {
-        next_check: (now + span(delay.check_every)).min(due),
+        next_check: later(now, delay.check_every).min(due),
     }
 }
 
@@ -59,8 +59,13 @@ pub fn session_of(delay: &Delay, record: &serde_json::Map<String, Value>) -> Opt
     }
 }
 
-fn span(duration: std::time::Duration) -> Duration {
-    Duration::from_std(duration).unwrap_or(Duration::MAX)
+/// `at` plus `duration`, or the end of time when that cannot be represented (the template
+/// caps holds at 10 years, so only a clock gone far wrong gets there).
+fn later(at: DateTime<Utc>, duration: std::time::Duration) -> DateTime<Utc> {
+    Duration::from_std(duration)
+        .ok()
+        .and_then(|span| at.checked_add_signed(span))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
 #[cfg(test)]
@@ -97,9 +102,9 @@ mod tests {
 
     #[test]
     fn each_check_decides_from_the_latest_state_and_the_clock() {
-        let off = json!({"server_id": "s1", "power": "off"});
-        let on = json!({"server_id": "s1", "power": "on"});
-        let no_field = json!({"server_id": "s1"});
+        let off = json!("off");
+        let on = json!("on");
+        let no_field = Value::Null;
         // (what, state, now, step)
         let cases = [
             (
@@ -150,12 +155,24 @@ mod tests {
     fn without_a_check_only_the_clock_decides() {
         let mut delay = cooling();
         delay.check = None;
-        let on = json!({"power": "on"});
+        let on = json!("on");
         assert_eq!(decide(&delay, at(48), Some(&on), at(48)), Step::Emit);
         assert_eq!(
             decide(&delay, at(48), Some(&on), at(1)),
             Step::Recheck { next_check: at(3) }
         );
+    }
+
+    #[test]
+    fn times_past_the_end_of_time_stay_there_instead_of_panicking() {
+        let mut delay = cooling();
+        delay.hold = std::time::Duration::from_secs(u64::MAX / 4);
+        let (due, _) = schedule(&delay, at(0));
+        assert_eq!(due, DateTime::<Utc>::MAX_UTC);
+        assert!(matches!(
+            decide(&delay, due, None, at(1)),
+            Step::Recheck { .. }
+        ));
     }
 
     #[test]

@@ -15,6 +15,11 @@ use super::state::StateView;
 use super::Stages;
 use crate::metrics::WorkerMetrics;
 
+/// How long checks may wait for the state topic before `/health` says degraded.
+const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// How far past its due time a held session may be before `/health` says degraded.
+const OVERDUE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What the health routes read of a pipeline.
 pub struct StagesHealth {
     pub pipeline: String,
@@ -36,6 +41,23 @@ impl StagesHealth {
             violations: metrics.delay_violations.get(),
             state_caught_up: view.is_caught_up(),
         })
+    }
+
+    /// Why the delay stage is not well, for `/health` to say degraded: its checks have
+    /// waited over `STATE_WAIT` for the state topic, or a session is overdue by over
+    /// `OVERDUE` (nothing emits it).
+    pub fn trouble(&self) -> Option<String> {
+        let (store, view) = self.delay.as_ref()?;
+        if let Some(waiting) = view.waiting_for().filter(|w| *w > STATE_WAIT) {
+            return Some(format!(
+                "the delay stage's checks have waited {}s for its state topic to be read",
+                waiting.as_secs()
+            ));
+        }
+        let (_, oldest_due) = store.stats().ok()?;
+        let overdue_ms = chrono::Utc::now().timestamp_millis() - oldest_due?;
+        (overdue_ms > OVERDUE.as_millis() as i64)
+            .then(|| format!("a held session is {}s past its due time", overdue_ms / 1000))
     }
 
     /// Every stage, in order: kind, state, records passed and rejected; the delay stage
@@ -77,7 +99,7 @@ fn humanize(duration: std::time::Duration) -> String {
 
 /// Sessions let go, by outcome, from the metric family.
 fn released(metrics: &WorkerMetrics) -> serde_json::Map<String, Value> {
-    ["emitted", "diverted", "dropped", "dead_lettered"]
+    ["emitted", "diverted", "dropped", "dead_lettered", "superseded"]
         .into_iter()
         .map(|outcome| {
             let count = metrics

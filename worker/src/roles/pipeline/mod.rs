@@ -36,6 +36,7 @@ use serde_json::{Map, Value};
 use self::pending::{HeldSession, PendingStore};
 use super::{null_value, skip_unless_keyed_for, FlushError, Outcome, RecordHandler};
 use crate::config::WorkerConfig;
+use crate::metrics::{OutcomeLabel, WorkerMetrics};
 use crate::WorkerError;
 
 pub use validate::Violation;
@@ -235,6 +236,8 @@ struct Held {
     /// The latest state of each session, which the scheduler's reader fills.
     view: Arc<state::StateView>,
     batch: Mutex<Vec<HeldSession>>,
+    /// Where superseded sessions are counted (a worker's metrics; none in unit tests).
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 impl PipelineHandler {
@@ -271,6 +274,7 @@ impl PipelineHandler {
                 Some(Held {
                     delay,
                     view: Arc::new(view),
+                    metrics: None,
                     store: Arc::new(store),
                     batch: Mutex::new(Vec::new()),
                 })
@@ -282,6 +286,14 @@ impl PipelineHandler {
             output: Box::leak(template.output.clone().into_boxed_str()),
             held,
         })
+    }
+
+    /// Counts what the delay stage does in `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
+        if let Some(held) = &mut self.held {
+            held.metrics = Some(metrics);
+        }
+        self
     }
 
     /// The no-op ceiling on this pipeline's topics (`--passthrough`, benchmarks only).
@@ -407,10 +419,18 @@ impl RecordHandler for PipelineHandler {
         if batch.is_empty() {
             return Ok(());
         }
-        held.store
-            .hold(&batch)
+        // The fsync blocks: off the runtime's async threads.
+        let holding = tokio::task::block_in_place(|| held.store.hold(&batch))
             .map_err(|error| FlushError::Held(error.to_string()))?;
         batch.clear();
+        if let (Some(metrics), replaced @ 1..) = (&held.metrics, holding.replaced) {
+            metrics
+                .delay_released
+                .get_or_create(&OutcomeLabel {
+                    outcome: "superseded".into(),
+                })
+                .inc_by(replaced as u64);
+        }
         Ok(())
     }
 }

@@ -3,8 +3,11 @@
 //! a SIGKILL resumes every session where it was, without reading anything back from Kafka.
 //! A session is written here, and synced, before the input offset that brought it is
 //! committed; it is removed only after what it became (the output, a diverted record, a
-//! dead letter) is acknowledged. One row per session: a record of a session already held
-//! (a redelivery after a crash, or a second poweroff) is not held again.
+//! dead letter) is acknowledged. One row per session: a redelivery of the record held (the
+//! same source offset, after a crash) changes nothing; a later record of a session already
+//! held (a second poweroff) replaces it, and its hold starts again, counted as superseded.
+//! A session is let go, or re-scheduled, only in the version the scheduler looked at, so a
+//! record that replaced it meanwhile is kept.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -26,6 +29,36 @@ pub struct HeldSession {
     pub held_at_ms: i64,
     pub due_ms: i64,
     pub next_check_ms: i64,
+}
+
+impl HeldSession {
+    /// This version of the session: which input record it holds.
+    pub fn version(&self) -> SessionVersion {
+        SessionVersion {
+            session: self.session.clone(),
+            source_topic: self.source_topic.clone(),
+            source_partition: self.source_partition,
+            source_offset: self.source_offset,
+        }
+    }
+}
+
+/// A session as held from one input record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionVersion {
+    pub session: String,
+    pub source_topic: String,
+    pub source_partition: i32,
+    pub source_offset: i64,
+}
+
+/// What holding a batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Holding {
+    /// Sessions held for the first time.
+    pub added: usize,
+    /// Held sessions a later record replaced (the earlier record is superseded).
+    pub replaced: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -104,20 +137,38 @@ impl PendingStore {
         })
     }
 
-    /// Holds these sessions, in one synced transaction; a session already held keeps its
-    /// first record and times. Returns how many were new.
-    pub fn hold(&self, sessions: &[HeldSession]) -> Result<usize, PendingError> {
+    /// Holds these sessions, in one synced transaction. A session already held keeps its
+    /// record when this one is the same input record or an earlier one of the same
+    /// partition (a redelivery); a later one replaces it.
+    pub fn hold(&self, sessions: &[HeldSession]) -> Result<Holding, PendingError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
-            let mut added = 0;
+            let mut holding = Holding::default();
             {
-                let mut insert = tx.prepare_cached(
-                    "INSERT OR IGNORE INTO held (session, kafka_key, record, source_topic,
+                let mut current = tx.prepare_cached(
+                    "SELECT source_topic, source_partition, source_offset FROM held WHERE session = ?1",
+                )?;
+                let mut upsert = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
                         source_partition, source_offset, held_at_ms, due_ms, next_check_ms)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
                 )?;
                 for s in sessions {
-                    added += insert.execute(params![
+                    let held: Option<(String, i32, i64)> = current
+                        .query_row(params![s.session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                        .optional()?;
+                    match held {
+                        None => holding.added += 1,
+                        Some((topic, partition, offset))
+                            if topic == s.source_topic
+                                && partition == s.source_partition
+                                && offset >= s.source_offset =>
+                        {
+                            continue
+                        }
+                        Some(_) => holding.replaced += 1,
+                    }
+                    upsert.execute(params![
                         s.session,
                         s.kafka_key,
                         s.record,
@@ -131,7 +182,7 @@ impl PendingStore {
                 }
             }
             tx.commit()?;
-            Ok(added)
+            Ok(holding)
         })
     }
 
@@ -160,29 +211,47 @@ impl PendingStore {
         })
     }
 
-    /// Moves sessions' next checks, in one transaction.
-    pub fn recheck(&self, next_checks: &[(String, i64)]) -> Result<(), PendingError> {
+    /// Moves sessions' next checks (ms), in one transaction; a session replaced since it
+    /// was read keeps its own.
+    pub fn recheck(&self, next_checks: &[(SessionVersion, i64)]) -> Result<(), PendingError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             {
-                let mut update =
-                    tx.prepare_cached("UPDATE held SET next_check_ms = ?2 WHERE session = ?1")?;
-                for (session, next) in next_checks {
-                    update.execute(params![session, next])?;
+                let mut update = tx.prepare_cached(
+                    "UPDATE held SET next_check_ms = ?5 WHERE session = ?1 AND source_topic = ?2
+                        AND source_partition = ?3 AND source_offset = ?4",
+                )?;
+                for (v, next) in next_checks {
+                    update.execute(params![
+                        v.session,
+                        v.source_topic,
+                        v.source_partition,
+                        v.source_offset,
+                        next
+                    ])?;
                 }
             }
             tx.commit()
         })
     }
 
-    /// Lets these sessions go (what they became was acknowledged), in one transaction.
-    pub fn release(&self, sessions: &[String]) -> Result<(), PendingError> {
+    /// Lets these sessions go (what they became was acknowledged), in one transaction; a
+    /// session replaced since it was read stays held.
+    pub fn release(&self, versions: &[SessionVersion]) -> Result<(), PendingError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             {
-                let mut delete = tx.prepare_cached("DELETE FROM held WHERE session = ?1")?;
-                for session in sessions {
-                    delete.execute(params![session])?;
+                let mut delete = tx.prepare_cached(
+                    "DELETE FROM held WHERE session = ?1 AND source_topic = ?2
+                        AND source_partition = ?3 AND source_offset = ?4",
+                )?;
+                for v in versions {
+                    delete.execute(params![
+                        v.session,
+                        v.source_topic,
+                        v.source_partition,
+                        v.source_offset
+                    ])?;
                 }
             }
             tx.commit()
@@ -226,45 +295,82 @@ mod tests {
         }
     }
 
+    fn names(sessions: Vec<HeldSession>) -> Vec<String> {
+        sessions.into_iter().map(|s| s.session).collect()
+    }
+
     #[test]
     fn held_sessions_survive_reopening_and_are_checked_earliest_first() {
         let dir = tempfile::tempdir().unwrap();
         let path = store_path(dir.path(), "cooling");
         {
             let store = PendingStore::open(&path).unwrap();
+            let holding = store
+                .hold(&[session("b", 20), session("a", 10), session("c", 30)])
+                .unwrap();
             assert_eq!(
-                store
-                    .hold(&[session("b", 20), session("a", 10), session("c", 30)])
-                    .unwrap(),
-                3
+                holding,
+                Holding {
+                    added: 3,
+                    replaced: 0
+                }
             );
-            // A redelivered record of a held session is not held again.
-            assert_eq!(store.hold(&[session("a", 99)]).unwrap(), 0);
+            // A redelivered record of a held session (same offset) changes nothing.
+            let redelivered = HeldSession {
+                next_check_ms: 99,
+                ..session("a", 10)
+            };
+            assert_eq!(store.hold(&[redelivered]).unwrap(), Holding::default());
         }
         let store = PendingStore::open(&path).unwrap();
-        let due: Vec<String> = store
-            .to_check(20, 10)
-            .unwrap()
-            .into_iter()
-            .map(|s| s.session)
-            .collect();
-        assert_eq!(due, ["a", "b"]);
+        assert_eq!(names(store.to_check(20, 10).unwrap()), ["a", "b"]);
         assert_eq!(store.to_check(20, 10).unwrap()[0], session("a", 10));
         assert_eq!(store.stats().unwrap(), (3, Some(1010)));
         assert_eq!(store.next_check().unwrap(), Some(10));
 
-        store.recheck(&[("a".into(), 25)]).unwrap();
-        store.release(&["b".into()]).unwrap();
-        let due: Vec<String> = store
-            .to_check(30, 10)
-            .unwrap()
-            .into_iter()
-            .map(|s| s.session)
-            .collect();
-        assert_eq!(due, ["a", "c"]);
+        store.recheck(&[(session("a", 10).version(), 25)]).unwrap();
+        store.release(&[session("b", 20).version()]).unwrap();
+        assert_eq!(names(store.to_check(30, 10).unwrap()), ["a", "c"]);
         assert_eq!(store.stats().unwrap().0, 2);
-        store.release(&["a".into(), "c".into()]).unwrap();
+        store
+            .release(&[session("a", 10).version(), session("c", 30).version()])
+            .unwrap();
         assert_eq!(store.stats().unwrap(), (0, None));
         assert_eq!(store.next_check().unwrap(), None);
+    }
+
+    #[test]
+    fn a_later_record_replaces_a_held_session_and_the_earlier_version_is_not_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "cooling")).unwrap();
+        let first = session("a", 10);
+        store.hold(std::slice::from_ref(&first)).unwrap();
+        // The scheduler reads the first version; a later poweroff replaces it meanwhile.
+        let read = store.to_check(10, 10).unwrap().remove(0).version();
+        let second = HeldSession {
+            source_offset: 9,
+            held_at_ms: 5,
+            due_ms: 2000,
+            next_check_ms: 50,
+            ..session("a", 10)
+        };
+        assert_eq!(
+            store.hold(std::slice::from_ref(&second)).unwrap(),
+            Holding {
+                added: 0,
+                replaced: 1
+            }
+        );
+        // An earlier record of the same partition (a replay) does not replace it back.
+        assert_eq!(store.hold(&[first]).unwrap(), Holding::default());
+        // What the scheduler decided for the first version touches nothing now.
+        store.recheck(&[(read.clone(), 11)]).unwrap();
+        store.release(&[read]).unwrap();
+        assert_eq!(
+            store.to_check(i64::MAX, 10).unwrap(),
+            std::slice::from_ref(&second)
+        );
+        store.release(&[second.version()]).unwrap();
+        assert_eq!(store.stats().unwrap().0, 0);
     }
 }

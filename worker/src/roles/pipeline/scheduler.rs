@@ -3,7 +3,9 @@
 //! each session whose time has come against the latest state of its key, and emits,
 //! diverts, drops or re-schedules it as `delay::decide` says. A session leaves the store
 //! only after what it became is acknowledged by Kafka, so a crash at any point emits it
-//! again rather than never (at-least-once, like the rest of the pipeline).
+//! again rather than never (at-least-once, like the rest of the pipeline). What Kafka
+//! refuses for good (too large, invalid) goes to the dead-letter topic instead, so no
+//! session is stuck; what fails for a while is tried again a second later.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,6 +15,7 @@ use futures::future::join_all;
 use kg_shared::dlq::DeadLetter;
 use kg_shared::pipeline_template::Delay;
 use kg_shared::topics::DLQ_NORMALIZED;
+use rdkafka::error::KafkaError;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde_json::{json, Value};
@@ -20,16 +23,17 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::delay::{decide, Step};
-use super::pending::{HeldSession, PendingError, PendingStore};
+use super::pending::{HeldSession, PendingError, PendingStore, SessionVersion};
 use super::state::{follow, StateView};
 use super::{Record, Stages};
-use crate::metrics::{OutcomeLabel, WorkerMetrics};
+use crate::metrics::{OutcomeLabel, ReasonLabel, WorkerMetrics};
+use crate::pipeline::{is_permanent, MAX_OUTPUT_BYTES};
 
 /// Sessions checked per pass.
 const CHECK_BATCH: usize = 1000;
 /// The longest the scheduler sleeps: the loop may hold a session due sooner meanwhile.
 const MAX_WAIT: Duration = Duration::from_secs(1);
-/// How long a session whose emission Kafka refused waits before it is tried again.
+/// How long a session whose emission failed for now waits before it is tried again.
 const RETRY_AFTER: chrono::Duration = chrono::Duration::seconds(1);
 
 /// Everything the scheduler needs from the pipeline's handler.
@@ -42,19 +46,29 @@ pub struct DelayTask {
     pub output: String,
 }
 
+/// Why the scheduler stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerStopped {
+    #[error("the delay stage's state topic reader stopped")]
+    StateReader,
+}
+
 /// What a checked session becomes.
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Release {
     Emitted,
     Diverted,
-    DeadLettered,
+    Dropped,
+    DeadLettered(&'static str),
 }
 
 impl Release {
-    fn label(&self) -> &'static str {
+    fn label(self) -> &'static str {
         match self {
             Release::Emitted => "emitted",
             Release::Diverted => "diverted",
-            Release::DeadLettered => "dead_lettered",
+            Release::Dropped => "dropped",
+            Release::DeadLettered(_) => "dead_lettered",
         }
     }
 }
@@ -63,39 +77,30 @@ impl Release {
 #[derive(Default)]
 struct Pass {
     /// Sessions to look at again, and when (ms).
-    rechecks: Vec<(String, i64)>,
+    rechecks: Vec<(SessionVersion, i64)>,
     /// Violating sessions with nowhere to divert them.
-    dropped: Vec<String>,
+    dropped: Vec<HeldSession>,
     sends: Vec<Send>,
 }
 
 /// A record a session becomes, to be acknowledged before the session is let go.
 struct Send {
-    session: String,
+    held: HeldSession,
     release: Release,
     topic: String,
-    key: String,
     value: Vec<u8>,
 }
 
-fn count_release(metrics: &WorkerMetrics, outcome: &str) {
-    metrics
-        .delay_released
-        .get_or_create(&OutcomeLabel {
-            outcome: outcome.into(),
-        })
-        .inc();
-}
-
-/// Runs until `shutdown` turns true. `kafka` configures the state topic's reader.
+/// Runs until `shutdown` turns true; an error when it stopped on its own (its state
+/// reader ended), which the worker treats as fatal so that its supervisor restarts it.
 pub async fn run(
     task: DelayTask,
     kafka: rdkafka::ClientConfig,
     producer: FutureProducer,
     metrics: Arc<WorkerMetrics>,
     mut shutdown: watch::Receiver<bool>,
-) {
-    if let Some(check) = &task.delay.check {
+) -> Result<(), SchedulerStopped> {
+    let reader = task.delay.check.as_ref().map(|check| {
         tokio::spawn(follow(
             kafka,
             check.topic.clone(),
@@ -103,40 +108,53 @@ pub async fn run(
             task.stages.client().clone(),
             task.view.clone(),
             shutdown.clone(),
-        ));
-    }
-    let view = task.view.clone();
+        ))
+    });
     info!(hold = ?task.delay.hold, check_every = ?task.delay.check_every, "delay stage running");
     loop {
         task.report(&metrics);
-        let wait = match task.store.next_check() {
-            Ok(Some(next)) => Duration::from_millis(
-                (next - Utc::now().timestamp_millis()).clamp(0, MAX_WAIT.as_millis() as i64) as u64,
-            ),
-            _ => MAX_WAIT,
+        // Until the state topic has been read to its end a check could pass on an old
+        // state: wait, without spinning on sessions that are already due.
+        let wait = if task.view.is_caught_up() {
+            match blocking(|| task.store.next_check()) {
+                Ok(Some(next)) => Duration::from_millis(
+                    (next - Utc::now().timestamp_millis()).clamp(0, MAX_WAIT.as_millis() as i64)
+                        as u64,
+                ),
+                _ => MAX_WAIT,
+            }
+        } else {
+            MAX_WAIT
         };
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return Ok(()),
             _ = tokio::time::sleep(wait) => {}
         }
         if *shutdown.borrow() {
-            return;
+            return Ok(());
         }
-        // Until the state topic has been read to its end, a check could pass on an old state.
-        if !view.is_caught_up() {
+        if reader.as_ref().is_some_and(|reader| reader.is_finished()) {
+            return Err(SchedulerStopped::StateReader);
+        }
+        if !task.view.is_caught_up() {
             continue;
         }
-        if let Err(error) = task.pass(&view, &producer, &metrics, Utc::now()).await {
+        if let Err(error) = task.pass(&producer, &metrics, Utc::now()).await {
             warn!(%error, "delay stage pass failed; retrying");
             tokio::time::sleep(MAX_WAIT).await;
         }
     }
 }
 
+/// SQLite calls block: off the runtime's async threads.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(work)
+}
+
 impl DelayTask {
     /// Sets the pending gauges from the store.
     fn report(&self, metrics: &WorkerMetrics) {
-        if let Ok((count, oldest_due)) = self.store.stats() {
+        if let Ok((count, oldest_due)) = blocking(|| self.store.stats()) {
             metrics.delay_pending.set(count as i64);
             metrics
                 .delay_oldest_due
@@ -147,60 +165,86 @@ impl DelayTask {
     /// One pass over the sessions whose next check is at or before `now`.
     pub async fn pass(
         &self,
-        view: &StateView,
         producer: &FutureProducer,
         metrics: &WorkerMetrics,
         now: DateTime<Utc>,
     ) -> Result<(), PendingError> {
-        let sessions = self.store.to_check(now.timestamp_millis(), CHECK_BATCH)?;
+        let sessions = blocking(|| self.store.to_check(now.timestamp_millis(), CHECK_BATCH))?;
         let Pass {
             mut rechecks,
             dropped,
             sends,
-        } = self.check(sessions, view, metrics, now);
-        let deliveries = join_all(sends.iter().map(|send| {
-            producer.send(
-                FutureRecord::to(&send.topic)
-                    .key(&send.key)
-                    .payload(&send.value),
-                Timeout::After(Duration::from_secs(30)),
-            )
-        }))
-        .await;
+        } = self.check(sessions, now);
         let mut released = Vec::new();
-        for (send, delivery) in sends.into_iter().zip(deliveries) {
-            match delivery {
-                Ok(_) => {
-                    count_release(metrics, send.release.label());
-                    if matches!(send.release, Release::Emitted) {
-                        metrics.records_out.inc();
-                    }
-                    released.push(send.session);
-                }
-                Err((error, _)) => {
-                    warn!(session = %send.session, topic = %send.topic, %error, "emitting a held session failed; it stays held and is tried again");
-                    rechecks.push((send.session, (now + RETRY_AFTER).timestamp_millis()));
-                }
-            }
+        for held in dropped {
+            self.count(metrics, Release::Dropped, &held);
+            released.push(held);
         }
-        for _ in &dropped {
-            count_release(metrics, "dropped");
+        let (delivered, failed) = deliver(producer, sends).await;
+        // Refused for good: to the dead-letter topic instead, once.
+        let letters: Vec<Send> = failed
+            .into_iter()
+            .filter_map(|(send, error)| {
+                if is_permanent(&error) && !matches!(send.release, Release::DeadLettered(_)) {
+                    Some(self.refused(send, &error, now))
+                } else {
+                    warn!(session = %send.held.session, topic = %send.topic, %error, "emitting a held session failed; it stays held and is tried again");
+                    rechecks.push((send.held.version(), (now + RETRY_AFTER).timestamp_millis()));
+                    None
+                }
+            })
+            .collect();
+        let (lettered, failed) = deliver(producer, letters).await;
+        for (send, error) in failed {
+            warn!(session = %send.held.session, %error, "dead-lettering a held session failed; it stays held and is tried again");
+            rechecks.push((send.held.version(), (now + RETRY_AFTER).timestamp_millis()));
         }
-        released.extend(dropped);
-        self.store.recheck(&rechecks)?;
-        self.store.release(&released)?;
+        for send in delivered.into_iter().chain(lettered) {
+            self.count(metrics, send.release, &send.held);
+            released.push(send.held);
+        }
+        let released: Vec<SessionVersion> = released.iter().map(HeldSession::version).collect();
+        blocking(|| {
+            self.store.recheck(&rechecks)?;
+            self.store.release(&released)
+        })?;
         self.report(metrics);
         Ok(())
     }
 
+    /// Counts a session let go, once what it became was acknowledged.
+    fn count(&self, metrics: &WorkerMetrics, release: Release, held: &HeldSession) {
+        metrics
+            .delay_released
+            .get_or_create(&OutcomeLabel {
+                outcome: release.label().into(),
+            })
+            .inc();
+        match release {
+            Release::Emitted => {
+                metrics.records_out.inc();
+                let late_ms = Utc::now().timestamp_millis() - held.due_ms;
+                metrics
+                    .delay_lateness
+                    .observe(late_ms.max(0) as f64 / 1000.0);
+            }
+            Release::Diverted | Release::Dropped => {
+                metrics.delay_violations.inc();
+            }
+            Release::DeadLettered(reason) => {
+                metrics.dlq_total.inc();
+                metrics
+                    .dlq
+                    .get_or_create(&ReasonLabel {
+                        reason: reason.into(),
+                    })
+                    .inc();
+            }
+        }
+    }
+
     /// Each session's check: what to send, drop or look at again.
-    fn check(
-        &self,
-        sessions: Vec<HeldSession>,
-        view: &StateView,
-        metrics: &WorkerMetrics,
-        now: DateTime<Utc>,
-    ) -> Pass {
+    fn check(&self, sessions: Vec<HeldSession>, now: DateTime<Utc>) -> Pass {
         let mut pass = Pass::default();
         for held in sessions {
             let due = DateTime::from_timestamp_millis(held.due_ms).unwrap_or(now);
@@ -208,44 +252,100 @@ impl DelayTask {
                 .delay
                 .check
                 .as_ref()
-                .and_then(|_| view.get(&held.session));
+                .and_then(|_| self.view.get(&held.session));
             match decide(&self.delay, due, state.as_ref(), now) {
                 Step::Recheck { next_check } => {
                     pass.rechecks
-                        .push((held.session, next_check.timestamp_millis()));
+                        .push((held.version(), next_check.timestamp_millis()));
                 }
                 Step::Violated { state } => {
-                    metrics.delay_violations.inc();
                     let divert = self
                         .delay
                         .check
                         .as_ref()
                         .and_then(|check| check.divert_violations_to.clone());
-                    warn!(session = %held.session, %state, diverted_to = ?divert, "held session violated its check");
+                    info!(session = %held.session, %state, diverted_to = ?divert, "held session violated its check");
                     match divert {
-                        Some(topic) => pass.sends.push(Send {
-                            value: self.violation_record(&held, &state, now),
-                            release: Release::Diverted,
-                            topic,
-                            key: held.kafka_key,
-                            session: held.session,
-                        }),
-                        None => pass.dropped.push(held.session),
+                        Some(topic) => {
+                            let value = self.violation_record(&held, &state, now);
+                            pass.sends.push(self.bounded(
+                                held,
+                                Release::Diverted,
+                                topic,
+                                value,
+                                now,
+                            ));
+                        }
+                        None => pass.dropped.push(held),
                     }
                 }
                 Step::Emit => {
                     let (release, topic, value) = self.emission(&held, now);
-                    pass.sends.push(Send {
-                        session: held.session,
-                        release,
-                        topic,
-                        key: held.kafka_key,
-                        value,
-                    });
+                    pass.sends
+                        .push(self.bounded(held, release, topic, value, now));
                 }
             }
         }
         pass
+    }
+
+    /// The send, or its dead letter when the record is too large for Kafka.
+    fn bounded(
+        &self,
+        held: HeldSession,
+        release: Release,
+        topic: String,
+        value: Vec<u8>,
+        now: DateTime<Utc>,
+    ) -> Send {
+        if value.len() <= MAX_OUTPUT_BYTES {
+            return Send {
+                held,
+                release,
+                topic,
+                value,
+            };
+        }
+        let reason = format!(
+            "the output record would be {} bytes, more than the {MAX_OUTPUT_BYTES} a record may have",
+            value.len()
+        );
+        self.dead_letter(held, "output_too_large", reason, now)
+    }
+
+    /// The dead letter of a send Kafka refused for good.
+    fn refused(&self, send: Send, error: &KafkaError, now: DateTime<Utc>) -> Send {
+        let reason = format!(
+            "Kafka refused the output record on {} for good: {error}",
+            send.topic
+        );
+        self.dead_letter(send.held, "output_refused", reason, now)
+    }
+
+    fn dead_letter(
+        &self,
+        held: HeldSession,
+        reason_code: &'static str,
+        reason: String,
+        now: DateTime<Utc>,
+    ) -> Send {
+        let letter = DeadLetter::new(
+            reason_code,
+            reason,
+            &held.source_topic,
+            held.source_partition,
+            held.source_offset,
+            Some(held.kafka_key.as_bytes()),
+            Some(&held.record),
+            Some(self.stages.client()),
+            now,
+        );
+        Send {
+            value: letter.to_json(),
+            release: Release::DeadLettered(reason_code),
+            topic: DLQ_NORMALIZED.to_string(),
+            held,
+        }
     }
 
     /// A due session through the stages after the delay: to the output, or, if one of
@@ -271,7 +371,7 @@ impl DelayTask {
                     now,
                 );
                 (
-                    Release::DeadLettered,
+                    Release::DeadLettered(rejection.reason_code()),
                     DLQ_NORMALIZED.to_string(),
                     letter.to_json(),
                 )
@@ -298,5 +398,143 @@ impl DelayTask {
             }),
         );
         serde_json::to_vec(&record).unwrap_or_default()
+    }
+}
+
+/// Sends each record and waits for every acknowledgement (the scheduler's producer gives
+/// up on a record after 30 s): the acknowledged, and the failed with their errors.
+async fn deliver(
+    producer: &FutureProducer,
+    sends: Vec<Send>,
+) -> (Vec<Send>, Vec<(Send, KafkaError)>) {
+    let deliveries = join_all(sends.iter().map(|send| {
+        producer.send(
+            FutureRecord::to(&send.topic)
+                .key(&send.held.kafka_key)
+                .payload(&send.value),
+            Timeout::After(Duration::from_secs(30)),
+        )
+    }))
+    .await;
+    let mut delivered = Vec::new();
+    let mut failed = Vec::new();
+    for (send, delivery) in sends.into_iter().zip(deliveries) {
+        match delivery {
+            Ok(_) => delivered.push(send),
+            Err((error, _)) => failed.push((send, error)),
+        }
+    }
+    (delivered, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::roles::pipeline::PipelineHandler;
+    use kg_shared::pipeline_template::PipelineTemplates;
+    use kg_shared::ClientId;
+    use rdkafka::ClientConfig;
+
+    const COOLING: &str = include_str!("../../../../examples/pipelines/server-cooling.toml");
+
+    fn held(server: &str, due_ms: i64, record: Vec<u8>) -> HeldSession {
+        HeldSession {
+            session: server.into(),
+            kafka_key: format!("dc-east::{server}"),
+            record,
+            source_topic: "servers.poweroff".into(),
+            source_partition: 0,
+            source_offset: 1,
+            held_at_ms: due_ms - 1000,
+            due_ms,
+            next_check_ms: due_ms,
+        }
+    }
+
+    fn released(metrics: &WorkerMetrics, outcome: &str) -> u64 {
+        metrics
+            .delay_released
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_lets_a_session_go_only_once_kafka_acknowledged_what_it_became() {
+        let broker = kg_shared::kafka::EmbeddedBroker::start(1).unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("message.timeout.ms", "2000")
+            .create()
+            .unwrap();
+        let templates =
+            PipelineTemplates::parse(COOLING, std::path::Path::new("server-cooling.toml")).unwrap();
+        let client = ClientId::parse("dc-east").unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let handler = PipelineHandler::new(
+            templates.get("server-cooling").unwrap(),
+            client.clone(),
+            data.path(),
+        )
+        .unwrap();
+        let task = handler.delay_task().unwrap();
+        for (server, power) in [("srv-1", "off"), ("srv-2", "on"), ("srv-3", "off")] {
+            let state = json!({"server_id": server, "power": power}).to_string();
+            task.view.apply(
+                &task.delay,
+                &client,
+                Some(format!("dc-east::{server}").as_bytes()),
+                Some(state.as_bytes()),
+            );
+        }
+        task.view.set_caught_up(true);
+        let now = Utc::now();
+        let past = now.timestamp_millis() - 500;
+        let record = |server: &str| json!({"server_id": server}).to_string().into_bytes();
+        let huge = json!({"server_id": "srv-3", "notes": "x".repeat(MAX_OUTPUT_BYTES)});
+        task.store
+            .hold(&[
+                held("srv-1", past, record("srv-1")),
+                held("srv-2", past, record("srv-2")),
+                held("srv-3", past, huge.to_string().into_bytes()),
+                held("srv-4", now.timestamp_millis() + 60_000, record("srv-4")),
+            ])
+            .unwrap();
+        let metrics = WorkerMetrics::new("dc-east", "pipeline");
+        task.pass(&producer, &metrics, now).await.unwrap();
+        // srv-1 stayed off: emitted; srv-2 is on: diverted; srv-3's output is too large for
+        // Kafka: dead-lettered; srv-4 is not due and its next check is due first.
+        assert_eq!(released(&metrics, "emitted"), 1);
+        assert_eq!(released(&metrics, "diverted"), 1);
+        assert_eq!(released(&metrics, "dead_lettered"), 1);
+        assert_eq!(metrics.delay_violations.get(), 1);
+        assert_eq!(metrics.dlq_total.get(), 1);
+        assert_eq!(metrics.records_out.get(), 1);
+        let left = task.store.to_check(i64::MAX, 10).unwrap();
+        assert_eq!(left.len(), 1, "{left:?}");
+        assert_eq!(left[0].session, "srv-4");
+
+        // Kafka unreachable: a due session stays held and is tried again a second later.
+        task.store
+            .hold(&[held("srv-5", past, record("srv-5"))])
+            .unwrap();
+        task.view.apply(
+            &task.delay,
+            &client,
+            Some(b"dc-east::srv-5"),
+            Some(br#"{"server_id": "srv-5", "power": "off"}"#),
+        );
+        broker.broker_down(1).unwrap();
+        task.pass(&producer, &metrics, now).await.unwrap();
+        let srv5 = task
+            .store
+            .to_check(i64::MAX, 10)
+            .unwrap()
+            .into_iter()
+            .find(|s| s.session == "srv-5")
+            .expect("srv-5 is still held");
+        assert_eq!(srv5.next_check_ms, (now + RETRY_AFTER).timestamp_millis());
+        assert_eq!(released(&metrics, "emitted"), 1);
     }
 }

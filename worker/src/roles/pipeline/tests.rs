@@ -270,14 +270,29 @@ fn the_handler_holds_each_session_once_and_keeps_it_only_when_flushed() {
     );
     handler.flush().unwrap();
     assert_eq!(task.store.stats().unwrap().0, 1);
+    // A later poweroff of the same server replaces it: still one session, held anew.
+    assert_eq!(
+        handler.handle_at(
+            "servers.poweroff",
+            2,
+            18,
+            None,
+            Some(b"dc-east::srv-0042"),
+            Some(POWEROFF.as_bytes())
+        ),
+        Outcome::Absorbed
+    );
+    handler.flush().unwrap();
+    assert_eq!(task.store.stats().unwrap().0, 1);
     let session = task.store.to_check(i64::MAX, 10).unwrap().remove(0);
+    assert_eq!(session.source_offset, 18);
     assert_eq!(
         (
             session.source_topic.as_str(),
             session.source_partition,
             session.source_offset
         ),
-        ("servers.poweroff", 2, 17)
+        ("servers.poweroff", 2, 18)
     );
     assert_eq!(session.due_ms - session.held_at_ms, 48 * 3600 * 1000);
     assert_eq!(session.next_check_ms - session.held_at_ms, 2 * 3600 * 1000);
