@@ -95,14 +95,22 @@ start_worker() { # start_worker <log>: sets WORKER and WORKER_ADDR
 }
 health() { curl -sf "http://$(cat "$WORK/addr" 2>/dev/null)/health" 2>/dev/null || true; }
 metric() { curl -sf "http://$(cat "$WORK/addr")/metrics" | awk -v m="$1" '$1 == m {print $2}'; }
-wait_health() { # wait_health <python condition on h> <deadline s>: prints ms waited
-    local started=$1 condition=$2 deadline=$3
+wait_health() { # wait_health <start ms> <deadline s> <substring…>: prints ms waited until
+    # /health holds every substring (curl and grep only: a poller must not load the CPU
+    # it measures)
+    local started=$1 deadline=$2 body wanted ok
+    shift 2
     while :; do
-        if health | python3 -c "import json,sys; h=json.load(sys.stdin); sys.exit(0 if ($condition) else 1)" 2>/dev/null; then
+        body=$(health)
+        ok=1
+        for wanted in "$@"; do
+            [[ $body == *"$wanted"* ]] || { ok=0; break; }
+        done
+        if ((ok)); then
             echo $(($(now_ms) - started))
             return
         fi
-        (($(now_ms) - started < deadline * 1000)) || { echo "timed out waiting for: $condition" >&2; exit 1; }
+        (($(now_ms) - started < deadline * 1000)) || { echo "timed out waiting for /health to show: $*" >&2; exit 1; }
         sleep 0.05
     done
 }
@@ -110,13 +118,13 @@ wait_health() { # wait_health <python condition on h> <deadline s>: prints ms wa
 # 1. Baseline: nothing held; the state topic read to its end.
 t0=$(now_ms)
 start_worker "$WORK/worker-1.log"
-baseline_ms=$(wait_health "$t0" "h['delay']['state_caught_up'] and h['delay']['pending_sessions'] == 0" 120)
+baseline_ms=$(wait_health "$t0" 120 '"state_caught_up":true' '"pending_sessions":0,')
 baseline_rss=$(rss_kib "$WORKER")
 
 # 2. Intake.
 t1=$(now_ms)
 kcat -b "$B" -P -t bench.poweroff -K '\t' -l "$WORK/poweroff.txt"
-intake_ms=$(wait_health "$t1" "h['delay']['pending_sessions'] == $SESSIONS" 600)
+intake_ms=$(wait_health "$t1" 600 "\"pending_sessions\":$SESSIONS,")
 held_rss=$(rss_kib "$WORKER")
 store_kib=$(du -k "$WORK/volume/pipeline-cooling-bench.pending.sqlite"* | awk '{s += $1} END {print s}')
 
@@ -125,21 +133,21 @@ kill -KILL "$WORKER"
 wait "$WORKER" 2>/dev/null || true
 t2=$(now_ms)
 start_worker "$WORK/worker-2.log"
-resume_ms=$(wait_health "$t2" "h['delay']['state_caught_up'] and h['delay']['pending_sessions'] == $SESSIONS" 120)
+resume_ms=$(wait_health "$t2" 120 '"state_caught_up":true' "\"pending_sessions\":$SESSIONS,")
 resumed_rss=$(rss_kib "$WORKER")
 elapsed_s=$(( ($(now_ms) - t1) / 1000 ))
 ((elapsed_s < hold_secs)) || echo "  note: intake and restart took ${elapsed_s}s, not less than the hold ($HOLD): some sessions were due before the restart" >&2
 
 # 4. Emission: every session released.
 t3=$(now_ms)
-wait_health "$t3" "h['delay']['pending_sessions'] == 0" $((hold_secs + 600)) >/dev/null
+wait_health "$t3" $((hold_secs + 600)) '"pending_sessions":0,' >/dev/null
 curl -sf "http://$(cat "$WORK/addr")/metrics" >"$WORK/metrics.txt"
 kcat -b "$B" -C -t bench.poweroff -o beginning -e -q -f '%k\t%T\n' >"$WORK/in.tsv"
 kcat -b "$B" -C -t bench.demise -o beginning -e -q -f '%k\t%T\n' >"$WORK/out.tsv"
 
 python3 - "$WORK" "$SESSIONS" "$hold_secs" "$baseline_ms" "$intake_ms" "$resume_ms" \
     "$baseline_rss" "$held_rss" "$resumed_rss" "$store_kib" <<'PY'
-import sys, collections
+import collections, re, sys
 work, n, hold = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 baseline_ms, intake_ms, resume_ms = map(int, sys.argv[4:7])
 baseline_rss, held_rss, resumed_rss, store_kib = map(int, sys.argv[7:11])
@@ -164,7 +172,7 @@ def pct(values, p):
 buckets = []
 for line in open(f"{work}/metrics.txt"):
     if line.startswith("worker_delay_emit_lateness_seconds_bucket"):
-        le = line.split('le="')[1].split('"')[0]
+        le = re.search(r'[{,]le="([^"]+)"', line)[1]
         buckets.append((float("inf") if le == "+Inf" else float(le), float(line.split()[-1])))
 total = buckets[-1][1] if buckets else 0
 def hist_pct(p):

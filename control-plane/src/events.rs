@@ -56,6 +56,9 @@ pub enum Lifecycle {
     WorkerReaped,
     /// A worker of an unknown client or a removed role was removed.
     WorkerRemoved,
+    /// A pipeline the client's registration asked for will not run (the detail says
+    /// which and why).
+    PipelineRefused,
 }
 
 impl Lifecycle {
@@ -80,6 +83,7 @@ impl Lifecycle {
             Lifecycle::WorkerRestartedByOperator => "worker_restarted_by_operator",
             Lifecycle::WorkerReaped => "worker_reaped",
             Lifecycle::WorkerRemoved => "worker_removed",
+            Lifecycle::PipelineRefused => "pipeline_refused",
         }
     }
 

@@ -22,6 +22,7 @@ pub mod ingest;
 pub mod input;
 pub mod liveness;
 pub mod metrics;
+pub mod pipelines;
 pub mod plan;
 pub mod publisher;
 pub mod refill;

@@ -54,6 +54,8 @@ pub struct ControlPlaneMetrics {
     pub clients: Family<StateLabel, Gauge>,
     pub workers: Family<StateLabel, Gauge>,
     pub admission_refused: Family<ReasonLabel, Counter>,
+    /// Pipelines a registration asked for that will not run, by reason.
+    pub pipeline_requests_refused: Family<ReasonLabel, Counter>,
     /// Registrations of clients not admitted yet that were put in (or repeated in) the
     /// waiting room, or not kept because it was full.
     pub admission_deferred: Family<ReasonLabel, Counter>,
@@ -98,6 +100,7 @@ impl ControlPlaneMetrics {
             clients: Family::default(),
             workers: Family::default(),
             admission_refused: Family::default(),
+            pipeline_requests_refused: Family::default(),
             admission_deferred: Family::default(),
             admission_waiting: Gauge::default(),
             admission_refills: Counter::default(),
@@ -187,6 +190,11 @@ impl ControlPlaneMetrics {
             "admission_refused",
             "Registrations refused for good, by reason (not_allowed, reserved_id)",
             metrics.admission_refused.clone(),
+        );
+        registry.register(
+            "pipeline_requests_refused",
+            "Pipelines a registration asked for that will not run, by reason (unknown, not_requestable, not_a_list, too_many)",
+            metrics.pipeline_requests_refused.clone(),
         );
         registry.register(
             "admission_deferred",

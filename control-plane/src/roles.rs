@@ -10,7 +10,7 @@
 //! env = { WORKER_BATCH_MAX_RECORDS = "5000" }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -197,30 +197,53 @@ impl RoleSet {
         parts
     }
 
-    /// Each default pipeline's part: `--role pipeline --pipeline <name>`, and its own
-    /// text of the templates file in `WORKER_PIPELINES_TOML`, so the worker needs no file
-    /// of the host's and a change to the pipeline changes its spec (and recreates it).
+    /// Each default pipeline's part.
     fn pipeline_parts(&self, base_env: &[(String, String)]) -> Vec<SharedRoleParts> {
-        let image: Arc<str> = self.image.as_str().into();
-        let role = Role::Pipeline.as_str();
         self.pipelines
             .iter()
             .filter(|pipeline| pipeline.default)
+            .map(|pipeline| self.pipeline_part(pipeline, base_env))
+            .collect()
+    }
+
+    /// The part of each pipeline a registration may ask for, by name.
+    pub fn requestable_parts(
+        &self,
+        base_env: &[(String, String)],
+    ) -> HashMap<String, SharedRoleParts> {
+        self.pipelines
+            .iter()
+            .filter(|pipeline| pipeline.requestable && !pipeline.default)
             .map(|pipeline| {
-                let mut env: BTreeMap<String, String> = base_env.iter().cloned().collect();
-                env.insert("WORKER_PIPELINES_TOML".into(), pipeline.source.clone());
-                let args = ["--role", role, "--pipeline", pipeline.name.as_str()];
-                SharedRoleParts {
-                    role: role.into(),
-                    instance: Some(pipeline.name.as_str().into()),
-                    image: image.clone(),
-                    args: args.iter().map(|a| a.to_string()).collect(),
-                    env: Arc::new(env),
-                    memory_limit_mb: Some(256),
-                    cpu_limit: Some(0.5),
-                }
+                (
+                    pipeline.name.clone(),
+                    self.pipeline_part(pipeline, base_env),
+                )
             })
             .collect()
+    }
+
+    /// A pipeline's part: `--role pipeline --pipeline <name>`, and its own text of the
+    /// templates file in `WORKER_PIPELINES_TOML`, so the worker needs no file of the
+    /// host's and a change to the pipeline changes its spec (and recreates it).
+    fn pipeline_part(
+        &self,
+        pipeline: &PipelineTemplate,
+        base_env: &[(String, String)],
+    ) -> SharedRoleParts {
+        let role = Role::Pipeline.as_str();
+        let mut env: BTreeMap<String, String> = base_env.iter().cloned().collect();
+        env.insert("WORKER_PIPELINES_TOML".into(), pipeline.source.clone());
+        let args = ["--role", role, "--pipeline", pipeline.name.as_str()];
+        SharedRoleParts {
+            role: role.into(),
+            instance: Some(pipeline.name.as_str().into()),
+            image: self.image.as_str().into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            env: Arc::new(env),
+            memory_limit_mb: Some(256),
+            cpu_limit: Some(0.5),
+        }
     }
 
     fn role_parts(&self, base_env: &[(String, String)]) -> Vec<SharedRoleParts> {

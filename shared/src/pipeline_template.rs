@@ -55,6 +55,9 @@ pub struct PipelineTemplate {
     pub output: String,
     /// Run for every client, unless the operator configures otherwise.
     pub default: bool,
+    /// A client's registration may ask for it (`"pipelines": ["<name>"]`): the operator's
+    /// allowlist. A pipeline neither default nor requestable runs for no client.
+    pub requestable: bool,
     pub stages: Vec<Stage>,
     /// Its own text in the file, from its `[[pipeline]]` header to the next: a templates
     /// file of this pipeline alone, which the control plane hands to its workers (so a
@@ -73,6 +76,8 @@ struct RawTemplate {
     output: String,
     #[serde(default)]
     default: bool,
+    #[serde(default)]
+    requestable: bool,
     #[serde(default, rename = "stage")]
     stages: Vec<toml::Table>,
 }
@@ -331,6 +336,7 @@ impl PipelineTemplates {
                 input: pipeline.input,
                 output: pipeline.output,
                 default: pipeline.default,
+                requestable: pipeline.requestable,
                 stages,
             });
         }

@@ -84,3 +84,110 @@ async fn a_registered_client_gets_its_default_pipelines_which_process_its_record
     .with_context(|| plane.log_tail())?;
     Ok(())
 }
+
+on_both_brokers!(
+    a_registration_gets_the_requestable_pipelines_it_asks_for_and_a_reason_for_the_rest
+);
+
+/// A pipeline marked `requestable` runs for a client whose registration asks for it; a
+/// name the operator did not allow, or does not define, is refused with a lifecycle event
+/// saying why and never runs; registering again without asking removes it.
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
+async fn a_registration_gets_the_requestable_pipelines_it_asks_for_and_a_reason_for_the_rest(
+    kind: BrokerKind,
+) -> Result<()> {
+    let broker = broker_or_skip!(kind);
+    let b = &broker.bootstrap;
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/pipelines/traffic-flatten.toml");
+    let text = std::fs::read_to_string(example)?;
+    let templates = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        templates.path(),
+        text.replace(
+            "output = \"traffic-events\"\n",
+            "output = \"traffic-events\"\nrequestable = true\n",
+        ) + &text
+            .replace("name = \"traffic-flatten\"", "name = \"traffic-internal\"")
+            .replace(
+                "output = \"traffic-events\"",
+                "output = \"traffic-internal\"",
+            ),
+    )?;
+    kcat_produce(b, "traffic-raw", "setup::0", Some("{}"), None)?;
+    let plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            extra_env: vec![(
+                "CP_PIPELINES_FILE".into(),
+                templates.path().display().to_string(),
+            )],
+            ..Default::default()
+        },
+    )?;
+    let client = "metro-sf";
+    let register = |pipelines: Option<&str>| {
+        let mut registration: Value = serde_json::from_str(&chart_registration(client))?;
+        if let Some(pipelines) = pipelines {
+            registration["pipelines"] = serde_json::from_str(pipelines)?;
+        }
+        kcat_produce(
+            b,
+            "cluster.registry",
+            client,
+            Some(&registration.to_string()),
+            None,
+        )
+    };
+    register(Some(
+        r#"["traffic-flatten", "traffic-internal", "no-such"]"#,
+    ))?;
+    let pipeline = "kg-pipeline-traffic-flatten.metro-sf";
+    poll(
+        "the roles and the requested pipeline",
+        Duration::from_secs(60),
+        || {
+            let running = plane.running_workers(client);
+            (running.len() == 4 && running.iter().any(|(name, _)| name == pipeline)).then_some(())
+        },
+    )
+    .with_context(|| plane.log_tail())?;
+    let (_, body) = plane.get(&format!("/clients/{client}/events"))?;
+    let events: Value = serde_json::from_str(&body)?;
+    let refused: Vec<&str> = events
+        .as_array()
+        .or_else(|| events["events"].as_array())
+        .context("events")?
+        .iter()
+        .filter(|e| e["event"] == "pipeline_refused")
+        .filter_map(|e| e["detail"].as_str())
+        .collect();
+    assert_eq!(
+        refused,
+        [
+            r#""traffic-internal": the templates file does not let clients ask for it (requestable = false)"#,
+            r#""no-such": no pipeline of that name in the templates file"#
+        ],
+        "{body}"
+    );
+    assert_eq!(
+        plane.metric(r#"cp_pipeline_requests_refused_total{reason="not_requestable"}"#),
+        1.0
+    );
+    assert!(!plane
+        .worker_dirs()
+        .iter()
+        .any(|name| name.contains("traffic-internal")));
+
+    register(None)?;
+    poll(
+        "the requested pipeline removed",
+        Duration::from_secs(60),
+        || {
+            let dirs = plane.worker_dirs();
+            (dirs.len() == 3 && !dirs.iter().any(|name| name == pipeline)).then_some(())
+        },
+    )
+    .with_context(|| plane.log_tail())?;
+    Ok(())
+}

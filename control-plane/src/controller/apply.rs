@@ -229,10 +229,17 @@ impl Controller {
     ) {
         let client = registration.client_id.clone();
         let split = registration.recovered_from_split;
+        let requests = crate::pipelines::requested(
+            registration.fields.get(crate::pipelines::FIELD),
+            &self.pipelines,
+        );
         match self.writer.register(registration, at, now) {
             Applied::Registered { first_time } => {
                 self.metrics.registrations.inc();
                 self.data_to_remove.remove(client.as_str());
+                // What it asks for may have changed: its specs are rendered again.
+                self.specs.remove(&client);
+                self.refuse_pipelines(&client, &requests.refused);
                 if first_time {
                     self.lifecycle(
                         client.as_str(),
@@ -248,6 +255,25 @@ impl Controller {
                 info!(client_id = %client, "registration older than the latest registry event; ignored");
             }
             _ => {}
+        }
+    }
+
+    /// Reports each pipeline a registration asked for that will not run: a lifecycle
+    /// event (counted, logged, in the client's events), and a count by reason.
+    fn refuse_pipelines(&mut self, client: &ClientId, refused: &[crate::pipelines::Refused]) {
+        for refusal in refused {
+            self.metrics
+                .pipeline_requests_refused
+                .get_or_create(&ReasonLabel {
+                    reason: refusal.reason.code().into(),
+                })
+                .inc();
+            self.lifecycle(
+                client.as_str(),
+                Lifecycle::PipelineRefused,
+                None,
+                refusal.to_string(),
+            );
         }
     }
 }

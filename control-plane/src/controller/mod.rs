@@ -105,6 +105,10 @@ pub struct Controller {
     shared: Option<(ClientId, Arc<[WorkerSpec]>)>,
     /// Each role's environment, shared by all specs.
     role_parts: Vec<SharedRoleParts>,
+    /// The operator's pipeline templates, for what registrations ask for.
+    pipelines: Vec<kg_shared::pipeline_template::PipelineTemplate>,
+    /// The part of each pipeline a registration may ask for, by name.
+    requestable_parts: HashMap<String, SharedRoleParts>,
     /// Restart policy by role.
     policies: HashMap<String, RestartPolicy>,
     /// What is remembered per worker: supervision, health, phase shown, orphan hold.
@@ -154,6 +158,7 @@ impl Controller {
     ) -> Self {
         let admission = Admission::new(settings.admission.clone());
         let role_parts = roles.shared_parts(&base_env);
+        let requestable_parts = roles.requestable_parts(&base_env);
         let shared = settings.event_attributor.then(|| {
             let client = ClientId::parse(crate::roles::SHARED_CLIENT).expect("a valid id");
             let env: Vec<(String, String)> = base_env
@@ -182,6 +187,8 @@ impl Controller {
             specs: shared.iter().cloned().collect(),
             shared,
             role_parts,
+            pipelines: roles.pipelines.clone(),
+            requestable_parts,
             policies,
             workers: Workers::default(),
             in_flight: InFlight::new(),

@@ -200,7 +200,20 @@ impl Controller {
             let specs = self
                 .specs
                 .entry(record.client_id.clone())
-                .or_insert_with(|| RoleSet::render_with(&record.client_id, &self.role_parts).into())
+                .or_insert_with(|| {
+                    // The roles, the default pipelines, and the requestable pipelines the
+                    // latest registration asked for (refusals were reported when it came).
+                    let field = crate::pipelines::field_of(record.registration.get());
+                    let requests = crate::pipelines::requested(field.as_ref(), &self.pipelines);
+                    let mut parts = self.role_parts.clone();
+                    parts.extend(
+                        requests
+                            .accepted
+                            .iter()
+                            .filter_map(|name| self.requestable_parts.get(name).cloned()),
+                    );
+                    RoleSet::render_with(&record.client_id, &parts).into()
+                })
                 .clone();
             clients.push(DesiredClient {
                 client_id: record.client_id.clone(),

@@ -727,3 +727,83 @@ async fn a_healthy_run_resets_the_backoff() {
     crash_and_wait(10).await;
     h.stop().await;
 }
+
+/// A registration of `id` with `extra` JSON fields.
+fn registration_with(id: &str, extra: &str) -> Input {
+    let value = format!(r#"{{"client_id":"{id}","cluster_name":"prod-eu",{extra}}}"#);
+    Input::Registry {
+        message: decode_registry(Some(id.as_bytes()), Some(value.as_bytes())).unwrap(),
+        at: start(),
+        arrival: next_arrival(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registration_runs_the_requestable_pipelines_it_asks_for_and_each_refusal_is_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("pipelines.toml");
+    let pipeline = |name: &str, flags: &str| {
+        format!("[[pipeline]]\nname = \"{name}\"\ninput = [\"in-{name}\"]\noutput = \"out-{name}\"\n{flags}\n[[pipeline.stage]]\nkind = \"enrich\"\nprocessor_id = \"p\"\n\n")
+    };
+    std::fs::write(
+        &path,
+        pipeline("alerts", "default = true")
+            + &pipeline("traffic", "requestable = true")
+            + &pipeline("internal", ""),
+    )
+    .unwrap();
+    let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
+    let roles = RoleSet::builtin(&enabled, DEFAULT_IMAGE)
+        .unwrap()
+        .with_pipelines(Some(&path))
+        .unwrap();
+    let h = harness_with_roles(roles, |_| {});
+    h.inputs.send(Input::RegistryReplayed).await.unwrap();
+    h.inputs
+        .send(registration_with(
+            "af-9",
+            r#""pipelines":["traffic","internal","nope"]"#,
+        ))
+        .await
+        .unwrap();
+    eventually(
+        "the roles, the default and the requested pipeline started",
+        || h.runtime.calls_of("start").len() == 5,
+    )
+    .await;
+    let created = h.runtime.calls_of("create");
+    assert!(
+        created.contains(&"kg-pipeline-traffic.af-9".to_string()),
+        "{created:?}"
+    );
+    assert!(
+        created.contains(&"kg-pipeline-alerts.af-9".to_string()),
+        "{created:?}"
+    );
+    assert!(
+        !created.iter().any(|name| name.contains("internal")),
+        "{created:?}"
+    );
+    let refusals: Vec<String> = h
+        .events
+        .last("af-9", 100)
+        .into_iter()
+        .filter(|e| e.event == crate::events::Lifecycle::PipelineRefused)
+        .map(|e| e.detail)
+        .collect();
+    assert_eq!(
+        refusals,
+        [
+            r#""internal": the templates file does not let clients ask for it (requestable = false)"#,
+            r#""nope": no pipeline of that name in the templates file"#
+        ]
+    );
+
+    // Registered again without asking: the requested pipeline's worker goes, the rest stay.
+    h.inputs.send(registration("af-9")).await.unwrap();
+    eventually("the requested pipeline removed", || {
+        h.runtime.calls_of("remove") == ["kg-pipeline-traffic.af-9"]
+    })
+    .await;
+    h.stop().await;
+}

@@ -99,16 +99,22 @@ fn humanize(duration: std::time::Duration) -> String {
 
 /// Sessions let go, by outcome, from the metric family.
 fn released(metrics: &WorkerMetrics) -> serde_json::Map<String, Value> {
-    ["emitted", "diverted", "dropped", "dead_lettered", "superseded"]
-        .into_iter()
-        .map(|outcome| {
-            let count = metrics
-                .delay_released
-                .get_or_create(&crate::metrics::OutcomeLabel {
-                    outcome: outcome.into(),
-                })
-                .get();
-            (outcome.to_string(), json!(count))
-        })
-        .collect()
+    [
+        "emitted",
+        "diverted",
+        "dropped",
+        "dead_lettered",
+        "superseded",
+    ]
+    .into_iter()
+    .map(|outcome| {
+        let count = metrics
+            .delay_released
+            .get_or_create(&crate::metrics::OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get();
+        (outcome.to_string(), json!(count))
+    })
+    .collect()
 }

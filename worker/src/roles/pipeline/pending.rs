@@ -186,16 +186,25 @@ impl PendingStore {
         })
     }
 
-    /// Up to `limit` sessions whose next check is at or before `now_ms`, earliest first.
-    pub fn to_check(&self, now_ms: i64, limit: usize) -> Result<Vec<HeldSession>, PendingError> {
+    /// Sessions whose next check is at or before `now_ms`, earliest first: up to `limit`,
+    /// and no more once their records reach `max_bytes` (at least one is returned).
+    pub fn to_check(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<HeldSession>, PendingError> {
         self.with(|conn| {
             let mut query = conn.prepare_cached(
                 "SELECT session, kafka_key, record, source_topic, source_partition,
                         source_offset, held_at_ms, due_ms, next_check_ms
                  FROM held WHERE next_check_ms <= ?1 ORDER BY next_check_ms LIMIT ?2",
             )?;
-            let rows = query.query_map(params![now_ms, limit as i64], |row| {
-                Ok(HeldSession {
+            let mut rows = query.query(params![now_ms, limit as i64])?;
+            let mut sessions = Vec::new();
+            let mut bytes = 0;
+            while let Some(row) = rows.next()? {
+                let session = HeldSession {
                     session: row.get(0)?,
                     kafka_key: row.get(1)?,
                     record: row.get(2)?,
@@ -205,9 +214,14 @@ impl PendingStore {
                     held_at_ms: row.get(6)?,
                     due_ms: row.get(7)?,
                     next_check_ms: row.get(8)?,
-                })
-            })?;
-            rows.collect()
+                };
+                bytes += session.record.len();
+                sessions.push(session);
+                if bytes >= max_bytes {
+                    break;
+                }
+            }
+            Ok(sessions)
         })
     }
 
@@ -323,14 +337,23 @@ mod tests {
             assert_eq!(store.hold(&[redelivered]).unwrap(), Holding::default());
         }
         let store = PendingStore::open(&path).unwrap();
-        assert_eq!(names(store.to_check(20, 10).unwrap()), ["a", "b"]);
-        assert_eq!(store.to_check(20, 10).unwrap()[0], session("a", 10));
+        assert_eq!(
+            names(store.to_check(20, 10, usize::MAX).unwrap()),
+            ["a", "b"]
+        );
+        assert_eq!(
+            store.to_check(20, 10, usize::MAX).unwrap()[0],
+            session("a", 10)
+        );
         assert_eq!(store.stats().unwrap(), (3, Some(1010)));
         assert_eq!(store.next_check().unwrap(), Some(10));
 
         store.recheck(&[(session("a", 10).version(), 25)]).unwrap();
         store.release(&[session("b", 20).version()]).unwrap();
-        assert_eq!(names(store.to_check(30, 10).unwrap()), ["a", "c"]);
+        assert_eq!(
+            names(store.to_check(30, 10, usize::MAX).unwrap()),
+            ["a", "c"]
+        );
         assert_eq!(store.stats().unwrap().0, 2);
         store
             .release(&[session("a", 10).version(), session("c", 30).version()])
@@ -340,13 +363,33 @@ mod tests {
     }
 
     #[test]
+    fn a_check_batch_stops_at_its_bytes_but_holds_at_least_one_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "cooling")).unwrap();
+        store
+            .hold(&[session("a", 1), session("b", 2), session("c", 3)])
+            .unwrap();
+        let size = session("a", 1).record.len();
+        assert_eq!(names(store.to_check(10, 10, 2 * size).unwrap()), ["a", "b"]);
+        assert_eq!(names(store.to_check(10, 10, 1).unwrap()), ["a"]);
+        assert_eq!(
+            names(store.to_check(10, 2, usize::MAX).unwrap()),
+            ["a", "b"]
+        );
+    }
+
+    #[test]
     fn a_later_record_replaces_a_held_session_and_the_earlier_version_is_not_released() {
         let dir = tempfile::tempdir().unwrap();
         let store = PendingStore::open(&store_path(dir.path(), "cooling")).unwrap();
         let first = session("a", 10);
         store.hold(std::slice::from_ref(&first)).unwrap();
         // The scheduler reads the first version; a later poweroff replaces it meanwhile.
-        let read = store.to_check(10, 10).unwrap().remove(0).version();
+        let read = store
+            .to_check(10, 10, usize::MAX)
+            .unwrap()
+            .remove(0)
+            .version();
         let second = HeldSession {
             source_offset: 9,
             held_at_ms: 5,
@@ -367,7 +410,7 @@ mod tests {
         store.recheck(&[(read.clone(), 11)]).unwrap();
         store.release(&[read]).unwrap();
         assert_eq!(
-            store.to_check(i64::MAX, 10).unwrap(),
+            store.to_check(i64::MAX, 10, usize::MAX).unwrap(),
             std::slice::from_ref(&second)
         );
         store.release(&[second.version()]).unwrap();

@@ -29,8 +29,10 @@ use super::{Record, Stages};
 use crate::metrics::{OutcomeLabel, ReasonLabel, WorkerMetrics};
 use crate::pipeline::{is_permanent, MAX_OUTPUT_BYTES};
 
-/// Sessions checked per pass.
-const CHECK_BATCH: usize = 1000;
+/// Sessions checked per pass, at most; and at most this many bytes of their records, so
+/// a pass of large records stays small in memory.
+const CHECK_BATCH: usize = 10_000;
+const CHECK_BATCH_BYTES: usize = 16 * 1024 * 1024;
 /// The longest the scheduler sleeps: the loop may hold a session due sooner meanwhile.
 const MAX_WAIT: Duration = Duration::from_secs(1);
 /// How long a session whose emission failed for now waits before it is tried again.
@@ -169,7 +171,10 @@ impl DelayTask {
         metrics: &WorkerMetrics,
         now: DateTime<Utc>,
     ) -> Result<(), PendingError> {
-        let sessions = blocking(|| self.store.to_check(now.timestamp_millis(), CHECK_BATCH))?;
+        let sessions = blocking(|| {
+            self.store
+                .to_check(now.timestamp_millis(), CHECK_BATCH, CHECK_BATCH_BYTES)
+        })?;
         let Pass {
             mut rechecks,
             dropped,
@@ -511,7 +516,7 @@ mod tests {
         assert_eq!(metrics.delay_violations.get(), 1);
         assert_eq!(metrics.dlq_total.get(), 1);
         assert_eq!(metrics.records_out.get(), 1);
-        let left = task.store.to_check(i64::MAX, 10).unwrap();
+        let left = task.store.to_check(i64::MAX, 10, usize::MAX).unwrap();
         assert_eq!(left.len(), 1, "{left:?}");
         assert_eq!(left[0].session, "srv-4");
 
@@ -529,7 +534,7 @@ mod tests {
         task.pass(&producer, &metrics, now).await.unwrap();
         let srv5 = task
             .store
-            .to_check(i64::MAX, 10)
+            .to_check(i64::MAX, 10, usize::MAX)
             .unwrap()
             .into_iter()
             .find(|s| s.session == "srv-5")

@@ -284,7 +284,11 @@ fn the_handler_holds_each_session_once_and_keeps_it_only_when_flushed() {
     );
     handler.flush().unwrap();
     assert_eq!(task.store.stats().unwrap().0, 1);
-    let session = task.store.to_check(i64::MAX, 10).unwrap().remove(0);
+    let session = task
+        .store
+        .to_check(i64::MAX, 10, usize::MAX)
+        .unwrap()
+        .remove(0);
     assert_eq!(session.source_offset, 18);
     assert_eq!(
         (
