@@ -77,6 +77,11 @@ pub struct RunArgs {
     #[arg(long = "chart-version", env = "CHART_VERSION")]
     pub chart_version: Option<String>,
 
+    /// Pipelines to ask the control plane for beyond its defaults, comma separated (names
+    /// the operator made requestable), sent with the registration.
+    #[arg(long = "pipelines", env = "PIPELINES", value_delimiter = ',')]
+    pub pipelines: Vec<String>,
+
     /// Send heartbeats (the control plane reaps a client's workers without them).
     #[arg(long = "heartbeat-enabled", env = "HEARTBEAT_ENABLED", default_value_t = true, action = clap::ArgAction::Set)]
     pub heartbeat_enabled: bool,
@@ -270,6 +275,13 @@ mod tests {
         assert!(cli.run.validate().is_err());
         let cli = parse(&["--client-id", "a"]);
         assert!(cli.run.namespaces().unwrap().is_empty());
+    }
+
+    #[test]
+    fn pipelines_are_a_comma_separated_list() {
+        let cli = parse(&["--client-id", "a", "--pipelines", "traffic-flatten,alerts"]);
+        assert_eq!(cli.run.pipelines, ["traffic-flatten", "alerts"]);
+        assert!(parse(&["--client-id", "a"]).run.pipelines.is_empty());
     }
 
     #[test]

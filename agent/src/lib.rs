@@ -137,6 +137,7 @@ pub async fn run(
                 Some(&cluster),
                 run.chart_version.as_deref(),
                 &watches,
+                &messages::requested_pipelines(&run.pipelines),
                 Utc::now(),
             );
             // No deadline: an agent that cannot register has nothing better to do.

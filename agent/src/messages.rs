@@ -30,6 +30,9 @@ pub struct Registration<'a> {
     pub chart_version: Option<&'a str>,
     pub timestamp: String,
     pub watches: &'a Watches,
+    /// Pipelines asked for beyond the control plane's defaults; absent when none.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub pipelines: &'a [String],
 }
 
 /// The counters a heartbeat carries.
@@ -63,12 +66,23 @@ fn timestamp(now: DateTime<Utc>) -> String {
     now.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// The pipeline names as configured (`PIPELINES=a,b`), trimmed, empty ones dropped (an
+/// empty `PIPELINES` asks for none).
+pub fn requested_pipelines(configured: &[String]) -> Vec<String> {
+    configured
+        .iter()
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
 /// The registration record: key and JSON value.
 pub fn registration(
     client: &ClientId,
     cluster_name: Option<&str>,
     chart_version: Option<&str>,
     watches: &Watches,
+    pipelines: &[String],
     now: DateTime<Utc>,
 ) -> (String, Vec<u8>) {
     let cluster_name = cluster_name
@@ -82,6 +96,7 @@ pub fn registration(
         chart_version: chart_version.filter(|version| !version.is_empty()),
         timestamp: timestamp(now),
         watches,
+        pipelines,
     };
     (
         client.as_str().to_string(),
@@ -124,13 +139,37 @@ mod tests {
     }
 
     #[test]
+    fn pipelines_asked_for_go_in_the_registration_and_none_leaves_the_field_out() {
+        let watches = Watches {
+            events: true,
+            resources: vec![],
+            namespaces: vec![],
+        };
+        let asked = requested_pipelines(&[" traffic-flatten".into(), "".into()]);
+        let (_, value) = registration(&client(), None, None, &watches, &asked, now());
+        let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert_eq!(json["pipelines"], serde_json::json!(["traffic-flatten"]));
+        let none = requested_pipelines(&["".into()]);
+        let (_, value) = registration(&client(), None, None, &watches, &none, now());
+        let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        assert!(json.get("pipelines").is_none(), "{json}");
+    }
+
+    #[test]
     fn the_registration_is_one_json_object_keyed_by_the_client_id() {
         let watches = Watches {
             events: true,
             resources: vec!["Pod", "Node"],
             namespaces: vec![],
         };
-        let (key, value) = registration(&client(), Some("prod-eu"), Some("3.0.0"), &watches, now());
+        let (key, value) = registration(
+            &client(),
+            Some("prod-eu"),
+            Some("3.0.0"),
+            &watches,
+            &[],
+            now(),
+        );
         assert_eq!(key, "af-9");
         let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
         assert_eq!(json["client_id"], "af-9");
@@ -162,7 +201,7 @@ mod tests {
             namespaces: vec![],
         };
         for name in [None, Some(""), Some("  ")] {
-            let (_, value) = registration(&client(), name, None, &watches, now());
+            let (_, value) = registration(&client(), name, None, &watches, &[], now());
             let json: serde_json::Value = serde_json::from_slice(&value).unwrap();
             assert_eq!(json["cluster_name"], "af-9");
             assert!(json.get("chart_version").is_none());

@@ -5,8 +5,9 @@
 //! Kubernetes API (the fake API server, through `KUBECONFIG` instead of the in-cluster
 //! service account) and a port of its own (`LISTEN_ADDR`). The control plane starts the
 //! client's workers on its registration, they consume what the agent produced, and the
-//! graph answers the root-cause query. Then the pre-delete hook Job's command, run the same
-//! way, deregisters the client and the control plane reaps its workers.
+//! graph answers the root-cause query; the pipeline the values ask for (`client.pipelines`)
+//! runs too. Then the pre-delete hook Job's command, run the same way, deregisters the
+//! client and the control plane reaps its workers.
 
 use std::collections::BTreeMap;
 use std::process::Command;
@@ -34,6 +35,8 @@ fn render(helm: &std::path::Path, bootstrap: &str) -> Result<Vec<Value>> {
         ])
         .arg(format!("{CHART}/ci/e2e-values.yaml"))
         .args(["--set", &format!("client.kafka.brokers={bootstrap}")])
+        // The client asks for a pipeline the operator made requestable (below).
+        .args(["--set", "client.pipelines={traffic-flatten}"])
         .output()
         .context("run helm template")?;
     ensure!(
@@ -145,10 +148,34 @@ fn the_rendered_chart_runs_the_agent_into_a_root_cause_answer_and_its_hook_dereg
         return Ok(());
     };
     let broker = Broker::start()?;
+    // The operator's templates: seed 004's example, which clients may ask for.
+    let templates = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        templates.path(),
+        std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/pipelines/traffic-flatten.toml"
+        ))?
+        .replace(
+            "output = \"traffic-events\"\n",
+            "output = \"traffic-events\"\nrequestable = true\n",
+        ),
+    )?;
+    kcat_produce(
+        &broker.bootstrap,
+        "traffic-raw",
+        "setup::0",
+        Some("{}"),
+        None,
+    )?;
     let plane = ControlPlane::start(
         &broker,
         ControlPlaneOptions {
             heartbeat_timeout_secs: 20,
+            extra_env: vec![(
+                "CP_PIPELINES_FILE".into(),
+                templates.path().display().to_string(),
+            )],
             ..ControlPlaneOptions::default()
         },
     )?;
@@ -175,15 +202,25 @@ fn the_rendered_chart_runs_the_agent_into_a_root_cause_answer_and_its_hook_dereg
         env_map.get("KAFKA_BOOTSTRAP_SERVERS") == Some(&broker.bootstrap),
         "{env_map:?}"
     );
+    ensure!(
+        env_map.get("PIPELINES").map(String::as_str) == Some("traffic-flatten"),
+        "{env_map:?}"
+    );
     let mut pod_env = env.clone();
     pod_env.push(("KUBECONFIG".into(), kube.kubeconfig().display().to_string()));
     pod_env.push(("LISTEN_ADDR".into(), format!("127.0.0.1:{}", free_port()?)));
     let agent = Agent::start(&pod_env, &args(container))?;
     let agent_log = || agent.log();
     let result = (|| -> Result<()> {
-        // Registered by the agent alone: the control plane starts the client's workers.
+        // Registered by the agent alone: the control plane starts the client's workers,
+        // and the pipeline the chart's values asked for.
         poll("the client's workers", Duration::from_secs(90), || {
-            (plane.running_workers(CLIENT).len() == 3).then_some(())
+            let running = plane.running_workers(CLIENT);
+            (running.len() == 4
+                && running
+                    .iter()
+                    .any(|(name, _)| name == &format!("kg-pipeline-traffic-flatten.{CLIENT}")))
+            .then_some(())
         })
         .with_context(|| format!("{}\n{}", agent_log(), plane.log_tail()))?;
         let client = plane.client(CLIENT).context("client")?;

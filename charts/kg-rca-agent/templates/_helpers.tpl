@@ -191,6 +191,10 @@ is always rendered, so `helm template` and `helm install` both stop on them.
   value: {{ include "kg-rca-agent.clusterName" . | quote }}
 - name: CHART_VERSION
   value: {{ .Chart.Version | quote }}
+{{- with .Values.client.pipelines }}
+- name: PIPELINES
+  value: {{ join "," . | quote }}
+{{- end }}
 - name: KAFKA_BOOTSTRAP_SERVERS
   value: {{ .Values.client.kafka.brokers | toString | trim | quote }}
 - name: KAFKA_SECURITY_PROTOCOL
