@@ -177,7 +177,8 @@ impl Admission {
 
     /// Takes a registration of a client that is not admitted: refused for good when the
     /// allowlist does not name it, otherwise waiting for its turn. A repeat keeps the
-    /// earlier arrival (its place in the line) and takes the newer metadata.
+    /// earlier arrival (its place in the line) and takes the newer metadata, unless it is
+    /// older, or a split fragment while the one held is whole.
     pub fn defer(
         &mut self,
         registration: &Registration,
@@ -191,10 +192,20 @@ impl Admission {
         }
         if let Some(waiting) = self.waiting.get_mut(client) {
             let arrival = waiting.arrival.min(arrival);
-            let at = waiting.at.max(at);
-            let last_heartbeat = waiting.last_heartbeat;
-            *waiting = Waiting::new(registration, at, arrival);
-            waiting.last_heartbeat = last_heartbeat;
+            // The table's rule for admitted clients: an older registration, or a fragment
+            // salvaged from a split 2.1.x record while the one held is whole, does not
+            // replace its metadata (a replayed registry brings records of several
+            // partitions in any order, and the metadata says which pipelines run).
+            let keep_held = at < waiting.at
+                || (registration.recovered_from_split && !waiting.recovered_from_split);
+            if keep_held {
+                waiting.arrival = arrival;
+            } else {
+                let at = waiting.at.max(at);
+                let last_heartbeat = waiting.last_heartbeat;
+                *waiting = Waiting::new(registration, at, arrival);
+                waiting.last_heartbeat = last_heartbeat;
+            }
             return Ok(Deferral::Waiting {
                 again: true,
                 displaced: false,
@@ -450,6 +461,40 @@ mod tests {
     fn line_up(admission: &mut Admission, ids: &[&str]) {
         let positioned: Vec<(&str, i64)> = ids.iter().zip(0..).map(|(id, n)| (*id, n)).collect();
         line_up_at(admission, &positioned);
+    }
+
+    #[test]
+    fn a_waiting_client_keeps_its_newer_whole_registration_over_an_older_or_split_one() {
+        let mut admission = Admission::new(settings());
+        let whole = r#"{"client_id":"a","cluster_name":"prod-eu","pipelines":["traffic"]}"#;
+        let whole = match decode_registry(Some(b"a"), Some(whole.as_bytes())).unwrap() {
+            RegistryMessage::Register(registration) => registration,
+            RegistryMessage::Deregister(_) => unreachable!(),
+        };
+        admission.defer(&whole, t(10), arrival(5)).unwrap();
+        // An older registration read later (another partition of a replayed registry).
+        admission
+            .defer(&registration("a"), t(5), arrival(1))
+            .unwrap();
+        // A 2.1.x colon-split fragment, newer but salvaged.
+        let mut split = registration("a");
+        split.recovered_from_split = true;
+        split.fields.remove("region");
+        admission.defer(&split, t(20), arrival(9)).unwrap();
+        let admitted = admission.admit_waiting(0, none, t(30));
+        assert_eq!(ids(&admitted), ["a"]);
+        assert_eq!(
+            admitted[0].registration.fields.get("pipelines"),
+            Some(&serde_json::json!(["traffic"]))
+        );
+        // A newer whole registration still replaces it.
+        admission.defer(&whole, t(10), arrival(5)).unwrap();
+        admission
+            .defer(&registration("a"), t(40), arrival(6))
+            .unwrap();
+        let admitted = admission.admit_waiting(0, none, t(100));
+        assert_eq!(admitted[0].registration.fields.get("pipelines"), None);
+        assert_eq!(admitted[0].registration.fields["region"], "x");
     }
 
     #[test]

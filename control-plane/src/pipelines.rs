@@ -40,7 +40,8 @@ pub enum RefusalReason {
     Unknown,
     /// Defined, but the operator has not allowed clients to ask for it.
     NotRequestable,
-    /// Past the first [`MAX_REQUESTS`] names.
+    /// Past the first [`MAX_REQUESTS`] names: one refusal, naming the first name past
+    /// them, stands for every name from there on.
     TooMany,
 }
 
@@ -61,7 +62,9 @@ impl RefusalReason {
             RefusalReason::NotAList => "the registration's pipelines field must be a list of names or a comma-separated string",
             RefusalReason::Unknown => "no pipeline of that name in the templates file",
             RefusalReason::NotRequestable => "the templates file does not let clients ask for it (requestable = false)",
-            RefusalReason::TooMany => "a registration may ask for 16 pipelines at most",
+            RefusalReason::TooMany => {
+                "a registration may ask for 16 pipelines at most; this name and every one after it are ignored"
+            }
         }
     }
 }
@@ -103,8 +106,10 @@ pub fn requested(value: Option<&Value>, templates: &[PipelineTemplate]) -> Reque
             reason,
         };
         if seen.len() > MAX_REQUESTS {
+            // One refusal for the whole rest, however long: a registration cannot flood
+            // the client's events.
             requests.refused.push(refuse(RefusalReason::TooMany));
-            continue;
+            break;
         }
         match templates.iter().find(|t| t.name == name) {
             None => requests.refused.push(refuse(RefusalReason::Unknown)),
@@ -214,18 +219,18 @@ processor_id = "p"
     }
 
     #[test]
-    fn past_sixteen_names_the_rest_are_refused_and_long_names_are_cut() {
+    fn past_sixteen_names_one_refusal_stands_for_the_rest_and_long_names_are_cut() {
         let mut names: Vec<String> = (0..MAX_REQUESTS).map(|n| format!("p{n}")).collect();
-        names.push("traffic".into());
         names.push("x".repeat(500));
+        names.extend((0..10_000).map(|n| format!("q{n}")));
+        names.push("traffic".into());
         let requests = requested(Some(&json!(names)), &templates());
         assert!(requests.accepted.is_empty());
-        assert_eq!(requests.refused.len(), MAX_REQUESTS + 2);
-        assert_eq!(
-            requests.refused[MAX_REQUESTS],
-            refused("traffic", RefusalReason::TooMany)
-        );
-        assert_eq!(requests.refused[MAX_REQUESTS + 1].name.len(), 64);
+        // 16 unknown names, then one refusal for the 10,002 after them.
+        assert_eq!(requests.refused.len(), MAX_REQUESTS + 1);
+        let rest = &requests.refused[MAX_REQUESTS];
+        assert_eq!(rest.reason, RefusalReason::TooMany);
+        assert_eq!(rest.name, "x".repeat(64), "cut to 64 characters");
     }
 
     #[test]

@@ -233,13 +233,22 @@ impl Controller {
             registration.fields.get(crate::pipelines::FIELD),
             &self.pipelines,
         );
+        // Refusals are reported when they change, not on every repeat of the same
+        // registration (an agent restarting in a loop, a control plane replaying the
+        // registry), which would push the client's other events out of its list.
+        let refused_before = self.writer.table().get(&client).map(|record| {
+            let field = crate::pipelines::field_of(record.registration.get());
+            crate::pipelines::requested(field.as_ref(), &self.pipelines).refused
+        });
         match self.writer.register(registration, at, now) {
             Applied::Registered { first_time } => {
                 self.metrics.registrations.inc();
                 self.data_to_remove.remove(client.as_str());
                 // What it asks for may have changed: its specs are rendered again.
                 self.specs.remove(&client);
-                self.refuse_pipelines(&client, &requests.refused);
+                if refused_before.as_ref() != Some(&requests.refused) {
+                    self.refuse_pipelines(&client, &requests.refused);
+                }
                 if first_time {
                     self.lifecycle(
                         client.as_str(),

@@ -799,6 +799,28 @@ async fn a_registration_runs_the_requestable_pipelines_it_asks_for_and_each_refu
         ]
     );
 
+    // The same registration again (an agent restarting in a loop): nothing refused anew.
+    h.inputs
+        .send(registration_with(
+            "af-9",
+            r#""pipelines":["traffic","internal","nope"]"#,
+        ))
+        .await
+        .unwrap();
+    eventually("the repeat applied", || {
+        h.table
+            .get(&ClientId::parse("af-9").unwrap())
+            .is_some_and(|record| record.registrations_seen == 2)
+    })
+    .await;
+    let refusals = h
+        .events
+        .last("af-9", 100)
+        .into_iter()
+        .filter(|e| e.event == crate::events::Lifecycle::PipelineRefused)
+        .count();
+    assert_eq!(refusals, 2);
+
     // Registered again without asking: the requested pipeline's worker goes, the rest stay.
     h.inputs.send(registration("af-9")).await.unwrap();
     eventually("the requested pipeline removed", || {
