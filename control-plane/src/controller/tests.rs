@@ -738,10 +738,10 @@ fn registration_with(id: &str, extra: &str) -> Input {
     }
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_registration_runs_the_requestable_pipelines_it_asks_for_and_each_refusal_is_an_event() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("pipelines.toml");
+/// The default roles, and a templates file of pipeline `alerts` (default), `traffic`
+/// (requestable) and `internal` (neither).
+fn roles_with_pipelines(dir: &std::path::Path) -> RoleSet {
+    let path = dir.join("pipelines.toml");
     let pipeline = |name: &str, flags: &str| {
         format!("[[pipeline]]\nname = \"{name}\"\ninput = [\"in-{name}\"]\noutput = \"out-{name}\"\n{flags}\n[[pipeline.stage]]\nkind = \"enrich\"\nprocessor_id = \"p\"\n\n")
     };
@@ -753,19 +753,29 @@ async fn a_registration_runs_the_requestable_pipelines_it_asks_for_and_each_refu
     )
     .unwrap();
     let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
-    let roles = RoleSet::builtin(&enabled, DEFAULT_IMAGE)
+    RoleSet::builtin(&enabled, DEFAULT_IMAGE)
         .unwrap()
         .with_pipelines(Some(&path))
-        .unwrap();
-    let h = harness_with_roles(roles, |_| {});
+        .unwrap()
+}
+
+/// The details of `client`'s `pipeline_refused` events.
+fn pipeline_refusals(h: &Harness, client: &str) -> Vec<String> {
+    h.events
+        .last(client, 100)
+        .into_iter()
+        .filter(|e| e.event == crate::events::Lifecycle::PipelineRefused)
+        .map(|e| e.detail)
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_registration_runs_the_requestable_pipelines_it_asks_for_and_each_refusal_is_an_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness_with_roles(roles_with_pipelines(dir.path()), |_| {});
+    let asking = || registration_with("af-9", r#""pipelines":["traffic","internal","nope"]"#);
     h.inputs.send(Input::RegistryReplayed).await.unwrap();
-    h.inputs
-        .send(registration_with(
-            "af-9",
-            r#""pipelines":["traffic","internal","nope"]"#,
-        ))
-        .await
-        .unwrap();
+    h.inputs.send(asking()).await.unwrap();
     eventually(
         "the roles, the default and the requested pipeline started",
         || h.runtime.calls_of("start").len() == 5,
@@ -784,42 +794,21 @@ async fn a_registration_runs_the_requestable_pipelines_it_asks_for_and_each_refu
         !created.iter().any(|name| name.contains("internal")),
         "{created:?}"
     );
-    let refusals: Vec<String> = h
-        .events
-        .last("af-9", 100)
-        .into_iter()
-        .filter(|e| e.event == crate::events::Lifecycle::PipelineRefused)
-        .map(|e| e.detail)
-        .collect();
-    assert_eq!(
-        refusals,
-        [
-            r#""internal": the templates file does not let clients ask for it (requestable = false)"#,
-            r#""nope": no pipeline of that name in the templates file"#
-        ]
-    );
+    let expected = [
+        r#""internal": the templates file does not let clients ask for it (requestable = false)"#,
+        r#""nope": no pipeline of that name in the templates file"#,
+    ];
+    assert_eq!(pipeline_refusals(&h, "af-9"), expected);
 
     // The same registration again (an agent restarting in a loop): nothing refused anew.
-    h.inputs
-        .send(registration_with(
-            "af-9",
-            r#""pipelines":["traffic","internal","nope"]"#,
-        ))
-        .await
-        .unwrap();
+    h.inputs.send(asking()).await.unwrap();
     eventually("the repeat applied", || {
         h.table
             .get(&ClientId::parse("af-9").unwrap())
             .is_some_and(|record| record.registrations_seen == 2)
     })
     .await;
-    let refusals = h
-        .events
-        .last("af-9", 100)
-        .into_iter()
-        .filter(|e| e.event == crate::events::Lifecycle::PipelineRefused)
-        .count();
-    assert_eq!(refusals, 2);
+    assert_eq!(pipeline_refusals(&h, "af-9"), expected);
 
     // Registered again without asking: the requested pipeline's worker goes, the rest stay.
     h.inputs.send(registration("af-9")).await.unwrap();
