@@ -9,27 +9,31 @@ use anyhow::{Context, Result};
 use kg_tests::*;
 use serde_json::Value;
 
-on_both_brokers!(a_registered_client_gets_its_default_pipelines_which_process_its_records);
-
-async fn a_registered_client_gets_its_default_pipelines_which_process_its_records(
-    kind: BrokerKind,
-) -> Result<()> {
-    let broker = broker_or_skip!(kind);
-    let b = &broker.bootstrap;
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+/// Seed 004's example templates file, as shipped.
+fn example() -> Result<String> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../examples/pipelines/traffic-flatten.toml");
+    Ok(std::fs::read_to_string(path)?)
+}
+
+/// A control plane with the templates file `text` (kept as long as the returned file),
+/// once the example's input topic exists.
+fn plane_with_templates(
+    broker: &Broker,
+    text: &str,
+) -> Result<(ControlPlane, tempfile::NamedTempFile)> {
     let templates = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        templates.path(),
-        std::fs::read_to_string(example)?.replace(
-            "output = \"traffic-events\"\n",
-            "output = \"traffic-events\"\ndefault = true\n",
-        ),
-    )?;
+    std::fs::write(templates.path(), text)?;
     // Not catalog topics: created (by a record of nobody's) before any pipeline starts.
-    kcat_produce(b, "traffic-raw", "setup::0", Some("{}"), None)?;
+    kcat_produce(
+        &broker.bootstrap,
+        "traffic-raw",
+        "setup::0",
+        Some("{}"),
+        None,
+    )?;
     let plane = ControlPlane::start(
-        &broker,
+        broker,
         ControlPlaneOptions {
             extra_env: vec![(
                 "CP_PIPELINES_FILE".into(),
@@ -38,6 +42,21 @@ async fn a_registered_client_gets_its_default_pipelines_which_process_its_record
             ..Default::default()
         },
     )?;
+    Ok((plane, templates))
+}
+
+on_both_brokers!(a_registered_client_gets_its_default_pipelines_which_process_its_records);
+
+async fn a_registered_client_gets_its_default_pipelines_which_process_its_records(
+    kind: BrokerKind,
+) -> Result<()> {
+    let broker = broker_or_skip!(kind);
+    let b = &broker.bootstrap;
+    let text = example()?.replace(
+        "output = \"traffic-events\"\n",
+        "output = \"traffic-events\"\ndefault = true\n",
+    );
+    let (plane, _templates) = plane_with_templates(&broker, &text)?;
     let client = "metro-la";
     let pipeline = "kg-pipeline-traffic-flatten.metro-la";
     register_with_chart(b, client)?;
@@ -98,13 +117,10 @@ async fn a_registration_gets_the_requestable_pipelines_it_asks_for_and_a_reason_
 ) -> Result<()> {
     let broker = broker_or_skip!(kind);
     let b = &broker.bootstrap;
-    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../examples/pipelines/traffic-flatten.toml");
-    let text = std::fs::read_to_string(example)?;
-    let templates = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        templates.path(),
-        text.replace(
+    let text = example()?;
+    let (plane, _templates) = plane_with_templates(
+        &broker,
+        &(text.replace(
             "output = \"traffic-events\"\n",
             "output = \"traffic-events\"\nrequestable = true\n",
         ) + &text
@@ -112,18 +128,7 @@ async fn a_registration_gets_the_requestable_pipelines_it_asks_for_and_a_reason_
             .replace(
                 "output = \"traffic-events\"",
                 "output = \"traffic-internal\"",
-            ),
-    )?;
-    kcat_produce(b, "traffic-raw", "setup::0", Some("{}"), None)?;
-    let plane = ControlPlane::start(
-        &broker,
-        ControlPlaneOptions {
-            extra_env: vec![(
-                "CP_PIPELINES_FILE".into(),
-                templates.path().display().to_string(),
-            )],
-            ..Default::default()
-        },
+            )),
     )?;
     let client = "metro-sf";
     let register = |pipelines: Option<&str>| {
