@@ -199,6 +199,8 @@ pub(super) async fn client_events(
 #[derive(Deserialize)]
 pub(super) struct LogsQuery {
     tail: Option<usize>,
+    /// For role `pipeline`: which of the client's pipelines.
+    pipeline: Option<String>,
 }
 
 pub(super) async fn worker_logs(
@@ -214,11 +216,37 @@ pub(super) async fn worker_logs(
         );
     }
     let tail = query.tail.unwrap_or(100).min(10_000);
-    match state.runtime.logs(&worker_name(&role, &id), tail).await {
+    // A client has one worker of each role, but one per pipeline: `?pipeline=` says which.
+    let name = match (role.as_str(), query.pipeline.as_deref()) {
+        ("pipeline", Some(pipeline)) if is_pipeline_name(pipeline) => {
+            kg_shared::pipeline_template::worker_name(pipeline, &id)
+        }
+        ("pipeline", _) => return error(
+            StatusCode::BAD_REQUEST,
+            "role pipeline needs ?pipeline=<name> (lowercase letters, digits and '-', at most 20)",
+        ),
+        (_, Some(_)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "?pipeline= is for role pipeline only",
+            )
+        }
+        (role, None) => worker_name(role, &id),
+    };
+    match state.runtime.logs(&name, tail).await {
         Ok(text) => ([(CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
         Err(RuntimeError::NotFound(name)) => {
             error(StatusCode::NOT_FOUND, format!("no worker {name}"))
         }
         Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
     }
+}
+
+/// A pipeline name as templates have it (checked again by the runtime's name guard).
+fn is_pipeline_name(name: &str) -> bool {
+    (1..=kg_shared::pipeline_template::MAX_NAME_LEN).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }

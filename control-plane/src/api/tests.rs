@@ -297,3 +297,46 @@ async fn clients_is_a_json_array() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "[]");
 }
+
+#[tokio::test]
+async fn a_pipeline_workers_logs_are_found_by_its_pipeline_name() {
+    let state = state(None);
+    let client = ClientId::parse("metro-la").unwrap();
+    let parts = crate::runtime::SharedRoleParts {
+        role: "pipeline".into(),
+        instance: Some("traffic-flatten".into()),
+        image: "img".into(),
+        args: Vec::<String>::new().into(),
+        env: Default::default(),
+        memory_limit_mb: None,
+        cpu_limit: None,
+    };
+    let spec = crate::runtime::WorkerSpec::new(client.clone(), &parts);
+    assert_eq!(&*spec.name, "kg-pipeline-traffic-flatten.metro-la");
+    state.runtime.create(&spec).await.unwrap();
+    let get = |uri: &'static str| send(state.clone(), "GET", uri, None);
+    let (status, body) =
+        get("/clients/metro-la/workers/pipeline/logs?pipeline=traffic-flatten&tail=1").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("fake worker pipeline"), "{body}");
+    for (uri, expected) in [
+        (
+            "/clients/metro-la/workers/pipeline/logs",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/clients/metro-la/workers/pipeline/logs?pipeline=../x",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/clients/metro-la/workers/graph-builder/logs?pipeline=a",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/clients/metro-la/workers/pipeline/logs?pipeline=other",
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        assert_eq!(get(uri).await.0, expected, "{uri}");
+    }
+}
