@@ -437,7 +437,7 @@ pub fn worker_name(name: &str, client: &crate::ClientId) -> String {
 }
 
 /// A pipeline name: a letter, then lowercase letters, digits and '-', not ending in '-'.
-fn is_name(name: &str) -> bool {
+pub fn is_name(name: &str) -> bool {
     (1..=MAX_NAME_LEN).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && !name.ends_with('-')

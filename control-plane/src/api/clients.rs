@@ -218,7 +218,7 @@ pub(super) async fn worker_logs(
     let tail = query.tail.unwrap_or(100).min(10_000);
     // A client has one worker of each role, but one per pipeline: `?pipeline=` says which.
     let name = match (role.as_str(), query.pipeline.as_deref()) {
-        ("pipeline", Some(pipeline)) if is_pipeline_name(pipeline) => {
+        ("pipeline", Some(pipeline)) if kg_shared::pipeline_template::is_name(pipeline) => {
             kg_shared::pipeline_template::worker_name(pipeline, &id)
         }
         ("pipeline", _) => return error(
@@ -240,13 +240,4 @@ pub(super) async fn worker_logs(
         }
         Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
     }
-}
-
-/// A pipeline name as templates have it (checked again by the runtime's name guard).
-fn is_pipeline_name(name: &str) -> bool {
-    (1..=kg_shared::pipeline_template::MAX_NAME_LEN).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
