@@ -175,13 +175,11 @@ pub async fn run(
     if let Some(delay) = delay {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(2), delay).await;
     }
-    if let Some(reason) = failure.lock().ok().and_then(|mut f| f.take()) {
-        let _ = stop_http.send(());
-        let _ = server.await;
-        return Err(WorkerError::DelayStopped(reason));
-    }
     let _ = stop_http.send(());
     let _ = server.await;
+    if let Some(reason) = failure.lock().ok().and_then(|mut f| f.take()) {
+        return Err(WorkerError::DelayStopped(reason));
+    }
     info!("worker stopped");
     Ok(result?)
 }
