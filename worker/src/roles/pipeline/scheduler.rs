@@ -284,11 +284,7 @@ impl DelayTask {
                         None => pass.dropped.push(held),
                     }
                 }
-                Step::Emit => {
-                    let (release, topic, value) = self.emission(&held, now);
-                    pass.sends
-                        .push(self.bounded(held, release, topic, value, now));
-                }
+                Step::Emit => pass.sends.push(self.emission(held, now)),
             }
         }
         pass
@@ -355,31 +351,15 @@ impl DelayTask {
 
     /// A due session through the stages after the delay: to the output, or, if one of
     /// them rejects it, to the dead-letter topic.
-    fn emission(&self, held: &HeldSession, now: DateTime<Utc>) -> (Release, String, Vec<u8>) {
+    fn emission(&self, held: HeldSession, now: DateTime<Utc>) -> Send {
         let record: Record = serde_json::from_slice(&held.record).unwrap_or_default();
         match self.stages.resume(record, now) {
-            Ok(record) => (
-                Release::Emitted,
-                self.output.clone(),
-                serde_json::to_vec(&record).unwrap_or_default(),
-            ),
+            Ok(record) => {
+                let value = serde_json::to_vec(&record).unwrap_or_default();
+                self.bounded(held, Release::Emitted, self.output.clone(), value, now)
+            }
             Err(rejection) => {
-                let letter = DeadLetter::new(
-                    rejection.reason_code(),
-                    rejection.to_string(),
-                    &held.source_topic,
-                    held.source_partition,
-                    held.source_offset,
-                    Some(held.kafka_key.as_bytes()),
-                    Some(&held.record),
-                    Some(self.stages.client()),
-                    now,
-                );
-                (
-                    Release::DeadLettered(rejection.reason_code()),
-                    DLQ_NORMALIZED.to_string(),
-                    letter.to_json(),
-                )
+                self.dead_letter(held, rejection.reason_code(), rejection.to_string(), now)
             }
         }
     }
