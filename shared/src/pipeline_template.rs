@@ -31,8 +31,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 mod delay;
+mod graph;
+mod split;
 
-pub use delay::{Delay, StateCheck};
+pub use delay::{Delay, EndWhen, StateCheck};
+pub use graph::{GraphLookup, MAX_LOOKUP_ITEMS};
+pub use split::{Split, MAX_SPLIT};
 
 /// The longest pipeline name, so that worker names (`kg-pipeline-<name>.<client>`) stay
 /// short enough to read and type in `docker logs`.
@@ -92,9 +96,13 @@ struct RawTemplates {
 /// One stage of a pipeline.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Stage {
+    /// One record per element of a list field (at most one per pipeline, before a delay).
+    Split(Split),
     Flatten(Flatten),
     Validate(Validate),
     Enrich(Enrich),
+    /// Lookups in the client's graph.
+    Graph(GraphLookup),
     /// Holds records until a due time, re-checking a state topic (at most one per pipeline).
     Delay(Delay),
 }
@@ -157,14 +165,16 @@ pub struct Enrich {
 }
 
 /// The stage kinds, as `kind` names them.
-pub const STAGE_KINDS: &[&str] = &["flatten", "validate", "enrich", "delay"];
+pub const STAGE_KINDS: &[&str] = &["split", "flatten", "validate", "enrich", "graph", "delay"];
 
 impl Stage {
     pub fn kind(&self) -> &'static str {
         match self {
+            Stage::Split(_) => "split",
             Stage::Flatten(_) => "flatten",
             Stage::Validate(_) => "validate",
             Stage::Enrich(_) => "enrich",
+            Stage::Graph(_) => "graph",
             Stage::Delay(_) => "delay",
         }
     }
@@ -190,11 +200,17 @@ impl Stage {
             })
         }
         match kind.as_str() {
+            "split" => read::<Split>(table)
+                .and_then(Split::checked)
+                .map(Stage::Split),
             "flatten" => read(table).map(Stage::Flatten),
             "validate" => read::<Validate>(table)
                 .and_then(Validate::checked)
                 .map(Stage::Validate),
             "enrich" => read(table).map(Stage::Enrich),
+            "graph" => read::<GraphLookup>(table)
+                .and_then(GraphLookup::checked)
+                .map(Stage::Graph),
             "delay" => read::<Delay>(table)
                 .and_then(|delay| delay.checked(output))
                 .map(Stage::Delay),
@@ -203,6 +219,27 @@ impl Stage {
                 format!("unknown stage kind {other:?}; one of {STAGE_KINDS:?}"),
             )),
         }
+    }
+}
+
+/// `stage` after `earlier`: one delay and one split at most, and no split after a delay
+/// (a held record is one record).
+fn in_order(stage: Stage, earlier: &[Stage]) -> Result<Stage, (String, String)> {
+    let has = |kind: &str| earlier.iter().any(|s| s.kind() == kind);
+    match &stage {
+        Stage::Delay(_) if has("delay") => Err((
+            "kind".into(),
+            "a pipeline holds records in one delay stage at most".into(),
+        )),
+        Stage::Split(_) if has("split") => Err((
+            "kind".into(),
+            "a pipeline splits records once at most".into(),
+        )),
+        Stage::Split(_) if has("delay") => Err((
+            "kind".into(),
+            "a split must come before the delay stage: a held record is one record".into(),
+        )),
+        _ => Ok(stage),
     }
 }
 
@@ -299,17 +336,8 @@ impl PipelineTemplates {
             })?;
             let mut stages = Vec::with_capacity(pipeline.stages.len());
             for (m, table) in pipeline.stages.into_iter().enumerate() {
-                let stage = Stage::from_table(table, &pipeline.output).and_then(|stage| {
-                    let second_delay = matches!(stage, Stage::Delay(_))
-                        && stages.iter().any(|s| matches!(s, Stage::Delay(_)));
-                    if second_delay {
-                        return Err((
-                            "kind".into(),
-                            "a pipeline holds records in one delay stage at most".into(),
-                        ));
-                    }
-                    Ok(stage)
-                });
+                let stage = Stage::from_table(table, &pipeline.output)
+                    .and_then(|stage| in_order(stage, &stages));
                 let stage = stage.map_err(|(inner, message)| {
                     // A missing field is reported at the stage itself (path ".").
                     let inner = if inner == "." { String::new() } else { inner };
@@ -781,6 +809,102 @@ check = { topic = "servers.power", field = "power", hold_while = ["off"] }
             ),
         ];
         for (what, text, line, field, words) in cases {
+            let error = parse(&text).expect_err(what);
+            assert_eq!(error.line, line, "{what}: {error}");
+            assert_eq!(error.field, field, "{what}: {error}");
+            assert!(error.message.contains(words), "{what}: {error}");
+        }
+    }
+
+    const ALERTS: &str = include_str!("../../examples/pipelines/alert-enrichment.toml");
+
+    #[test]
+    fn the_alert_template_splits_looks_up_the_graph_and_ends_holds_on_resolution() {
+        let templates = parse(ALERTS).unwrap();
+        let alerts = templates.get("alert-enrichment").unwrap();
+        assert!(alerts.default);
+        assert_eq!(alerts.input, ["alerts.raw", "raw.prom.alerts"]);
+        let kinds: Vec<&str> = alerts.stages.iter().map(Stage::kind).collect();
+        assert_eq!(
+            kinds,
+            ["split", "flatten", "validate", "delay", "graph", "enrich"]
+        );
+        let Stage::Delay(delay) = &alerts.stages[3] else {
+            panic!("not a delay")
+        };
+        assert_eq!(delay.hold_from.as_deref(), Some("startsAt"));
+        let end = delay.end_when.as_ref().unwrap();
+        assert_eq!(
+            (end.field.as_str(), &end.equals[..]),
+            ("status", &[serde_json::json!("resolved")][..])
+        );
+        let Stage::Graph(graph) = &alerts.stages[4] else {
+            panic!("not a graph stage")
+        };
+        assert_eq!(graph.resources["pod"], "Pod");
+        assert_eq!(graph.window, std::time::Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn splits_graph_lookups_and_hold_ends_that_cannot_work_are_refused_at_their_line() {
+        let line_of = |needle: &str| ALERTS.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        // (what is wrong, the file, line, field, words the message must have)
+        let cases = [
+            (
+                "a split keeping the list it splits",
+                ALERTS.replace("keep = [\"receiver\"", "keep = [\"alerts\", \"receiver\""),
+                line_of("keep = ["),
+                "pipeline[0].stage[0].keep",
+                "cannot be kept",
+            ),
+            (
+                "a graph stage naming no resource",
+                ALERTS.replace(
+                    &ALERTS[ALERTS.find("resources = {").unwrap()..ALERTS.find("\nat = ").unwrap()],
+                    "resources = {}",
+                ),
+                line_of("resources = {"),
+                "pipeline[0].stage[4].resources",
+                "at least one field",
+            ),
+            (
+                "a graph stage asking for too much",
+                ALERTS.replace("max_events = 20", "max_events = 100000"),
+                line_of("max_events"),
+                "pipeline[0].stage[4].max_events",
+                "not within",
+            ),
+            (
+                "a hold no record ends",
+                ALERTS.replace("equals = [\"resolved\"]", "equals = []"),
+                line_of("end_when"),
+                "pipeline[0].stage[3].end_when.equals",
+                "at least one value",
+            ),
+            (
+                "a second split",
+                format!("{ALERTS}\n[[pipeline.stage]]\nkind = \"split\"\nfield = \"x\"\n"),
+                ALERTS.lines().count() + 3,
+                "pipeline[0].stage[6].kind",
+                "once at most",
+            ),
+            (
+                "a split after the delay",
+                ALERTS
+                    .replace(
+                        "kind = \"split\"",
+                        "kind = \"enrich\"\nprocessor_id = \"p\"",
+                    )
+                    .replace("field = \"alerts\"\n", "")
+                    .replace("keep = [\"receiver\", \"externalURL\", \"groupKey\"]\n", "")
+                    + "\n[[pipeline.stage]]\nkind = \"split\"\nfield = \"x\"\n",
+                ALERTS.lines().count() + 2,
+                "pipeline[0].stage[6].kind",
+                "before the delay",
+            ),
+        ];
+        for (what, text, line, field, words) in cases {
+            assert_ne!(text, ALERTS, "{what}: the case changed nothing");
             let error = parse(&text).expect_err(what);
             assert_eq!(error.line, line, "{what}: {error}");
             assert_eq!(error.field, field, "{what}: {error}");

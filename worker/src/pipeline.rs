@@ -351,14 +351,52 @@ async fn handle_message(
         (message.topic().to_string(), message.partition()),
         message.offset(),
     );
-    match handler.handle_at(
+    let outcome = handler.handle_at(
         message.topic(),
         message.partition(),
         message.offset(),
         message.timestamp().to_millis(),
         message.key(),
         message.payload(),
-    ) {
+    );
+    let outcomes = match outcome {
+        Outcome::Many(outcomes) => outcomes,
+        one => vec![one],
+    };
+    for outcome in outcomes {
+        apply(
+            message, client, handler, producer, metrics, pending, outcome,
+        )
+        .await;
+    }
+}
+
+/// Acts on one outcome of an input record.
+#[allow(clippy::too_many_arguments)]
+async fn apply(
+    message: &BorrowedMessage<'_>,
+    client: &ClientId,
+    handler: &dyn RecordHandler,
+    producer: &FutureProducer,
+    metrics: &WorkerMetrics,
+    pending: &mut Vec<Pending>,
+    outcome: Outcome,
+) {
+    match outcome {
+        Outcome::Many(_) => {
+            // Handlers never nest them; counted as a dead letter rather than lost.
+            dead_letter(
+                message,
+                client,
+                handler,
+                producer,
+                pending,
+                metrics,
+                "nested_outcomes",
+                "the handler returned nested outcomes",
+            )
+            .await;
+        }
         Outcome::Foreign => {
             metrics.skipped_foreign.inc();
         }

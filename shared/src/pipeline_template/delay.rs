@@ -32,6 +32,24 @@ pub struct Delay {
     /// Without a check, every held record is emitted at its due time.
     #[serde(default)]
     pub check: Option<StateCheck>,
+    /// The record field whose time the hold counts from (RFC 3339, or milliseconds since
+    /// the epoch; an alert's `startsAt`), so that a repeat of a held record keeps its due
+    /// time. Without it, or when a record has no such time, from when the record came in.
+    #[serde(default)]
+    pub hold_from: Option<String>,
+    /// Records that end their session's hold instead of being held (an alert's
+    /// resolution): a session held from an earlier record is dropped with this record, so
+    /// neither is emitted; with none held, the record goes on at once.
+    #[serde(default)]
+    pub end_when: Option<EndWhen>,
+}
+
+/// Which records end a hold: `field` equal to one of `equals`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndWhen {
+    pub field: String,
+    pub equals: Vec<serde_json::Value>,
 }
 
 /// The condition a held session must keep: the latest record of its key in `topic` has
@@ -52,7 +70,7 @@ pub struct StateCheck {
 /// The longest hold: due times stay far inside what time arithmetic can represent.
 pub const MAX_HOLD: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+pub(super) fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
     humantime::parse_duration(&text).map_err(|error| {
         serde::de::Error::custom(format!(
@@ -87,6 +105,24 @@ impl Delay {
                     self.check_every, self.hold
                 ),
             ));
+        }
+        if self
+            .hold_from
+            .as_deref()
+            .is_some_and(|f| f.trim().is_empty())
+        {
+            return Err(("hold_from".into(), "a field name, or leave it out".into()));
+        }
+        if let Some(end) = &self.end_when {
+            if end.field.trim().is_empty() {
+                return Err(("end_when.field".into(), "a field name is required".into()));
+            }
+            if end.equals.is_empty() {
+                return Err((
+                    "end_when.equals".into(),
+                    "at least one value: with none, no record ends a hold".into(),
+                ));
+            }
         }
         if let Some(check) = &self.check {
             if check.topic.trim().is_empty() {

@@ -71,6 +71,9 @@ pub enum Outcome {
     Absorbed,
     /// Ours, valid, and nothing to do with it (a low-signal log line for the graph).
     Ignored,
+    /// Several records made of one (a pipeline's split): each of these, none of them
+    /// `Many`. The input's offset is committed once all of them are acknowledged.
+    Many(Vec<Outcome>),
 }
 
 /// One role's record handling.

@@ -48,6 +48,29 @@ pub fn decide(
     }
 }
 
+/// When a record's hold starts: its `hold_from` time when it has one no later than `now`,
+/// else `now` (a time in the future would stretch the hold).
+pub fn held_from(
+    delay: &Delay,
+    record: &serde_json::Map<String, Value>,
+    now: DateTime<Utc>,
+) -> DateTime<Utc> {
+    delay
+        .hold_from
+        .as_ref()
+        .and_then(|field| record.get(field))
+        .and_then(super::validate::parse_timestamp)
+        .map_or(now, |at| at.min(now))
+}
+
+/// Whether a record ends its session's hold instead of being held (`end_when`).
+pub fn ends_hold(delay: &Delay, record: &serde_json::Map<String, Value>) -> bool {
+    delay.end_when.as_ref().is_some_and(|end| {
+        end.equals
+            .contains(record.get(&end.field).unwrap_or(&Value::Null))
+    })
+}
+
 /// The session a record belongs to: its `key` field, as text (a string as it is, any
 /// other scalar as JSON); None when it has none.
 pub fn session_of(delay: &Delay, record: &serde_json::Map<String, Value>) -> Option<String> {
@@ -85,6 +108,8 @@ mod tests {
                 hold_while: vec![json!("off")],
                 divert_violations_to: None,
             }),
+            hold_from: None,
+            end_when: None,
         }
     }
 

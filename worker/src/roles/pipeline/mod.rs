@@ -18,9 +18,11 @@
 mod delay;
 mod enrich;
 mod flatten;
+pub mod graph;
 pub mod health;
 pub mod pending;
 pub mod scheduler;
+mod split;
 pub mod state;
 mod validate;
 
@@ -33,7 +35,7 @@ use kg_shared::pipeline_template::{Delay, PipelineTemplate, PipelineTemplates, S
 use kg_shared::ClientId;
 use serde_json::{Map, Value};
 
-use self::pending::{HeldSession, PendingStore};
+use self::pending::{HeldSession, PendingStore, SessionKind};
 use super::{null_value, skip_unless_keyed_for, FlushError, Outcome, RecordHandler};
 use crate::config::WorkerConfig;
 use crate::metrics::{OutcomeLabel, WorkerMetrics};
@@ -57,6 +59,16 @@ pub enum Rejection {
     /// A delay stage cannot tell which session the record belongs to.
     #[error("no session: the delay stage's key field {0:?} is missing, empty or not a scalar")]
     NoSession(String),
+    /// The split stage's field is not a list of objects, or too long a list.
+    #[error("cannot split: {0}")]
+    Unsplittable(String),
+    /// One of the records a split made was rejected (its index in the list).
+    #[error("{field}[{index}]: {rejection}")]
+    Element {
+        field: String,
+        index: usize,
+        rejection: Box<Rejection>,
+    },
 }
 
 impl Rejection {
@@ -67,6 +79,8 @@ impl Rejection {
             Rejection::NotAnObject => "not_an_object",
             Rejection::Invalid(_) => "validation_failed",
             Rejection::NoSession(_) => "no_session",
+            Rejection::Unsplittable(_) => "unsplittable",
+            Rejection::Element { rejection, .. } => rejection.reason_code(),
         }
     }
 }
@@ -85,6 +99,9 @@ pub struct Stages {
     stages: Vec<Stage>,
     client: ClientId,
     counters: Arc<Vec<StageCounter>>,
+    /// The client's graph, read by a graph stage (None: the record goes on marked
+    /// unavailable).
+    graph: Option<Arc<graph::GraphReader>>,
 }
 
 /// Records a stage let through and records it rejected, for `/health/stages`.
@@ -100,7 +117,15 @@ impl Stages {
             stages: template.stages.clone(),
             client,
             counters: Arc::new(template.stages.iter().map(|_| Default::default()).collect()),
+            graph: None,
         }
+    }
+
+    /// Reads the client's graph (the graph builder's store, on the same volume) for the
+    /// graph stage.
+    pub fn with_graph(mut self, reader: graph::GraphReader) -> Self {
+        self.graph = Some(Arc::new(reader));
+        self
     }
 
     /// Each stage with its counters, in order.
@@ -108,23 +133,30 @@ impl Stages {
         self.stages.iter().zip(self.counters.iter())
     }
 
-    /// Runs the stages over one input record, at `now`, up to a delay stage if there is one.
-    pub fn process(&self, input: &[u8], now: DateTime<Utc>) -> Result<Processed, Rejection> {
-        let value: Value = serde_json::from_slice(input)
-            .map_err(|error| Rejection::Undecodable(error.to_string()))?;
-        let Value::Object(record) = value else {
-            return Err(Rejection::NotAnObject);
+    /// Runs the stages over one input record, at `now`, up to a delay stage if there is one:
+    /// what became of it, one result per record a split made of it (else one).
+    pub fn process(&self, input: &[u8], now: DateTime<Utc>) -> Vec<Result<Processed, Rejection>> {
+        let record = match serde_json::from_slice(input) {
+            Ok(Value::Object(record)) => record,
+            Ok(_) => return vec![Err(Rejection::NotAnObject)],
+            Err(error) => return vec![Err(Rejection::Undecodable(error.to_string()))],
         };
-        self.run_from(record, 0, now)
+        let mut results = Vec::with_capacity(1);
+        self.run_from(record, 0, now, &mut results);
+        results
     }
 
     /// Runs the stages after the delay over a record the delay held, at `now`.
     pub fn resume(&self, record: Record, now: DateTime<Utc>) -> Result<Record, Rejection> {
         let after = self.delay_index().map_or(self.stages.len(), |at| at + 1);
-        match self.run_from(record, after, now)? {
-            Processed::Done(record) => Ok(record),
-            // One delay stage at most (the template refuses a second).
-            Processed::Held { record, .. } => Ok(record),
+        let mut results = Vec::with_capacity(1);
+        self.run_from(record, after, now, &mut results);
+        // No split after a delay (the template refuses one), so one result; one delay
+        // stage at most, so never held again.
+        match results.pop() {
+            Some(Ok(Processed::Done(record) | Processed::Held { record, .. })) => Ok(record),
+            Some(Err(rejection)) => Err(rejection),
+            None => Err(Rejection::Unsplittable("nothing left to emit".into())),
         }
     }
 
@@ -139,17 +171,48 @@ impl Stages {
         &self.client
     }
 
+    /// Runs the stages from `from` over `record`, pushing what became of it (of each
+    /// record a split made) onto `results`.
     fn run_from(
         &self,
         mut record: Record,
         from: usize,
         now: DateTime<Utc>,
-    ) -> Result<Processed, Rejection> {
+        results: &mut Vec<Result<Processed, Rejection>>,
+    ) {
         let mut validated = self.stages[..from]
             .iter()
             .any(|s| matches!(s, Stage::Validate(_)));
-        for (stage, counter) in self.stages[from..].iter().zip(&self.counters[from..]) {
+        for (at, (stage, counter)) in self.stages[from..]
+            .iter()
+            .zip(&self.counters[from..])
+            .enumerate()
+        {
             let passed = match stage {
+                Stage::Split(spec) => match split::split(record, spec) {
+                    Ok(elements) => {
+                        counter.passed.fetch_add(1, Ordering::Relaxed);
+                        for (index, element) in elements.into_iter().enumerate() {
+                            let before = results.len();
+                            self.run_from(element, from + at + 1, now, results);
+                            for result in &mut results[before..] {
+                                if let Err(rejection) = result {
+                                    *rejection = Rejection::Element {
+                                        field: spec.field.clone(),
+                                        index,
+                                        rejection: Box::new(rejection.clone()),
+                                    };
+                                }
+                            }
+                        }
+                        return;
+                    }
+                    Err(rejection) => {
+                        counter.rejected.fetch_add(1, Ordering::Relaxed);
+                        results.push(Err(rejection));
+                        return;
+                    }
+                },
                 Stage::Flatten(spec) => {
                     record = flatten::flatten(&record, spec);
                     Ok(())
@@ -167,10 +230,20 @@ impl Stages {
                     enrich::enrich(&mut record, spec, &self.client, now, validated);
                     Ok(())
                 }
+                Stage::Graph(spec) => {
+                    match &self.graph {
+                        Some(reader) => reader.enrich(&mut record, spec, now),
+                        None => {
+                            record.insert("graph_status".into(), "unavailable".into());
+                        }
+                    }
+                    Ok(())
+                }
                 Stage::Delay(spec) => match delay::session_of(spec, &record) {
                     Some(session) => {
                         counter.passed.fetch_add(1, Ordering::Relaxed);
-                        return Ok(Processed::Held { record, session });
+                        results.push(Ok(Processed::Held { record, session }));
+                        return;
                     }
                     None => Err(Rejection::NoSession(spec.key.clone())),
                 },
@@ -179,11 +252,12 @@ impl Stages {
                 Ok(()) => counter.passed.fetch_add(1, Ordering::Relaxed),
                 Err(rejection) => {
                     counter.rejected.fetch_add(1, Ordering::Relaxed);
-                    return Err(rejection);
+                    results.push(Err(rejection));
+                    return;
                 }
             };
         }
-        Ok(Processed::Done(record))
+        results.push(Ok(Processed::Done(record)));
     }
 }
 
@@ -280,8 +354,13 @@ impl PipelineHandler {
                 })
             }
         };
+        let mut stages = Stages::new(template, client.clone());
+        if template.stages.iter().any(|s| matches!(s, Stage::Graph(_))) {
+            let store = crate::roles::graph_builder::store_path(data_dir, &client);
+            stages = stages.with_graph(graph::GraphReader::new(store));
+        }
         Ok(Self {
-            stages: Stages::new(template, client),
+            stages,
             input: Box::leak(input.into_boxed_slice()),
             output: Box::leak(template.output.clone().into_boxed_str()),
             held,
@@ -330,6 +409,76 @@ impl PipelineHandler {
     }
 }
 
+impl PipelineHandler {
+    /// What to do with one record the stages made of an input record.
+    fn outcome(
+        &self,
+        result: Result<Processed, Rejection>,
+        kafka_key: &str,
+        (topic, partition, offset): (&str, i32, i64),
+        now: DateTime<Utc>,
+    ) -> Outcome {
+        match result {
+            Ok(Processed::Done(record)) => Outcome::Produce {
+                topic: self.output,
+                key: kafka_key.to_string(),
+                value: serde_json::to_vec(&record).unwrap_or_default(),
+            },
+            Ok(Processed::Held { record, session }) => {
+                let Some(held) = &self.held else {
+                    // A handler is built with its delay's store; unreachable otherwise.
+                    return Outcome::DeadLetter {
+                        reason_code: "no_delay_store",
+                        reason: "the pipeline holds records but has no store for them".into(),
+                    };
+                };
+                let held_at = delay::held_from(&held.delay, &record, now);
+                let (due, first_check) = delay::schedule(&held.delay, held_at);
+                let kind = if delay::ends_hold(&held.delay, &record) {
+                    SessionKind::Ended
+                } else {
+                    SessionKind::Held
+                };
+                let session = HeldSession {
+                    session,
+                    kafka_key: kafka_key.to_string(),
+                    record: serde_json::to_vec(&record).unwrap_or_default(),
+                    source_topic: topic.to_string(),
+                    source_partition: partition,
+                    source_offset: offset,
+                    held_at_ms: held_at.timestamp_millis(),
+                    // An ending record with nothing to end passes on at once.
+                    due_ms: if kind == SessionKind::Ended {
+                        now.timestamp_millis()
+                    } else {
+                        due.timestamp_millis()
+                    },
+                    next_check_ms: if kind == SessionKind::Ended {
+                        now.timestamp_millis()
+                    } else {
+                        first_check.timestamp_millis()
+                    },
+                    kind,
+                };
+                match held.batch.lock() {
+                    Ok(mut batch) => {
+                        batch.push(session);
+                        Outcome::Absorbed
+                    }
+                    Err(_) => Outcome::DeadLetter {
+                        reason_code: "no_delay_store",
+                        reason: "the delay stage's batch lock is poisoned".into(),
+                    },
+                }
+            }
+            Err(rejection) => Outcome::DeadLetter {
+                reason_code: rejection.reason_code(),
+                reason: rejection.to_string(),
+            },
+        }
+    }
+}
+
 impl RecordHandler for PipelineHandler {
     fn input_topics(&self) -> &'static [&'static str] {
         self.input
@@ -362,47 +511,18 @@ impl RecordHandler for PipelineHandler {
         };
         let now = Utc::now();
         let kafka_key = String::from_utf8_lossy(key.unwrap_or_default()).into_owned();
-        match self.stages.process(value, now) {
-            Ok(Processed::Done(record)) => Outcome::Produce {
-                topic: self.output,
-                key: kafka_key,
-                value: serde_json::to_vec(&record).unwrap_or_default(),
-            },
-            Ok(Processed::Held { record, session }) => {
-                let Some(held) = &self.held else {
-                    // A handler is built with its delay's store; unreachable otherwise.
-                    return Outcome::DeadLetter {
-                        reason_code: "no_delay_store",
-                        reason: "the pipeline holds records but has no store for them".into(),
-                    };
-                };
-                let (due, first_check) = delay::schedule(&held.delay, now);
-                let session = HeldSession {
-                    session,
-                    kafka_key,
-                    record: serde_json::to_vec(&record).unwrap_or_default(),
-                    source_topic: topic.to_string(),
-                    source_partition: partition,
-                    source_offset: offset,
-                    held_at_ms: now.timestamp_millis(),
-                    due_ms: due.timestamp_millis(),
-                    next_check_ms: first_check.timestamp_millis(),
-                };
-                match held.batch.lock() {
-                    Ok(mut batch) => {
-                        batch.push(session);
-                        Outcome::Absorbed
-                    }
-                    Err(_) => Outcome::DeadLetter {
-                        reason_code: "no_delay_store",
-                        reason: "the delay stage's batch lock is poisoned".into(),
-                    },
-                }
-            }
-            Err(rejection) => Outcome::DeadLetter {
-                reason_code: rejection.reason_code(),
-                reason: rejection.to_string(),
-            },
+        let source = (topic, partition, offset);
+        let mut outcomes: Vec<Outcome> = self
+            .stages
+            .process(value, now)
+            .into_iter()
+            .map(|result| self.outcome(result, &kafka_key, source, now))
+            .collect();
+        match outcomes.len() {
+            // A split of an empty list: nothing to do.
+            0 => Outcome::Ignored,
+            1 => outcomes.remove(0),
+            _ => Outcome::Many(outcomes),
         }
     }
 
@@ -423,13 +543,17 @@ impl RecordHandler for PipelineHandler {
         let holding = tokio::task::block_in_place(|| held.store.hold(&batch))
             .map_err(|error| FlushError::Held(error.to_string()))?;
         batch.clear();
-        if let (Some(metrics), replaced @ 1..) = (&held.metrics, holding.replaced) {
-            metrics
-                .delay_released
-                .get_or_create(&OutcomeLabel {
-                    outcome: "superseded".into(),
-                })
-                .inc_by(replaced as u64);
+        if let Some(metrics) = &held.metrics {
+            for (outcome, count) in [("superseded", holding.replaced), ("ended", holding.ended)] {
+                if count > 0 {
+                    metrics
+                        .delay_released
+                        .get_or_create(&OutcomeLabel {
+                            outcome: outcome.into(),
+                        })
+                        .inc_by(count as u64);
+                }
+            }
         }
         Ok(())
     }

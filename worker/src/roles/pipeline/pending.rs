@@ -8,6 +8,11 @@
 //! held (a second poweroff) replaces it, and its hold starts again, counted as superseded.
 //! A session is let go, or re-scheduled, only in the version the scheduler looked at, so a
 //! record that replaced it meanwhile is kept.
+//!
+//! A record that ends its session's hold (the delay's `end_when`: an alert's resolution)
+//! turns a held session into an ended one: a tombstone, kept until the hold would have
+//! run out so that a redelivery of the ended record is not held again, and then deleted
+//! unemitted. With nothing held, it is kept as passing on: due at once, emitted unchecked.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,6 +34,36 @@ pub struct HeldSession {
     pub held_at_ms: i64,
     pub due_ms: i64,
     pub next_check_ms: i64,
+    pub kind: SessionKind,
+}
+
+/// What a row of the store is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionKind {
+    /// A record held until its due time, checked on the way.
+    Held,
+    /// A record that ended no hold: due at once, emitted without a check.
+    PassOn,
+    /// A held record another ended: deleted at its due time, never emitted.
+    Ended,
+}
+
+impl SessionKind {
+    fn code(self) -> i64 {
+        match self {
+            SessionKind::Held => 0,
+            SessionKind::PassOn => 1,
+            SessionKind::Ended => 2,
+        }
+    }
+
+    fn from_code(code: i64) -> Self {
+        match code {
+            1 => SessionKind::PassOn,
+            2 => SessionKind::Ended,
+            _ => SessionKind::Held,
+        }
+    }
 }
 
 impl HeldSession {
@@ -59,6 +94,8 @@ pub struct Holding {
     pub added: usize,
     /// Held sessions a later record replaced (the earlier record is superseded).
     pub replaced: usize,
+    /// Held sessions a record ended (`end_when`): neither record is emitted.
+    pub ended: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +126,8 @@ CREATE TABLE IF NOT EXISTS held (
     source_offset INTEGER NOT NULL,
     held_at_ms INTEGER NOT NULL,
     due_ms INTEGER NOT NULL,
-    next_check_ms INTEGER NOT NULL
+    next_check_ms INTEGER NOT NULL,
+    kind INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS held_by_next_check ON held (next_check_ms);
 CREATE INDEX IF NOT EXISTS held_by_due ON held (due_ms);
@@ -118,6 +156,19 @@ impl PendingStore {
         )
         .map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        // Stores written before rows had a kind: every row in them is held.
+        let has_kind: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('held') WHERE name = 'kind'",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map_err(sqlite)?
+            > 0;
+        if !has_kind {
+            conn.execute_batch("ALTER TABLE held ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
+                .map_err(sqlite)?;
+        }
         Ok(Self {
             conn: Mutex::new(conn),
             path: display,
@@ -139,45 +190,81 @@ impl PendingStore {
 
     /// Holds these sessions, in one synced transaction. A session already held keeps its
     /// record when this one is the same input record or an earlier one of the same
-    /// partition (a redelivery); a later one replaces it.
+    /// partition (a redelivery); a later one replaces it. A record that ends a hold
+    /// ([`SessionKind::Ended`] as given) ends the held one, or passes on when none is held.
     pub fn hold(&self, sessions: &[HeldSession]) -> Result<Holding, PendingError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let mut holding = Holding::default();
             {
                 let mut current = tx.prepare_cached(
-                    "SELECT source_topic, source_partition, source_offset FROM held WHERE session = ?1",
+                    "SELECT source_topic, source_partition, source_offset, kind, held_at_ms, due_ms
+                     FROM held WHERE session = ?1",
                 )?;
                 let mut upsert = tx.prepare_cached(
                     "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
-                        source_partition, source_offset, held_at_ms, due_ms, next_check_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                        source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?;
                 for s in sessions {
-                    let held: Option<(String, i32, i64)> = current
-                        .query_row(params![s.session], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                    let held: Option<(String, i32, i64, i64, i64, i64)> = current
+                        .query_row(params![s.session], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        })
                         .optional()?;
-                    match held {
-                        None => holding.added += 1,
-                        Some((topic, partition, offset))
+                    let mut row = s.clone();
+                    match (held, s.kind) {
+                        (Some((topic, partition, offset, ..)), _)
                             if topic == s.source_topic
                                 && partition == s.source_partition
                                 && offset >= s.source_offset =>
                         {
                             continue
                         }
-                        Some(_) => holding.replaced += 1,
+                        // An ending record (given as Ended) with nothing held passes on.
+                        (None, SessionKind::Ended) => row.kind = SessionKind::PassOn,
+                        (None, _) => holding.added += 1,
+                        (Some((.., kind, held_at, due)), SessionKind::Ended) => {
+                            match SessionKind::from_code(kind) {
+                                // The tombstone lasts as long as the hold it ended would have.
+                                SessionKind::Held => {
+                                    holding.ended += 1;
+                                    row.held_at_ms = held_at;
+                                    row.due_ms = due;
+                                    row.next_check_ms = due;
+                                }
+                                // Already ended: the first end stands.
+                                SessionKind::Ended => continue,
+                                // A later resolution replaces one not yet emitted.
+                                SessionKind::PassOn => row.kind = SessionKind::PassOn,
+                            }
+                        }
+                        (Some((.., kind, _, _)), _) => {
+                            if SessionKind::from_code(kind) == SessionKind::Held {
+                                holding.replaced += 1;
+                            } else {
+                                holding.added += 1;
+                            }
+                        }
                     }
                     upsert.execute(params![
-                        s.session,
-                        s.kafka_key,
-                        s.record,
-                        s.source_topic,
-                        s.source_partition,
-                        s.source_offset,
-                        s.held_at_ms,
-                        s.due_ms,
-                        s.next_check_ms
+                        row.session,
+                        row.kafka_key,
+                        row.record,
+                        row.source_topic,
+                        row.source_partition,
+                        row.source_offset,
+                        row.held_at_ms,
+                        row.due_ms,
+                        row.next_check_ms,
+                        row.kind.code()
                     ])?;
                 }
             }
@@ -197,7 +284,7 @@ impl PendingStore {
         self.with(|conn| {
             let mut query = conn.prepare_cached(
                 "SELECT session, kafka_key, record, source_topic, source_partition,
-                        source_offset, held_at_ms, due_ms, next_check_ms
+                        source_offset, held_at_ms, due_ms, next_check_ms, kind
                  FROM held WHERE next_check_ms <= ?1 ORDER BY next_check_ms LIMIT ?2",
             )?;
             let mut rows = query.query(params![now_ms, limit as i64])?;
@@ -214,6 +301,7 @@ impl PendingStore {
                     held_at_ms: row.get(6)?,
                     due_ms: row.get(7)?,
                     next_check_ms: row.get(8)?,
+                    kind: SessionKind::from_code(row.get(9)?),
                 };
                 bytes += session.record.len();
                 sessions.push(session);
@@ -275,9 +363,12 @@ impl PendingStore {
     /// How many sessions are held, and the earliest due time (ms), for health and metrics.
     pub fn stats(&self) -> Result<(u64, Option<i64>), PendingError> {
         self.with(|conn| {
-            conn.query_row("SELECT COUNT(*), MIN(due_ms) FROM held", [], |row| {
-                Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
-            })
+            // Tombstones of ended sessions are not pending.
+            conn.query_row(
+                "SELECT COUNT(*), MIN(due_ms) FROM held WHERE kind <> 2",
+                [],
+                |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
+            )
         })
     }
 
@@ -306,6 +397,7 @@ mod tests {
             held_at_ms: 0,
             due_ms: 1000 + next_check_ms,
             next_check_ms,
+            kind: SessionKind::Held,
         }
     }
 
@@ -326,7 +418,7 @@ mod tests {
                 holding,
                 Holding {
                     added: 3,
-                    replaced: 0
+                    ..Holding::default()
                 }
             );
             // A redelivered record of a held session (same offset) changes nothing.
@@ -400,8 +492,8 @@ mod tests {
         assert_eq!(
             store.hold(std::slice::from_ref(&second)).unwrap(),
             Holding {
-                added: 0,
-                replaced: 1
+                replaced: 1,
+                ..Holding::default()
             }
         );
         // An earlier record of the same partition (a replay) does not replace it back.
@@ -415,5 +507,90 @@ mod tests {
         );
         store.release(&[second.version()]).unwrap();
         assert_eq!(store.stats().unwrap().0, 0);
+    }
+
+    /// An alert's resolution at `offset` (an ending record).
+    fn ending(name: &str, offset: i64) -> HeldSession {
+        HeldSession {
+            source_offset: offset,
+            held_at_ms: 20,
+            due_ms: 20,
+            next_check_ms: 20,
+            kind: SessionKind::Ended,
+            ..session(name, 10)
+        }
+    }
+
+    #[test]
+    fn an_ending_record_ends_a_held_session_and_its_tombstone_outlasts_redeliveries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "alerts")).unwrap();
+        let firing = session("a", 10);
+        store.hold(std::slice::from_ref(&firing)).unwrap();
+        assert_eq!(
+            store.hold(&[ending("a", 8)]).unwrap(),
+            Holding {
+                ended: 1,
+                ..Holding::default()
+            }
+        );
+        // The tombstone keeps the hold's due time, and is not pending.
+        let tombstone = store.to_check(i64::MAX, 10, usize::MAX).unwrap().remove(0);
+        assert_eq!(tombstone.kind, SessionKind::Ended);
+        assert_eq!(tombstone.due_ms, firing.due_ms);
+        assert_eq!(store.stats().unwrap(), (0, None));
+        // A crash before the offsets were committed redelivers both: neither changes it.
+        assert_eq!(
+            store.hold(&[firing, ending("a", 8)]).unwrap(),
+            Holding::default()
+        );
+        assert_eq!(store.hold(&[ending("a", 9)]).unwrap(), Holding::default());
+        assert_eq!(
+            store.to_check(i64::MAX, 10, usize::MAX).unwrap(),
+            vec![tombstone.clone()]
+        );
+        // The alert fires again later: held anew.
+        let again = HeldSession {
+            source_offset: 12,
+            ..session("a", 30)
+        };
+        assert_eq!(
+            store.hold(std::slice::from_ref(&again)).unwrap(),
+            Holding {
+                added: 1,
+                ..Holding::default()
+            }
+        );
+        assert_eq!(store.stats().unwrap(), (1, Some(again.due_ms)));
+    }
+
+    #[test]
+    fn an_ending_record_with_nothing_held_passes_on_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "alerts")).unwrap();
+        assert_eq!(store.hold(&[ending("b", 8)]).unwrap(), Holding::default());
+        let passing = store.to_check(20, 10, usize::MAX).unwrap();
+        assert_eq!(passing.len(), 1);
+        assert_eq!(passing[0].kind, SessionKind::PassOn);
+        assert_eq!(store.stats().unwrap(), (1, Some(20)));
+    }
+
+    #[test]
+    fn a_store_written_before_sessions_had_kinds_opens_with_every_session_held() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = store_path(dir.path(), "cooling");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(&SCHEMA.replace(",\n    kind INTEGER NOT NULL DEFAULT 0", ""))
+                .unwrap();
+            conn.execute_batch(
+                "INSERT INTO held VALUES ('a', 'c1::a', x'7b7d', 't', 0, 1, 0, 5, 5)",
+            )
+            .unwrap();
+        }
+        let store = PendingStore::open(&path).unwrap();
+        let held = store.to_check(10, 10, usize::MAX).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].kind, SessionKind::Held);
     }
 }

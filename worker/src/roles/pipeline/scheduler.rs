@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::delay::{decide, Step};
-use super::pending::{HeldSession, PendingError, PendingStore, SessionVersion};
+use super::pending::{HeldSession, PendingError, PendingStore, SessionKind, SessionVersion};
 use super::state::{follow, StateView};
 use super::{Record, Stages};
 use crate::metrics::{OutcomeLabel, ReasonLabel, WorkerMetrics};
@@ -82,6 +82,8 @@ struct Pass {
     rechecks: Vec<(SessionVersion, i64)>,
     /// Violating sessions with nowhere to divert them.
     dropped: Vec<HeldSession>,
+    /// Tombstones of ended sessions whose time is up: deleted, not counted again.
+    expired: Vec<HeldSession>,
     sends: Vec<Send>,
 }
 
@@ -178,9 +180,10 @@ impl DelayTask {
         let Pass {
             mut rechecks,
             dropped,
+            expired,
             sends,
         } = self.check(sessions, now);
-        let mut released = Vec::new();
+        let mut released = expired;
         for held in dropped {
             self.count(metrics, Release::Dropped, &held);
             released.push(held);
@@ -252,6 +255,17 @@ impl DelayTask {
     fn check(&self, sessions: Vec<HeldSession>, now: DateTime<Utc>) -> Pass {
         let mut pass = Pass::default();
         for held in sessions {
+            match held.kind {
+                SessionKind::Held => {}
+                SessionKind::Ended => {
+                    pass.expired.push(held);
+                    continue;
+                }
+                SessionKind::PassOn => {
+                    pass.sends.push(self.emission(held, now));
+                    continue;
+                }
+            }
             let due = DateTime::from_timestamp_millis(held.due_ms).unwrap_or(now);
             let state = self
                 .delay
@@ -433,6 +447,7 @@ mod tests {
             held_at_ms: due_ms - 1000,
             due_ms,
             next_check_ms: due_ms,
+            kind: SessionKind::Held,
         }
     }
 
@@ -521,5 +536,63 @@ mod tests {
             .expect("srv-5 is still held");
         assert_eq!(srv5.next_check_ms, (now + RETRY_AFTER).timestamp_millis());
         assert_eq!(released(&metrics, "emitted"), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resolution_passing_on_is_emitted_unchecked_and_a_tombstone_goes_unemitted() {
+        let broker = kg_shared::kafka::EmbeddedBroker::start(1).unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("message.timeout.ms", "2000")
+            .create()
+            .unwrap();
+        let templates =
+            PipelineTemplates::parse(COOLING, std::path::Path::new("server-cooling.toml")).unwrap();
+        let client = ClientId::parse("dc-east").unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let handler = PipelineHandler::new(
+            templates.get("server-cooling").unwrap(),
+            client.clone(),
+            data.path(),
+        )
+        .unwrap();
+        let task = handler.delay_task().unwrap();
+        // srv-1's state says "on": a held session would be a violation, but a record
+        // passing on is not checked.
+        task.view.apply(
+            &task.delay,
+            &client,
+            Some(b"dc-east::srv-1"),
+            Some(br#"{"server_id": "srv-1", "power": "on"}"#),
+        );
+        task.view.set_caught_up(true);
+        let now = Utc::now();
+        let past = now.timestamp_millis() - 500;
+        let record = |server: &str| json!({"server_id": server}).to_string().into_bytes();
+        // srv-1's resolution ends nothing (passes on); srv-2's ends its held session.
+        task.store
+            .hold(&[
+                HeldSession {
+                    kind: SessionKind::Ended,
+                    ..held("srv-1", past, record("srv-1"))
+                },
+                held("srv-2", past, record("srv-2")),
+                HeldSession {
+                    kind: SessionKind::Ended,
+                    source_offset: 2,
+                    ..held("srv-2", past, record("srv-2"))
+                },
+            ])
+            .unwrap();
+        let metrics = WorkerMetrics::new("dc-east", "pipeline");
+        task.pass(&producer, &metrics, now).await.unwrap();
+        assert_eq!(released(&metrics, "emitted"), 1);
+        assert_eq!(metrics.delay_violations.get(), 0);
+        assert_eq!(metrics.records_out.get(), 1);
+        assert!(task
+            .store
+            .to_check(i64::MAX, 10, usize::MAX)
+            .unwrap()
+            .is_empty());
     }
 }

@@ -303,6 +303,8 @@ mod tests {
                 hold_while: vec![json!("off")],
                 divert_violations_to: None,
             }),
+            hold_from: None,
+            end_when: None,
         };
         let client = ClientId::parse("c1").unwrap();
         let view = StateView::default();

@@ -12,6 +12,19 @@ use super::{Processed, Rejection, Stages, Violation};
 const TEMPLATE: &str = include_str!("../../../../examples/pipelines/traffic-flatten.toml");
 const SAMPLE: &str = include_str!("../../../../examples/pipelines/traffic-sample.json");
 
+/// The stages over an input that makes one record (no split).
+trait ProcessOne {
+    fn process_one(&self, input: &[u8], now: DateTime<Utc>) -> Result<Processed, Rejection>;
+}
+
+impl ProcessOne for Stages {
+    fn process_one(&self, input: &[u8], now: DateTime<Utc>) -> Result<Processed, Rejection> {
+        let mut results = self.process(input, now);
+        assert_eq!(results.len(), 1, "one input, one record");
+        results.remove(0)
+    }
+}
+
 fn at(rfc3339: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(rfc3339)
         .unwrap()
@@ -29,7 +42,7 @@ fn traffic() -> Stages {
 #[test]
 fn seed_004s_reading_comes_out_flat_validated_and_stamped() {
     let Processed::Done(record) = traffic()
-        .process(SAMPLE.as_bytes(), at("2025-10-05T07:42:44.651Z"))
+        .process_one(SAMPLE.as_bytes(), at("2025-10-05T07:42:44.651Z"))
         .unwrap()
     else {
         panic!("held by a pipeline without a delay")
@@ -106,7 +119,7 @@ fn every_layer_of_validation_reports_every_violation() {
     ];
     for (case, input, expected) in cases {
         assert_eq!(
-            traffic().process(&input, now),
+            traffic().process_one(&input, now),
             Err(Rejection::Invalid(expected)),
             "{case}"
         );
@@ -116,11 +129,11 @@ fn every_layer_of_validation_reports_every_violation() {
 #[test]
 fn what_is_not_a_json_object_is_rejected_with_its_reason() {
     let now = at("2025-10-05T08:00:00Z");
-    let undecodable = traffic().process(b"{\"speed", now).unwrap_err();
+    let undecodable = traffic().process_one(b"{\"speed", now).unwrap_err();
     assert_eq!(undecodable.reason_code(), "undecodable");
-    let array = traffic().process(b"[1, 2]", now).unwrap_err();
+    let array = traffic().process_one(b"[1, 2]", now).unwrap_err();
     assert_eq!(array, Rejection::NotAnObject);
-    let invalid = traffic().process(&with(|v| v["timestamp"] = json!(true)), now);
+    let invalid = traffic().process_one(&with(|v| v["timestamp"] = json!(true)), now);
     assert_eq!(
         invalid.unwrap_err().to_string(),
         "failed validation: timestamp: not a timestamp (RFC 3339 or epoch milliseconds): true"
@@ -203,7 +216,7 @@ fn seed_000s_poweroff_is_held_as_its_server_and_resumed_by_the_demise_stamp() {
         ClientId::parse("dc-east").unwrap(),
     );
     let now = at("2025-11-02T16:17:30Z");
-    let Processed::Held { record, session } = stages.process(POWEROFF.as_bytes(), now).unwrap()
+    let Processed::Held { record, session } = stages.process_one(POWEROFF.as_bytes(), now).unwrap()
     else {
         panic!("not held")
     };
@@ -220,7 +233,7 @@ fn seed_000s_poweroff_is_held_as_its_server_and_resumed_by_the_demise_stamp() {
     assert_eq!(emitted["validation_status"], "valid");
     // A poweroff that names no server is dead-lettered before it is held.
     assert_eq!(
-        stages.process(br#"{"powered_off_at": "2025-11-02T16:17:27Z"}"#, now),
+        stages.process_one(br#"{"powered_off_at": "2025-11-02T16:17:27Z"}"#, now),
         Err(Rejection::Invalid(vec![violation("server_id", "missing")]))
     );
     // The repurpose pipeline takes the demise record as it comes out.
@@ -229,7 +242,7 @@ fn seed_000s_poweroff_is_held_as_its_server_and_resumed_by_the_demise_stamp() {
         ClientId::parse("dc-east").unwrap(),
     );
     let Processed::Done(repurposed) = repurpose
-        .process(&serde_json::to_vec(&emitted).unwrap(), later)
+        .process_one(&serde_json::to_vec(&emitted).unwrap(), later)
         .unwrap()
     else {
         panic!("held without a delay")
@@ -320,4 +333,134 @@ fn the_handler_holds_each_session_once_and_keeps_it_only_when_flushed() {
     drop(handler);
     let again = PipelineHandler::new(&cooling("server-cooling"), client, data.path()).unwrap();
     assert_eq!(again.delay_task().unwrap().store.stats().unwrap().0, 1);
+}
+
+const ALERTS: &str = include_str!("../../../../examples/pipelines/alert-enrichment.toml");
+const ALERTMANAGER: &str = include_str!("../../../../examples/pipelines/alertmanager-sample.json");
+
+fn alert_enrichment() -> super::PipelineTemplate {
+    PipelineTemplates::parse(ALERTS, Path::new("alert-enrichment.toml"))
+        .unwrap()
+        .get("alert-enrichment")
+        .unwrap()
+        .clone()
+}
+
+#[test]
+fn an_alertmanager_payload_is_held_as_one_session_per_alert_from_when_it_started() {
+    let stages = Stages::new(&alert_enrichment(), ClientId::parse("af-9").unwrap());
+    let now = at("2026-12-07T05:42:00Z");
+    let results = stages.process(ALERTMANAGER.as_bytes(), now);
+    assert_eq!(results.len(), 2, "{results:?}");
+    let Ok(Processed::Held { record, session }) = &results[0] else {
+        panic!("{results:?}")
+    };
+    assert_eq!(session, "a1b2c3d4e5f60718");
+    assert_eq!(record["alertname"], "KubePodCrashLooping");
+    assert_eq!(record["pod"], "checkout-7d9f8b6c5d-x2kq9");
+    assert_eq!(record["namespace"], "shop");
+    assert_eq!(record["receiver"], "kg-rca", "kept from the payload");
+    assert_eq!(record["labels"]["container"], "checkout");
+    assert!(!record.contains_key("alerts"));
+    let Ok(Processed::Held { session, .. }) = &results[1] else {
+        panic!("{results:?}")
+    };
+    assert_eq!(session, "0f1e2d3c4b5a6978");
+    // Emitted: looked up in the graph (none here) and stamped.
+    let emitted = stages.resume(record.clone(), now).unwrap();
+    assert_eq!(emitted["graph_status"], "unavailable");
+    assert_eq!(emitted["processor_id"], "alert-enricher-af-9");
+    // An alert without a fingerprint is rejected alone, named by its place.
+    let mut payload: Value = serde_json::from_str(ALERTMANAGER).unwrap();
+    payload["alerts"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("fingerprint");
+    let results = stages.process(&serde_json::to_vec(&payload).unwrap(), now);
+    assert!(matches!(results[0], Ok(Processed::Held { .. })));
+    let Err(rejection) = &results[1] else {
+        panic!("{results:?}")
+    };
+    assert_eq!(rejection.reason_code(), "validation_failed");
+    assert!(
+        rejection
+            .to_string()
+            .starts_with("alerts[1]: failed validation: fingerprint"),
+        "{rejection}"
+    );
+    // A payload without alerts cannot be split.
+    let results = stages.process(br#"{"receiver": "kg-rca"}"#, now);
+    assert!(matches!(&results[..], [Err(Rejection::Unsplittable(_))]));
+}
+
+#[test]
+fn the_handler_holds_alerts_from_their_start_and_a_resolution_ends_the_hold() {
+    use super::pending::SessionKind;
+    use super::{Outcome, PipelineHandler, RecordHandler};
+    let data = tempfile::tempdir().unwrap();
+    let client = ClientId::parse("af-9").unwrap();
+    let handler = PipelineHandler::new(&alert_enrichment(), client, data.path()).unwrap();
+    let task = handler.delay_task().expect("a delay task");
+    let offer = |offset: i64, payload: &Value| {
+        handler.handle_at(
+            "raw.prom.alerts",
+            0,
+            offset,
+            None,
+            Some(b"af-9::alerts"),
+            Some(&serde_json::to_vec(payload).unwrap()),
+        )
+    };
+    let mut payload: Value = serde_json::from_str(ALERTMANAGER).unwrap();
+    let started = Utc::now() - chrono::Duration::minutes(2);
+    for alert in payload["alerts"].as_array_mut().unwrap() {
+        alert["startsAt"] = json!(started.to_rfc3339());
+    }
+    assert_eq!(
+        offer(1, &payload),
+        Outcome::Many(vec![Outcome::Absorbed, Outcome::Absorbed])
+    );
+    handler.flush().unwrap();
+    let held = task.store.to_check(i64::MAX, 10, usize::MAX).unwrap();
+    assert_eq!(held.len(), 2);
+    // Counted from startsAt: due 5 minutes after it started, not after it came in.
+    assert_eq!(held[0].held_at_ms, started.timestamp_millis());
+    assert_eq!(
+        held[0].due_ms,
+        (started + chrono::Duration::minutes(5)).timestamp_millis()
+    );
+    // The node alert resolves within its cooling: its hold ends, nothing is emitted.
+    let mut resolved = payload.clone();
+    resolved["alerts"] = json!([payload["alerts"][1].clone()]);
+    resolved["alerts"][0]["status"] = json!("resolved");
+    assert_eq!(offer(2, &resolved), Outcome::Absorbed);
+    handler.flush().unwrap();
+    let rows = task.store.to_check(i64::MAX, 10, usize::MAX).unwrap();
+    let kinds: Vec<(&str, SessionKind)> =
+        rows.iter().map(|r| (r.session.as_str(), r.kind)).collect();
+    assert!(
+        kinds.contains(&("0f1e2d3c4b5a6978", SessionKind::Ended)),
+        "{kinds:?}"
+    );
+    assert!(
+        kinds.contains(&("a1b2c3d4e5f60718", SessionKind::Held)),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        task.store.stats().unwrap().0,
+        1,
+        "a tombstone is not pending"
+    );
+    // A resolution of an alert not held (emitted already) passes on at once.
+    let mut other = resolved.clone();
+    other["alerts"][0]["fingerprint"] = json!("feedfacefeedface");
+    assert_eq!(offer(3, &other), Outcome::Absorbed);
+    handler.flush().unwrap();
+    let passing = task
+        .store
+        .to_check(Utc::now().timestamp_millis(), 10, usize::MAX)
+        .unwrap();
+    assert!(passing
+        .iter()
+        .any(|r| r.session == "feedfacefeedface" && r.kind == SessionKind::PassOn));
 }

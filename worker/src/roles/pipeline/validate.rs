@@ -105,7 +105,7 @@ fn timestamp_violation(
     }
 }
 
-fn parse_timestamp(value: &Value) -> Option<DateTime<Utc>> {
+pub(super) fn parse_timestamp(value: &Value) -> Option<DateTime<Utc>> {
     match value {
         Value::String(text) => DateTime::parse_from_rfc3339(text)
             .ok()
