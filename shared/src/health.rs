@@ -62,6 +62,14 @@ pub struct DelayHealth {
     pub violations: u64,
     /// Whether the state topic has been read to its end (checks wait until it has).
     pub state_caught_up: bool,
+    /// Whether the input has been read to where it ended at start (when input records
+    /// may end holds, emissions wait until it has); true for other delays.
+    #[serde(default = "yes")]
+    pub input_caught_up: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// What a prober reads of a `/health` body, whoever wrote it: only `status` and `reason`,

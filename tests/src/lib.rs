@@ -657,6 +657,7 @@ fn tail(text: &str, lines: usize) -> String {
 }
 
 pub mod fake_kube;
+pub mod incident;
 pub mod raw_kafka;
 
 /// A running `kg-rca-agent` with its log file.

@@ -196,3 +196,288 @@ async fn a_registration_gets_the_requestable_pipelines_it_asks_for_and_a_reason_
     .with_context(|| plane.log_tail())?;
     Ok(())
 }
+
+/// One alert of an Alertmanager webhook payload, as Alertmanager writes it.
+fn alert(
+    fingerprint: &str,
+    labels: Value,
+    status: &str,
+    starts_at: chrono::DateTime<chrono::Utc>,
+) -> Value {
+    let ends_at = if status == "resolved" {
+        chrono::Utc::now().to_rfc3339()
+    } else {
+        "0001-01-01T00:00:00Z".to_string()
+    };
+    serde_json::json!({
+        "status": status, "labels": labels,
+        "annotations": {"summary": format!("{} fired", labels["alertname"])},
+        "startsAt": starts_at.to_rfc3339(), "endsAt": ends_at,
+        "generatorURL": "http://prometheus:9090/graph", "fingerprint": fingerprint,
+    })
+}
+
+/// A webhook payload of `alerts`.
+fn alertmanager_payload(alerts: &[Value]) -> String {
+    serde_json::json!({
+        "receiver": "kg-rca", "status": "firing", "alerts": alerts,
+        "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+        "externalURL": "http://alertmanager:9093", "version": "4",
+        "groupKey": "{}:{}", "truncatedAlerts": 0,
+    })
+    .to_string()
+}
+
+/// `client`'s enriched alerts so far, as (fingerprint, status, record).
+fn enriched(bootstrap: &str, client: &str) -> Vec<(String, String, Value)> {
+    kcat_consume(bootstrap, "alerts.enriched")
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(key, _)| key.starts_with(&format!("{client}::")))
+        .filter_map(|(_, value)| {
+            let record: Value = serde_json::from_str(&value).ok()?;
+            Some((
+                record["fingerprint"].as_str()?.to_string(),
+                record["status"].as_str()?.to_string(),
+                record,
+            ))
+        })
+        .collect()
+}
+
+/// A worker's metric `name` with the label `label` (`outcome="ended"`; empty: any), from
+/// its own `/metrics`.
+fn worker_metric(plane: &ControlPlane, worker: &str, name: &str, label: &str) -> Option<f64> {
+    let addr = plane.worker_addr(worker)?;
+    let (_, body) = http::blocking_get(&format!("http://{addr}/metrics")).ok()?;
+    body.lines()
+        .find(|line| {
+            line.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with(['{', ' ']) && rest.contains(label))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+on_both_brokers!(
+    alert_enrichment_emits_firing_alerts_enriched_from_the_graph_and_none_that_resolved_while_cooling
+);
+
+/// The shipped alert-enrichment template, its cooling shortened to 12 s, run by the control
+/// plane beside the client's graph builder: the demo incident fills the graph; checkout's
+/// pod and node-1 start firing (one snappy payload on the 2.1.x agents' `raw.prom.alerts`);
+/// the pipeline worker is SIGKILLed while both cool, and node-1 resolves meanwhile; a later
+/// alert on `alerts.raw` marks the time by which both would have been emitted. Checkout's
+/// alert comes out once, after its cooling, with its own and its neighbours' events, its
+/// error log and its blast radius; node-1's never does; checkout's later resolution goes
+/// on at once.
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
+async fn alert_enrichment_emits_firing_alerts_enriched_from_the_graph_and_none_that_resolved_while_cooling(
+    kind: BrokerKind,
+) -> Result<()> {
+    let broker = broker_or_skip!(kind);
+    let b = &broker.bootstrap;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples/pipelines/alert-enrichment.toml");
+    let text = std::fs::read_to_string(path)?
+        .replace("hold = \"5m\"", "hold = \"12s\"")
+        .replace("check_every = \"5m\"", "check_every = \"12s\"");
+    anyhow::ensure!(text.contains("hold = \"12s\"") && text.contains("check_every = \"12s\""));
+    // Not a catalog topic: the 2.1.x agents' receiver makes it.
+    kcat_produce(b, "raw.prom.alerts", "setup::0", Some("{}"), None)?;
+    let (plane, _templates) = plane_with_templates(&broker, &text)?;
+    let client = "shop-eu";
+    let pipeline = "kg-pipeline-alert-enrichment.shop-eu";
+    register_with_chart(b, client)?;
+    poll("the client's four workers", Duration::from_secs(60), || {
+        let running = plane.running_workers(client);
+        (running.len() == 4 && running.iter().any(|(name, _)| name == pipeline)).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+
+    // The incident, ten minutes ago, into the graph (five events and one error log).
+    let incident = chrono::Utc::now() - chrono::Duration::minutes(10);
+    incident::replay_scenario_from(b, client, incident).await?;
+    poll("the incident in the graph", Duration::from_secs(90), || {
+        let (code, body) = plane.get(&format!("/clients/{client}/graph/stats")).ok()?;
+        let stats: Value = serde_json::from_str(&body).ok()?;
+        (code == 200 && stats["episodes"].as_u64()? >= 6).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+
+    // Alertmanager's times are to the nanosecond; the hold counts in milliseconds.
+    let started = chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis())
+        .context("now")?;
+    let checkout = serde_json::json!({"alertname": "KubePodCrashLooping", "namespace": "shop",
+                                      "pod": "checkout-abc-1", "severity": "warning"});
+    let node = serde_json::json!({"alertname": "KubeNodeNotReady", "node": "node-1", "severity": "critical"});
+    let alerts_key = format!("{client}::alertmanager");
+    kcat_produce(
+        b,
+        "raw.prom.alerts",
+        &alerts_key,
+        Some(&alertmanager_payload(&[
+            alert("fp-checkout", checkout.clone(), "firing", started),
+            alert("fp-node-1", node.clone(), "firing", started),
+        ])),
+        Some("snappy"),
+    )?;
+    poll("both alerts cooling", Duration::from_secs(30), || {
+        (worker_metric(&plane, pipeline, "worker_delay_pending_sessions", "")? == 2.0).then_some(())
+    })
+    .with_context(|| plane.worker_log(pipeline))?;
+
+    // SIGKILL while they cool; node-1 resolves before the next worker has started.
+    let pid = plane.worker_pid(pipeline).context("the pipeline's pid")?;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    kcat_produce(
+        b,
+        "raw.prom.alerts",
+        &alerts_key,
+        Some(&alertmanager_payload(&[alert(
+            "fp-node-1",
+            node,
+            "resolved",
+            started,
+        )])),
+        Some("snappy"),
+    )?;
+    poll("the pipeline restarted", Duration::from_secs(60), || {
+        let again = plane.worker_pid(pipeline)?;
+        (again != pid
+            && plane
+                .running_workers(client)
+                .iter()
+                .any(|(n, _)| n == pipeline))
+        .then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    // Due after both: once it is out, both of theirs would be.
+    let marker = serde_json::json!({"alertname": "KubeDeploymentReplicasMismatch", "namespace": "shop",
+                                    "deployment": "checkout"});
+    kcat_produce(
+        b,
+        "alerts.raw",
+        &alerts_key,
+        Some(&alertmanager_payload(&[alert(
+            "fp-marker",
+            marker,
+            "firing",
+            chrono::Utc::now(),
+        )])),
+        None,
+    )?;
+    let out = poll("the marker alert", Duration::from_secs(90), || {
+        let out = enriched(b, client);
+        out.iter()
+            .any(|(fp, _, _)| fp == "fp-marker")
+            .then_some(out)
+    })
+    .with_context(|| plane.worker_log(pipeline))?;
+    let mut fingerprints: Vec<&str> = out.iter().map(|(fp, _, _)| fp.as_str()).collect();
+    fingerprints.sort_unstable();
+    assert_eq!(fingerprints, ["fp-checkout", "fp-marker"], "{out:#?}");
+
+    let (_, status, record) = out.iter().find(|(fp, _, _)| fp == "fp-checkout").unwrap();
+    assert_eq!(status, "firing");
+    assert_eq!(record["alertname"], "KubePodCrashLooping");
+    assert_eq!(record["receiver"], "kg-rca");
+    assert_eq!(record["processor_id"], "alert-enricher-shop-eu");
+    let emitted = chrono::DateTime::parse_from_rfc3339(
+        record["processed_at"].as_str().context("processed_at")?,
+    )?;
+    anyhow::ensure!(
+        emitted >= started + chrono::Duration::seconds(12),
+        "emitted at {emitted}, within its 12 s cooling from {started}"
+    );
+    assert_eq!(record["graph_status"], "found", "{record:#}");
+    assert_eq!(
+        record["graph_resources"],
+        serde_json::json!(["pod:shop:checkout-abc-1"])
+    );
+    let reasons: Vec<&str> = record["related_events"]
+        .as_array()
+        .context("related_events")?
+        .iter()
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    for reason in ["OOMKilled", "CrashLoopBackOff", "Unhealthy"] {
+        assert!(
+            reasons.contains(&reason),
+            "{reason} missing from {reasons:?}"
+        );
+    }
+    assert!(
+        !reasons.contains(&"Evicted"),
+        "web-1 is no neighbour: {reasons:?}"
+    );
+    assert_eq!(
+        record["error_logs"].as_array().map(Vec::len),
+        Some(1),
+        "{record:#}"
+    );
+    let radius: Vec<&str> = record["blast_radius"]
+        .as_array()
+        .context("blast_radius")?
+        .iter()
+        .filter_map(|r| r["resource"].as_str())
+        .collect();
+    for dependent in [
+        "replicaset:shop:checkout-abc",
+        "service:shop:checkout",
+        "deployment:shop:checkout",
+    ] {
+        assert!(
+            radius.contains(&dependent),
+            "{dependent} missing from {radius:?}"
+        );
+    }
+    assert_eq!(
+        worker_metric(
+            &plane,
+            pipeline,
+            "worker_delay_released_total",
+            "outcome=\"ended\""
+        ),
+        Some(1.0),
+        "node-1's hold ended by its resolution"
+    );
+
+    // Checkout recovers: an alert already emitted, so its resolution goes on at once.
+    kcat_produce(
+        b,
+        "raw.prom.alerts",
+        &alerts_key,
+        Some(&alertmanager_payload(&[alert(
+            "fp-checkout",
+            checkout,
+            "resolved",
+            started,
+        )])),
+        Some("snappy"),
+    )?;
+    let out = poll("checkout's resolution", Duration::from_secs(30), || {
+        let out = enriched(b, client);
+        out.iter()
+            .any(|(fp, status, _)| fp == "fp-checkout" && status == "resolved")
+            .then_some(out)
+    })
+    .with_context(|| plane.worker_log(pipeline))?;
+    let mut seen: Vec<(&str, &str)> = out
+        .iter()
+        .map(|(fp, s, _)| (fp.as_str(), s.as_str()))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [
+            ("fp-checkout", "firing"),
+            ("fp-checkout", "resolved"),
+            ("fp-marker", "firing")
+        ],
+        "each once, and nothing of node-1"
+    );
+    Ok(())
+}

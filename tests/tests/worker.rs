@@ -533,3 +533,109 @@ async fn a_cooling_pipeline_holds_each_server_through_a_sigkill_and_emits_only_t
     );
     Ok(())
 }
+
+on_both_brokers!(an_alert_resolved_while_its_worker_was_down_is_not_emitted_when_it_comes_back);
+
+/// The shipped alert-enrichment template with an 8 s cooling, its worker on its own: two
+/// alerts fire and are held; the worker is SIGKILLed, one alert resolves, and the next
+/// worker starts only once both are overdue. It must read the resolution waiting in its
+/// input before it emits anything, so only the alert still firing comes out.
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
+async fn an_alert_resolved_while_its_worker_was_down_is_not_emitted_when_it_comes_back(
+    kind: BrokerKind,
+) -> Result<()> {
+    let broker = broker_or_skip!(kind);
+    let b = &broker.bootstrap;
+    let client = "shop-us";
+    let volume = tempfile::tempdir()?;
+    let text = std::fs::read_to_string(example("alert-enrichment.toml"))?
+        .replace("hold = \"5m\"", "hold = \"8s\"")
+        .replace("check_every = \"5m\"", "check_every = \"8s\"");
+    ensure!(text.contains("hold = \"8s\"") && text.contains("check_every = \"8s\""));
+    let templates = volume.path().join("alert-enrichment.toml");
+    std::fs::write(&templates, &text)?;
+    let data = volume.path().join("data");
+    let data = data.to_str().context("path")?;
+    let templates = templates.to_str().context("path")?;
+    let start = || {
+        Worker::start_with(
+            b,
+            "pipeline",
+            client,
+            &[
+                ("WORKER_PIPELINE", "alert-enrichment"),
+                ("WORKER_PIPELINES_FILE", templates),
+                ("WORKER_DATA_DIR", data),
+            ],
+        )
+    };
+    for topic in ["raw.prom.alerts", "alerts.raw", "alerts.enriched"] {
+        kcat_produce(b, topic, "elsewhere::0", Some("{}"), None)?;
+    }
+    let started = chrono::DateTime::from_timestamp_millis(chrono::Utc::now().timestamp_millis())
+        .context("now")?;
+    let payload = |alerts: Vec<(&str, &str)>| {
+        let alerts: Vec<Value> = alerts
+            .into_iter()
+            .map(|(fingerprint, status)| {
+                serde_json::json!({
+                    "status": status, "fingerprint": fingerprint, "startsAt": started.to_rfc3339(),
+                    "labels": {"alertname": "KubePodNotReady", "namespace": "shop", "pod": fingerprint},
+                })
+            })
+            .collect();
+        serde_json::json!({"receiver": "kg-rca", "status": "firing", "alerts": alerts}).to_string()
+    };
+    let mut alerts = start()?;
+    poll("the worker's health", Duration::from_secs(20), || {
+        alerts.get("/health")
+    })?;
+    kcat_produce(
+        b,
+        "raw.prom.alerts",
+        &format!("{client}::alertmanager"),
+        Some(&payload(vec![
+            ("fp-stays", "firing"),
+            ("fp-resolves", "firing"),
+        ])),
+        Some("snappy"),
+    )?;
+    poll("two alerts cooling", Duration::from_secs(20), || {
+        (alerts.metric("worker_delay_pending_sessions")? == 2.0).then_some(())
+    })?;
+    alerts.child.kill()?;
+    alerts.child.wait()?;
+    kcat_produce(
+        b,
+        "raw.prom.alerts",
+        &format!("{client}::alertmanager"),
+        Some(&payload(vec![("fp-resolves", "resolved")])),
+        Some("snappy"),
+    )?;
+    let due = started + chrono::Duration::seconds(8);
+    poll("both alerts overdue", Duration::from_secs(30), || {
+        (chrono::Utc::now() > due + chrono::Duration::seconds(1)).then_some(())
+    })?;
+    let alerts = start()?;
+    let emitted = poll("the alert still firing", Duration::from_secs(40), || {
+        let found = normalized_for(b, "alerts.enriched", client);
+        (!found.is_empty()).then_some(found)
+    })?;
+    poll("nothing held", Duration::from_secs(20), || {
+        (alerts.metric("worker_delay_pending_sessions")? == 0.0).then_some(())
+    })?;
+    let fingerprints: Vec<&str> = emitted
+        .iter()
+        .filter_map(|(_, record)| record["fingerprint"].as_str())
+        .collect();
+    assert_eq!(fingerprints, ["fp-stays"], "{emitted:?}");
+    let health: Value = serde_json::from_str(&alerts.get("/health").context("health")?)?;
+    assert_eq!(health["delay"]["input_caught_up"], true, "{health}");
+    let stages: Value = serde_json::from_str(&alerts.get("/health/stages").context("stages")?)?;
+    let delay = &stages["stages"][3];
+    assert_eq!(delay["kind"], "delay", "{stages}");
+    assert_eq!(delay["released"]["ended"], 1, "{stages}");
+    assert_eq!(delay["released"]["emitted"], 1, "{stages}");
+    assert_eq!(normalized_for(b, "alerts.enriched", client).len(), 1);
+    Ok(())
+}

@@ -205,11 +205,17 @@ fn start_delay(
         .set("message.timeout.ms", "30000")
         .create()
         .map_err(pipeline::PipelineError::Producer)?;
+    let input = roles::pipeline::input_read::InputGroup {
+        group: settings.group_id.clone(),
+        topics: delay.input_topics.clone(),
+        from_latest: settings.auto_offset_reset == "latest",
+    };
     let task = tokio::spawn(roles::pipeline::scheduler::run(
         delay,
         config.kafka.client_config(),
         producer,
         metrics,
+        input,
         stopped,
     ));
     Ok((stop, Some(task)))

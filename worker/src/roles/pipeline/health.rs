@@ -11,11 +11,12 @@ use kg_shared::pipeline_template::Stage;
 use serde_json::{json, Value};
 
 use super::pending::PendingStore;
-use super::state::StateView;
+use super::state::{CatchUp, StateView};
 use super::Stages;
 use crate::metrics::WorkerMetrics;
 
-/// How long checks may wait for the state topic before `/health` says degraded.
+/// How long checks may wait for the state topic (or the input) before `/health` says
+/// degraded.
 const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How far past its due time a held session may be before `/health` says degraded.
 const OVERDUE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -24,14 +25,25 @@ const OVERDUE: std::time::Duration = std::time::Duration::from_secs(60);
 pub struct StagesHealth {
     pub pipeline: String,
     pub stages: Stages,
-    /// The delay stage's store and state view, if the pipeline has one.
-    pub delay: Option<(Arc<PendingStore>, Arc<StateView>)>,
+    /// The delay stage's parts, if the pipeline has one.
+    pub delay: Option<DelayParts>,
+}
+
+/// What the health routes read of a delay stage.
+pub struct DelayParts {
+    pub store: Arc<PendingStore>,
+    pub view: Arc<StateView>,
+    pub input_read: Arc<CatchUp>,
 }
 
 impl StagesHealth {
     /// The delay stage's summary for `/health`; None without a delay stage.
     pub fn delay_summary(&self, metrics: &WorkerMetrics) -> Option<DelayHealth> {
-        let (store, view) = self.delay.as_ref()?;
+        let DelayParts {
+            store,
+            view,
+            input_read,
+        } = self.delay.as_ref()?;
         let (pending, oldest_due) = store.stats().unwrap_or((0, None));
         Some(DelayHealth {
             pending_sessions: pending,
@@ -40,6 +52,7 @@ impl StagesHealth {
                 .map(|due| due.to_rfc3339_opts(SecondsFormat::Millis, true)),
             violations: metrics.delay_violations.get(),
             state_caught_up: view.is_caught_up(),
+            input_caught_up: input_read.is_caught_up(),
         })
     }
 
@@ -47,10 +60,20 @@ impl StagesHealth {
     /// waited over `STATE_WAIT` for the state topic, or a session is overdue by over
     /// `OVERDUE` (nothing emits it).
     pub fn trouble(&self) -> Option<String> {
-        let (store, view) = self.delay.as_ref()?;
+        let DelayParts {
+            store,
+            view,
+            input_read,
+        } = self.delay.as_ref()?;
         if let Some(waiting) = view.waiting_for().filter(|w| *w > STATE_WAIT) {
             return Some(format!(
                 "the delay stage's checks have waited {}s for its state topic to be read",
+                waiting.as_secs()
+            ));
+        }
+        if let Some(waiting) = input_read.waiting_for().filter(|w| *w > STATE_WAIT) {
+            return Some(format!(
+                "the delay stage has waited {}s for its input to be read to where it ended at start",
                 waiting.as_secs()
             ));
         }
@@ -78,6 +101,8 @@ impl StagesHealth {
                 if let (Stage::Delay(delay), Some(summary)) = (stage, self.delay_summary(metrics)) {
                     if !summary.state_caught_up {
                         entry["state"] = json!("reading its state topic");
+                    } else if !summary.input_caught_up {
+                        entry["state"] = json!("reading its input to where it ended at start");
                     }
                     entry["hold"] = json!(humanize(delay.hold));
                     entry["check_every"] = json!(humanize(delay.check_every));
@@ -105,6 +130,7 @@ fn released(metrics: &WorkerMetrics) -> serde_json::Map<String, Value> {
         "dropped",
         "dead_lettered",
         "superseded",
+        "ended",
     ]
     .into_iter()
     .map(|outcome| {

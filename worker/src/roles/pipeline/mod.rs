@@ -20,6 +20,7 @@ mod enrich;
 mod flatten;
 pub mod graph;
 pub mod health;
+pub mod input_read;
 pub mod pending;
 pub mod scheduler;
 mod split;
@@ -309,6 +310,8 @@ struct Held {
     store: Arc<PendingStore>,
     /// The latest state of each session, which the scheduler's reader fills.
     view: Arc<state::StateView>,
+    /// Whether the input has been read to where it ended at start (see `input_read.rs`).
+    input_read: Arc<state::CatchUp>,
     batch: Mutex<Vec<HeldSession>>,
     /// Where superseded sessions are counted (a worker's metrics; none in unit tests).
     metrics: Option<Arc<WorkerMetrics>>,
@@ -345,9 +348,14 @@ impl PipelineHandler {
                     Some(_) => state::StateView::default(),
                     None => state::StateView::without_topic(),
                 };
+                let input_read = match delay.end_when {
+                    Some(_) => state::CatchUp::waiting(),
+                    None => state::CatchUp::done(),
+                };
                 Some(Held {
                     delay,
                     view: Arc::new(view),
+                    input_read: Arc::new(input_read),
                     metrics: None,
                     store: Arc::new(store),
                     batch: Mutex::new(Vec::new()),
@@ -392,6 +400,8 @@ impl PipelineHandler {
             stages: self.stages.clone(),
             store: held.store.clone(),
             view: held.view.clone(),
+            input_read: held.input_read.clone(),
+            input_topics: self.input.iter().map(ToString::to_string).collect(),
             output: self.output.to_string(),
         })
     }
@@ -401,10 +411,11 @@ impl PipelineHandler {
         health::StagesHealth {
             pipeline: pipeline.to_string(),
             stages: self.stages.clone(),
-            delay: self
-                .held
-                .as_ref()
-                .map(|held| (held.store.clone(), held.view.clone())),
+            delay: self.held.as_ref().map(|held| health::DelayParts {
+                store: held.store.clone(),
+                view: held.view.clone(),
+                input_read: held.input_read.clone(),
+            }),
         }
     }
 }

@@ -23,8 +23,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::delay::{decide, Step};
+use super::input_read::{await_start_end, InputGroup};
 use super::pending::{HeldSession, PendingError, PendingStore, SessionKind, SessionVersion};
-use super::state::{follow, StateView};
+use super::state::{follow, CatchUp, StateView};
 use super::{Record, Stages};
 use crate::metrics::{OutcomeLabel, ReasonLabel, WorkerMetrics};
 use crate::pipeline::{is_permanent, MAX_OUTPUT_BYTES};
@@ -45,6 +46,10 @@ pub struct DelayTask {
     pub store: Arc<PendingStore>,
     /// Filled by the state topic's reader, which `run` starts when the delay has a check.
     pub view: Arc<StateView>,
+    /// Whether the input has been read to where it ended at start, which `run` waits for
+    /// when input records may end holds (`end_when`).
+    pub input_read: Arc<CatchUp>,
+    pub input_topics: Vec<String>,
     pub output: String,
 }
 
@@ -97,13 +102,24 @@ struct Send {
 
 /// Runs until `shutdown` turns true; an error when it stopped on its own (its state
 /// reader ended), which the worker treats as fatal so that its supervisor restarts it.
+/// `input` names the pipeline's consumer group, whose progress the scheduler waits on
+/// when input records may end holds.
 pub async fn run(
     task: DelayTask,
     kafka: rdkafka::ClientConfig,
     producer: FutureProducer,
     metrics: Arc<WorkerMetrics>,
+    input: InputGroup,
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<(), SchedulerStopped> {
+    if !task.input_read.is_caught_up() {
+        tokio::spawn(await_start_end(
+            kafka.clone(),
+            input,
+            task.input_read.clone(),
+            shutdown.clone(),
+        ));
+    }
     let reader = task.delay.check.as_ref().map(|check| {
         tokio::spawn(follow(
             kafka,
@@ -118,8 +134,11 @@ pub async fn run(
     loop {
         task.report(&metrics);
         // Until the state topic has been read to its end a check could pass on an old
-        // state: wait, without spinning on sessions that are already due.
-        let wait = if task.view.is_caught_up() {
+        // state, and until the input has been read to where it ended at start a session
+        // could be emitted that a record in it ends: wait, without spinning on sessions
+        // that are already due.
+        let ready = task.view.is_caught_up() && task.input_read.is_caught_up();
+        let wait = if ready {
             match blocking(|| task.store.next_check()) {
                 Ok(Some(next)) => Duration::from_millis(
                     (next - Utc::now().timestamp_millis()).clamp(0, MAX_WAIT.as_millis() as i64)
@@ -140,7 +159,7 @@ pub async fn run(
         if reader.as_ref().is_some_and(|reader| reader.is_finished()) {
             return Err(SchedulerStopped::StateReader);
         }
-        if !task.view.is_caught_up() {
+        if !(task.view.is_caught_up() && task.input_read.is_caught_up()) {
             continue;
         }
         if let Err(error) = task.pass(&producer, &metrics, Utc::now()).await {

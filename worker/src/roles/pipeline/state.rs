@@ -21,43 +21,36 @@ use tracing::{info, warn};
 
 use super::delay::session_of;
 
-/// The checked field's value in the latest state record of each session, and whether
-/// the topic has been read to its end.
-pub struct StateView {
-    latest: RwLock<HashMap<String, Value>>,
+/// Whether something the scheduler waits for has been read far enough (the state topic to
+/// its end; the input to where it ended when the worker started), and since when it has
+/// been waiting, for `/health`.
+pub struct CatchUp {
     caught_up: AtomicBool,
-    /// Since when checks have been waiting for the topic, for `/health`.
     waiting_since: Mutex<Option<Instant>>,
 }
 
-impl Default for StateView {
-    fn default() -> Self {
+impl CatchUp {
+    /// Not caught up yet: waiting from now.
+    pub fn waiting() -> Self {
         Self {
-            latest: RwLock::default(),
             caught_up: AtomicBool::new(false),
             waiting_since: Mutex::new(Some(Instant::now())),
         }
     }
-}
 
-impl StateView {
-    /// A view that needs no topic (a delay without a check): caught up from the start.
-    pub fn without_topic() -> Self {
-        let view = Self::default();
-        view.set_caught_up(true);
-        view
-    }
-
-    pub fn get(&self, session: &str) -> Option<Value> {
-        self.latest.read().ok()?.get(session).cloned()
+    /// Nothing to wait for.
+    pub fn done() -> Self {
+        Self {
+            caught_up: AtomicBool::new(true),
+            waiting_since: Mutex::new(None),
+        }
     }
 
     pub fn is_caught_up(&self) -> bool {
         self.caught_up.load(Ordering::Acquire)
     }
 
-    /// How long checks have been waiting for the topic to be read to its end; None when
-    /// they are not waiting.
+    /// How long the scheduler has been waiting; None when it is not.
     pub fn waiting_for(&self) -> Option<Duration> {
         self.waiting_since.lock().ok()?.map(|since| since.elapsed())
     }
@@ -69,6 +62,50 @@ impl StateView {
         if let Ok(mut since) = self.waiting_since.lock() {
             *since = (!caught_up).then(Instant::now);
         }
+    }
+}
+
+/// The checked field's value in the latest state record of each session, and whether
+/// the topic has been read to its end.
+pub struct StateView {
+    latest: RwLock<HashMap<String, Value>>,
+    read: CatchUp,
+}
+
+impl Default for StateView {
+    fn default() -> Self {
+        Self {
+            latest: RwLock::default(),
+            read: CatchUp::waiting(),
+        }
+    }
+}
+
+impl StateView {
+    /// A view that needs no topic (a delay without a check): caught up from the start.
+    pub fn without_topic() -> Self {
+        Self {
+            latest: RwLock::default(),
+            read: CatchUp::done(),
+        }
+    }
+
+    pub fn get(&self, session: &str) -> Option<Value> {
+        self.latest.read().ok()?.get(session).cloned()
+    }
+
+    pub fn is_caught_up(&self) -> bool {
+        self.read.is_caught_up()
+    }
+
+    /// How long checks have been waiting for the topic to be read to its end; None when
+    /// they are not waiting.
+    pub fn waiting_for(&self) -> Option<Duration> {
+        self.read.waiting_for()
+    }
+
+    pub(super) fn set_caught_up(&self, caught_up: bool) {
+        self.read.set_caught_up(caught_up);
     }
 
     pub fn sessions(&self) -> usize {

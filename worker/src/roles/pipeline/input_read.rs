@@ -1,0 +1,133 @@
+//! A delay stage whose holds are ended by input records (`end_when`: an alert's
+//! resolution) must not emit a session before it has read the input that was there when
+//! the worker started. A worker that starts after a session's due time (it was down, or
+//! restarting) would otherwise emit the session at once, while the record that ended it
+//! waits, unread, in the input.
+//!
+//! So the scheduler waits until the pipeline's consumer group has committed, in every
+//! partition of its inputs, the end offset the partition had at start: every record that
+//! was there has then been taken in (and an ending record has ended its session in the
+//! store, which is synced before the commit). Committed offsets are read with a consumer
+//! of the same group that never joins it (an offset fetch needs no membership).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::state::CatchUp;
+
+/// An input partition and the end offset it had at start.
+type PartitionEnd = (String, i32, i64);
+
+/// How long one Kafka request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the committed offsets are looked at.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+
+/// Where the input is read from: the pipeline's group, and whether a group that never
+/// committed starts at the end (`auto.offset.reset = latest`: what came before is never
+/// read, so not waited for).
+#[derive(Debug, Clone)]
+pub struct InputGroup {
+    pub group: String,
+    pub topics: Vec<String>,
+    pub from_latest: bool,
+}
+
+/// Sets `read` caught up once the group has committed, in each partition of its topics,
+/// the end it had when this was called; returns then, or at shutdown.
+pub async fn await_start_end(
+    config: ClientConfig,
+    input: InputGroup,
+    read: Arc<CatchUp>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut ends: Option<Vec<PartitionEnd>> = None;
+    loop {
+        let step = {
+            let (config, input) = (config.clone(), input.clone());
+            let known = ends.clone();
+            tokio::task::spawn_blocking(move || look(&config, &input, known)).await
+        };
+        match step {
+            Ok(Ok((found, true))) => {
+                info!(
+                    partitions = found.len(),
+                    "the input is read to where it ended at start; held sessions may be emitted"
+                );
+                read.set_caught_up(true);
+                return;
+            }
+            Ok(Ok((found, false))) => ends = Some(found),
+            Ok(Err(error)) => {
+                warn!(%error, "cannot tell how far the input is read; held sessions wait")
+            }
+            Err(error) => warn!(%error, "the input reader's look failed; retrying"),
+        }
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(LOOK_EVERY) => {}
+        }
+    }
+}
+
+/// The partitions' end offsets at start (found now if not `known`), and whether the group
+/// has committed each of them.
+fn look(
+    config: &ClientConfig,
+    input: &InputGroup,
+    known: Option<Vec<PartitionEnd>>,
+) -> Result<(Vec<PartitionEnd>, bool), KafkaError> {
+    let consumer: BaseConsumer = config
+        .clone()
+        .set("group.id", &input.group)
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let ends = match known {
+        Some(ends) => ends,
+        None => start_ends(&consumer, &input.topics)?,
+    };
+    let mut wanted = TopicPartitionList::new();
+    for (topic, partition, _) in &ends {
+        wanted.add_partition(topic, *partition);
+    }
+    let committed = consumer.committed_offsets(wanted, REQUEST_TIMEOUT)?;
+    let done = ends.iter().all(|(topic, partition, end)| {
+        match committed
+            .find_partition(topic, *partition)
+            .map(|p| p.offset())
+        {
+            Some(Offset::Offset(at)) => at >= *end,
+            // Never committed: read from the start (nothing yet) or from the end (done).
+            _ => input.from_latest,
+        }
+    });
+    Ok((ends, done))
+}
+
+/// Each input partition holding records, with its end offset now. A topic that does not
+/// exist (the optional `raw.prom.alerts`) has none.
+fn start_ends(consumer: &BaseConsumer, topics: &[String]) -> Result<Vec<PartitionEnd>, KafkaError> {
+    let mut ends = Vec::new();
+    for topic in topics {
+        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+        for found in metadata.topics() {
+            if found.error().is_some() {
+                continue;
+            }
+            for partition in found.partitions() {
+                let (low, high) =
+                    consumer.fetch_watermarks(topic, partition.id(), REQUEST_TIMEOUT)?;
+                if high > low {
+                    ends.push((topic.clone(), partition.id(), high));
+                }
+            }
+        }
+    }
+    Ok(ends)
+}
