@@ -128,6 +128,8 @@ ok "control plane $CP is ready with the docker runtime"
 roles=$(docker inspect "$CP" --format '{{range .Config.Env}}{{println .}}{{end}}' | sed -n 's/^CP_ROLES=//p')
 expected=3  # the default role set: event-normalizer, log-normalizer, graph-builder
 [ -n "$roles" ] && expected=$(echo "$roles" | tr ',' '\n' | grep -c .)
+# … and the built-in pipeline (no CP_PIPELINES_FILE): alert enrichment, for every client.
+expected=$((expected + 1))
 
 # ---- 2. registration → containers with names and labels ---------------------------------
 heartbeat_loop() {
@@ -139,8 +141,9 @@ heartbeat_loop() {
 produce cluster.registry "$CLIENT" "{\"client_id\":\"$CLIENT\",\"cluster_name\":\"test-cluster\",\"k8s_version\":\"1.28\"}"
 heartbeat_loop & heartbeat_pid=$!
 poll 60 expect_running "$expected" || fail "$expected worker containers run for $CLIENT"
-for role in event-normalizer log-normalizer graph-builder; do
-  name="kg-${role}-${CLIENT}"
+for named in event-normalizer:kg-event-normalizer-${CLIENT} log-normalizer:kg-log-normalizer-${CLIENT} \
+             graph-builder:kg-graph-builder-${CLIENT} pipeline:kg-pipeline-alert-enrichment.${CLIENT}; do
+  role=${named%%:*} name=${named#*:}
   labels=$(docker inspect "$name" --format '{{index .Config.Labels "kg.managed-by"}} {{index .Config.Labels "kg.client-id"}} {{index .Config.Labels "kg.role"}} {{index .Config.Labels "kg.spec-hash"}}') \
     || fail "container $name exists"
   read -r managed client_label role_label hash <<<"$labels"
@@ -149,7 +152,7 @@ for role in event-normalizer log-normalizer graph-builder; do
   user=$(docker inspect "$name" --format '{{.Config.User}}')
   [ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "$user" != root ] || fail "$name runs as a non-root user (got '$user')"
 done
-ok "registration → $expected containers running, named kg-<role>-$CLIENT, labelled, non-root"
+ok "registration → $expected containers running (alert enrichment's among them), named kg-<role>-$CLIENT, labelled, non-root"
 # (Output is captured before matching: with pipefail, `… | grep -q` fails when grep exits
 # early and the writer gets SIGPIPE.)
 [[ "$(client_json)" == *'"state":"running"'* ]] || fail "the API shows running workers"
@@ -227,7 +230,7 @@ before=$(containers)
 docker kill --signal KILL "$CP" >/dev/null
 docker start "$CP" >/dev/null
 poll 60 get /ready || fail "the restarted control plane becomes ready"
-adopted() { client_json | python3 -c 'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w)>=3 and all(x["state"]=="running" for x in w) else 1)'; }
+adopted() { client_json | python3 -c 'import json,sys; w=json.load(sys.stdin)["workers"]; sys.exit(0 if len(w)>='"$expected"' and all(x["state"]=="running" for x in w) else 1)'; }
 poll 30 adopted || fail "the restarted control plane lists the workers"
 sleep_passes() { # three reconcile passes, so anything wrong it would do has been done
   local target=$(( $(get /metrics | sed -n 's/^cp_reconciles_total //p') + 3 ))

@@ -147,7 +147,8 @@ pub struct RunArgs {
 
     /// TOML file with the pipeline templates (docs/pipelines.md): every client gets a
     /// worker of each pipeline marked `default`. Refused at start-up, with the line and
-    /// field, if it has an error.
+    /// field, if it has an error. Without it, the built-in templates: alert enrichment for
+    /// every client (examples/pipelines/alert-enrichment.toml); an empty file runs none.
     #[arg(long, env = "CP_PIPELINES_FILE")]
     pub pipelines_file: Option<PathBuf>,
 

@@ -22,6 +22,15 @@ use serde::{Deserialize, Serialize};
 use crate::runtime::{SharedRoleParts, WorkerSpec};
 use crate::supervise::RestartPolicy;
 
+/// The templates a control plane runs when it is given no templates file: alert
+/// enrichment (issue 14), a default pipeline, so every client gets it. The shipped file
+/// `examples/pipelines/alert-enrichment.toml` is this text; an operator's own file replaces
+/// it whole (an empty file runs no pipeline).
+pub const BUILT_IN_PIPELINES: &str = include_str!("../../examples/pipelines/alert-enrichment.toml");
+
+/// How errors name the built-in templates (they are tested, so there are none).
+const BUILT_IN_PIPELINES_NAME: &str = "(built-in) examples/pipelines/alert-enrichment.toml";
+
 /// The roles a client's workers may have: every [`Role`] but the shared event attributor,
 /// which runs once for all clients (`ControllerSettings::event_attributor`), not per client.
 pub const KNOWN_ROLES: &[Role] = &[
@@ -180,11 +189,16 @@ impl RoleSet {
         })
     }
 
-    /// The pipelines of the templates file at `file`, when one is given.
+    /// The pipelines of the templates file at `file`; without one, the built-in
+    /// templates ([`BUILT_IN_PIPELINES`]).
     pub fn with_pipelines(mut self, file: Option<&Path>) -> Result<Self, TemplateError> {
-        if let Some(file) = file {
-            self.pipelines = PipelineTemplates::load(file)?.pipelines;
-        }
+        self.pipelines = match file {
+            Some(file) => PipelineTemplates::load(file)?.pipelines,
+            None => {
+                PipelineTemplates::parse(BUILT_IN_PIPELINES, Path::new(BUILT_IN_PIPELINES_NAME))?
+                    .pipelines
+            }
+        };
         Ok(self)
     }
 
@@ -392,6 +406,26 @@ mod tests {
         std::fs::write(&path, "[[pipeline]]\nname = 1\n").unwrap();
         let error = roles.with_pipelines(Some(&path)).unwrap_err();
         assert_eq!((error.line, error.field.as_str()), (2, "pipeline[0].name"));
+    }
+
+    #[test]
+    fn without_a_templates_file_every_client_gets_alert_enrichment_and_an_empty_file_turns_it_off()
+    {
+        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
+        let roles = RoleSet::builtin(&enabled, DEFAULT_IMAGE).unwrap();
+        let built_in = roles.clone().with_pipelines(None).unwrap();
+        let specs = built_in.render(&client(), &[]);
+        let names: Vec<_> = specs.iter().map(|s| &*s.name).collect();
+        assert_eq!(names[3..], ["kg-pipeline-alert-enrichment.af-9"]);
+        // Its worker carries its template, from its [[pipeline]] header on.
+        let template = &specs[3].env["WORKER_PIPELINES_TOML"];
+        assert!(template.starts_with("[[pipeline]]\nname = \"alert-enrichment\""));
+        assert!(BUILT_IN_PIPELINES.ends_with(template.as_str()));
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("none.toml");
+        std::fs::write(&empty, "").unwrap();
+        let none = roles.with_pipelines(Some(&empty)).unwrap();
+        assert_eq!(none.render(&client(), &[]).len(), 3);
     }
 
     #[test]

@@ -381,6 +381,10 @@ pub struct ControlPlaneOptions {
     /// attribution.rs, and the other suites count one client's workers and worker records.
     /// A field of its own, so that a test giving `extra_env` cannot turn it on by accident.
     pub event_attributor: bool,
+    /// Whether the built-in pipelines (alert enrichment, a fourth worker per client) run
+    /// when `extra_env` names no templates file. Off unless a test asks, for the same
+    /// reason as the attributor: it is tested in pipelines.rs.
+    pub built_in_pipelines: bool,
     /// Further settings for the control plane's environment.
     pub extra_env: Vec<(String, String)>,
 }
@@ -392,6 +396,7 @@ impl Default for ControlPlaneOptions {
             api_token: Some("test-token".into()),
             restart_delay_secs: 1,
             event_attributor: false,
+            built_in_pipelines: false,
             extra_env: Vec::new(),
         }
     }
@@ -453,9 +458,16 @@ impl ControlPlane {
             )
             .env("CP_STOP_GRACE_SECS", "5")
             .env("RUST_LOG", "info,rdkafka=warn")
+            .env_remove("CP_PIPELINES_FILE")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log));
+        if !self.options.built_in_pipelines {
+            // An empty templates file: no pipeline.
+            let none = self.data_dir.join("no-pipelines.toml");
+            std::fs::write(&none, "")?;
+            command.env("CP_PIPELINES_FILE", none);
+        }
         command.envs(self.options.extra_env.iter().cloned());
         match &self.options.api_token {
             Some(token) => command.env("CP_API_TOKEN", token),

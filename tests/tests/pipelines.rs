@@ -481,3 +481,64 @@ async fn alert_enrichment_emits_firing_alerts_enriched_from_the_graph_and_none_t
     );
     Ok(())
 }
+
+/// A control plane given no templates file runs the built-in alert enrichment for every
+/// client, beside its three workers, even while the optional `raw.prom.alerts` (written only
+/// by 2.1.x agents) does not exist; and an alert on `alerts.raw` comes out enriched (its
+/// cooling is the shipped five minutes, so it is a resolution, which is not held).
+async fn the_built_in_alert_enrichment_runs_for_every_client() -> Result<()> {
+    let broker = Broker::start()?;
+    let b = &broker.bootstrap;
+    let plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            built_in_pipelines: true,
+            ..Default::default()
+        },
+    )?;
+    let client = "shop-ap";
+    let pipeline = "kg-pipeline-alert-enrichment.shop-ap";
+    register_with_chart(b, client)?;
+    poll("the client's four workers", Duration::from_secs(60), || {
+        let running = plane.running_workers(client);
+        (running.len() == 4 && running.iter().any(|(name, _)| name == pipeline)).then_some(())
+    })
+    .with_context(|| plane.log_tail())?;
+    let resolved = alert(
+        "fp-1",
+        serde_json::json!({"alertname": "KubeJobFailed", "namespace": "batch", "job_name": "nightly"}),
+        "resolved",
+        chrono::Utc::now() - chrono::Duration::minutes(30),
+    );
+    kcat_produce(
+        b,
+        "alerts.raw",
+        &format!("{client}::alertmanager"),
+        Some(&alertmanager_payload(&[resolved])),
+        None,
+    )?;
+    let out = poll("the enriched resolution", Duration::from_secs(60), || {
+        let out = enriched(b, client);
+        (!out.is_empty()).then_some(out)
+    })
+    .with_context(|| plane.worker_log(pipeline))?;
+    assert_eq!(out.len(), 1, "{out:#?}");
+    assert_eq!((out[0].0.as_str(), out[0].1.as_str()), ("fp-1", "resolved"));
+    // The graph (empty, no events were sent) does not know the job: said, not held back.
+    assert_eq!(out[0].2["graph_status"], "not_in_graph", "{:#}", out[0].2);
+    assert_eq!(out[0].2["job_name"], "nightly");
+    assert!(
+        plane
+            .running_workers(client)
+            .iter()
+            .any(|(name, _)| name == pipeline),
+        "the pipeline keeps running without raw.prom.alerts"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_built_in_alert_enrichment_runs_for_every_client_on_the_embedded_broker() -> Result<()>
+{
+    the_built_in_alert_enrichment_runs_for_every_client().await
+}
