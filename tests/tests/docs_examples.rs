@@ -37,8 +37,8 @@ async fn the_pipeline_walkthroughs_run_as_written(kind: BrokerKind) -> Result<()
     let doc = std::fs::read_to_string(root.join("docs/pipelines.md"))?;
     let blocks = marked_blocks(&doc);
     ensure!(
-        blocks.len() == 2,
-        "expected 2 marked walkthroughs, found {}",
+        blocks.len() == 3,
+        "expected 3 marked walkthroughs, found {}",
         blocks.len()
     );
     for (n, block) in blocks.iter().enumerate() {

@@ -40,22 +40,48 @@ pub struct InputGroup {
 }
 
 /// Sets `read` caught up once the group has committed, in each partition of its topics,
-/// the end it had when this was called; returns then, or at shutdown.
+/// the end it had when this was called; returns then, or at shutdown. The Kafka calls
+/// block: the wait runs on a thread of its own.
 pub async fn await_start_end(
     config: ClientConfig,
     input: InputGroup,
     read: Arc<CatchUp>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
+    let waited = tokio::task::spawn_blocking(move || wait(&config, &input, &read, &shutdown));
+    if let Err(error) = waited.await {
+        warn!(%error, "the wait for the input to be read ended early; held sessions keep waiting");
+    }
+}
+
+fn wait(
+    config: &ClientConfig,
+    input: &InputGroup,
+    read: &CatchUp,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let stopped = || *shutdown.borrow();
+    let consumer: BaseConsumer = loop {
+        let created = config
+            .clone()
+            .set("group.id", &input.group)
+            .set("enable.auto.commit", "false")
+            .create();
+        match created {
+            Ok(consumer) => break consumer,
+            Err(error) => {
+                warn!(%error, "cannot create the input's offset reader; held sessions wait")
+            }
+        }
+        if stopped() {
+            return;
+        }
+        std::thread::sleep(LOOK_EVERY);
+    };
     let mut ends: Option<Vec<PartitionEnd>> = None;
-    loop {
-        let step = {
-            let (config, input) = (config.clone(), input.clone());
-            let known = ends.clone();
-            tokio::task::spawn_blocking(move || look(&config, &input, known)).await
-        };
-        match step {
-            Ok(Ok((found, true))) => {
+    while !stopped() {
+        match look(&consumer, input, ends.clone()) {
+            Ok((found, true)) => {
                 info!(
                     partitions = found.len(),
                     "the input is read to where it ended at start; held sessions may be emitted"
@@ -63,35 +89,29 @@ pub async fn await_start_end(
                 read.set_caught_up(true);
                 return;
             }
-            Ok(Ok((found, false))) => ends = Some(found),
-            Ok(Err(error)) => {
+            Ok((found, false)) => ends = Some(found),
+            Err(error) => {
                 warn!(%error, "cannot tell how far the input is read; held sessions wait")
             }
-            Err(error) => warn!(%error, "the input reader's look failed; retrying"),
         }
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            _ = tokio::time::sleep(LOOK_EVERY) => {}
-        }
+        std::thread::sleep(LOOK_EVERY);
     }
 }
 
 /// The partitions' end offsets at start (found now if not `known`), and whether the group
 /// has committed each of them.
 fn look(
-    config: &ClientConfig,
+    consumer: &BaseConsumer,
     input: &InputGroup,
     known: Option<Vec<PartitionEnd>>,
 ) -> Result<(Vec<PartitionEnd>, bool), KafkaError> {
-    let consumer: BaseConsumer = config
-        .clone()
-        .set("group.id", &input.group)
-        .set("enable.auto.commit", "false")
-        .create()?;
     let ends = match known {
         Some(ends) => ends,
-        None => start_ends(&consumer, &input.topics)?,
+        None => start_ends(consumer, &input.topics)?,
     };
+    if ends.is_empty() {
+        return Ok((ends, true));
+    }
     let mut wanted = TopicPartitionList::new();
     for (topic, partition, _) in &ends {
         wanted.add_partition(topic, *partition);

@@ -201,7 +201,7 @@ impl DelayTask {
             dropped,
             expired,
             sends,
-        } = self.check(sessions, now);
+        } = blocking(|| self.check(sessions, now));
         let mut released = expired;
         for held in dropped {
             self.count(metrics, Release::Dropped, &held);
@@ -270,7 +270,8 @@ impl DelayTask {
         }
     }
 
-    /// Each session's check: what to send, drop or look at again.
+    /// Each session's check: what to send, drop or look at again. Runs the stages after the
+    /// delay on what is emitted (a graph stage reads SQLite): off the async threads.
     fn check(&self, sessions: Vec<HeldSession>, now: DateTime<Utc>) -> Pass {
         let mut pass = Pass::default();
         for held in sessions {
