@@ -41,6 +41,9 @@ pub enum Command {
     /// lines); exits non-zero when it has none. Works on the embedded broker, which does
     /// not answer group listings.
     GroupOffsets(GroupOffsetsArgs),
+    /// Lists the dead letters (by client, reason, time), or replays chosen ones to their
+    /// source topics once what made them fail is fixed (each once: docs/operations.md).
+    DeadLetters(DeadLettersArgs),
 }
 
 /// Where workers run.
@@ -325,6 +328,66 @@ pub struct BrokerArgs {
 pub struct ListGroupsArgs {
     #[command(flatten)]
     pub kafka: KafkaArgs,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeadLettersArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+
+    #[command(subcommand)]
+    pub action: DeadLettersAction,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum DeadLettersAction {
+    /// One line per dead letter: where it is (`topic/partition/offset`, the key of its
+    /// replay marker), when it failed, the client, the reason code, where it came from,
+    /// whether it was replayed, and the reason.
+    List(DeadLettersFilterArgs),
+    /// Produces each chosen dead letter's original to its source topic under its key, and
+    /// marks it replayed in `dlq.replayed`; what a marker names is skipped.
+    Replay(DeadLettersFilterArgs),
+}
+
+/// Which dead letters: every one that matches all the filters given.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DeadLettersFilterArgs {
+    /// Only this client's.
+    #[arg(long, env = "DLQ_CLIENT")]
+    pub client: Option<String>,
+
+    /// Only those with this reason code (`validation_failed`, `undecodable`, …).
+    #[arg(long, env = "DLQ_REASON")]
+    pub reason: Option<String>,
+
+    /// Only those that failed at or after this time (RFC 3339).
+    #[arg(long, env = "DLQ_SINCE")]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// Only those that failed before this time (RFC 3339).
+    #[arg(long, env = "DLQ_UNTIL")]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+
+    /// The dead-letter topics read.
+    #[arg(
+        long,
+        env = "DLQ_TOPICS",
+        value_delimiter = ',',
+        default_value = "dlq.normalized,dlq.raw"
+    )]
+    pub topics: Vec<String>,
+}
+
+impl DeadLettersFilterArgs {
+    pub fn filter(&self) -> crate::dead_letters::Filter {
+        crate::dead_letters::Filter {
+            client: self.client.clone(),
+            reason: self.reason.clone(),
+            since: self.since,
+            until: self.until,
+        }
+    }
 }
 
 #[derive(Debug, Clone, clap::Args)]

@@ -15,6 +15,7 @@ pub mod admission;
 pub mod api;
 pub mod config;
 pub mod controller;
+pub mod dead_letters;
 pub mod demo;
 pub mod dev;
 pub mod events;

@@ -47,6 +47,9 @@ async fn main() -> ExitCode {
         Command::GroupOffsets(args) => {
             control_plane::admin::group_offsets(args).map_err(Into::into)
         }
+        Command::DeadLetters(args) => control_plane::dead_letters::run(args)
+            .await
+            .map_err(Into::into),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -639,3 +639,173 @@ async fn an_alert_resolved_while_its_worker_was_down_is_not_emitted_when_it_come
     assert_eq!(normalized_for(b, "alerts.enriched", client).len(), 1);
     Ok(())
 }
+
+/// `control-plane dead-letters …` against broker `b`; its standard output.
+fn dead_letters(b: &str, args: &[&str]) -> Result<String> {
+    let output = Command::new(&binaries().control_plane)
+        .arg("dead-letters")
+        .args(args)
+        .env("KAFKA_BOOTSTRAP_SERVERS", b)
+        .output()?;
+    ensure!(
+        output.status.success(),
+        "dead-letters {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(String::from_utf8(output.stdout)?)
+}
+
+on_both_brokers!(dead_letters_are_listed_and_replayed_once_after_the_fix);
+
+/// Seed 004's pipeline refuses two readings over its 120 mph bound; the operator lists the
+/// client's dead letters, raises the bound (the fix), and replays them: both come out
+/// processed, once. A second replay sends nothing, and the list says both were replayed.
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
+async fn dead_letters_are_listed_and_replayed_once_after_the_fix(kind: BrokerKind) -> Result<()> {
+    let broker = broker_or_skip!(kind);
+    let b = &broker.bootstrap;
+    let client = "metro-nyc";
+    let volume = tempfile::tempdir()?;
+    let shipped = std::fs::read_to_string(example("traffic-flatten.toml"))?;
+    let templates = volume.path().join("pipelines.toml");
+    std::fs::write(&templates, &shipped)?;
+    let templates = templates.to_str().context("path")?.to_string();
+    let start = || {
+        Worker::start_with(
+            b,
+            "pipeline",
+            client,
+            &[
+                ("WORKER_PIPELINE", "traffic-flatten"),
+                ("WORKER_PIPELINES_FILE", templates.as_str()),
+            ],
+        )
+    };
+    for topic in ["traffic-raw", "traffic-events"] {
+        kcat_produce(b, topic, "elsewhere::0", Some("{}"), None)?;
+    }
+    let reading = |sensor: &str, speed: f64| -> Result<()> {
+        let value = serde_json::json!({
+            "traffic_data": {"speed_mph": speed, "volume_vehicles_per_hour": 900},
+            "location": {"highway": "I-95", "direction": "N", "lanes": 4},
+            "timestamp": chrono::Utc::now().to_rfc3339(),
+        });
+        kcat_produce(
+            b,
+            "traffic-raw",
+            &format!("{client}::{sensor}"),
+            Some(&value.to_string()),
+            None,
+        )
+    };
+    let mut worker = start()?;
+    poll("the worker's health", Duration::from_secs(20), || {
+        worker.get("/health")
+    })?;
+    reading("s1", 300.0)?;
+    reading("s2", 250.0)?;
+    reading("s3", 55.0)?;
+    let letters = poll("two dead letters", Duration::from_secs(30), || {
+        let letters = normalized_for(b, "dlq.normalized", client);
+        (letters.len() >= 2).then_some(letters)
+    })?;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let listed = dead_letters(b, &["list", "--client", client])?;
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 2, "{listed}");
+    for line in &lines {
+        let fields: Vec<&str> = line.split('\t').collect();
+        assert_eq!(fields[2], client, "{line}");
+        assert_eq!(fields[3], "validation_failed", "{line}");
+        assert!(fields[4].starts_with("traffic-raw/"), "{line}");
+        assert_eq!(fields[5], "-", "not replayed yet: {line}");
+        assert!(fields[6].contains("outside 0 to 120"), "{line}");
+    }
+    assert!(dead_letters(b, &["list", "--client", "metro-sf"])?.is_empty());
+    assert!(dead_letters(b, &["list", "--reason", "undecodable"])?.is_empty());
+
+    // The fix: the bound raised, the worker restarted on it.
+    worker.terminate(Duration::from_secs(20))?;
+    std::fs::write(
+        volume.path().join("pipelines.toml"),
+        shipped.replace(
+            "speed = { min = 0, max = 120 }",
+            "speed = { min = 0, max = 400 }",
+        ),
+    )?;
+    let worker = start()?;
+    poll("the fixed worker's health", Duration::from_secs(20), || {
+        worker.get("/health")
+    })?;
+    let replayed = dead_letters(
+        b,
+        &[
+            "replay",
+            "--client",
+            client,
+            "--reason",
+            "validation_failed",
+        ],
+    )?;
+    assert_eq!(
+        replayed
+            .lines()
+            .filter(|l| l.starts_with("replayed\t"))
+            .count(),
+        2,
+        "{replayed}"
+    );
+    let speeds = |records: &[(String, Value)]| {
+        let mut speeds: Vec<i64> = records
+            .iter()
+            .filter_map(|(_, r)| r["speed"].as_f64())
+            .map(|s| s as i64)
+            .collect();
+        speeds.sort_unstable();
+        speeds
+    };
+    let out = poll(
+        "the replayed readings processed",
+        Duration::from_secs(30),
+        || {
+            let out = normalized_for(b, "traffic-events", client);
+            (out.len() >= 3).then_some(out)
+        },
+    )?;
+    assert_eq!(speeds(&out), [55, 250, 300], "{out:?}");
+
+    // Again: nothing is sent twice.
+    let raw_before = kcat_consume(b, "traffic-raw")?.len();
+    let again = dead_letters(b, &["replay", "--client", client])?;
+    assert_eq!(
+        again
+            .lines()
+            .filter(|l| l.starts_with("replayed\t"))
+            .count(),
+        0,
+        "{again}"
+    );
+    assert_eq!(
+        again
+            .lines()
+            .filter(|l| l.ends_with("\talready replayed"))
+            .count(),
+        2,
+        "{again}"
+    );
+    assert_eq!(kcat_consume(b, "traffic-raw")?.len(), raw_before);
+    let listed = dead_letters(b, &["list", "--client", client])?;
+    assert_eq!(
+        listed
+            .lines()
+            .filter(|l| l.split('\t').nth(5) == Some("replayed"))
+            .count(),
+        2,
+        "{listed}"
+    );
+    assert_eq!(
+        speeds(&normalized_for(b, "traffic-events", client)),
+        [55, 250, 300]
+    );
+    Ok(())
+}

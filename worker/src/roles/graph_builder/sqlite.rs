@@ -80,6 +80,9 @@ CREATE TABLE IF NOT EXISTS topology (
     first_at INTEGER NOT NULL,
     PRIMARY KEY (src, dst)
 ) WITHOUT ROWID;
+-- What points at a resource (a node's pods, a pod's service and owner): the alert
+-- pipeline's neighbours and blast radius read edges by their target.
+CREATE INDEX IF NOT EXISTS topology_by_dst ON topology(dst);
 
 -- Episodes: events and high-signal log lines. `resource` is the ABOUT edge,
 -- `incident` the PART_OF edge. t = event time in ms since the epoch.

@@ -241,7 +241,9 @@ enum Kind {
     ErrorLogs,
 }
 
-/// The latest episodes of `resources` between `from` and `until` (ms), newest first.
+/// The latest episodes of `resources` between `from` and `until` (ms), newest first: one
+/// query over all of them (the index on resource and time finds each one's range; only
+/// the `limit` newest rows are read whole).
 fn episodes(
     conn: &Connection,
     resources: &[i64],
@@ -250,45 +252,31 @@ fn episodes(
     until: i64,
     limit: usize,
 ) -> rusqlite::Result<Vec<Value>> {
-    let sql = match kind {
-        Kind::Events => {
-            "SELECT e.t, e.eid, e.event_time, e.severity, e.reason, e.message, e.count, r.key
-             FROM episode e JOIN resource r ON r.id = e.resource
-             WHERE e.resource = ?1 AND e.t BETWEEN ?2 AND ?3 AND e.etype = 'k8s.event'
-             ORDER BY e.t DESC LIMIT ?4"
-        }
-        Kind::ErrorLogs => {
-            "SELECT e.t, e.eid, e.event_time, e.severity, e.reason, e.message, e.count, r.key
-             FROM episode e JOIN resource r ON r.id = e.resource
-             WHERE e.resource = ?1 AND e.t BETWEEN ?2 AND ?3 AND e.etype = 'k8s.log'
-               AND e.severity IN ('ERROR', 'FATAL')
-             ORDER BY e.t DESC LIMIT ?4"
-        }
+    let which = match kind {
+        Kind::Events => "e.etype = 'k8s.event'",
+        Kind::ErrorLogs => "e.etype = 'k8s.log' AND e.severity IN ('ERROR', 'FATAL')",
     };
-    let mut query = conn.prepare_cached(sql)?;
-    let mut all: Vec<(i64, Value)> = Vec::new();
-    for id in resources {
-        let rows = query.query_map(params![id, from, until, limit as i64], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                json!({
-                    "eid": r.get::<_, String>(1)?,
-                    "event_time": r.get::<_, String>(2)?,
-                    "severity": r.get::<_, String>(3)?,
-                    "reason": r.get::<_, Option<String>>(4)?,
-                    "message": r.get::<_, Option<String>>(5)?,
-                    "count": r.get::<_, i64>(6)?,
-                    "resource": r.get::<_, String>(7)?,
-                }),
-            ))
-        })?;
-        for row in rows {
-            all.push(row?);
-        }
-    }
-    all.sort_by_key(|(t, _)| std::cmp::Reverse(*t));
-    all.truncate(limit);
-    Ok(all.into_iter().map(|(_, value)| value).collect())
+    let placeholders = vec!["?"; resources.len()].join(", ");
+    let sql = format!(
+        "SELECT e.eid, e.event_time, e.severity, e.reason, e.message, e.count, r.key
+         FROM episode e JOIN resource r ON r.id = e.resource
+         WHERE e.resource IN ({placeholders}) AND e.t BETWEEN ? AND ? AND {which}
+         ORDER BY e.t DESC, e.eid LIMIT ?"
+    );
+    let mut query = conn.prepare_cached(&sql)?;
+    let values = resources.iter().copied().chain([from, until, limit as i64]);
+    let rows = query.query_map(rusqlite::params_from_iter(values), |r| {
+        Ok(json!({
+            "eid": r.get::<_, String>(0)?,
+            "event_time": r.get::<_, String>(1)?,
+            "severity": r.get::<_, String>(2)?,
+            "reason": r.get::<_, Option<String>>(3)?,
+            "message": r.get::<_, Option<String>>(4)?,
+            "count": r.get::<_, i64>(5)?,
+            "resource": r.get::<_, String>(6)?,
+        }))
+    })?;
+    rows.collect()
 }
 
 /// What depends on `found`, nearest first: the sources of live edges into each resource
