@@ -85,9 +85,11 @@ impl Stored {
 /// What a replay does with one dead letter the filter chose.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Step {
-    /// Produce `value` to `topic` under `key`, then mark it.
+    /// Produce `value` to `topic` under `key`, then mark it: `markers` are this letter's
+    /// and those of the other letters of the same input record (a split record's rejected
+    /// elements each have a letter of the whole record, which is replayed once).
     Replay {
-        marker: String,
+        markers: Vec<String>,
         topic: String,
         key: Option<Vec<u8>>,
         value: Option<Vec<u8>>,
@@ -117,34 +119,52 @@ impl SkipReason {
 }
 
 /// What to do with each dead letter `filter` chooses among `stored`, given the markers of
-/// those `replayed` before.
+/// those `replayed` before: one replay per input record, however many letters it has.
 pub fn plan(stored: &[Stored], filter: &Filter, replayed: &HashSet<String>) -> Vec<Step> {
-    stored
+    let mut steps: Vec<Step> = Vec::new();
+    // Where each input record's replay is in `steps`.
+    let mut by_source: std::collections::HashMap<(String, i32, i64), usize> = Default::default();
+    for (s, letter) in stored
         .iter()
         .filter_map(|s| Some((s, s.letter.as_ref().filter(|l| filter.matches(l))?)))
-        .map(|(s, letter)| {
-            let marker = s.marker();
-            let skip = |why| Step::Skip {
-                marker: marker.clone(),
-                why,
-            };
-            if replayed.contains(&marker) {
-                return skip(SkipReason::AlreadyReplayed);
-            }
-            if letter.truncated.is_some() {
-                return skip(SkipReason::Truncated);
-            }
-            if letter.source_last_offset.is_some() {
-                return skip(SkipReason::Unreadable);
-            }
-            Step::Replay {
-                topic: letter.source_topic.clone(),
-                key: letter.key.as_ref().map(|k| k.as_bytes().to_vec()),
-                value: letter.original_bytes(),
-                marker,
-            }
-        })
-        .collect()
+    {
+        let marker = s.marker();
+        let skip = |why| Step::Skip {
+            marker: marker.clone(),
+            why,
+        };
+        if replayed.contains(&marker) {
+            steps.push(skip(SkipReason::AlreadyReplayed));
+            continue;
+        }
+        if letter.truncated.is_some() {
+            steps.push(skip(SkipReason::Truncated));
+            continue;
+        }
+        if letter.source_last_offset.is_some() {
+            steps.push(skip(SkipReason::Unreadable));
+            continue;
+        }
+        let source = (
+            letter.source_topic.clone(),
+            letter.source_partition,
+            letter.source_offset,
+        );
+        if let Some(Step::Replay { markers, .. }) =
+            by_source.get(&source).and_then(|at| steps.get_mut(*at))
+        {
+            markers.push(marker);
+            continue;
+        }
+        by_source.insert(source, steps.len());
+        steps.push(Step::Replay {
+            topic: letter.source_topic.clone(),
+            key: letter.key.as_ref().map(|k| k.as_bytes().to_vec()),
+            value: letter.original_bytes(),
+            markers: vec![marker],
+        });
+    }
+    steps
 }
 
 /// `control-plane dead-letters …`.
@@ -207,18 +227,22 @@ async fn replay(
                 println!("skipped\t{marker}\t{}", why.as_str());
             }
             Step::Replay {
-                marker,
+                markers,
                 topic,
                 key,
                 value,
-            } => match replay_one(&producer, &marker, &topic, key, value).await {
+            } => match replay_one(&producer, &markers, &topic, key, value).await {
                 Ok(at) => {
-                    done += 1;
-                    println!("replayed\t{marker}\t{at}");
+                    for marker in &markers {
+                        done += 1;
+                        println!("replayed\t{marker}\t{at}");
+                    }
                 }
                 Err(error) => {
-                    failed += 1;
-                    eprintln!("failed\t{marker}\t{error}");
+                    for marker in &markers {
+                        failed += 1;
+                        eprintln!("failed\t{marker}\t{error}");
+                    }
                 }
             },
         }
@@ -230,10 +254,10 @@ async fn replay(
     Ok(())
 }
 
-/// Produces the original, then (once acknowledged) its marker; where the original went.
+/// Produces the original, then (once acknowledged) its markers; where the original went.
 async fn replay_one(
     producer: &FutureProducer,
-    marker: &str,
+    markers: &[String],
     topic: &str,
     key: Option<Vec<u8>>,
     value: Option<Vec<u8>>,
@@ -251,13 +275,15 @@ async fn replay_one(
         .map_err(|(error, _)| error)?;
     let at = format!("{topic}/{}/{}", delivered.partition, delivered.offset);
     let mark = serde_json::json!({"replayed_at": Utc::now().to_rfc3339(), "to": at}).to_string();
-    producer
-        .send(
-            FutureRecord::to(REPLAYED_TOPIC).key(marker).payload(&mark),
-            REQUEST_TIMEOUT,
-        )
-        .await
-        .map_err(|(error, _)| error)?;
+    for marker in markers {
+        producer
+            .send(
+                FutureRecord::to(REPLAYED_TOPIC).key(marker).payload(&mark),
+                REQUEST_TIMEOUT,
+            )
+            .await
+            .map_err(|(error, _)| error)?;
+    }
     Ok(at)
 }
 
@@ -303,7 +329,11 @@ fn read_to_end(config: &ClientConfig, topic: &str) -> Result<Vec<Read>, KafkaErr
         .clone()
         .set("group.id", "kg-dead-letters-reader")
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        // From the first record left, wherever retention has moved it meanwhile.
+        .set("auto.offset.reset", "earliest")
+        // The end is found by offset, or by the partition's EOF event when the offsets
+        // before it are gone (a compacted topic, transaction markers).
+        .set("enable.partition.eof", "true")
         .create()?;
     let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
     let mut assignment = TopicPartitionList::new();
@@ -315,7 +345,7 @@ fn read_to_end(config: &ClientConfig, topic: &str) -> Result<Vec<Read>, KafkaErr
         for partition in found.partitions() {
             let (low, high) = consumer.fetch_watermarks(topic, partition.id(), REQUEST_TIMEOUT)?;
             if high > low {
-                assignment.add_partition_offset(topic, partition.id(), Offset::Offset(low))?;
+                assignment.add_partition_offset(topic, partition.id(), Offset::Beginning)?;
                 ends.insert(partition.id(), high);
             }
         }
@@ -325,17 +355,24 @@ fn read_to_end(config: &ClientConfig, topic: &str) -> Result<Vec<Read>, KafkaErr
         return Ok(records);
     }
     consumer.assign(&assignment)?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    // Given up only when nothing arrives for this long (a large topic takes its time).
+    let idle = Duration::from_secs(60);
+    let mut last_read = std::time::Instant::now();
     while !ends.is_empty() {
-        if std::time::Instant::now() > deadline {
+        if last_read.elapsed() > idle {
             return Err(KafkaError::MessageConsumption(
                 RDKafkaErrorCode::OperationTimedOut,
             ));
         }
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else {
-            continue;
+        let message = match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                ends.remove(&partition);
+                continue;
+            }
+            Some(other) => other?,
         };
-        let message = message?;
+        last_read = std::time::Instant::now();
         let partition = message.partition();
         if let Some(end) = ends.get(&partition).copied() {
             if message.offset() < end {
@@ -378,15 +415,36 @@ async fn create_marker_topic(config: &ClientConfig) -> Result<(), DeadLettersErr
             for result in results {
                 match result {
                     Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                    Err((_, code)) => {
-                        return Err(DeadLettersError::MarkerTopic(code.to_string()))
-                    }
+                    Err((_, code)) => return Err(DeadLettersError::MarkerTopic(code.to_string())),
                 }
             }
         }
-        Err(error) => eprintln!(
-            "could not create {REPLAYED_TOPIC} as a compacted topic ({error}); the broker makes it on the first marker, with its own defaults"
-        ),
+        Err(error) => {
+            eprintln!(
+                "could not create {REPLAYED_TOPIC} as a compacted topic ({error}); asking the broker to make it with its own defaults"
+            );
+            // A record makes it where the broker creates topics on use; a marker under a
+            // key no dead letter has.
+            let producer: FutureProducer = config.clone().create()?;
+            producer
+                .send(
+                    FutureRecord::<str, str>::to(REPLAYED_TOPIC).key("-"),
+                    REQUEST_TIMEOUT,
+                )
+                .await
+                .map_err(|(error, _)| error)?;
+        }
+    }
+    // Nothing is replayed without a place for its marker: it would be replayed again.
+    let metadata = probe.fetch_metadata(Some(REPLAYED_TOPIC), REQUEST_TIMEOUT)?;
+    if !metadata
+        .topics()
+        .iter()
+        .any(|t| t.error().is_none() && !t.partitions().is_empty())
+    {
+        return Err(DeadLettersError::MarkerTopic(
+            "it does not exist after asking for it".into(),
+        ));
     }
     Ok(())
 }
@@ -520,7 +578,7 @@ mod tests {
             plan(&stored, &filter, &replayed),
             vec![
                 Step::Replay {
-                    marker: "dlq.normalized/2/7".into(),
+                    markers: vec!["dlq.normalized/2/7".into()],
                     topic: "traffic-raw".into(),
                     key: Some(b"metro-la::s1".to_vec()),
                     value: Some(b"{\"speed\":300}".to_vec()),
@@ -539,5 +597,18 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn letters_of_one_input_record_replay_it_once_and_are_all_marked() {
+        // A split payload with two rejected alerts: two letters of the same record.
+        let one = letter("shop-eu", "validation_failed", 1, Some("{\"alerts\":[]}"));
+        let stored = [stored(3, Some(one.clone())), stored(4, Some(one))];
+        let steps = plan(&stored, &Filter::default(), &HashSet::new());
+        assert_eq!(steps.len(), 1, "{steps:?}");
+        let Step::Replay { markers, .. } = &steps[0] else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(markers, &["dlq.normalized/2/3", "dlq.normalized/2/4"]);
     }
 }

@@ -81,15 +81,22 @@ impl DemoAgent {
         false
     }
 
+    /// How many of the demo client's workers run, when every one listed does (0 while
+    /// one is still starting: the summary is then printed once, complete).
     fn running_workers(&self) -> usize {
         self.table
             .get(&self.client)
             .map(|record| {
-                record
+                let running = record
                     .workers
                     .iter()
                     .filter(|w| w.state == WorkerPhase::Running)
-                    .count()
+                    .count();
+                if running == record.workers.len() {
+                    running
+                } else {
+                    0
+                }
             })
             .unwrap_or(0)
     }

@@ -268,8 +268,8 @@ on_both_brokers!(
 /// the pipeline worker is SIGKILLed while both cool, and node-1 resolves meanwhile; a later
 /// alert on `alerts.raw` marks the time by which both would have been emitted. Checkout's
 /// alert comes out once, after its cooling, with its own and its neighbours' events, its
-/// error log and its blast radius; node-1's never does; checkout's later resolution goes
-/// on at once.
+/// error log and its blast radius; node-1's never does; Alertmanager's repeat of
+/// checkout's alert is turned away; checkout's later resolution goes on at once.
 #[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn alert_enrichment_emits_firing_alerts_enriched_from_the_graph_and_none_that_resolved_while_cooling(
     kind: BrokerKind,
@@ -445,6 +445,29 @@ async fn alert_enrichment_emits_firing_alerts_enriched_from_the_graph_and_none_t
         "node-1's hold ended by its resolution"
     );
 
+    // Alertmanager re-sends checkout's firing alert (its group changed): not news, dropped.
+    kcat_produce(
+        b,
+        "raw.prom.alerts",
+        &alerts_key,
+        Some(&alertmanager_payload(&[alert(
+            "fp-checkout",
+            checkout.clone(),
+            "firing",
+            started,
+        )])),
+        Some("snappy"),
+    )?;
+    poll("the repeat turned away", Duration::from_secs(30), || {
+        (worker_metric(
+            &plane,
+            pipeline,
+            "worker_delay_released_total",
+            "outcome=\"repeat\"",
+        )? == 1.0)
+            .then_some(())
+    })
+    .with_context(|| plane.worker_log(pipeline))?;
     // Checkout recovers: an alert already emitted, so its resolution goes on at once.
     kcat_produce(
         b,

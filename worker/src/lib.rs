@@ -208,7 +208,11 @@ fn start_delay(
     let input = roles::pipeline::input_read::InputGroup {
         group: settings.group_id.clone(),
         topics: delay.input_topics.clone(),
-        from_latest: settings.auto_offset_reset == "latest",
+        // librdkafka's spellings of "start at the end".
+        from_latest: matches!(
+            settings.auto_offset_reset.as_str(),
+            "latest" | "largest" | "end"
+        ),
     };
     let task = tokio::spawn(roles::pipeline::scheduler::run(
         delay,

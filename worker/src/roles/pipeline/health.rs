@@ -131,6 +131,7 @@ fn released(metrics: &WorkerMetrics) -> serde_json::Map<String, Value> {
         "dead_lettered",
         "superseded",
         "ended",
+        "repeat",
     ]
     .into_iter()
     .map(|outcome| {

@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -117,16 +118,27 @@ fn look(
         wanted.add_partition(topic, *partition);
     }
     let committed = consumer.committed_offsets(wanted, REQUEST_TIMEOUT)?;
-    let done = ends.iter().all(|(topic, partition, end)| {
-        match committed
+    let mut done = true;
+    for (topic, partition, end) in &ends {
+        let at = match committed
             .find_partition(topic, *partition)
             .map(|p| p.offset())
         {
-            Some(Offset::Offset(at)) => at >= *end,
-            // Never committed: read from the start (nothing yet) or from the end (done).
-            _ => input.from_latest,
+            Some(Offset::Offset(at)) => Some(at),
+            _ => None,
+        };
+        if at.is_some_and(|at| at >= *end) {
+            continue;
         }
-    });
+        // Not there yet: unless nothing up to the end is left to read (retention deleted
+        // it), or the group starts, or restarts past deleted offsets, at the end.
+        let (low, _) = consumer.fetch_watermarks(topic, *partition, REQUEST_TIMEOUT)?;
+        let starts_at_end = input.from_latest && at.is_none_or(|at| at < low);
+        if low >= *end || starts_at_end {
+            continue;
+        }
+        done = false;
+    }
     Ok((ends, done))
 }
 
@@ -137,8 +149,14 @@ fn start_ends(consumer: &BaseConsumer, topics: &[String]) -> Result<Vec<Partitio
     for topic in topics {
         let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
         for found in metadata.topics() {
-            if found.error().is_some() {
-                continue;
+            match found.error() {
+                None => {}
+                // A topic that does not exist has nothing to read (the optional
+                // raw.prom.alerts); any other error is asked again.
+                Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => continue,
+                Some(error) => {
+                    return Err(KafkaError::MetadataFetch(RDKafkaErrorCode::from(error)))
+                }
             }
             for partition in found.partitions() {
                 let (low, high) =

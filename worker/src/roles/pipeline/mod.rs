@@ -343,7 +343,10 @@ impl PipelineHandler {
                     path: data_dir.to_path_buf(),
                     source,
                 })?;
-                let store = PendingStore::open(&pending::store_path(data_dir, &template.name))?;
+                let mut store = PendingStore::open(&pending::store_path(data_dir, &template.name))?;
+                if delay.hold_from.is_some() {
+                    store = store.keeping_markers();
+                }
                 let view = match delay.check {
                     Some(_) => state::StateView::default(),
                     None => state::StateView::without_topic(),
@@ -555,7 +558,11 @@ impl RecordHandler for PipelineHandler {
             .map_err(|error| FlushError::Held(error.to_string()))?;
         batch.clear();
         if let Some(metrics) = &held.metrics {
-            for (outcome, count) in [("superseded", holding.replaced), ("ended", holding.ended)] {
+            for (outcome, count) in [
+                ("superseded", holding.replaced),
+                ("ended", holding.ended),
+                ("repeat", holding.repeats),
+            ] {
                 if count > 0 {
                     metrics
                         .delay_released

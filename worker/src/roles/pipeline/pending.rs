@@ -11,8 +11,17 @@
 //!
 //! A record that ends its session's hold (the delay's `end_when`: an alert's resolution)
 //! turns a held session into an ended one: a tombstone, kept until the hold would have
-//! run out so that a redelivery of the ended record is not held again, and then deleted
-//! unemitted. With nothing held, it is kept as passing on: due at once, emitted unchecked.
+//! run out, then deleted unemitted. With nothing held (an alert emitted already) it passes
+//! on: it is kept, due at once, under a key of its own (`<session>#end`), so that a later
+//! record of the session does not replace it before it is emitted.
+//!
+//! With `hold_from` (a record's own time, an alert's `startsAt`), a session let go leaves a
+//! marker for a day: a repeat of a record already let go or ended (the same session, no
+//! later a time: Alertmanager re-sends every firing alert of a group when the group
+//! changes) is dropped, counted as a repeat, instead of being held and emitted again; and
+//! a resolution of it passes on. If a resolution ends a session while the scheduler is
+//! emitting it, the release finds the tombstone that ended it and lets the resolution pass
+//! on, since the alert went out.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -46,6 +55,9 @@ pub enum SessionKind {
     PassOn,
     /// A held record another ended: deleted at its due time, never emitted.
     Ended,
+    /// A session let go (with `hold_from`): kept until its time is up so that a repeat of
+    /// its record is recognised, then deleted.
+    Released,
 }
 
 impl SessionKind {
@@ -54,6 +66,7 @@ impl SessionKind {
             SessionKind::Held => 0,
             SessionKind::PassOn => 1,
             SessionKind::Ended => 2,
+            SessionKind::Released => 3,
         }
     }
 
@@ -61,9 +74,23 @@ impl SessionKind {
         match code {
             1 => SessionKind::PassOn,
             2 => SessionKind::Ended,
+            3 => SessionKind::Released,
             _ => SessionKind::Held,
         }
     }
+}
+
+/// How long a released session's marker is kept (see the module's doc).
+pub const RELEASED_MARKER: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// The key under which a record passing on is kept, apart from its session's hold.
+fn pass_on_key(session: &str) -> String {
+    format!("{session}#end")
+}
+
+/// A held record's version as a tombstone names it.
+fn version_text(topic: &str, partition: i32, offset: i64) -> String {
+    format!("{topic}/{partition}/{offset}")
 }
 
 impl HeldSession {
@@ -96,6 +123,8 @@ pub struct Holding {
     pub replaced: usize,
     /// Held sessions a record ended (`end_when`): neither record is emitted.
     pub ended: usize,
+    /// Records of a session already let go or ended, no later than it (dropped).
+    pub repeats: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +143,8 @@ pub enum PendingError {
 pub struct PendingStore {
     conn: Mutex<Connection>,
     path: String,
+    /// Whether sessions let go leave a marker (see the module's doc).
+    markers: bool,
 }
 
 const SCHEMA: &str = "
@@ -127,7 +158,8 @@ CREATE TABLE IF NOT EXISTS held (
     held_at_ms INTEGER NOT NULL,
     due_ms INTEGER NOT NULL,
     next_check_ms INTEGER NOT NULL,
-    kind INTEGER NOT NULL DEFAULT 0
+    kind INTEGER NOT NULL DEFAULT 0,
+    ends_version TEXT
 );
 CREATE INDEX IF NOT EXISTS held_by_next_check ON held (next_check_ms);
 CREATE INDEX IF NOT EXISTS held_by_due ON held (due_ms);
@@ -157,22 +189,35 @@ impl PendingStore {
         .map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
         // Stores written before rows had a kind: every row in them is held.
-        let has_kind: bool = conn
-            .query_row(
-                "SELECT COUNT(*) FROM pragma_table_info('held') WHERE name = 'kind'",
-                [],
-                |row| row.get::<_, i64>(0),
-            )
-            .map_err(sqlite)?
-            > 0;
-        if !has_kind {
-            conn.execute_batch("ALTER TABLE held ADD COLUMN kind INTEGER NOT NULL DEFAULT 0")
-                .map_err(sqlite)?;
+        for (column, definition) in [
+            ("kind", "kind INTEGER NOT NULL DEFAULT 0"),
+            ("ends_version", "ends_version TEXT"),
+        ] {
+            let has: bool = conn
+                .query_row(
+                    "SELECT COUNT(*) FROM pragma_table_info('held') WHERE name = ?1",
+                    [column],
+                    |row| row.get::<_, i64>(0),
+                )
+                .map_err(sqlite)?
+                > 0;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE held ADD COLUMN {definition}"))
+                    .map_err(sqlite)?;
+            }
         }
         Ok(Self {
             conn: Mutex::new(conn),
             path: display,
+            markers: false,
         })
+    }
+
+    /// Keeps a marker of each session let go, for [`RELEASED_MARKER`] (a delay with
+    /// `hold_from`, whose repeats carry their first time).
+    pub fn keeping_markers(mut self) -> Self {
+        self.markers = true;
+        self
     }
 
     fn with<T>(
@@ -192,6 +237,7 @@ impl PendingStore {
     /// record when this one is the same input record or an earlier one of the same
     /// partition (a redelivery); a later one replaces it. A record that ends a hold
     /// ([`SessionKind::Ended`] as given) ends the held one, or passes on when none is held.
+    /// A record no later than a session let go or ended is a repeat (see the module's doc).
     pub fn hold(&self, sessions: &[HeldSession]) -> Result<Holding, PendingError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
@@ -203,68 +249,44 @@ impl PendingStore {
                 )?;
                 let mut upsert = tx.prepare_cached(
                     "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
-                        source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                        source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind,
+                        ends_version)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
                 for s in sessions {
-                    let held: Option<(String, i32, i64, i64, i64, i64)> = current
-                        .query_row(params![s.session], |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                            ))
-                        })
-                        .optional()?;
-                    let mut row = s.clone();
-                    match (held, s.kind) {
-                        (Some((topic, partition, offset, ..)), _)
-                            if topic == s.source_topic
-                                && partition == s.source_partition
-                                && offset >= s.source_offset =>
-                        {
-                            continue
-                        }
-                        // An ending record (given as Ended) with nothing held passes on.
-                        (None, SessionKind::Ended) => row.kind = SessionKind::PassOn,
-                        (None, _) => holding.added += 1,
-                        (Some((.., kind, held_at, due)), SessionKind::Ended) => {
-                            match SessionKind::from_code(kind) {
-                                // The tombstone lasts as long as the hold it ended would have.
-                                SessionKind::Held => {
-                                    holding.ended += 1;
-                                    row.held_at_ms = held_at;
-                                    row.due_ms = due;
-                                    row.next_check_ms = due;
-                                }
-                                // Already ended: the first end stands.
-                                SessionKind::Ended => continue,
-                                // A later resolution replaces one not yet emitted.
-                                SessionKind::PassOn => row.kind = SessionKind::PassOn,
-                            }
-                        }
-                        (Some((.., kind, _, _)), _) => {
-                            if SessionKind::from_code(kind) == SessionKind::Held {
-                                holding.replaced += 1;
-                            } else {
-                                holding.added += 1;
-                            }
-                        }
-                    }
+                    let mut row = |session: &str| {
+                        current
+                            .query_row(params![session], |r| {
+                                Ok(Current {
+                                    topic: r.get(0)?,
+                                    partition: r.get(1)?,
+                                    offset: r.get(2)?,
+                                    kind: SessionKind::from_code(r.get(3)?),
+                                    held_at_ms: r.get(4)?,
+                                    due_ms: r.get(5)?,
+                                })
+                            })
+                            .optional()
+                    };
+                    let held = row(&s.session)?;
+                    let Some((write, ends)) = decide_hold(s, held.as_ref(), &mut holding, || {
+                        row(&pass_on_key(&s.session))
+                    })?
+                    else {
+                        continue;
+                    };
                     upsert.execute(params![
-                        row.session,
-                        row.kafka_key,
-                        row.record,
-                        row.source_topic,
-                        row.source_partition,
-                        row.source_offset,
-                        row.held_at_ms,
-                        row.due_ms,
-                        row.next_check_ms,
-                        row.kind.code()
+                        write.session,
+                        write.kafka_key,
+                        write.record,
+                        write.source_topic,
+                        write.source_partition,
+                        write.source_offset,
+                        write.held_at_ms,
+                        write.due_ms,
+                        write.next_check_ms,
+                        write.kind.code(),
+                        ends
                     ])?;
                 }
             }
@@ -337,23 +359,83 @@ impl PendingStore {
         })
     }
 
-    /// Lets these sessions go (what they became was acknowledged), in one transaction; a
-    /// session replaced since it was read stays held.
-    pub fn release(&self, versions: &[SessionVersion]) -> Result<(), PendingError> {
+    /// Lets these sessions go (what they became was acknowledged), in one transaction, at
+    /// `now_ms`; a session replaced since it was read stays held. A held session leaves a
+    /// marker when the store keeps them; a session that a record ended meanwhile (the
+    /// resolution of an alert being emitted) lets that record pass on.
+    pub fn release(&self, versions: &[SessionVersion], now_ms: i64) -> Result<(), PendingError> {
+        let markers = self.markers;
         self.with(|conn| {
             let tx = conn.transaction()?;
             {
                 let mut delete = tx.prepare_cached(
                     "DELETE FROM held WHERE session = ?1 AND source_topic = ?2
-                        AND source_partition = ?3 AND source_offset = ?4",
+                        AND source_partition = ?3 AND source_offset = ?4
+                        AND (kind <> 0 OR ?5 = 0)",
                 )?;
+                let mut mark = tx.prepare_cached(
+                    "UPDATE held SET kind = 3, due_ms = ?5, next_check_ms = ?5
+                     WHERE session = ?1 AND source_topic = ?2 AND source_partition = ?3
+                        AND source_offset = ?4 AND kind = 0",
+                )?;
+                let mut ended = tx.prepare_cached(
+                    "SELECT kafka_key, record, source_topic, source_partition, source_offset,
+                            held_at_ms
+                     FROM held WHERE session = ?1 AND kind = 2 AND ends_version = ?2",
+                )?;
+                let mut pass_on = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
+                        source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1)",
+                )?;
+                let marker_until = now_ms.saturating_add(RELEASED_MARKER.as_millis() as i64);
                 for v in versions {
-                    delete.execute(params![
+                    let key = params![
                         v.session,
                         v.source_topic,
                         v.source_partition,
-                        v.source_offset
-                    ])?;
+                        v.source_offset,
+                        i64::from(markers)
+                    ];
+                    let mut gone = delete.execute(key)?;
+                    if markers {
+                        gone += mark.execute(params![
+                            v.session,
+                            v.source_topic,
+                            v.source_partition,
+                            v.source_offset,
+                            marker_until
+                        ])?;
+                    }
+                    if gone > 0 {
+                        continue;
+                    }
+                    let version =
+                        version_text(&v.source_topic, v.source_partition, v.source_offset);
+                    let resolution: Option<(String, Vec<u8>, String, i32, i64, i64)> = ended
+                        .query_row(params![v.session, version], |r| {
+                            Ok((
+                                r.get(0)?,
+                                r.get(1)?,
+                                r.get(2)?,
+                                r.get(3)?,
+                                r.get(4)?,
+                                r.get(5)?,
+                            ))
+                        })
+                        .optional()?;
+                    if let Some((key, record, topic, partition, offset, held_at)) = resolution {
+                        pass_on.execute(params![
+                            pass_on_key(&v.session),
+                            key,
+                            record,
+                            topic,
+                            partition,
+                            offset,
+                            held_at,
+                            now_ms
+                        ])?;
+                    }
                 }
             }
             tx.commit()
@@ -363,9 +445,9 @@ impl PendingStore {
     /// How many sessions are held, and the earliest due time (ms), for health and metrics.
     pub fn stats(&self) -> Result<(u64, Option<i64>), PendingError> {
         self.with(|conn| {
-            // Tombstones of ended sessions are not pending.
+            // Tombstones and markers are not pending.
             conn.query_row(
-                "SELECT COUNT(*), MIN(due_ms) FROM held WHERE kind <> 2",
+                "SELECT COUNT(*), MIN(due_ms) FROM held WHERE kind IN (0, 1)",
                 [],
                 |row| Ok((row.get::<_, i64>(0)? as u64, row.get(1)?)),
             )
@@ -380,6 +462,72 @@ impl PendingStore {
                 .map(Option::flatten)
         })
     }
+}
+
+/// A session's row as `hold` finds it.
+struct Current {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    kind: SessionKind,
+    held_at_ms: i64,
+    due_ms: i64,
+}
+
+impl Current {
+    /// Whether `s` is this row's record again, or an earlier one of its partition.
+    fn redelivers(&self, s: &HeldSession) -> bool {
+        self.topic == s.source_topic
+            && self.partition == s.source_partition
+            && self.offset >= s.source_offset
+    }
+}
+
+/// What `hold` writes for the incoming `s` given its session's row (`pass_on_row` finds
+/// the row of a record passing on): the row and, for a tombstone, the version it ended;
+/// None when nothing changes. Counts what it decides in `holding`.
+fn decide_hold(
+    s: &HeldSession,
+    held: Option<&Current>,
+    holding: &mut Holding,
+    pass_on_row: impl FnOnce() -> rusqlite::Result<Option<Current>>,
+) -> rusqlite::Result<Option<(HeldSession, Option<String>)>> {
+    let mut write = s.clone();
+    if held.is_some_and(|h| h.redelivers(s)) {
+        return Ok(None);
+    }
+    let ending = s.kind == SessionKind::Ended;
+    match (held, ending) {
+        // A record to hold.
+        (None, false) => holding.added += 1,
+        (Some(h), false) => match h.kind {
+            SessionKind::Held => holding.replaced += 1,
+            SessionKind::Ended | SessionKind::Released if s.held_at_ms <= h.held_at_ms => {
+                holding.repeats += 1;
+                return Ok(None);
+            }
+            _ => holding.added += 1,
+        },
+        // A record that ends a hold.
+        (Some(h), true) if h.kind == SessionKind::Held => {
+            holding.ended += 1;
+            write.held_at_ms = h.held_at_ms;
+            write.due_ms = h.due_ms;
+            write.next_check_ms = h.due_ms;
+            let ended = version_text(&h.topic, h.partition, h.offset);
+            return Ok(Some((write, Some(ended))));
+        }
+        (Some(h), true) if h.kind == SessionKind::Ended => return Ok(None),
+        // Nothing held (or only a marker of what went out): it passes on, apart.
+        (_, true) => {
+            if pass_on_row()?.is_some_and(|p| p.redelivers(s)) {
+                return Ok(None);
+            }
+            write.session = pass_on_key(&s.session);
+            write.kind = SessionKind::PassOn;
+        }
+    }
+    Ok(Some((write, None)))
 }
 
 #[cfg(test)]
@@ -441,14 +589,14 @@ mod tests {
         assert_eq!(store.next_check().unwrap(), Some(10));
 
         store.recheck(&[(session("a", 10).version(), 25)]).unwrap();
-        store.release(&[session("b", 20).version()]).unwrap();
+        store.release(&[session("b", 20).version()], 0).unwrap();
         assert_eq!(
             names(store.to_check(30, 10, usize::MAX).unwrap()),
             ["a", "c"]
         );
         assert_eq!(store.stats().unwrap().0, 2);
         store
-            .release(&[session("a", 10).version(), session("c", 30).version()])
+            .release(&[session("a", 10).version(), session("c", 30).version()], 0)
             .unwrap();
         assert_eq!(store.stats().unwrap(), (0, None));
         assert_eq!(store.next_check().unwrap(), None);
@@ -500,12 +648,12 @@ mod tests {
         assert_eq!(store.hold(&[first]).unwrap(), Holding::default());
         // What the scheduler decided for the first version touches nothing now.
         store.recheck(&[(read.clone(), 11)]).unwrap();
-        store.release(&[read]).unwrap();
+        store.release(&[read], 0).unwrap();
         assert_eq!(
             store.to_check(i64::MAX, 10, usize::MAX).unwrap(),
             std::slice::from_ref(&second)
         );
-        store.release(&[second.version()]).unwrap();
+        store.release(&[second.version()], 0).unwrap();
         assert_eq!(store.stats().unwrap().0, 0);
     }
 
@@ -549,9 +697,23 @@ mod tests {
             store.to_check(i64::MAX, 10, usize::MAX).unwrap(),
             vec![tombstone.clone()]
         );
-        // The alert fires again later: held anew.
+        // The same alert again from another topic (its held time no later): a repeat.
+        let repeat = HeldSession {
+            source_topic: "alerts.raw".into(),
+            source_offset: 3,
+            ..session("a", 30)
+        };
+        assert_eq!(
+            store.hold(&[repeat]).unwrap(),
+            Holding {
+                repeats: 1,
+                ..Holding::default()
+            }
+        );
+        // The alert fires again later (a later time of its own): held anew.
         let again = HeldSession {
             source_offset: 12,
+            held_at_ms: 5,
             ..session("a", 30)
         };
         assert_eq!(
@@ -572,7 +734,98 @@ mod tests {
         let passing = store.to_check(20, 10, usize::MAX).unwrap();
         assert_eq!(passing.len(), 1);
         assert_eq!(passing[0].kind, SessionKind::PassOn);
+        assert_eq!(passing[0].session, "b#end");
         assert_eq!(store.stats().unwrap(), (1, Some(20)));
+        // A redelivery of it changes nothing; a later hold of the session does not replace it.
+        assert_eq!(store.hold(&[ending("b", 8)]).unwrap(), Holding::default());
+        let later = HeldSession {
+            source_offset: 11,
+            held_at_ms: 9,
+            ..session("b", 40)
+        };
+        store.hold(std::slice::from_ref(&later)).unwrap();
+        let mut rows: Vec<(String, SessionKind)> = store
+            .to_check(i64::MAX, 10, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.session, r.kind))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            rows,
+            [
+                ("b".into(), SessionKind::Held),
+                ("b#end".into(), SessionKind::PassOn)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_resolution_that_ends_a_session_being_emitted_passes_on_once_it_went_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "alerts")).unwrap();
+        store.hold(&[session("a", 10)]).unwrap();
+        // The scheduler reads the firing and sends it; the resolution comes in meanwhile.
+        let read = store
+            .to_check(10, 10, usize::MAX)
+            .unwrap()
+            .remove(0)
+            .version();
+        store.hold(&[ending("a", 8)]).unwrap();
+        store.release(&[read], 500).unwrap();
+        let left = store.to_check(i64::MAX, 10, usize::MAX).unwrap();
+        let passing: Vec<_> = left
+            .iter()
+            .filter(|r| r.kind == SessionKind::PassOn)
+            .collect();
+        assert_eq!(passing.len(), 1, "{left:?}");
+        assert_eq!(passing[0].session, "a#end");
+        assert_eq!(passing[0].source_offset, 8, "the resolution's own record");
+        assert_eq!(passing[0].due_ms, 500, "due at once");
+    }
+
+    #[test]
+    fn a_released_session_leaves_a_marker_that_turns_its_repeats_away_for_a_day() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "alerts"))
+            .unwrap()
+            .keeping_markers();
+        let firing = session("a", 10);
+        store.hold(std::slice::from_ref(&firing)).unwrap();
+        store.release(&[firing.version()], 1_000).unwrap();
+        let marker = store.to_check(i64::MAX, 10, usize::MAX).unwrap().remove(0);
+        assert_eq!(marker.kind, SessionKind::Released);
+        assert_eq!(
+            marker.next_check_ms,
+            1_000 + RELEASED_MARKER.as_millis() as i64
+        );
+        assert_eq!(store.stats().unwrap(), (0, None), "a marker is not pending");
+        // Alertmanager re-sends the same firing alert (same start): dropped.
+        let repeat = HeldSession {
+            source_offset: 20,
+            ..session("a", 10)
+        };
+        assert_eq!(
+            store.hold(&[repeat]).unwrap(),
+            Holding {
+                repeats: 1,
+                ..Holding::default()
+            }
+        );
+        // Its resolution passes on.
+        store.hold(&[ending("a", 21)]).unwrap();
+        assert!(store
+            .to_check(i64::MAX, 10, usize::MAX)
+            .unwrap()
+            .iter()
+            .any(|r| r.session == "a#end" && r.kind == SessionKind::PassOn));
+        // The marker's time up, the scheduler's release deletes it.
+        store.release(&[marker.version()], 2_000).unwrap();
+        assert!(store
+            .to_check(i64::MAX, 10, usize::MAX)
+            .unwrap()
+            .iter()
+            .all(|r| r.session != "a"));
     }
 
     #[test]
@@ -581,8 +834,12 @@ mod tests {
         let path = store_path(dir.path(), "cooling");
         {
             let conn = Connection::open(&path).unwrap();
-            conn.execute_batch(&SCHEMA.replace(",\n    kind INTEGER NOT NULL DEFAULT 0", ""))
-                .unwrap();
+            let old = SCHEMA.replace(
+                ",\n    kind INTEGER NOT NULL DEFAULT 0,\n    ends_version TEXT",
+                "",
+            );
+            assert_ne!(old, SCHEMA, "the old schema has neither column");
+            conn.execute_batch(&old).unwrap();
             conn.execute_batch(
                 "INSERT INTO held VALUES ('a', 'c1::a', x'7b7d', 't', 0, 1, 0, 5, 5)",
             )

@@ -87,7 +87,8 @@ struct Pass {
     rechecks: Vec<(SessionVersion, i64)>,
     /// Violating sessions with nowhere to divert them.
     dropped: Vec<HeldSession>,
-    /// Tombstones of ended sessions whose time is up: deleted, not counted again.
+    /// Tombstones of ended sessions and markers of released ones whose time is up:
+    /// deleted, not counted again.
     expired: Vec<HeldSession>,
     sends: Vec<Send>,
 }
@@ -233,7 +234,7 @@ impl DelayTask {
         let released: Vec<SessionVersion> = released.iter().map(HeldSession::version).collect();
         blocking(|| {
             self.store.recheck(&rechecks)?;
-            self.store.release(&released)
+            self.store.release(&released, now.timestamp_millis())
         })?;
         self.report(metrics);
         Ok(())
@@ -277,7 +278,7 @@ impl DelayTask {
         for held in sessions {
             match held.kind {
                 SessionKind::Held => {}
-                SessionKind::Ended => {
+                SessionKind::Ended | SessionKind::Released => {
                     pass.expired.push(held);
                     continue;
                 }

@@ -462,5 +462,5 @@ fn the_handler_holds_alerts_from_their_start_and_a_resolution_ends_the_hold() {
         .unwrap();
     assert!(passing
         .iter()
-        .any(|r| r.session == "feedfacefeedface" && r.kind == SessionKind::PassOn));
+        .any(|r| r.session == "feedfacefeedface#end" && r.kind == SessionKind::PassOn));
 }
