@@ -123,7 +123,11 @@ impl SkipReason {
 pub fn plan(stored: &[Stored], filter: &Filter, replayed: &HashSet<String>) -> Vec<Step> {
     let mut steps: Vec<Step> = Vec::new();
     // Where each input record's replay is in `steps`.
-    let mut by_source: std::collections::HashMap<(String, i32, i64), usize> = Default::default();
+    // Letters of one input record with the same original: a split payload's rejected
+    // elements each carry the whole payload. (A letter written after a hold carries that
+    // element alone: a different original, a replay of its own.)
+    type Source = (String, i32, i64, Option<Vec<u8>>);
+    let mut by_source: std::collections::HashMap<Source, usize> = Default::default();
     for (s, letter) in stored
         .iter()
         .filter_map(|s| Some((s, s.letter.as_ref().filter(|l| filter.matches(l))?)))
@@ -145,10 +149,12 @@ pub fn plan(stored: &[Stored], filter: &Filter, replayed: &HashSet<String>) -> V
             steps.push(skip(SkipReason::Unreadable));
             continue;
         }
+        let value = letter.original_bytes();
         let source = (
             letter.source_topic.clone(),
             letter.source_partition,
             letter.source_offset,
+            value.clone(),
         );
         if let Some(Step::Replay { markers, .. }) =
             by_source.get(&source).and_then(|at| steps.get_mut(*at))
@@ -160,7 +166,7 @@ pub fn plan(stored: &[Stored], filter: &Filter, replayed: &HashSet<String>) -> V
         steps.push(Step::Replay {
             topic: letter.source_topic.clone(),
             key: letter.key.as_ref().map(|k| k.as_bytes().to_vec()),
-            value: letter.original_bytes(),
+            value,
             markers: vec![marker],
         });
     }
@@ -435,18 +441,22 @@ async fn create_marker_topic(config: &ClientConfig) -> Result<(), DeadLettersErr
                 .map_err(|(error, _)| error)?;
         }
     }
-    // Nothing is replayed without a place for its marker: it would be replayed again.
-    let metadata = probe.fetch_metadata(Some(REPLAYED_TOPIC), REQUEST_TIMEOUT)?;
-    if !metadata
-        .topics()
-        .iter()
-        .any(|t| t.error().is_none() && !t.partitions().is_empty())
-    {
-        return Err(DeadLettersError::MarkerTopic(
-            "it does not exist after asking for it".into(),
-        ));
+    // Nothing is replayed without a place for its marker: it would be replayed again. A
+    // new topic takes a moment to be known to every broker.
+    for _ in 0..20 {
+        let metadata = probe.fetch_metadata(Some(REPLAYED_TOPIC), REQUEST_TIMEOUT)?;
+        if metadata
+            .topics()
+            .iter()
+            .any(|t| t.error().is_none() && !t.partitions().is_empty())
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    Ok(())
+    Err(DeadLettersError::MarkerTopic(
+        "it does not exist after asking for it".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -610,5 +620,26 @@ mod tests {
             panic!("{steps:?}")
         };
         assert_eq!(markers, &["dlq.normalized/2/3", "dlq.normalized/2/4"]);
+    }
+
+    #[test]
+    fn letters_of_one_input_with_different_originals_are_replayed_each() {
+        // Two alerts of one payload dead-lettered after their hold: each letter carries
+        // its own alert.
+        let first = letter(
+            "shop-eu",
+            "output_too_large",
+            1,
+            Some("{\"fingerprint\":\"a\"}"),
+        );
+        let second = letter(
+            "shop-eu",
+            "output_too_large",
+            1,
+            Some("{\"fingerprint\":\"b\"}"),
+        );
+        let stored = [stored(3, Some(first)), stored(4, Some(second))];
+        let steps = plan(&stored, &Filter::default(), &HashSet::new());
+        assert_eq!(steps.len(), 2, "{steps:?}");
     }
 }

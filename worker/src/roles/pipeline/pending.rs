@@ -239,6 +239,7 @@ impl PendingStore {
     /// ([`SessionKind::Ended`] as given) ends the held one, or passes on when none is held.
     /// A record no later than a session let go or ended is a repeat (see the module's doc).
     pub fn hold(&self, sessions: &[HeldSession]) -> Result<Holding, PendingError> {
+        let markers = self.markers;
         self.with(|conn| {
             let tx = conn.transaction()?;
             let mut holding = Holding::default();
@@ -253,6 +254,14 @@ impl PendingStore {
                         ends_version)
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )?;
+                // A repeat keeps the marker it met for another day (an alert firing for
+                // days is re-sent every few hours).
+                let mut refresh = tx.prepare_cached(
+                    "UPDATE held SET due_ms = ?2, next_check_ms = ?2 WHERE session = ?1 AND kind = 3",
+                )?;
+                let refreshed_until = chrono::Utc::now()
+                    .timestamp_millis()
+                    .saturating_add(RELEASED_MARKER.as_millis() as i64);
                 for s in sessions {
                     let mut row = |session: &str| {
                         current
@@ -269,10 +278,14 @@ impl PendingStore {
                             .optional()
                     };
                     let held = row(&s.session)?;
-                    let Some((write, ends)) = decide_hold(s, held.as_ref(), &mut holding, || {
+                    let repeats = holding.repeats;
+                    let decided = decide_hold(s, held.as_ref(), markers, &mut holding, || {
                         row(&pass_on_key(&s.session))
-                    })?
-                    else {
+                    })?;
+                    if holding.repeats > repeats {
+                        refresh.execute(params![s.session, refreshed_until])?;
+                    }
+                    let Some((write, ends)) = decided else {
                         continue;
                     };
                     upsert.execute(params![
@@ -360,10 +373,15 @@ impl PendingStore {
     }
 
     /// Lets these sessions go (what they became was acknowledged), in one transaction, at
-    /// `now_ms`; a session replaced since it was read stays held. A held session leaves a
-    /// marker when the store keeps them; a session that a record ended meanwhile (the
-    /// resolution of an alert being emitted) lets that record pass on.
-    pub fn release(&self, versions: &[SessionVersion], now_ms: i64) -> Result<(), PendingError> {
+    /// `now_ms`, each with whether it went to the output; a session replaced since it was
+    /// read stays held. A session that went out leaves a marker when the store keeps them,
+    /// and if a record ended it meanwhile (the resolution of an alert being emitted), that
+    /// record passes on; any other is deleted.
+    pub fn release(
+        &self,
+        versions: &[(SessionVersion, bool)],
+        now_ms: i64,
+    ) -> Result<(), PendingError> {
         let markers = self.markers;
         self.with(|conn| {
             let tx = conn.transaction()?;
@@ -373,32 +391,23 @@ impl PendingStore {
                         AND source_partition = ?3 AND source_offset = ?4
                         AND (kind <> 0 OR ?5 = 0)",
                 )?;
+                // A marker keeps what tells a repeat (the session, its time), not the record.
                 let mut mark = tx.prepare_cached(
-                    "UPDATE held SET kind = 3, due_ms = ?5, next_check_ms = ?5
+                    "UPDATE held SET kind = 3, due_ms = ?5, next_check_ms = ?5, record = x''
                      WHERE session = ?1 AND source_topic = ?2 AND source_partition = ?3
                         AND source_offset = ?4 AND kind = 0",
                 )?;
-                let mut ended = tx.prepare_cached(
-                    "SELECT kafka_key, record, source_topic, source_partition, source_offset,
-                            held_at_ms
-                     FROM held WHERE session = ?1 AND kind = 2 AND ends_version = ?2",
-                )?;
-                let mut pass_on = tx.prepare_cached(
-                    "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
-                        source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1)",
-                )?;
                 let marker_until = now_ms.saturating_add(RELEASED_MARKER.as_millis() as i64);
-                for v in versions {
-                    let key = params![
+                for (v, emitted) in versions {
+                    let leave_marker = markers && *emitted;
+                    let mut gone = delete.execute(params![
                         v.session,
                         v.source_topic,
                         v.source_partition,
                         v.source_offset,
-                        i64::from(markers)
-                    ];
-                    let mut gone = delete.execute(key)?;
-                    if markers {
+                        i64::from(leave_marker)
+                    ])?;
+                    if leave_marker {
                         gone += mark.execute(params![
                             v.session,
                             v.source_topic,
@@ -407,34 +416,9 @@ impl PendingStore {
                             marker_until
                         ])?;
                     }
-                    if gone > 0 {
-                        continue;
-                    }
-                    let version =
-                        version_text(&v.source_topic, v.source_partition, v.source_offset);
-                    let resolution: Option<(String, Vec<u8>, String, i32, i64, i64)> = ended
-                        .query_row(params![v.session, version], |r| {
-                            Ok((
-                                r.get(0)?,
-                                r.get(1)?,
-                                r.get(2)?,
-                                r.get(3)?,
-                                r.get(4)?,
-                                r.get(5)?,
-                            ))
-                        })
-                        .optional()?;
-                    if let Some((key, record, topic, partition, offset, held_at)) = resolution {
-                        pass_on.execute(params![
-                            pass_on_key(&v.session),
-                            key,
-                            record,
-                            topic,
-                            partition,
-                            offset,
-                            held_at,
-                            now_ms
-                        ])?;
+                    if gone == 0 && *emitted {
+                        let until = markers.then_some(marker_until);
+                        pass_on_what_ended(&tx, v, now_ms, until)?;
                     }
                 }
             }
@@ -464,6 +448,67 @@ impl PendingStore {
     }
 }
 
+/// A session that went out while a record ended it (an alert's resolution that came in
+/// while the alert was being emitted): that record passes on, due at `now_ms`, and the
+/// tombstone becomes the session's marker until `marker_until` (or goes, without markers).
+fn pass_on_what_ended(
+    tx: &rusqlite::Transaction<'_>,
+    v: &SessionVersion,
+    now_ms: i64,
+    marker_until: Option<i64>,
+) -> rusqlite::Result<()> {
+    let version = version_text(&v.source_topic, v.source_partition, v.source_offset);
+    let resolution: Option<(String, Vec<u8>, String, i32, i64, i64)> = tx
+        .prepare_cached(
+            "SELECT kafka_key, record, source_topic, source_partition, source_offset, held_at_ms
+             FROM held WHERE session = ?1 AND kind = 2 AND ends_version = ?2",
+        )?
+        .query_row(params![v.session, version], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
+        })
+        .optional()?;
+    let Some((key, record, topic, partition, offset, held_at)) = resolution else {
+        return Ok(());
+    };
+    tx.prepare_cached(
+        "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
+            source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1)",
+    )?
+    .execute(params![
+        pass_on_key(&v.session),
+        key,
+        record,
+        topic,
+        partition,
+        offset,
+        held_at,
+        now_ms
+    ])?;
+    match marker_until {
+        Some(until) => tx
+            .prepare_cached(
+                "UPDATE held SET kind = 3, due_ms = ?3, next_check_ms = ?3, record = x'',
+                    ends_version = NULL
+                 WHERE session = ?1 AND kind = 2 AND ends_version = ?2",
+            )?
+            .execute(params![v.session, version, until])?,
+        None => tx
+            .prepare_cached(
+                "DELETE FROM held WHERE session = ?1 AND kind = 2 AND ends_version = ?2",
+            )?
+            .execute(params![v.session, version])?,
+    };
+    Ok(())
+}
+
 /// A session's row as `hold` finds it.
 struct Current {
     topic: String,
@@ -484,11 +529,13 @@ impl Current {
 }
 
 /// What `hold` writes for the incoming `s` given its session's row (`pass_on_row` finds
-/// the row of a record passing on): the row and, for a tombstone, the version it ended;
-/// None when nothing changes. Counts what it decides in `holding`.
+/// the row of a record passing on; `markers`: the store knows repeats by their time): the
+/// row and, for a tombstone, the version it ended; None when nothing changes. Counts what
+/// it decides in `holding`.
 fn decide_hold(
     s: &HeldSession,
     held: Option<&Current>,
+    markers: bool,
     holding: &mut Holding,
     pass_on_row: impl FnOnce() -> rusqlite::Result<Option<Current>>,
 ) -> rusqlite::Result<Option<(HeldSession, Option<String>)>> {
@@ -500,12 +547,16 @@ fn decide_hold(
     match (held, ending) {
         // A record to hold.
         (None, false) => holding.added += 1,
+        // A record's own time (`hold_from`) tells a repeat from a new one; without it,
+        // the time taken in says nothing of that.
+        (Some(h), false)
+            if markers && s.held_at_ms <= h.held_at_ms && h.kind != SessionKind::PassOn =>
+        {
+            holding.repeats += 1;
+            return Ok(None);
+        }
         (Some(h), false) => match h.kind {
             SessionKind::Held => holding.replaced += 1,
-            SessionKind::Ended | SessionKind::Released if s.held_at_ms <= h.held_at_ms => {
-                holding.repeats += 1;
-                return Ok(None);
-            }
             _ => holding.added += 1,
         },
         // A record that ends a hold.
@@ -589,14 +640,22 @@ mod tests {
         assert_eq!(store.next_check().unwrap(), Some(10));
 
         store.recheck(&[(session("a", 10).version(), 25)]).unwrap();
-        store.release(&[session("b", 20).version()], 0).unwrap();
+        store
+            .release(&[(session("b", 20).version(), true)], 0)
+            .unwrap();
         assert_eq!(
             names(store.to_check(30, 10, usize::MAX).unwrap()),
             ["a", "c"]
         );
         assert_eq!(store.stats().unwrap().0, 2);
         store
-            .release(&[session("a", 10).version(), session("c", 30).version()], 0)
+            .release(
+                &[
+                    (session("a", 10).version(), true),
+                    (session("c", 30).version(), true),
+                ],
+                0,
+            )
             .unwrap();
         assert_eq!(store.stats().unwrap(), (0, None));
         assert_eq!(store.next_check().unwrap(), None);
@@ -648,12 +707,12 @@ mod tests {
         assert_eq!(store.hold(&[first]).unwrap(), Holding::default());
         // What the scheduler decided for the first version touches nothing now.
         store.recheck(&[(read.clone(), 11)]).unwrap();
-        store.release(&[read], 0).unwrap();
+        store.release(&[(read, true)], 0).unwrap();
         assert_eq!(
             store.to_check(i64::MAX, 10, usize::MAX).unwrap(),
             std::slice::from_ref(&second)
         );
-        store.release(&[second.version()], 0).unwrap();
+        store.release(&[(second.version(), true)], 0).unwrap();
         assert_eq!(store.stats().unwrap().0, 0);
     }
 
@@ -672,7 +731,10 @@ mod tests {
     #[test]
     fn an_ending_record_ends_a_held_session_and_its_tombstone_outlasts_redeliveries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = PendingStore::open(&store_path(dir.path(), "alerts")).unwrap();
+        // An alert pipeline's: its records carry their own time (hold_from).
+        let store = PendingStore::open(&store_path(dir.path(), "alerts"))
+            .unwrap()
+            .keeping_markers();
         let firing = session("a", 10);
         store.hold(std::slice::from_ref(&firing)).unwrap();
         assert_eq!(
@@ -772,7 +834,7 @@ mod tests {
             .remove(0)
             .version();
         store.hold(&[ending("a", 8)]).unwrap();
-        store.release(&[read], 500).unwrap();
+        store.release(&[(read, true)], 500).unwrap();
         let left = store.to_check(i64::MAX, 10, usize::MAX).unwrap();
         let passing: Vec<_> = left
             .iter()
@@ -792,7 +854,7 @@ mod tests {
             .keeping_markers();
         let firing = session("a", 10);
         store.hold(std::slice::from_ref(&firing)).unwrap();
-        store.release(&[firing.version()], 1_000).unwrap();
+        store.release(&[(firing.version(), true)], 1_000).unwrap();
         let marker = store.to_check(i64::MAX, 10, usize::MAX).unwrap().remove(0);
         assert_eq!(marker.kind, SessionKind::Released);
         assert_eq!(
@@ -820,7 +882,7 @@ mod tests {
             .iter()
             .any(|r| r.session == "a#end" && r.kind == SessionKind::PassOn));
         // The marker's time up, the scheduler's release deletes it.
-        store.release(&[marker.version()], 2_000).unwrap();
+        store.release(&[(marker.version(), false)], 2_000).unwrap();
         assert!(store
             .to_check(i64::MAX, 10, usize::MAX)
             .unwrap()
@@ -849,5 +911,78 @@ mod tests {
         let held = store.to_check(10, 10, usize::MAX).unwrap();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].kind, SessionKind::Held);
+    }
+
+    #[test]
+    fn without_record_times_a_hold_after_an_ended_one_is_never_taken_for_a_repeat() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "cooling")).unwrap();
+        // Poweroff, poweron, poweroff in one batch, taken in within one millisecond.
+        let first = session("a", 10);
+        let again = HeldSession {
+            source_offset: 9,
+            ..session("a", 10)
+        };
+        let holding = store.hold(&[first, ending("a", 8), again]).unwrap();
+        assert_eq!((holding.ended, holding.repeats, holding.added), (1, 0, 2));
+        let rows = store.to_check(i64::MAX, 10, usize::MAX).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].kind, rows[0].source_offset),
+            (SessionKind::Held, 9)
+        );
+    }
+
+    #[test]
+    fn a_dropped_session_leaves_no_marker_so_its_replay_is_held_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "alerts"))
+            .unwrap()
+            .keeping_markers();
+        let firing = session("a", 10);
+        store.hold(std::slice::from_ref(&firing)).unwrap();
+        store.release(&[(firing.version(), false)], 1_000).unwrap();
+        assert!(store.to_check(i64::MAX, 10, usize::MAX).unwrap().is_empty());
+        let replayed = HeldSession {
+            source_offset: 30,
+            ..session("a", 10)
+        };
+        assert_eq!(store.hold(&[replayed]).unwrap().added, 1);
+    }
+
+    #[test]
+    fn with_markers_the_tombstone_of_what_went_out_becomes_its_marker() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = PendingStore::open(&store_path(dir.path(), "alerts"))
+            .unwrap()
+            .keeping_markers();
+        store.hold(&[session("a", 10)]).unwrap();
+        let read = store
+            .to_check(10, 10, usize::MAX)
+            .unwrap()
+            .remove(0)
+            .version();
+        store.hold(&[ending("a", 8)]).unwrap();
+        store.release(&[(read, true)], 500).unwrap();
+        let mut rows: Vec<(String, SessionKind)> = store
+            .to_check(i64::MAX, 10, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.session, r.kind))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(
+            rows,
+            [
+                ("a".into(), SessionKind::Released),
+                ("a#end".into(), SessionKind::PassOn)
+            ]
+        );
+        // A late repeat of the alert that went out is turned away.
+        let late = HeldSession {
+            source_topic: "alerts.raw".into(),
+            ..session("a", 10)
+        };
+        assert_eq!(store.hold(&[late]).unwrap().repeats, 1);
     }
 }

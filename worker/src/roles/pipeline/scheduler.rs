@@ -203,10 +203,13 @@ impl DelayTask {
             expired,
             sends,
         } = blocking(|| self.check(sessions, now));
-        let mut released = expired;
+        // Each session let go, and whether it went to the output (only that leaves a
+        // marker, or lets a resolution that ended it meanwhile pass on).
+        let mut released: Vec<(SessionVersion, bool)> =
+            expired.iter().map(|held| (held.version(), false)).collect();
         for held in dropped {
             self.count(metrics, Release::Dropped, &held);
-            released.push(held);
+            released.push((held.version(), false));
         }
         let (delivered, failed) = deliver(producer, sends).await;
         // Refused for good: to the dead-letter topic instead, once.
@@ -229,9 +232,8 @@ impl DelayTask {
         }
         for send in delivered.into_iter().chain(lettered) {
             self.count(metrics, send.release, &send.held);
-            released.push(send.held);
+            released.push((send.held.version(), send.release == Release::Emitted));
         }
-        let released: Vec<SessionVersion> = released.iter().map(HeldSession::version).collect();
         blocking(|| {
             self.store.recheck(&rechecks)?;
             self.store.release(&released, now.timestamp_millis())
