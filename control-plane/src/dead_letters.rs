@@ -402,12 +402,7 @@ fn read_to_end(config: &ClientConfig, topic: &str) -> Result<Vec<Read>, KafkaErr
 /// creates the topic on the first one, with its defaults, which is said.
 async fn create_marker_topic(config: &ClientConfig) -> Result<(), DeadLettersError> {
     let probe: BaseConsumer = config.clone().create()?;
-    let metadata = probe.fetch_metadata(Some(REPLAYED_TOPIC), REQUEST_TIMEOUT)?;
-    if metadata
-        .topics()
-        .iter()
-        .any(|t| t.error().is_none() && !t.partitions().is_empty())
-    {
+    if marker_topic_exists(&probe)? {
         return Ok(());
     }
     let admin: AdminClient<_> = config.create()?;
@@ -444,12 +439,7 @@ async fn create_marker_topic(config: &ClientConfig) -> Result<(), DeadLettersErr
     // Nothing is replayed without a place for its marker: it would be replayed again. A
     // new topic takes a moment to be known to every broker.
     for _ in 0..20 {
-        let metadata = probe.fetch_metadata(Some(REPLAYED_TOPIC), REQUEST_TIMEOUT)?;
-        if metadata
-            .topics()
-            .iter()
-            .any(|t| t.error().is_none() && !t.partitions().is_empty())
-        {
+        if marker_topic_exists(&probe)? {
             return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -457,6 +447,15 @@ async fn create_marker_topic(config: &ClientConfig) -> Result<(), DeadLettersErr
     Err(DeadLettersError::MarkerTopic(
         "it does not exist after asking for it".into(),
     ))
+}
+
+/// Whether the broker `probe` asks knows the marker topic, with partitions.
+fn marker_topic_exists(probe: &BaseConsumer) -> Result<bool, KafkaError> {
+    let metadata = probe.fetch_metadata(Some(REPLAYED_TOPIC), REQUEST_TIMEOUT)?;
+    Ok(metadata
+        .topics()
+        .iter()
+        .any(|t| t.error().is_none() && !t.partitions().is_empty()))
 }
 
 #[cfg(test)]

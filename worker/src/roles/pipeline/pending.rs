@@ -716,6 +716,18 @@ mod tests {
         assert_eq!(store.stats().unwrap().0, 0);
     }
 
+    /// Every row of the store, as (session, kind), by session.
+    fn rows(store: &PendingStore) -> Vec<(String, SessionKind)> {
+        let mut rows: Vec<(String, SessionKind)> = store
+            .to_check(i64::MAX, 10, usize::MAX)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.session, r.kind))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        rows
+    }
+
     /// An alert's resolution at `offset` (an ending record).
     fn ending(name: &str, offset: i64) -> HeldSession {
         HeldSession {
@@ -806,15 +818,8 @@ mod tests {
             ..session("b", 40)
         };
         store.hold(std::slice::from_ref(&later)).unwrap();
-        let mut rows: Vec<(String, SessionKind)> = store
-            .to_check(i64::MAX, 10, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.session, r.kind))
-            .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
-            rows,
+            rows(&store),
             [
                 ("b".into(), SessionKind::Held),
                 ("b#end".into(), SessionKind::PassOn)
@@ -964,15 +969,8 @@ mod tests {
             .version();
         store.hold(&[ending("a", 8)]).unwrap();
         store.release(&[(read, true)], 500).unwrap();
-        let mut rows: Vec<(String, SessionKind)> = store
-            .to_check(i64::MAX, 10, usize::MAX)
-            .unwrap()
-            .into_iter()
-            .map(|r| (r.session, r.kind))
-            .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
         assert_eq!(
-            rows,
+            rows(&store),
             [
                 ("a".into(), SessionKind::Released),
                 ("a#end".into(), SessionKind::PassOn)

@@ -474,17 +474,16 @@ mod tests {
         }
     }
 
-    fn released(metrics: &WorkerMetrics, outcome: &str) -> u64 {
-        metrics
-            .delay_released
-            .get_or_create(&OutcomeLabel {
-                outcome: outcome.into(),
-            })
-            .get()
+    /// The cooling example's delay task, a broker and a producer to it.
+    struct Cooling {
+        broker: kg_shared::kafka::EmbeddedBroker,
+        producer: FutureProducer,
+        client: ClientId,
+        task: DelayTask,
+        _data: tempfile::TempDir,
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_pass_lets_a_session_go_only_once_kafka_acknowledged_what_it_became() {
+    fn cooling() -> Cooling {
         let broker = kg_shared::kafka::EmbeddedBroker::start(1).unwrap();
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", broker.bootstrap_servers())
@@ -502,6 +501,33 @@ mod tests {
         )
         .unwrap();
         let task = handler.delay_task().unwrap();
+        Cooling {
+            broker,
+            producer,
+            client,
+            task,
+            _data: data,
+        }
+    }
+
+    fn released(metrics: &WorkerMetrics, outcome: &str) -> u64 {
+        metrics
+            .delay_released
+            .get_or_create(&OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_pass_lets_a_session_go_only_once_kafka_acknowledged_what_it_became() {
+        let Cooling {
+            broker,
+            producer,
+            client,
+            task,
+            _data,
+        } = cooling();
         for (server, power) in [("srv-1", "off"), ("srv-2", "on"), ("srv-3", "off")] {
             let state = json!({"server_id": server, "power": power}).to_string();
             task.view.apply(
@@ -563,23 +589,13 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_resolution_passing_on_is_emitted_unchecked_and_a_tombstone_goes_unemitted() {
-        let broker = kg_shared::kafka::EmbeddedBroker::start(1).unwrap();
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap_servers())
-            .set("message.timeout.ms", "2000")
-            .create()
-            .unwrap();
-        let templates =
-            PipelineTemplates::parse(COOLING, std::path::Path::new("server-cooling.toml")).unwrap();
-        let client = ClientId::parse("dc-east").unwrap();
-        let data = tempfile::tempdir().unwrap();
-        let handler = PipelineHandler::new(
-            templates.get("server-cooling").unwrap(),
-            client.clone(),
-            data.path(),
-        )
-        .unwrap();
-        let task = handler.delay_task().unwrap();
+        let Cooling {
+            broker: _broker,
+            producer,
+            client,
+            task,
+            _data,
+        } = cooling();
         // srv-1's state says "on": a held session would be a violation, but a record
         // passing on is not checked.
         task.view.apply(
