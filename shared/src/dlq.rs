@@ -54,6 +54,17 @@ pub struct DeadLetter {
     /// kept: its full size and digest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub truncated: Option<Truncated>,
+    /// Every attempt that failed, oldest first, for a record that went up a pipeline's
+    /// retry ladder before it was given up (`retries_exhausted`); empty otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<Attempt>,
+}
+
+/// One failed attempt of a record that was retried.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attempt {
+    pub at: DateTime<Utc>,
+    pub reason: String,
 }
 
 /// What identifies an original value too large to keep whole.
@@ -113,7 +124,14 @@ impl DeadLetter {
             original,
             original_base64,
             truncated,
+            attempts: Vec::new(),
         }
+    }
+
+    /// With the failed attempts of a record given up after its retries.
+    pub fn with_attempts(mut self, attempts: Vec<Attempt>) -> Self {
+        self.attempts = attempts;
+        self
     }
 
     /// Stands for the offsets `first..=last` of a partition that could not be read at all,

@@ -47,8 +47,23 @@ pub struct HealthAnswer {
     pub reason: String,
     pub records_in: u64,
     pub records_out: u64,
+    /// A pipeline's records waiting on its retry ladder, if any of its stages retries
+    /// (absent for every other worker).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<RetryHealth>,
     pub role: Role,
     pub status: HealthStatus,
+}
+
+/// A pipeline's pending retries, in its worker's `/health`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RetryHealth {
+    /// Records waiting for their next attempt.
+    pub pending: u64,
+    /// The earliest next attempt (RFC 3339), if any.
+    pub next_due: Option<String>,
+    /// Records given up after the ladder's last rung (dead-lettered), since the start.
+    pub exhausted: u64,
 }
 
 /// A delay stage's sessions, in a pipeline worker's `/health`.
@@ -116,6 +131,7 @@ mod tests {
             reason: reason.into(),
             records_in: 12,
             records_out: 10,
+            retries: None,
             role: Role::EventNormalizer,
             status,
         }

@@ -32,10 +32,12 @@ use serde::Deserialize;
 
 mod delay;
 mod graph;
+mod retry;
 mod split;
 
 pub use delay::{Delay, EndWhen, StateCheck};
-pub use graph::{GraphLookup, MAX_LOOKUP_ITEMS};
+pub use graph::{GraphLookup, OnUnavailable, MAX_LOOKUP_ITEMS};
+pub use retry::{RetryLadder, MAX_RUNGS};
 pub use split::{Split, MAX_SPLIT};
 
 /// The longest pipeline name, so that worker names (`kg-pipeline-<name>.<client>`) stay
@@ -63,6 +65,8 @@ pub struct PipelineTemplate {
     /// allowlist. A pipeline neither default nor requestable runs for no client.
     pub requestable: bool,
     pub stages: Vec<Stage>,
+    /// How long a record whose stage failed for a while waits before each new attempt.
+    pub retry: RetryLadder,
     /// Its own text in the file, from its `[[pipeline]]` header to the next: a templates
     /// file of this pipeline alone, which the control plane hands to its workers (so a
     /// change to another pipeline does not touch this one's workers).
@@ -82,6 +86,8 @@ struct RawTemplate {
     default: bool,
     #[serde(default)]
     requestable: bool,
+    #[serde(default)]
+    retry: RetryLadder,
     #[serde(default, rename = "stage")]
     stages: Vec<toml::Table>,
 }
@@ -365,6 +371,7 @@ impl PipelineTemplates {
                 output: pipeline.output,
                 default: pipeline.default,
                 requestable: pipeline.requestable,
+                retry: pipeline.retry,
                 stages,
             });
         }
@@ -420,6 +427,7 @@ fn check(pipeline: &RawTemplate, earlier: &[PipelineTemplate]) -> Result<(), (St
     if pipeline.stages.is_empty() {
         return Err(("stage".into(), "at least one stage".into()));
     }
+    pipeline.retry.clone().checked()?;
     Ok(())
 }
 
@@ -910,5 +918,71 @@ check = { topic = "servers.power", field = "power", hold_while = ["off"] }
             assert_eq!(error.field, field, "{what}: {error}");
             assert!(error.message.contains(words), "{what}: {error}");
         }
+    }
+
+    #[test]
+    fn a_retry_ladder_and_a_retrying_graph_stage_are_read_and_bad_ones_refused_by_field() {
+        let retrying = ALERTS
+            .replace(
+                "default = true\n",
+                "default = true\nretry = { delays = [\"30s\", \"2m\"] }\n",
+            )
+            .replace(
+                "max_blast_radius = 100\n",
+                "max_blast_radius = 100\non_unavailable = \"retry\"\n",
+            );
+        let alerts = parse(&retrying).unwrap().pipelines.remove(0);
+        assert_eq!(
+            alerts.retry.delays,
+            [
+                std::time::Duration::from_secs(30),
+                std::time::Duration::from_secs(120)
+            ]
+        );
+        let Stage::Graph(graph) = &alerts.stages[4] else {
+            panic!("not a graph stage")
+        };
+        assert_eq!(graph.on_unavailable, OnUnavailable::Retry);
+        // Without them: seed 001's ladder, and a graph stage that lets records go on.
+        let shipped = parse(ALERTS).unwrap().pipelines.remove(0);
+        assert_eq!(shipped.retry, RetryLadder::default());
+        let Stage::Graph(graph) = &shipped.stages[4] else {
+            panic!("not a graph stage")
+        };
+        assert_eq!(graph.on_unavailable, OnUnavailable::Emit);
+
+        let line_of =
+            |text: &str, needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+        let cases = [
+            (
+                retrying.replace("\"2m\"", "\"soon\""),
+                "pipeline[0].retry.delays",
+                "not a duration",
+            ),
+            (
+                retrying.replace("\"2m\"", "\"0s\""),
+                "pipeline[0].retry.delays[1]",
+                "above zero",
+            ),
+            (
+                retrying.replace("[\"30s\", \"2m\"]", "[]"),
+                "pipeline[0].retry.delays",
+                "at least one",
+            ),
+            (
+                retrying.replace("on_unavailable = \"retry\"", "on_unavailable = \"wait\""),
+                "pipeline[0].stage[4].on_unavailable",
+                "unknown variant",
+            ),
+        ];
+        for (text, field, words) in &cases {
+            let error = parse(text).expect_err(field);
+            assert_eq!(error.field, *field, "{error}");
+            assert!(error.message.contains(words), "{error}");
+            assert!(error.line > 0, "{error}");
+        }
+        // A graph stage's own error is at its line.
+        let error = parse(&cases[3].0).unwrap_err();
+        assert_eq!(error.line, line_of(&cases[3].0, "on_unavailable"));
     }
 }

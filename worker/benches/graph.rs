@@ -504,7 +504,7 @@ fn bench_alert_enrichment(c: &mut Criterion) {
         let mut found = 0usize;
         for (n, alert) in alerts.iter().enumerate() {
             let began = Instant::now();
-            let out = stages.resume(alert.clone(), now).unwrap();
+            let out = stages.resume(alert.clone(), now).unwrap().done().unwrap();
             let took = began.elapsed();
             samples[n % 3].push(took);
             samples[3].push(took);
@@ -537,7 +537,11 @@ fn bench_alert_enrichment(c: &mut Criterion) {
         let mut n = 0;
         b.iter(|| {
             n = (n + 1) % alerts.len();
-            with_graph.resume(alerts[n].clone(), now).unwrap()
+            with_graph
+                .resume(alerts[n].clone(), now)
+                .unwrap()
+                .done()
+                .unwrap()
         })
     });
     group.finish();

@@ -140,6 +140,10 @@ async fn health(State(state): State<HttpState>) -> Response {
         reason,
         records_in: state.metrics.records_in.get(),
         records_out: state.metrics.records_out.get(),
+        retries: state
+            .stages
+            .as_ref()
+            .and_then(|stages| stages.retry_summary(&state.metrics)),
         role: state.role,
         status,
     };

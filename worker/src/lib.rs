@@ -47,6 +47,8 @@ pub enum WorkerError {
     DelayStopped(String),
     #[error("failed to open the delay stage's store: {0}")]
     Pending(#[from] roles::pipeline::pending::PendingError),
+    #[error("failed to open the retry ladder's store: {0}")]
+    Retries(#[from] roles::pipeline::retries::RetryStoreError),
     #[error("failed to open the graph store: {0}")]
     Store(#[from] roles::graph_builder::StoreError),
     #[error("failed to build the owner index from state.k8s.resource: {0}")]
@@ -132,27 +134,25 @@ pub async fn run(
         ),
     };
     let settings = PipelineSettings::from_config(&config, group, instance);
-    let (stop_delay, delay) = start_delay(&config, &settings, parts.delay, metrics.clone())?;
-    // A delay scheduler that stops on its own (its state reader ended, or it panicked)
+    let (stop_delay, stopped) = tokio::sync::watch::channel(false);
+    let delay = start_delay(
+        &config,
+        &settings,
+        parts.delay,
+        metrics.clone(),
+        stopped.clone(),
+    )?;
+    let retry = start_retries(&config, &settings, parts.retry, metrics.clone(), stopped)?;
+    // A scheduler that stops on its own (the delay's state reader ended, or one panicked)
     // would leave the loop holding records nobody emits: the worker stops, and exits with
     // an error so that its supervisor restarts it.
-    let (delay_failed, delay_failure) = tokio::sync::oneshot::channel::<String>();
-    let delay = delay.map(|scheduler| {
-        tokio::spawn(async move {
-            let reason = match scheduler.await {
-                Ok(Ok(())) => return,
-                Ok(Err(stopped)) => stopped.to_string(),
-                Err(join) => format!("the delay stage's scheduler failed: {join}"),
-            };
-            let _ = delay_failed.send(reason);
-        })
-    });
+    let (schedulers, mut scheduler_failure) = watch_schedulers(delay, retry);
     let failure = Arc::new(std::sync::Mutex::new(None::<String>));
     let noted = failure.clone();
     let shutdown = async move {
         tokio::select! {
             _ = shutdown => {}
-            Ok(reason) = delay_failure => {
+            Some(reason) = scheduler_failure.recv() => {
                 tracing::error!(%reason, "stopping the worker");
                 if let Ok(mut failure) = noted.lock() {
                     *failure = Some(reason);
@@ -172,9 +172,8 @@ pub async fn run(
     // The scheduler finishes the pass in hand, briefly: what it emitted and was
     // acknowledged is released, the rest stays held for the next start.
     let _ = stop_delay.send(true);
-    if let Some(delay) = delay {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), delay).await;
-    }
+    let finishing = futures::future::join_all(schedulers);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), finishing).await;
     let _ = stop_http.send(());
     let _ = server.await;
     if let Some(reason) = failure.lock().ok().and_then(|mut f| f.take()) {
@@ -188,23 +187,80 @@ pub async fn run(
 type DelayScheduler =
     tokio::task::JoinHandle<Result<(), roles::pipeline::scheduler::SchedulerStopped>>;
 
-/// Starts a pipeline's delay scheduler, with a producer of its own; the sender stops it.
+/// Watches the schedulers beside the loop: each handle ends when its scheduler has; the
+/// receiver hears why one stopped on its own.
+fn watch_schedulers(
+    delay: Option<DelayScheduler>,
+    retry: Option<tokio::task::JoinHandle<()>>,
+) -> (
+    Vec<tokio::task::JoinHandle<()>>,
+    tokio::sync::mpsc::Receiver<String>,
+) {
+    let (failed, failure) = tokio::sync::mpsc::channel(2);
+    let mut watchers = Vec::new();
+    if let Some(scheduler) = delay {
+        let failed = failed.clone();
+        watchers.push(tokio::spawn(async move {
+            let reason = match scheduler.await {
+                Ok(Ok(())) => return,
+                Ok(Err(stopped)) => stopped.to_string(),
+                Err(join) => format!("the delay stage's scheduler failed: {join}"),
+            };
+            let _ = failed.send(reason).await;
+        }));
+    }
+    if let Some(scheduler) = retry {
+        watchers.push(tokio::spawn(async move {
+            if let Err(join) = scheduler.await {
+                let reason = format!("the retry ladder's scheduler failed: {join}");
+                let _ = failed.send(reason).await;
+            }
+        }));
+    }
+    (watchers, failure)
+}
+
+/// A producer of a scheduler's own, which gives up on a record after 30 s (the default is
+/// 5 minutes), so that one unreachable topic does not hold a whole pass.
+fn scheduler_producer(
+    config: &WorkerConfig,
+    settings: &PipelineSettings,
+) -> Result<rdkafka::producer::FutureProducer, WorkerError> {
+    Ok(pipeline::producer_config(&config.kafka, settings)
+        .set("message.timeout.ms", "30000")
+        .create()
+        .map_err(pipeline::PipelineError::Producer)?)
+}
+
+/// Starts a pipeline's retry scheduler, with a producer of its own, until `stopped`.
+fn start_retries(
+    config: &WorkerConfig,
+    settings: &PipelineSettings,
+    retry: Option<roles::pipeline::retry_scheduler::RetryTask>,
+    metrics: Arc<WorkerMetrics>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<tokio::task::JoinHandle<()>>, WorkerError> {
+    let Some(retry) = retry else {
+        return Ok(None);
+    };
+    let producer = scheduler_producer(config, settings)?;
+    Ok(Some(tokio::spawn(roles::pipeline::retry_scheduler::run(
+        retry, producer, metrics, stopped,
+    ))))
+}
+
+/// Starts a pipeline's delay scheduler, with a producer of its own, until `stopped`.
 fn start_delay(
     config: &WorkerConfig,
     settings: &PipelineSettings,
     delay: Option<roles::pipeline::scheduler::DelayTask>,
     metrics: Arc<WorkerMetrics>,
-) -> Result<(tokio::sync::watch::Sender<bool>, Option<DelayScheduler>), WorkerError> {
-    let (stop, stopped) = tokio::sync::watch::channel(false);
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<DelayScheduler>, WorkerError> {
     let Some(delay) = delay else {
-        return Ok((stop, None));
+        return Ok(None);
     };
-    // Its own producer, which gives up on a record after 30 s (the default is 5 minutes),
-    // so that one unreachable topic does not hold a whole pass.
-    let producer = pipeline::producer_config(&config.kafka, settings)
-        .set("message.timeout.ms", "30000")
-        .create()
-        .map_err(pipeline::PipelineError::Producer)?;
+    let producer = scheduler_producer(config, settings)?;
     let input = roles::pipeline::input_read::InputGroup {
         group: settings.group_id.clone(),
         topics: delay.input_topics.clone(),
@@ -222,7 +278,7 @@ fn start_delay(
         input,
         stopped,
     ));
-    Ok((stop, Some(task)))
+    Ok(Some(task))
 }
 
 /// Binds the worker's HTTP server (health, metrics, graph queries), writes its address

@@ -60,9 +60,31 @@ pub struct WorkerMetrics {
     pub delay_released: Family<OutcomeLabel, Counter>,
     /// A pipeline's delay stage: from a session's due time to its output's acknowledgement.
     pub delay_lateness: Histogram,
+    /// A pipeline's retry ladder: records waiting for their next attempt.
+    pub retry_pending: Gauge,
+    /// A pipeline's retry ladder: the earliest next attempt, seconds since the epoch (0:
+    /// none pending).
+    pub retry_next_due: Gauge,
+    /// A pipeline's retry ladder: records by what became of them (scheduled, delivered,
+    /// held, dead_lettered, exhausted).
+    pub retries: Family<OutcomeLabel, Counter>,
+    /// A pipeline's retry ladder: from an attempt's due time to when it was made and what
+    /// it became acknowledged.
+    pub retry_lateness: Histogram,
 }
 
 impl WorkerMetrics {
+    /// Counts `count` records of the retry ladder that became `outcome`.
+    pub fn count_retries(&self, outcome: &str, count: usize) {
+        if count > 0 {
+            self.retries
+                .get_or_create(&OutcomeLabel {
+                    outcome: outcome.into(),
+                })
+                .inc_by(count as u64);
+        }
+    }
+
     #[allow(clippy::too_many_lines)] // one registration per metric, in one list
     pub fn new(client_id: &str, role: &str) -> Self {
         let mut registry = Registry::with_prefix_and_labels(
@@ -100,6 +122,10 @@ impl WorkerMetrics {
             delay_violations: Counter::default(),
             delay_released: Family::default(),
             delay_lateness: latency_histogram(),
+            retry_pending: Gauge::default(),
+            retry_next_due: Gauge::default(),
+            retries: Family::default(),
+            retry_lateness: latency_histogram(),
             registry: Registry::default(),
         };
         registry.register(
@@ -212,6 +238,27 @@ impl WorkerMetrics {
                 "From a held session's due time to the acknowledgement of its output",
                 Unit::Seconds,
                 metrics.delay_lateness.clone(),
+            );
+            registry.register(
+                "retry_pending",
+                "Records on the retry ladder waiting for their next attempt (kept in the client's volume)",
+                metrics.retry_pending.clone(),
+            );
+            registry.register(
+                "retry_next_due_timestamp_seconds",
+                "The earliest next attempt of a record on the retry ladder, seconds since the epoch (0: none)",
+                metrics.retry_next_due.clone(),
+            );
+            registry.register(
+                "retries",
+                "Records on the retry ladder by what became of them (scheduled, delivered, held, dead_lettered, exhausted)",
+                metrics.retries.clone(),
+            );
+            registry.register_with_unit(
+                "retry_lateness",
+                "From a retry's due time to its attempt's outcome acknowledged",
+                Unit::Seconds,
+                metrics.retry_lateness.clone(),
             );
         }
         Self {

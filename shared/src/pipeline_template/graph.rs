@@ -46,6 +46,22 @@ pub struct GraphLookup {
     /// The most resources of the blast radius added to a record.
     #[serde(default = "default_max_blast_radius")]
     pub max_blast_radius: usize,
+    /// What to do when the graph cannot be read (not written yet, or failing).
+    #[serde(default)]
+    pub on_unavailable: OnUnavailable,
+}
+
+/// What a graph stage does with a record when the client's graph cannot be read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnUnavailable {
+    /// Let it go on, marked `graph_status = "unavailable"` with the reason: an alert late
+    /// for its graph is worse than an alert without it.
+    #[default]
+    Emit,
+    /// Try it again later, up the pipeline's retry ladder; after the last rung it goes to
+    /// the dead-letter topic with every attempt's reason.
+    Retry,
 }
 
 fn default_window() -> Duration {

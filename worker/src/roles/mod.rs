@@ -144,6 +144,8 @@ pub(crate) struct RoleParts {
     pub graph: Option<graph_builder::SharedStore>,
     /// A pipeline's delay stage, whose scheduler runs beside the loop.
     pub delay: Option<pipeline::scheduler::DelayTask>,
+    /// A pipeline's retry ladder, whose scheduler runs beside the loop.
+    pub retry: Option<pipeline::retry_scheduler::RetryTask>,
     /// A pipeline's stages, for its health routes.
     pub stages: Option<std::sync::Arc<pipeline::health::StagesHealth>>,
 }
@@ -166,6 +168,7 @@ pub(crate) fn handler_for(
         handler,
         graph: None,
         delay: None,
+        retry: None,
         stages: None,
     };
     Ok(match normalizer_for(role, client_id.clone()) {
@@ -183,12 +186,14 @@ pub(crate) fn handler_for(
         None if role == Role::Pipeline => {
             let handler = pipeline_handler()?;
             let delay = handler.delay_task();
+            let retry = handler.retry_task();
             let name = config.pipeline.as_deref().unwrap_or_default();
             let stages = Some(std::sync::Arc::new(handler.health(name)));
             RoleParts {
                 handler: Box::new(handler),
                 graph: None,
                 delay,
+                retry,
                 stages,
             }
         }
@@ -205,6 +210,7 @@ pub(crate) fn handler_for(
                 )),
                 graph: Some(store),
                 delay: None,
+                retry: None,
                 stages: None,
             }
         }

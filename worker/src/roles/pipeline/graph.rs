@@ -51,22 +51,18 @@ impl GraphReader {
         }
     }
 
-    /// Adds the lookups' fields to `record`, at `now`: never fails the record.
+    /// Adds the lookups' fields to `record`, at `now`, or marks it unavailable with the
+    /// reason: never fails the record (`on_unavailable = "emit"`).
     pub fn enrich(&self, record: &mut Record, spec: &GraphLookup, now: DateTime<Utc>) {
-        let fields = match self.lookup(record, spec, now) {
-            Ok(fields) => fields,
-            Err(reason) => {
-                let mut fields = Record::new();
-                fields.insert("graph_status".into(), json!("unavailable"));
-                fields.insert("graph_error".into(), json!(reason));
-                fields
-            }
-        };
-        record.extend(fields);
+        match self.fields(record, spec, now) {
+            Ok(fields) => record.extend(fields),
+            Err(reason) => mark_unavailable(record, reason),
+        }
     }
 
-    /// The lookups' fields, or why the graph could not be read.
-    fn lookup(
+    /// The lookups' fields for `record`, at `now`, or why the graph could not be read
+    /// (the stage's `on_unavailable` says what then).
+    pub fn fields(
         &self,
         record: &Record,
         spec: &GraphLookup,
@@ -105,6 +101,12 @@ impl GraphReader {
             .map_err(|error| format!("{}: {error}", self.path.display()))?;
         Ok(conn)
     }
+}
+
+/// Marks a record whose graph could not be read, with the reason.
+pub fn mark_unavailable(record: &mut Record, reason: String) {
+    record.insert("graph_status".into(), json!("unavailable"));
+    record.insert("graph_error".into(), json!(reason));
 }
 
 /// The graph's names of the resources `record` names, in the order of the template's
@@ -442,6 +444,7 @@ mod tests {
             window: std::time::Duration::from_secs(3600),
             max_events: 20,
             max_blast_radius: 100,
+            on_unavailable: Default::default(),
         }
     }
 

@@ -6,11 +6,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat};
-use kg_shared::health::DelayHealth;
-use kg_shared::pipeline_template::Stage;
+use kg_shared::health::{DelayHealth, RetryHealth};
+use kg_shared::pipeline_template::{OnUnavailable, RetryLadder, Stage};
 use serde_json::{json, Value};
 
 use super::pending::PendingStore;
+use super::retries::RetryStore;
 use super::state::{CatchUp, StateView};
 use super::Stages;
 use crate::metrics::WorkerMetrics;
@@ -27,6 +28,8 @@ pub struct StagesHealth {
     pub stages: Stages,
     /// The delay stage's parts, if the pipeline has one.
     pub delay: Option<DelayParts>,
+    /// The retry ladder's store and delays, if a stage may retry.
+    pub retries: Option<(Arc<RetryStore>, RetryLadder)>,
 }
 
 /// What the health routes read of a delay stage.
@@ -56,10 +59,40 @@ impl StagesHealth {
         })
     }
 
-    /// Why the delay stage is not well, for `/health` to say degraded: its checks have
-    /// waited over `STATE_WAIT` for the state topic, or a session is overdue by over
-    /// `OVERDUE` (nothing emits it).
+    /// The retry ladder's summary for `/health`; None when no stage retries.
+    pub fn retry_summary(&self, metrics: &WorkerMetrics) -> Option<RetryHealth> {
+        let (store, _) = self.retries.as_ref()?;
+        let (pending, next_due) = store.stats().unwrap_or((0, None));
+        Some(RetryHealth {
+            pending,
+            next_due: next_due
+                .and_then(DateTime::from_timestamp_millis)
+                .map(|due| due.to_rfc3339_opts(SecondsFormat::Millis, true)),
+            exhausted: metrics
+                .retries
+                .get_or_create(&crate::metrics::OutcomeLabel {
+                    outcome: "exhausted".into(),
+                })
+                .get(),
+        })
+    }
+
+    /// Why the pipeline's stages are not well, for `/health` to say degraded.
     pub fn trouble(&self) -> Option<String> {
+        self.delay_trouble().or_else(|| self.retry_trouble())
+    }
+
+    /// A retry overdue by over `OVERDUE`: nothing attempts it.
+    fn retry_trouble(&self) -> Option<String> {
+        let (_, next_due) = self.retries.as_ref()?.0.stats().ok()?;
+        let overdue_ms = chrono::Utc::now().timestamp_millis() - next_due?;
+        (overdue_ms > OVERDUE.as_millis() as i64)
+            .then(|| format!("a retry is {}s past its due time", overdue_ms / 1000))
+    }
+
+    /// Why the delay stage is not well: its checks have waited over `STATE_WAIT` for the
+    /// state topic, or a session is overdue by over `OVERDUE` (nothing emits it).
+    fn delay_trouble(&self) -> Option<String> {
         let DelayParts {
             store,
             view,
@@ -98,6 +131,13 @@ impl StagesHealth {
                     "passed": counter.passed.load(Ordering::Relaxed),
                     "rejected": counter.rejected.load(Ordering::Relaxed),
                 });
+                if let Stage::Graph(graph) = stage {
+                    entry["on_unavailable"] = json!(match graph.on_unavailable {
+                        OnUnavailable::Emit => "emit",
+                        OnUnavailable::Retry => "retry",
+                    });
+                    entry["retried"] = json!(counter.retried.load(Ordering::Relaxed));
+                }
                 if let (Stage::Delay(delay), Some(summary)) = (stage, self.delay_summary(metrics)) {
                     if !summary.state_caught_up {
                         entry["state"] = json!("reading its state topic");
@@ -114,7 +154,16 @@ impl StagesHealth {
                 entry
             })
             .collect();
-        json!({ "pipeline": self.pipeline, "stages": stages })
+        let mut report = json!({ "pipeline": self.pipeline, "stages": stages });
+        if let (Some(summary), Some((_, ladder))) = (self.retry_summary(metrics), &self.retries) {
+            report["retries"] = json!({
+                "pending": summary.pending,
+                "next_due": summary.next_due,
+                "ladder": ladder.delays.iter().map(|d| humanize(*d)).collect::<Vec<_>>(),
+                "outcomes": retry_outcomes(metrics),
+            });
+        }
+        report
     }
 }
 
@@ -122,10 +171,33 @@ fn humanize(duration: std::time::Duration) -> String {
     format!("{}s", duration.as_secs_f64())
 }
 
+/// Records of the retry ladder, by outcome, from the metric family.
+fn retry_outcomes(metrics: &WorkerMetrics) -> serde_json::Map<String, Value> {
+    [
+        "scheduled",
+        "delivered",
+        "held",
+        "dead_lettered",
+        "exhausted",
+    ]
+    .into_iter()
+    .map(|outcome| {
+        let count = metrics
+            .retries
+            .get_or_create(&crate::metrics::OutcomeLabel {
+                outcome: outcome.into(),
+            })
+            .get();
+        (outcome.to_string(), json!(count))
+    })
+    .collect()
+}
+
 /// Sessions let go, by outcome, from the metric family.
 fn released(metrics: &WorkerMetrics) -> serde_json::Map<String, Value> {
     [
         "emitted",
+        "retrying",
         "diverted",
         "dropped",
         "dead_lettered",

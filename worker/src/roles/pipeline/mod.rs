@@ -22,6 +22,8 @@ pub mod graph;
 pub mod health;
 pub mod input_read;
 pub mod pending;
+pub mod retries;
+pub mod retry_scheduler;
 pub mod scheduler;
 mod split;
 pub mod state;
@@ -32,15 +34,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use kg_shared::pipeline_template::{Delay, PipelineTemplate, PipelineTemplates, Stage};
+use kg_shared::pipeline_template::{
+    Delay, OnUnavailable, PipelineTemplate, PipelineTemplates, RetryLadder, Stage,
+};
 use kg_shared::ClientId;
 use serde_json::{Map, Value};
 
 use self::pending::{HeldSession, PendingStore, SessionKind};
+use self::retries::{PendingRetry, RetryStore};
 use super::{null_value, skip_unless_keyed_for, FlushError, Outcome, RecordHandler};
 use crate::config::WorkerConfig;
 use crate::metrics::{OutcomeLabel, WorkerMetrics};
 use crate::WorkerError;
+use kg_shared::dlq::Attempt;
 
 pub use validate::Violation;
 
@@ -105,11 +111,13 @@ pub struct Stages {
     graph: Option<Arc<graph::GraphReader>>,
 }
 
-/// Records a stage let through and records it rejected, for `/health/stages`.
+/// Records a stage let through, rejected, and sent up the retry ladder, for
+/// `/health/stages`.
 #[derive(Debug, Default)]
 pub struct StageCounter {
     pub passed: AtomicU64,
     pub rejected: AtomicU64,
+    pub retried: AtomicU64,
 }
 
 impl Stages {
@@ -147,18 +155,38 @@ impl Stages {
         results
     }
 
-    /// Runs the stages after the delay over a record the delay held, at `now`.
-    pub fn resume(&self, record: Record, now: DateTime<Utc>) -> Result<Record, Rejection> {
+    /// Runs the stages after the delay over a record the delay held, at `now`: done, or
+    /// to be retried (never held again: one delay stage at most).
+    pub fn resume(&self, record: Record, now: DateTime<Utc>) -> Result<Processed, Rejection> {
         let after = self.delay_index().map_or(self.stages.len(), |at| at + 1);
         let mut results = Vec::with_capacity(1);
         self.run_from(record, after, now, &mut results);
-        // No split after a delay (the template refuses one), so one result; one delay
-        // stage at most, so never held again.
+        // No split after a delay (the template refuses one), so one result.
         match results.pop() {
-            Some(Ok(Processed::Done(record) | Processed::Held { record, .. })) => Ok(record),
-            Some(Err(rejection)) => Err(rejection),
+            Some(Ok(Processed::Held { record, .. })) => Ok(Processed::Done(record)),
+            Some(result) => result,
             None => Err(Rejection::Unsplittable("nothing left to emit".into())),
         }
+    }
+
+    /// Runs the stages from `stage` (the one that failed for a while) over a record on the
+    /// retry ladder, at `now`: what became of it, as [`Stages::process`] says.
+    pub fn retry_at(
+        &self,
+        record: Record,
+        stage: usize,
+        now: DateTime<Utc>,
+    ) -> Vec<Result<Processed, Rejection>> {
+        let mut results = Vec::with_capacity(1);
+        self.run_from(record, stage.min(self.stages.len()), now, &mut results);
+        results
+    }
+
+    /// Whether a stage may send records up the retry ladder.
+    pub fn retries(&self) -> bool {
+        self.stages.iter().any(
+            |s| matches!(s, Stage::Graph(graph) if graph.on_unavailable == OnUnavailable::Retry),
+        )
     }
 
     /// Where the delay stage is, if the pipeline has one.
@@ -232,11 +260,8 @@ impl Stages {
                     Ok(())
                 }
                 Stage::Graph(spec) => {
-                    match &self.graph {
-                        Some(reader) => reader.enrich(&mut record, spec, now),
-                        None => {
-                            record.insert("graph_status".into(), "unavailable".into());
-                        }
+                    if let Err(reason) = self.look_up(&mut record, spec, counter, now) {
+                        return results.push(Ok(Processed::retry(record, from + at, reason)));
                     }
                     Ok(())
                 }
@@ -262,6 +287,32 @@ impl Stages {
     }
 }
 
+impl Stages {
+    /// The graph stage: adds its lookups' fields to `record`; when the graph cannot be
+    /// read, marks the record so, or says why to retry it (`on_unavailable`).
+    fn look_up(
+        &self,
+        record: &mut Record,
+        spec: &kg_shared::pipeline_template::GraphLookup,
+        counter: &StageCounter,
+        now: DateTime<Utc>,
+    ) -> Result<(), String> {
+        let fields = match &self.graph {
+            Some(reader) => reader.fields(record, spec, now),
+            None => Err("the pipeline has no graph reader".to_string()),
+        };
+        match (fields, spec.on_unavailable) {
+            (Ok(fields), _) => record.extend(fields),
+            (Err(reason), OnUnavailable::Emit) => graph::mark_unavailable(record, reason),
+            (Err(reason), OnUnavailable::Retry) => {
+                counter.retried.fetch_add(1, Ordering::Relaxed);
+                return Err(format!("graph stage: {reason}"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the stages made of a record.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Processed {
@@ -269,6 +320,31 @@ pub enum Processed {
     Done(Record),
     /// Held by the delay stage, as session `session`.
     Held { record: Record, session: String },
+    /// Stage `stage` failed for a while (`reason`): try it again from there, up the
+    /// pipeline's retry ladder; `record` is what that stage was given.
+    Retry {
+        record: Record,
+        stage: usize,
+        reason: String,
+    },
+}
+
+impl Processed {
+    fn retry(record: Record, stage: usize, reason: String) -> Self {
+        Processed::Retry {
+            record,
+            stage,
+            reason,
+        }
+    }
+
+    /// The record, if it went through every stage.
+    pub fn done(self) -> Option<Record> {
+        match self {
+            Processed::Done(record) => Some(record),
+            Processed::Held { .. } | Processed::Retry { .. } => None,
+        }
+    }
 }
 
 /// The template of the pipeline `config` names (`--pipeline`), from its templates file.
@@ -301,6 +377,17 @@ pub struct PipelineHandler {
     output: &'static str,
     /// The delay stage's held sessions, when the pipeline has one.
     held: Option<Held>,
+    /// The retry ladder's pending records, when a stage may retry.
+    retrying: Option<Retrying>,
+}
+
+/// The retry ladder's store, and the retries this batch brought, written by `flush`
+/// before the batch's offsets are committed.
+struct Retrying {
+    ladder: RetryLadder,
+    store: Arc<RetryStore>,
+    batch: Mutex<Vec<PendingRetry>>,
+    metrics: Option<Arc<WorkerMetrics>>,
 }
 
 /// A delay stage's store, and the sessions this batch brought, written by `flush` before
@@ -370,18 +457,37 @@ impl PipelineHandler {
             let store = crate::roles::graph_builder::store_path(data_dir, &client);
             stages = stages.with_graph(graph::GraphReader::new(store));
         }
+        let retrying = if stages.retries() {
+            std::fs::create_dir_all(data_dir).map_err(|source| WorkerError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
+            let store = RetryStore::open(&retries::store_path(data_dir, &template.name))?;
+            Some(Retrying {
+                ladder: template.retry.clone(),
+                store: Arc::new(store),
+                batch: Mutex::new(Vec::new()),
+                metrics: None,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             stages,
             input: Box::leak(input.into_boxed_slice()),
             output: Box::leak(template.output.clone().into_boxed_str()),
             held,
+            retrying,
         })
     }
 
     /// Counts what the delay stage does in `metrics`.
     pub fn with_metrics(mut self, metrics: Arc<WorkerMetrics>) -> Self {
         if let Some(held) = &mut self.held {
-            held.metrics = Some(metrics);
+            held.metrics = Some(metrics.clone());
+        }
+        if let Some(retrying) = &mut self.retrying {
+            retrying.metrics = Some(metrics);
         }
         self
     }
@@ -406,6 +512,26 @@ impl PipelineHandler {
             input_read: held.input_read.clone(),
             input_topics: self.input.iter().map(ToString::to_string).collect(),
             output: self.output.to_string(),
+            retries: self
+                .retrying
+                .as_ref()
+                .map(|retrying| (retrying.store.clone(), retrying.ladder.clone())),
+        })
+    }
+
+    /// What the retry scheduler needs to attempt again what this handler sent up the
+    /// ladder; None when no stage retries.
+    pub fn retry_task(&self) -> Option<retry_scheduler::RetryTask> {
+        let retrying = self.retrying.as_ref()?;
+        Some(retry_scheduler::RetryTask {
+            ladder: retrying.ladder.clone(),
+            stages: self.stages.clone(),
+            store: retrying.store.clone(),
+            output: self.output.to_string(),
+            holding: self.held.as_ref().map(|held| retry_scheduler::Holding {
+                delay: held.delay.clone(),
+                store: held.store.clone(),
+            }),
         })
     }
 
@@ -419,20 +545,65 @@ impl PipelineHandler {
                 view: held.view.clone(),
                 input_read: held.input_read.clone(),
             }),
+            retries: self
+                .retrying
+                .as_ref()
+                .map(|retrying| (retrying.store.clone(), retrying.ladder.clone())),
         }
     }
 }
 
 impl PipelineHandler {
-    /// What to do with one record the stages made of an input record.
+    /// What to do with record `element` of those the stages made of an input record.
     fn outcome(
         &self,
+        element: usize,
         result: Result<Processed, Rejection>,
         kafka_key: &str,
         (topic, partition, offset): (&str, i32, i64),
         now: DateTime<Utc>,
     ) -> Outcome {
         match result {
+            Ok(Processed::Retry {
+                record,
+                stage,
+                reason,
+            }) => {
+                let Some(retrying) = &self.retrying else {
+                    // A handler is built with its ladder's store; unreachable otherwise.
+                    return Outcome::DeadLetter {
+                        reason_code: "no_retry_store",
+                        reason: format!("{reason}; and the pipeline has no store for retries"),
+                    };
+                };
+                let Some(wait) = retrying.ladder.wait_after(1) else {
+                    return Outcome::DeadLetter {
+                        reason_code: "retries_exhausted",
+                        reason,
+                    };
+                };
+                let retry = PendingRetry {
+                    id: PendingRetry::id_for(topic, partition, offset, &element.to_string()),
+                    kafka_key: kafka_key.to_string(),
+                    record: serde_json::to_vec(&record).unwrap_or_default(),
+                    stage,
+                    attempts: vec![Attempt { at: now, reason }],
+                    source_topic: topic.to_string(),
+                    source_partition: partition,
+                    source_offset: offset,
+                    due_ms: now.timestamp_millis() + wait.as_millis() as i64,
+                };
+                match retrying.batch.lock() {
+                    Ok(mut batch) => {
+                        batch.push(retry);
+                        Outcome::Absorbed
+                    }
+                    Err(_) => Outcome::DeadLetter {
+                        reason_code: "no_retry_store",
+                        reason: "the retry ladder's batch lock is poisoned".into(),
+                    },
+                }
+            }
             Ok(Processed::Done(record)) => Outcome::Produce {
                 topic: self.output,
                 key: kafka_key.to_string(),
@@ -446,34 +617,14 @@ impl PipelineHandler {
                         reason: "the pipeline holds records but has no store for them".into(),
                     };
                 };
-                let held_at = delay::held_from(&held.delay, &record, now);
-                let (due, first_check) = delay::schedule(&held.delay, held_at);
-                let kind = if delay::ends_hold(&held.delay, &record) {
-                    SessionKind::Ended
-                } else {
-                    SessionKind::Held
-                };
-                let session = HeldSession {
+                let session = held_session(
+                    &held.delay,
+                    record,
                     session,
-                    kafka_key: kafka_key.to_string(),
-                    record: serde_json::to_vec(&record).unwrap_or_default(),
-                    source_topic: topic.to_string(),
-                    source_partition: partition,
-                    source_offset: offset,
-                    held_at_ms: held_at.timestamp_millis(),
-                    // An ending record with nothing to end passes on at once.
-                    due_ms: if kind == SessionKind::Ended {
-                        now.timestamp_millis()
-                    } else {
-                        due.timestamp_millis()
-                    },
-                    next_check_ms: if kind == SessionKind::Ended {
-                        now.timestamp_millis()
-                    } else {
-                        first_check.timestamp_millis()
-                    },
-                    kind,
-                };
+                    kafka_key,
+                    (topic, partition, offset),
+                    now,
+                );
                 match held.batch.lock() {
                     Ok(mut batch) => {
                         batch.push(session);
@@ -490,6 +641,43 @@ impl PipelineHandler {
                 reason: rejection.to_string(),
             },
         }
+    }
+}
+
+/// The row of a record the delay stage holds as `session`, from its input record at
+/// `(topic, partition, offset)` keyed `kafka_key`, at `now`.
+pub(crate) fn held_session(
+    delay: &Delay,
+    record: Record,
+    session: String,
+    kafka_key: &str,
+    (topic, partition, offset): (&str, i32, i64),
+    now: DateTime<Utc>,
+) -> HeldSession {
+    let held_at = delay::held_from(delay, &record, now);
+    let (due, first_check) = delay::schedule(delay, held_at);
+    let kind = if delay::ends_hold(delay, &record) {
+        SessionKind::Ended
+    } else {
+        SessionKind::Held
+    };
+    // An ending record with nothing to end passes on at once.
+    let (due_ms, next_check_ms) = if kind == SessionKind::Ended {
+        (now.timestamp_millis(), now.timestamp_millis())
+    } else {
+        (due.timestamp_millis(), first_check.timestamp_millis())
+    };
+    HeldSession {
+        session,
+        kafka_key: kafka_key.to_string(),
+        record: serde_json::to_vec(&record).unwrap_or_default(),
+        source_topic: topic.to_string(),
+        source_partition: partition,
+        source_offset: offset,
+        held_at_ms: held_at.timestamp_millis(),
+        due_ms,
+        next_check_ms,
+        kind,
     }
 }
 
@@ -530,7 +718,8 @@ impl RecordHandler for PipelineHandler {
             .stages
             .process(value, now)
             .into_iter()
-            .map(|result| self.outcome(result, &kafka_key, source, now))
+            .enumerate()
+            .map(|(element, result)| self.outcome(element, result, &kafka_key, source, now))
             .collect();
         match outcomes.len() {
             // A split of an empty list: nothing to do.
@@ -540,8 +729,25 @@ impl RecordHandler for PipelineHandler {
         }
     }
 
-    /// Writes (and syncs) the sessions this batch held; kept for the next try on failure.
+    /// Writes (and syncs) the retries and the sessions this batch held; kept for the next
+    /// try on failure.
     fn flush(&self) -> Result<(), FlushError> {
+        if let Some(retrying) = &self.retrying {
+            let Ok(mut batch) = retrying.batch.lock() else {
+                return Err(FlushError::Held(
+                    "the retry ladder's batch lock is poisoned".into(),
+                ));
+            };
+            if !batch.is_empty() {
+                // The fsync blocks: off the runtime's async threads.
+                let added = tokio::task::block_in_place(|| retrying.store.add(&batch))
+                    .map_err(|error| FlushError::Held(error.to_string()))?;
+                batch.clear();
+                if let Some(metrics) = &retrying.metrics {
+                    metrics.count_retries("scheduled", added);
+                }
+            }
+        }
         let Some(held) = &self.held else {
             return Ok(());
         };

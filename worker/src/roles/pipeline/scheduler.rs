@@ -25,10 +25,13 @@ use tracing::{info, warn};
 use super::delay::{decide, Step};
 use super::input_read::{await_start_end, InputGroup};
 use super::pending::{HeldSession, PendingError, PendingStore, SessionKind, SessionVersion};
+use super::retries::{PendingRetry, RetryStore};
 use super::state::{follow, CatchUp, StateView};
-use super::{Record, Stages};
+use super::{Processed, Record, Stages};
 use crate::metrics::{OutcomeLabel, ReasonLabel, WorkerMetrics};
 use crate::pipeline::{is_permanent, MAX_OUTPUT_BYTES};
+use kg_shared::dlq::Attempt;
+use kg_shared::pipeline_template::RetryLadder;
 
 /// Sessions checked per pass, at most; and at most this many bytes of their records, so
 /// a pass of large records stays small in memory.
@@ -51,6 +54,9 @@ pub struct DelayTask {
     pub input_read: Arc<CatchUp>,
     pub input_topics: Vec<String>,
     pub output: String,
+    /// The retry ladder, when a stage after the delay may retry: an emission whose stage
+    /// fails for a while goes up it, and the session is let go as gone on.
+    pub retries: Option<(Arc<RetryStore>, RetryLadder)>,
 }
 
 /// Why the scheduler stopped before it was asked to.
@@ -64,6 +70,8 @@ pub enum SchedulerStopped {
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Release {
     Emitted,
+    /// Sent up the retry ladder by a stage after the delay: gone on, like an emission.
+    Retrying,
     Diverted,
     Dropped,
     DeadLettered(&'static str),
@@ -73,6 +81,7 @@ impl Release {
     fn label(self) -> &'static str {
         match self {
             Release::Emitted => "emitted",
+            Release::Retrying => "retrying",
             Release::Diverted => "diverted",
             Release::Dropped => "dropped",
             Release::DeadLettered(_) => "dead_lettered",
@@ -91,6 +100,8 @@ struct Pass {
     /// deleted, not counted again.
     expired: Vec<HeldSession>,
     sends: Vec<Send>,
+    /// Sessions a stage after the delay failed for a while: up the retry ladder.
+    retries: Vec<(HeldSession, PendingRetry)>,
 }
 
 /// A record a session becomes, to be acknowledged before the session is let go.
@@ -202,11 +213,13 @@ impl DelayTask {
             dropped,
             expired,
             sends,
+            retries,
         } = blocking(|| self.check(sessions, now));
         // Each session let go, and whether it went to the output (only that leaves a
         // marker, or lets a resolution that ended it meanwhile pass on).
         let mut released: Vec<(SessionVersion, bool)> =
             expired.iter().map(|held| (held.version(), false)).collect();
+        self.send_up_the_ladder(retries, metrics, now, &mut released, &mut rechecks);
         for held in dropped {
             self.count(metrics, Release::Dropped, &held);
             released.push((held.version(), false));
@@ -242,6 +255,41 @@ impl DelayTask {
         Ok(())
     }
 
+    /// Writes the retries of sessions a stage after the delay failed for a while (synced),
+    /// and lets those sessions go as gone on; on failure they are checked again shortly.
+    fn send_up_the_ladder(
+        &self,
+        retries: Vec<(HeldSession, PendingRetry)>,
+        metrics: &WorkerMetrics,
+        now: DateTime<Utc>,
+        released: &mut Vec<(SessionVersion, bool)>,
+        rechecks: &mut Vec<(SessionVersion, i64)>,
+    ) {
+        if retries.is_empty() {
+            return;
+        }
+        let rows: Vec<PendingRetry> = retries.iter().map(|(_, retry)| retry.clone()).collect();
+        let written = match &self.retries {
+            Some((store, _)) => blocking(|| store.add(&rows)).map_err(|error| error.to_string()),
+            None => Err("the pipeline has no store for retries".into()),
+        };
+        match written {
+            Ok(added) => {
+                metrics.count_retries("scheduled", added);
+                for (held, _) in retries {
+                    self.count(metrics, Release::Retrying, &held);
+                    released.push((held.version(), true));
+                }
+            }
+            Err(error) => {
+                warn!(%error, "sending held sessions up the retry ladder failed; they stay held and are tried again");
+                for (held, _) in retries {
+                    rechecks.push((held.version(), (now + RETRY_AFTER).timestamp_millis()));
+                }
+            }
+        }
+    }
+
     /// Counts a session let go, once what it became was acknowledged.
     fn count(&self, metrics: &WorkerMetrics, release: Release, held: &HeldSession) {
         metrics
@@ -258,6 +306,7 @@ impl DelayTask {
                     .delay_lateness
                     .observe(late_ms.max(0) as f64 / 1000.0);
             }
+            Release::Retrying => {}
             Release::Diverted | Release::Dropped => {
                 metrics.delay_violations.inc();
             }
@@ -285,7 +334,7 @@ impl DelayTask {
                     continue;
                 }
                 SessionKind::PassOn => {
-                    pass.sends.push(self.emission(held, now));
+                    self.emit(held, now, &mut pass);
                     continue;
                 }
             }
@@ -321,7 +370,7 @@ impl DelayTask {
                         None => pass.dropped.push(held),
                     }
                 }
-                Step::Emit => pass.sends.push(self.emission(held, now)),
+                Step::Emit => self.emit(held, now, &mut pass),
             }
         }
         pass
@@ -386,18 +435,51 @@ impl DelayTask {
         }
     }
 
-    /// A due session through the stages after the delay: to the output, or, if one of
-    /// them rejects it, to the dead-letter topic.
-    fn emission(&self, held: HeldSession, now: DateTime<Utc>) -> Send {
+    /// A due session through the stages after the delay: to the output; if one of them
+    /// rejects it, to the dead-letter topic; if one fails for a while, up the retry ladder.
+    fn emit(&self, held: HeldSession, now: DateTime<Utc>, pass: &mut Pass) {
         let record: Record = serde_json::from_slice(&held.record).unwrap_or_default();
         match self.stages.resume(record, now) {
-            Ok(record) => {
+            Ok(Processed::Done(record) | Processed::Held { record, .. }) => {
                 let value = serde_json::to_vec(&record).unwrap_or_default();
-                self.bounded(held, Release::Emitted, self.output.clone(), value, now)
+                let output = self.output.clone();
+                pass.sends
+                    .push(self.bounded(held, Release::Emitted, output, value, now));
             }
-            Err(rejection) => {
-                self.dead_letter(held, rejection.reason_code(), rejection.to_string(), now)
+            Ok(Processed::Retry {
+                record,
+                stage,
+                reason,
+            }) => {
+                let wait = self
+                    .retries
+                    .as_ref()
+                    .and_then(|(_, ladder)| ladder.wait_after(1))
+                    .unwrap_or_default();
+                let retry = PendingRetry {
+                    id: PendingRetry::id_for(
+                        &held.source_topic,
+                        held.source_partition,
+                        held.source_offset,
+                        &held.session,
+                    ),
+                    kafka_key: held.kafka_key.clone(),
+                    record: serde_json::to_vec(&record).unwrap_or_default(),
+                    stage,
+                    attempts: vec![Attempt { at: now, reason }],
+                    source_topic: held.source_topic.clone(),
+                    source_partition: held.source_partition,
+                    source_offset: held.source_offset,
+                    due_ms: now.timestamp_millis() + wait.as_millis() as i64,
+                };
+                pass.retries.push((held, retry));
             }
+            Err(rejection) => pass.sends.push(self.dead_letter(
+                held,
+                rejection.reason_code(),
+                rejection.to_string(),
+                now,
+            )),
         }
     }
 
@@ -423,17 +505,36 @@ impl DelayTask {
     }
 }
 
-/// Sends each record and waits for every acknowledgement (the scheduler's producer gives
+/// A record a scheduler produces: where, keyed how, what.
+pub(super) trait Outgoing {
+    fn topic(&self) -> &str;
+    fn key(&self) -> &str;
+    fn value(&self) -> &[u8];
+}
+
+impl Outgoing for Send {
+    fn topic(&self) -> &str {
+        &self.topic
+    }
+    fn key(&self) -> &str {
+        &self.held.kafka_key
+    }
+    fn value(&self) -> &[u8] {
+        &self.value
+    }
+}
+
+/// Sends each record and waits for every acknowledgement (the schedulers' producer gives
 /// up on a record after 30 s): the acknowledged, and the failed with their errors.
-async fn deliver(
+pub(super) async fn deliver<T: Outgoing>(
     producer: &FutureProducer,
-    sends: Vec<Send>,
-) -> (Vec<Send>, Vec<(Send, KafkaError)>) {
+    sends: Vec<T>,
+) -> (Vec<T>, Vec<(T, KafkaError)>) {
     let deliveries = join_all(sends.iter().map(|send| {
         producer.send(
-            FutureRecord::to(&send.topic)
-                .key(&send.held.kafka_key)
-                .payload(&send.value),
+            FutureRecord::to(send.topic())
+                .key(send.key())
+                .payload(send.value()),
             Timeout::After(Duration::from_secs(30)),
         )
     }))

@@ -227,7 +227,7 @@ fn seed_000s_poweroff_is_held_as_its_server_and_resumed_by_the_demise_stamp() {
         "stamped before the delay"
     );
     let later = at("2025-11-04T16:17:30Z");
-    let emitted = stages.resume(record, later).unwrap();
+    let emitted = stages.resume(record, later).unwrap().done().unwrap();
     assert_eq!(emitted["processor_id"], "demise-processor-dc-east");
     assert_eq!(emitted["processed_at"], "2025-11-04T16:17:30.000Z");
     assert_eq!(emitted["validation_status"], "valid");
@@ -367,7 +367,7 @@ fn an_alertmanager_payload_is_held_as_one_session_per_alert_from_when_it_started
     };
     assert_eq!(session, "0f1e2d3c4b5a6978");
     // Emitted: looked up in the graph (none here) and stamped.
-    let emitted = stages.resume(record.clone(), now).unwrap();
+    let emitted = stages.resume(record.clone(), now).unwrap().done().unwrap();
     assert_eq!(emitted["graph_status"], "unavailable");
     assert_eq!(emitted["processor_id"], "alert-enricher-af-9");
     // An alert without a fingerprint is rejected alone, named by its place.
