@@ -809,3 +809,156 @@ async fn dead_letters_are_listed_and_replayed_once_after_the_fix(kind: BrokerKin
     );
     Ok(())
 }
+
+on_both_brokers!(records_on_the_retry_ladder_survive_a_sigkill_and_go_out_once_the_graph_is_there);
+
+/// Seed 001's ladder on a pipeline whose graph stage retries (ladder 1 s, 15 s): with no
+/// graph, five records climb it and are dead-lettered with their three attempts' reasons;
+/// five more are pending when the worker is SIGKILLed, the graph builder writes the
+/// client's graph meanwhile, and the next worker (same volume) delivers each of them once.
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
+async fn records_on_the_retry_ladder_survive_a_sigkill_and_go_out_once_the_graph_is_there(
+    kind: BrokerKind,
+) -> Result<()> {
+    let broker = broker_or_skip!(kind);
+    let b = &broker.bootstrap;
+    let client = "ladder-1";
+    let volume = tempfile::tempdir()?;
+    let templates = volume.path().join("pods.toml");
+    std::fs::write(
+        &templates,
+        r#"
+[[pipeline]]
+name = "pods"
+input = ["pods.alerts"]
+output = "pods.enriched"
+retry = { delays = ["1s", "15s"] }
+
+[[pipeline.stage]]
+kind = "validate"
+required = ["pod"]
+
+[[pipeline.stage]]
+kind = "graph"
+namespace = "namespace"
+resources = { pod = "Pod" }
+on_unavailable = "retry"
+"#,
+    )?;
+    let data = volume.path().join("data");
+    let data = data.to_str().context("path")?;
+    let templates = templates.to_str().context("path")?;
+    let start = || {
+        Worker::start_with(
+            b,
+            "pipeline",
+            client,
+            &[
+                ("WORKER_PIPELINE", "pods"),
+                ("WORKER_PIPELINES_FILE", templates),
+                ("WORKER_DATA_DIR", data),
+            ],
+        )
+    };
+    for topic in ["pods.alerts", "pods.enriched", "dlq.normalized"] {
+        kcat_produce(b, topic, "elsewhere::0", Some("{}"), None)?;
+    }
+    let produce = |name: &str| {
+        let value = serde_json::json!({"pod": name, "namespace": "shop"}).to_string();
+        kcat_produce(
+            b,
+            "pods.alerts",
+            &format!("{client}::{name}"),
+            Some(&value),
+            None,
+        )
+    };
+    let mut pods = start()?;
+    poll("the worker's health", Duration::from_secs(20), || {
+        pods.get("/health")
+    })?;
+
+    // No graph: up the ladder and off its last rung.
+    let given_up = ["a1", "a2", "a3", "a4", "a5"];
+    for name in given_up {
+        produce(name)?;
+    }
+    poll("five retries pending", Duration::from_secs(20), || {
+        (pods.metric("worker_retry_pending")? == 5.0).then_some(())
+    })?;
+    let health: Value = serde_json::from_str(&pods.get("/health").context("health")?)?;
+    assert_eq!(health["retries"]["pending"], 5, "{health}");
+    ensure!(health["retries"]["next_due"].is_string(), "{health}");
+    let letters = poll("five dead letters", Duration::from_secs(60), || {
+        let found = normalized_for(b, "dlq.normalized", client);
+        (found.len() >= 5).then_some(found)
+    })?;
+    let mut keys: Vec<&str> = letters.iter().map(|(key, _)| key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        given_up.map(|name| format!("{client}::{name}")),
+        "{letters:?}"
+    );
+    for (key, letter) in &letters {
+        assert_eq!(
+            letter["reason_code"], "retries_exhausted",
+            "{key}: {letter}"
+        );
+        assert_eq!(letter["source_topic"], "pods.alerts", "{key}: {letter}");
+        let attempts = letter["attempts"].as_array().context("attempts")?;
+        assert_eq!(attempts.len(), 3, "{key}: {letter}");
+        ensure!(
+            attempts.iter().all(|a| a["reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("no graph yet")),
+            "{key}: {letter}"
+        );
+    }
+    let stages: Value = serde_json::from_str(&pods.get("/health/stages").context("stages")?)?;
+    assert_eq!(stages["stages"][1]["kind"], "graph", "{stages}");
+    assert_eq!(stages["stages"][1]["retried"], 15, "{stages}");
+    assert_eq!(stages["retries"]["outcomes"]["exhausted"], 5, "{stages}");
+    assert_eq!(stages["retries"]["pending"], 0, "{stages}");
+
+    // Five more wait on the ladder when the worker is SIGKILLed; the graph builder writes
+    // the client's graph before the next worker starts.
+    let delivered = ["b1", "b2", "b3", "b4", "b5"];
+    for name in delivered {
+        produce(name)?;
+    }
+    poll("five more retries pending", Duration::from_secs(20), || {
+        (pods.metric("worker_retry_pending")? == 5.0).then_some(())
+    })?;
+    pods.child.kill()?;
+    pods.child.wait()?;
+    let _graph_builder =
+        Worker::start_with(b, "graph-builder", client, &[("WORKER_DATA_DIR", data)])?;
+    let graph = std::path::Path::new(data).join(format!("graph-{client}.sqlite"));
+    poll("the client's graph", Duration::from_secs(20), || {
+        graph.exists().then_some(())
+    })?;
+    let pods = start()?;
+    let out = poll("five records out", Duration::from_secs(40), || {
+        let found = normalized_for(b, "pods.enriched", client);
+        (found.len() >= 5).then_some(found)
+    })?;
+    poll("nothing pending", Duration::from_secs(20), || {
+        (pods.metric("worker_retry_pending")? == 0.0).then_some(())
+    })?;
+    let mut keys: Vec<&str> = out.iter().map(|(key, _)| key.as_str()).collect();
+    keys.sort_unstable();
+    assert_eq!(
+        keys,
+        delivered.map(|name| format!("{client}::{name}")),
+        "{out:?}"
+    );
+    for (key, record) in &out {
+        assert_eq!(record["graph_status"], "not_in_graph", "{key}: {record}");
+    }
+    // Counted: each record once, out or dead-lettered, nothing else.
+    assert_eq!(normalized_for(b, "pods.enriched", client).len(), 5);
+    assert_eq!(normalized_for(b, "dlq.normalized", client).len(), 5);
+    Ok(())
+}
