@@ -340,6 +340,100 @@ async fn a_pipeline_worker_runs_the_example_template_end_to_end(kind: BrokerKind
     Ok(())
 }
 
+on_both_brokers!(a_pipeline_worker_sigkilled_mid_stream_loses_no_record);
+
+/// Seed 004's pipeline under a stream of 20,000 readings (1,000 every 100 ms), SIGKILLed
+/// once it has taken in 3,000 of them while the rest still arrive, and started again:
+/// every reading comes out, counted by key; what comes out twice (produced by the first
+/// worker, its offset not yet committed) is counted and reported, never what is missing.
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
+async fn a_pipeline_worker_sigkilled_mid_stream_loses_no_record(kind: BrokerKind) -> Result<()> {
+    const READINGS: usize = 20_000;
+    let broker = broker_or_skip!(kind);
+    let b = broker.bootstrap.clone();
+    let client = "metro-sf";
+    let templates = example("traffic-flatten.toml");
+    let templates = templates.to_str().context("path")?;
+    let sample: Value =
+        serde_json::from_str(&std::fs::read_to_string(example("traffic-sample.json"))?)?;
+    kcat_produce(&b, "traffic-raw", "elsewhere::s0", Some("{}"), None)?;
+    kcat_produce(&b, "traffic-events", "elsewhere::s0", Some("{}"), None)?;
+    let start = || {
+        Worker::start_with(
+            &b,
+            "pipeline",
+            client,
+            &[
+                ("WORKER_PIPELINE", "traffic-flatten"),
+                ("WORKER_PIPELINES_FILE", templates),
+            ],
+        )
+    };
+    let mut first = start()?;
+    poll(
+        "the pipeline worker's health",
+        Duration::from_secs(20),
+        || first.get("/health"),
+    )?;
+    let stream = {
+        let producer = producer(&b, "lz4")?;
+        tokio::spawn(async move {
+            for batch in 0..READINGS / 1_000 {
+                let sends = (batch * 1_000..(batch + 1) * 1_000).map(|n| {
+                    let mut reading = sample.clone();
+                    reading["traffic_data"]["speed_mph"] = ((n % 100) as f64).into();
+                    reading["timestamp"] = chrono::Utc::now().timestamp_millis().into();
+                    let key = format!("metro-sf::s{n}");
+                    let producer = &producer;
+                    async move { send(producer, "traffic-raw", &key, &reading.to_string()).await }
+                });
+                for sent in futures::future::join_all(sends).await {
+                    sent?;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            anyhow::Ok(())
+        })
+    };
+    poll("3,000 readings taken in", Duration::from_secs(30), || {
+        (first.metric("worker_records_in_total")? >= 3_000.0).then_some(())
+    })?;
+    first.child.kill()?;
+    first.child.wait()?;
+    ensure!(
+        !stream.is_finished(),
+        "the stream ended before the SIGKILL: the kill was not mid-stream"
+    );
+    stream.await??;
+    let second = start()?;
+    let outputs = poll("every reading out", Duration::from_secs(90), || {
+        let found = normalized_for(&b, "traffic-events", client);
+        let keys: std::collections::HashSet<&str> =
+            found.iter().map(|(key, _)| key.as_str()).collect();
+        (keys.len() >= READINGS).then_some(found)
+    })?;
+    let keys: std::collections::HashSet<&str> =
+        outputs.iter().map(|(key, _)| key.as_str()).collect();
+    let missing: Vec<String> = (0..READINGS)
+        .map(|n| format!("metro-sf::s{n}"))
+        .filter(|key| !keys.contains(key.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "missing: {missing:?}");
+    eprintln!(
+        "{READINGS} readings, {} outputs: {} duplicates after the SIGKILL",
+        outputs.len(),
+        outputs.len() - keys.len()
+    );
+    ensure!(
+        outputs
+            .iter()
+            .all(|(_, record)| record["processor_id"] == "stream-processor-metro-sf"),
+        "an output that did not go through the stages"
+    );
+    drop(second);
+    Ok(())
+}
+
 /// A templates file with an error stops the pipeline worker at start, saying where.
 #[test]
 fn a_pipeline_worker_refuses_a_broken_templates_file_naming_the_line_and_field() -> Result<()> {

@@ -10,6 +10,7 @@
 //! crash adds nothing. Only the retry scheduler changes or removes a row; the consuming
 //! loop only adds, so the two never race on one.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -54,11 +55,17 @@ pub enum RetryStoreError {
     },
     #[error("retry store {path}: its lock is poisoned")]
     Poisoned { path: String },
+    #[error("retry store: the settlement of a pass stopped: {0}")]
+    Stopped(String),
 }
 
 /// The pending retries of one pipeline for one client.
 pub struct RetryStore {
-    conn: Mutex<Connection>,
+    /// Adds and settles.
+    writer: Mutex<Connection>,
+    /// Reads, which WAL lets run while the writer settles a pass: the scheduler attempts
+    /// the next pass meanwhile.
+    reader: Mutex<Connection>,
     path: String,
 }
 
@@ -74,7 +81,7 @@ CREATE TABLE IF NOT EXISTS retries (
     source_offset INTEGER NOT NULL,
     due_ms INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS retries_by_due ON retries (due_ms);
+CREATE INDEX IF NOT EXISTS retries_by_due ON retries (due_ms, id);
 ";
 
 /// The values of a retry's row, in the order of the statements above.
@@ -93,6 +100,24 @@ macro_rules! row_params {
             retry.due_ms,
         ]
     }};
+}
+
+/// A retry as its row holds it, in the order of the selects below.
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingRetry> {
+    let attempts: String = row.get(4)?;
+    Ok(PendingRetry {
+        id: row.get(0)?,
+        kafka_key: row.get(1)?,
+        record: row.get(2)?,
+        stage: row.get::<_, i64>(3)?.max(0) as usize,
+        // Written by `add` from the same type; a row that cannot be read back still keeps
+        // its place on the ladder.
+        attempts: serde_json::from_str(&attempts).unwrap_or_default(),
+        source_topic: row.get(5)?,
+        source_partition: row.get(6)?,
+        source_offset: row.get(7)?,
+        due_ms: row.get(8)?,
+    })
 }
 
 /// Where pipeline `name`'s pending retries live in the client's data directory.
@@ -118,8 +143,13 @@ impl RetryStore {
         )
         .map_err(sqlite)?;
         conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        let reader = Connection::open(path).map_err(sqlite)?;
+        reader
+            .busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sqlite)?;
         Ok(Self {
-            conn: Mutex::new(conn),
+            writer: Mutex::new(conn),
+            reader: Mutex::new(reader),
             path: display,
         })
     }
@@ -128,7 +158,22 @@ impl RetryStore {
         &self,
         work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
     ) -> Result<T, RetryStoreError> {
-        let mut conn = self.conn.lock().map_err(|_| RetryStoreError::Poisoned {
+        self.on(&self.writer, work)
+    }
+
+    fn reading<T>(
+        &self,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, RetryStoreError> {
+        self.on(&self.reader, work)
+    }
+
+    fn on<T>(
+        &self,
+        conn: &Mutex<Connection>,
+        work: impl FnOnce(&mut Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, RetryStoreError> {
+        let mut conn = conn.lock().map_err(|_| RetryStoreError::Poisoned {
             path: self.path.clone(),
         })?;
         work(&mut conn).map_err(|source| RetryStoreError::Sqlite {
@@ -169,34 +214,41 @@ impl RetryStore {
         limit: usize,
         max_bytes: usize,
     ) -> Result<Vec<PendingRetry>, RetryStoreError> {
-        self.with(|conn| {
+        self.due_except(now_ms, limit, max_bytes, None, &HashSet::new())
+    }
+
+    /// As [`RetryStore::due`], from after `after` (a `(due_ms, id)` in the order retries
+    /// are taken: the last of the pass being settled, so that its rows are read past
+    /// without being read), leaving out the retries `settling` names in any case.
+    pub fn due_except(
+        &self,
+        now_ms: i64,
+        limit: usize,
+        max_bytes: usize,
+        after: Option<(i64, &str)>,
+        settling: &HashSet<String>,
+    ) -> Result<Vec<PendingRetry>, RetryStoreError> {
+        self.reading(|conn| {
             let mut select = conn.prepare_cached(
                 "SELECT id, kafka_key, record, stage, attempts, source_topic, source_partition,
                         source_offset, due_ms
-                 FROM retries WHERE due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+                 FROM retries WHERE due_ms <= ?1 AND (due_ms, id) > (?3, ?4)
+                 ORDER BY due_ms, id LIMIT ?2",
             )?;
-            let rows = select.query_map(params![now_ms, limit as i64], |row| {
-                let attempts: String = row.get(4)?;
-                Ok(PendingRetry {
-                    id: row.get(0)?,
-                    kafka_key: row.get(1)?,
-                    record: row.get(2)?,
-                    stage: row.get::<_, i64>(3)?.max(0) as usize,
-                    // Written by `add` from the same type; a row that cannot be read back
-                    // still keeps its place on the ladder.
-                    attempts: serde_json::from_str(&attempts).unwrap_or_default(),
-                    source_topic: row.get(5)?,
-                    source_partition: row.get(6)?,
-                    source_offset: row.get(7)?,
-                    due_ms: row.get(8)?,
-                })
-            })?;
+            let (after_due, after_id) = after.unwrap_or((i64::MIN, ""));
+            let rows = select.query_map(
+                params![now_ms, (limit + settling.len()) as i64, after_due, after_id],
+                read_row,
+            )?;
             let mut due = Vec::new();
             let mut bytes = 0;
             for row in rows {
                 let row = row?;
+                if settling.contains(&row.id) {
+                    continue;
+                }
                 bytes += row.record.len();
-                if !due.is_empty() && bytes > max_bytes {
+                if due.len() == limit || (!due.is_empty() && bytes > max_bytes) {
                     break;
                 }
                 due.push(row);
@@ -234,7 +286,7 @@ impl RetryStore {
 
     /// How many retries are pending, and the earliest due time (ms).
     pub fn stats(&self) -> Result<(u64, Option<i64>), RetryStoreError> {
-        self.with(|conn| {
+        self.reading(|conn| {
             conn.query_row("SELECT COUNT(*), MIN(due_ms) FROM retries", [], |row| {
                 Ok((row.get::<_, i64>(0)? as u64, row.get(1)?))
             })
@@ -243,7 +295,7 @@ impl RetryStore {
 
     /// The earliest due time (ms), if any retry is pending.
     pub fn next_due(&self) -> Result<Option<i64>, RetryStoreError> {
-        self.with(|conn| {
+        self.reading(|conn| {
             conn.query_row("SELECT MIN(due_ms) FROM retries", [], |row| row.get(0))
                 .optional()
                 .map(Option::flatten)
@@ -300,6 +352,21 @@ mod tests {
         assert_eq!(ids(&store.due(2_000, 1, usize::MAX).unwrap()), ["a"]);
         // The byte bound stops a pass, but never below one retry.
         assert_eq!(ids(&store.due(2_000, 10, 1).unwrap()), ["a"]);
+        // A pass being settled is left out of the next one, which still gets its fill.
+        let settling: HashSet<String> = ["a".to_string()].into();
+        assert_eq!(
+            ids(&store
+                .due_except(2_000, 1, usize::MAX, None, &settling)
+                .unwrap()),
+            ["b"]
+        );
+        // Or read past it, from its last retry on.
+        assert_eq!(
+            ids(&store
+                .due_except(2_000, 10, usize::MAX, Some((1_000, "a")), &HashSet::new())
+                .unwrap()),
+            ["b"]
+        );
     }
 
     #[test]

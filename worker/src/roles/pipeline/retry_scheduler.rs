@@ -8,6 +8,7 @@
 //! A retry leaves the store only once what it became is acknowledged (or synced, for a
 //! hold), so a crash at any point attempts it again rather than never.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,13 +17,13 @@ use kg_shared::dlq::{Attempt, DeadLetter};
 use kg_shared::pipeline_template::{Delay, RetryLadder};
 use kg_shared::topics::DLQ_NORMALIZED;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::FutureProducer;
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::pending::{HeldSession, PendingStore};
 use super::retries::{PendingRetry, RetryStore, RetryStoreError};
-use super::scheduler::{deliver, Outgoing};
+use super::scheduler::{acknowledged, deliver, enqueue, Outgoing};
 use super::{held_session, Processed, Record, Stages};
 use crate::metrics::{ReasonLabel, WorkerMetrics};
 use crate::pipeline::{is_permanent, MAX_OUTPUT_BYTES};
@@ -30,6 +31,8 @@ use crate::pipeline::{is_permanent, MAX_OUTPUT_BYTES};
 /// Retries attempted per pass, at most; and at most this many bytes of their records.
 const PASS_BATCH: usize = 10_000;
 const PASS_BATCH_BYTES: usize = 16 * 1024 * 1024;
+/// Retries attempted before their records are handed to Kafka, within a pass.
+const ENQUEUE_CHUNK: usize = 1_000;
 /// The longest the scheduler sleeps: the loop may add a retry due sooner meanwhile.
 const MAX_WAIT: Duration = Duration::from_secs(1);
 /// How long a retry whose outcome Kafka did not take for now waits before it is tried
@@ -100,24 +103,64 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     info!(ladder = ?task.ladder.delays, "retry ladder running");
+    // The previous pass's settlement, written while the next pass runs.
+    let mut settling: Option<Settling> = None;
     loop {
         task.report(&metrics);
-        let wait = match blocking(|| task.store.next_due()) {
-            Ok(Some(next)) => Duration::from_millis(
+        let wait = match (&settling, blocking(|| task.store.next_due())) {
+            (Some(_), _) => Duration::ZERO,
+            (None, Ok(Some(next))) => Duration::from_millis(
                 (next - Utc::now().timestamp_millis()).clamp(0, MAX_WAIT.as_millis() as i64) as u64,
             ),
-            _ => MAX_WAIT,
+            (None, _) => MAX_WAIT,
         };
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => {}
             _ = tokio::time::sleep(wait) => {}
         }
         if *shutdown.borrow() {
+            finish(settling).await;
             return;
         }
-        if let Err(error) = task.pass(&producer, &metrics, Utc::now()).await {
-            warn!(%error, "retry pass failed; trying again");
-            tokio::time::sleep(MAX_WAIT).await;
+        let started = task
+            .start_pass(&producer, &metrics, Utc::now(), settling.as_ref())
+            .await;
+        finish(settling.take()).await;
+        match started {
+            Ok(next) => settling = next,
+            Err(error) => {
+                warn!(%error, "retry pass failed; trying again");
+                tokio::time::sleep(MAX_WAIT).await;
+            }
+        }
+    }
+}
+
+/// A pass's settlement (what went out removed, what failed again moved up its rung),
+/// written on a blocking thread while the next pass is attempted.
+pub struct Settling {
+    /// The pass's retries, which the next pass leaves out until this is written.
+    ids: HashSet<String>,
+    /// The last of them in the order retries are taken, `(due_ms, id)`: the next pass
+    /// reads from after it.
+    last: (i64, String),
+    write: tokio::task::JoinHandle<Result<(), RetryStoreError>>,
+}
+
+impl Settling {
+    async fn written(self) -> Result<(), RetryStoreError> {
+        self.write
+            .await
+            .unwrap_or_else(|join| Err(RetryStoreError::Stopped(join.to_string())))
+    }
+}
+
+/// Waits for a settlement; one that failed leaves its retries where they were, attempted
+/// again (at-least-once).
+async fn finish(settling: Option<Settling>) {
+    if let Some(settling) = settling {
+        if let Err(error) = settling.written().await {
+            warn!(%error, "settling a retry pass failed; its retries are attempted again");
         }
     }
 }
@@ -138,34 +181,71 @@ impl RetryTask {
         }
     }
 
-    /// One pass over the retries due at or before `now`.
+    /// One pass over the retries due at or before `now`, settled when it returns.
     pub async fn pass(
         &self,
         producer: &FutureProducer,
         metrics: &WorkerMetrics,
         now: DateTime<Utc>,
     ) -> Result<(), RetryStoreError> {
-        let due = blocking(|| {
-            self.store
-                .due(now.timestamp_millis(), PASS_BATCH, PASS_BATCH_BYTES)
-        })?;
+        match self.start_pass(producer, metrics, now, None).await? {
+            Some(settling) => settling.written().await,
+            None => Ok(()),
+        }
+    }
+
+    /// One pass over the retries due at or before `now`, but those of `previous` (whose
+    /// settlement may not be written yet): attempted, their records acknowledged, and
+    /// their settlement started; None when none was due.
+    async fn start_pass(
+        &self,
+        producer: &FutureProducer,
+        metrics: &WorkerMetrics,
+        now: DateTime<Utc>,
+        previous: Option<&Settling>,
+    ) -> Result<Option<Settling>, RetryStoreError> {
+        let began = std::time::Instant::now();
+        let nothing = HashSet::new();
+        let leave_out = previous.map_or(&nothing, |p| &p.ids);
+        let select = |after: Option<(i64, &str)>| {
+            let now_ms = now.timestamp_millis();
+            blocking(|| {
+                self.store
+                    .due_except(now_ms, PASS_BATCH, PASS_BATCH_BYTES, after, leave_out)
+            })
+        };
+        // From after the previous pass (its rows are the first due); should that find
+        // nothing, from the start, in case a retry due before them was written since.
+        let after = previous.map(|p| (p.last.0, p.last.1.as_str()));
+        let mut due = select(after)?;
+        if due.is_empty() && after.is_some() {
+            due = select(None)?;
+        }
         if due.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let attempts: Vec<Attempted> =
-            blocking(|| due.iter().map(|retry| self.attempt(retry, now)).collect());
-        let mut outs = Vec::new();
-        let mut plans = Vec::with_capacity(attempts.len());
-        for (index, mut attempted) in attempts.into_iter().enumerate() {
-            for out in &mut attempted.outs {
-                out.retry = index;
+        let selected = began.elapsed();
+        // Attempted a chunk at a time, each chunk's records enqueued before the next is
+        // attempted, so that Kafka takes them while the stages run.
+        let mut enqueued = Vec::new();
+        let mut plans = Vec::with_capacity(due.len());
+        for chunk in due.chunks(ENQUEUE_CHUNK) {
+            let attempts: Vec<Attempted> =
+                blocking(|| chunk.iter().map(|retry| self.attempt(retry, now)).collect());
+            for mut attempted in attempts {
+                for mut out in attempted.outs.drain(..) {
+                    out.retry = plans.len();
+                    let delivery = enqueue(producer, &out);
+                    enqueued.push((out, delivery));
+                }
+                plans.push(attempted);
             }
-            outs.append(&mut attempted.outs);
-            plans.push(attempted);
         }
-        let (acked, mut unsettled) = self.produce(producer, &due, outs, now).await;
+        let attempted = began.elapsed();
+        let (acked, mut unsettled) = self.produce(producer, &due, enqueued, now).await;
         self.hold(&plans, &mut unsettled);
         let acked_at = Utc::now();
+        let produced = began.elapsed();
         let mut done = Vec::new();
         let mut pending = Vec::new();
         for (index, (retry, plan)) in due.iter().zip(plans).enumerate() {
@@ -187,9 +267,24 @@ impl RetryTask {
                 .observe(late_ms.max(0) as f64 / 1000.0);
         }
         count(metrics, acked.iter().filter(|out| !unsettled[out.retry]));
-        blocking(|| self.store.settle(&done, &pending))?;
-        self.report(metrics);
-        Ok(())
+        debug!(
+            retries = due.len(),
+            select_ms = selected.as_millis() as u64,
+            attempt_and_enqueue_ms = (attempted - selected).as_millis() as u64,
+            acked_ms = (produced - attempted).as_millis() as u64,
+            "retry pass"
+        );
+        let store = self.store.clone();
+        let write = tokio::task::spawn_blocking(move || store.settle(&done, &pending));
+        let last = due
+            .last()
+            .map(|retry| (retry.due_ms, retry.id.clone()))
+            .unwrap_or_default();
+        Ok(Some(Settling {
+            ids: due.into_iter().map(|retry| retry.id).collect(),
+            last,
+            write,
+        }))
     }
 
     /// Produces the pass's records and waits for Kafka: the acknowledged, and for each
@@ -199,11 +294,11 @@ impl RetryTask {
         &self,
         producer: &FutureProducer,
         due: &[PendingRetry],
-        outs: Vec<Out>,
+        enqueued: Vec<(Out, Result<DeliveryFuture, KafkaError>)>,
         now: DateTime<Utc>,
     ) -> (Vec<Out>, Vec<bool>) {
         let mut unsettled = vec![false; due.len()];
-        let (mut delivered, failed) = deliver(producer, outs).await;
+        let (mut delivered, failed) = acknowledged(enqueued).await;
         let letters: Vec<Out> = failed
             .into_iter()
             .filter_map(|(out, error)| {

@@ -16,7 +16,7 @@ use kg_shared::dlq::DeadLetter;
 use kg_shared::pipeline_template::Delay;
 use kg_shared::topics::DLQ_NORMALIZED;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -522,6 +522,45 @@ impl Outgoing for Send {
     fn value(&self) -> &[u8] {
         &self.value
     }
+}
+
+/// Enqueues a record without waiting for Kafka: its delivery, or why it could not be
+/// enqueued (librdkafka's queue full).
+pub(super) fn enqueue<T: Outgoing>(
+    producer: &FutureProducer,
+    send: &T,
+) -> Result<DeliveryFuture, KafkaError> {
+    producer
+        .send_result(
+            FutureRecord::to(send.topic())
+                .key(send.key())
+                .payload(send.value()),
+        )
+        .map_err(|(error, _)| error)
+}
+
+/// Waits for each enqueued record's acknowledgement (the schedulers' producer gives up on
+/// a record after 30 s): the acknowledged, and the failed with their errors.
+pub(super) async fn acknowledged<T>(
+    enqueued: Vec<(T, Result<DeliveryFuture, KafkaError>)>,
+) -> (Vec<T>, Vec<(T, KafkaError)>) {
+    let mut delivered = Vec::new();
+    let mut failed = Vec::new();
+    for (send, delivery) in enqueued {
+        let result = match delivery {
+            Ok(delivery) => match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((error, _))) => Err(error),
+                Err(_) => Err(KafkaError::Canceled),
+            },
+            Err(error) => Err(error),
+        };
+        match result {
+            Ok(()) => delivered.push(send),
+            Err(error) => failed.push((send, error)),
+        }
+    }
+    (delivered, failed)
 }
 
 /// Sends each record and waits for every acknowledgement (the schedulers' producer gives
