@@ -34,9 +34,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 RETRIES=${RETRIES:-100000}
 RUNG=${RUNG:-60s}
-NOIDA=${KG_NOIDA_DB:-${KG_TOOLS_DIR:-$HOME/.cache/kg-rca-tools}/noida-db}
-[ -x "$NOIDA" ] || { echo "noida-db not found at $NOIDA: run scripts/install-test-tools.sh" >&2; exit 1; }
-command -v kcat >/dev/null || { echo "kcat not found: run scripts/install-test-tools.sh" >&2; exit 1; }
 rung_secs=$(python3 -c "import re; m=re.fullmatch(r'(\d+)(s|m)', '$RUNG'); print(int(m[1]) * (60 if m[2]=='m' else 1))")
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-retry.XXXXXX")
@@ -44,18 +41,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-retry.XXXXXX")
 source scripts/lib/bench-common.sh
 release_binaries control-plane worker
 
-now_ms() { date +%s%3N; }
-rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-"$NOIDA" start --only kafka --kafka-port "$port" --host 127.0.0.1 --data-dir "$WORK/noida" \
-    </dev/null >"$WORK/broker.out" 2>"$WORK/broker.err" &
-STARTED+=("$!:noida-db")
-B=127.0.0.1:$port
-for ((i = 0; i < 300; i++)); do
-    kcat -L -b "$B" -m 2 >/dev/null 2>&1 && break
-    sleep 0.1
-done
+start_noida "$WORK"
 
 cat >"$WORK/pipelines.toml" <<TOML
 [[pipeline]]
@@ -97,25 +83,6 @@ start_pipeline() {
 }
 health() { curl -sf "http://$(cat "$WORK/addr.pipeline" 2>/dev/null)/health" 2>/dev/null || true; }
 metric() { curl -sf "http://$(cat "$WORK/addr.pipeline")/metrics" | awk -v m="$1" '$1 ~ "^"m"[{]" || $1 == m {print $2}'; }
-wait_health() { # wait_health <start ms> <deadline s> <substring…>: prints ms waited until
-    # /health holds every substring (curl and grep only: a poller must not load the CPU
-    # it measures)
-    local started=$1 deadline=$2 body wanted ok
-    shift 2
-    while :; do
-        body=$(health)
-        ok=1
-        for wanted in "$@"; do
-            [[ $body == *"$wanted"* ]] || { ok=0; break; }
-        done
-        if ((ok)); then
-            echo $(($(now_ms) - started))
-            return
-        fi
-        (($(now_ms) - started < deadline * 1000)) || { echo "timed out waiting for /health to show: $*" >&2; exit 1; }
-        sleep 0.05
-    done
-}
 wait_out() { # wait_out <start ms> <deadline s> <records_out>: prints ms waited until the
     # pipeline's records_out counter reaches the count
     local started=$1 deadline=$2 want=$3 have

@@ -102,3 +102,44 @@ wait_for_api() {
     tail "$2" >&2
     exit 1
 }
+
+now_ms() { date +%s%3N; }
+rss_kib() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# start_noida <dir>: noida-db (scripts/install-test-tools.sh installs it) with its data in
+# <dir>, stopped on exit; sets B to its bootstrap address once kcat can list it.
+start_noida() {
+    local noida=${KG_NOIDA_DB:-${KG_TOOLS_DIR:-$HOME/.cache/kg-rca-tools}/noida-db} port i
+    [ -x "$noida" ] || { echo "noida-db not found at $noida: run scripts/install-test-tools.sh" >&2; exit 1; }
+    command -v kcat >/dev/null || { echo "kcat not found: run scripts/install-test-tools.sh" >&2; exit 1; }
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    "$noida" start --only kafka --kafka-port "$port" --host 127.0.0.1 --data-dir "$1/noida" \
+        </dev/null >"$1/broker.out" 2>"$1/broker.err" &
+    STARTED+=("$!:noida-db")
+    B=127.0.0.1:$port
+    for ((i = 0; i < 300; i++)); do
+        kcat -L -b "$B" -m 2 >/dev/null 2>&1 && break
+        sleep 0.1
+    done
+}
+
+# wait_health <start ms> <deadline s> <substring…>: prints the ms waited until the
+# caller's `health` function prints a body holding every substring (curl and grep only:
+# a poller must not load the CPU it measures); exits at the deadline.
+wait_health() {
+    local started=$1 deadline=$2 body wanted ok
+    shift 2
+    while :; do
+        body=$(health)
+        ok=1
+        for wanted in "$@"; do
+            [[ $body == *"$wanted"* ]] || { ok=0; break; }
+        done
+        if ((ok)); then
+            echo $(($(now_ms) - started))
+            return
+        fi
+        (($(now_ms) - started < deadline * 1000)) || { echo "timed out waiting for /health to show: $*" >&2; exit 1; }
+        sleep 0.05
+    done
+}

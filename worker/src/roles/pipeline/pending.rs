@@ -165,6 +165,21 @@ CREATE INDEX IF NOT EXISTS held_by_next_check ON held (next_check_ms);
 CREATE INDEX IF NOT EXISTS held_by_due ON held (due_ms);
 ";
 
+/// A store's SQLite file, opened for writing with `schema` applied. WAL, so that readers
+/// (health, a second connection) do not wait on the writer; FULL sync: each batch's
+/// transaction is synced before its input offsets are committed, so not even a machine
+/// crash loses a row whose input was committed.
+pub(super) fn open_synced(path: &Path, schema: &str) -> rusqlite::Result<Connection> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.execute_batch(
+        "PRAGMA journal_mode = WAL;
+         PRAGMA synchronous = FULL;",
+    )?;
+    conn.execute_batch(schema)?;
+    Ok(conn)
+}
+
 /// Where pipeline `name`'s held sessions live in the client's data directory.
 pub fn store_path(data_dir: &Path, pipeline: &str) -> PathBuf {
     data_dir.join(format!("pipeline-{pipeline}.pending.sqlite"))
@@ -177,17 +192,7 @@ impl PendingStore {
             path: display.clone(),
             source,
         };
-        let conn = Connection::open(path).map_err(sqlite)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sqlite)?;
-        // FULL: each batch's transaction is synced before its input offsets are committed,
-        // so not even a machine crash loses a held session whose input was committed.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;",
-        )
-        .map_err(sqlite)?;
-        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        let conn = open_synced(path, SCHEMA).map_err(sqlite)?;
         // Stores written before rows had a kind: every row in them is held.
         for (column, definition) in [
             ("kind", "kind INTEGER NOT NULL DEFAULT 0"),

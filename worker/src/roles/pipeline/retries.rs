@@ -132,17 +132,7 @@ impl RetryStore {
             path: display.clone(),
             source,
         };
-        let conn = Connection::open(path).map_err(sqlite)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(sqlite)?;
-        // FULL, as for held sessions: a retry whose input offset was committed survives
-        // even a machine crash.
-        conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = FULL;",
-        )
-        .map_err(sqlite)?;
-        conn.execute_batch(SCHEMA).map_err(sqlite)?;
+        let conn = super::pending::open_synced(path, SCHEMA).map_err(sqlite)?;
         let reader = Connection::open(path).map_err(sqlite)?;
         reader
             .busy_timeout(std::time::Duration::from_secs(5))

@@ -23,7 +23,7 @@ use tracing::{debug, info, warn};
 
 use super::pending::{HeldSession, PendingStore};
 use super::retries::{PendingRetry, RetryStore, RetryStoreError};
-use super::scheduler::{acknowledged, deliver, enqueue, Outgoing};
+use super::scheduler::{acknowledged, blocking, deliver, enqueue, report_pending, Outgoing};
 use super::{held_session, Processed, Record, Stages};
 use crate::metrics::{ReasonLabel, WorkerMetrics};
 use crate::pipeline::{is_permanent, MAX_OUTPUT_BYTES};
@@ -165,20 +165,11 @@ async fn finish(settling: Option<Settling>) {
     }
 }
 
-/// SQLite calls and the stages' graph reads block: off the runtime's async threads.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
-    tokio::task::block_in_place(work)
-}
-
 impl RetryTask {
     /// Sets the pending gauges from the store.
     fn report(&self, metrics: &WorkerMetrics) {
-        if let Ok((count, next_due)) = blocking(|| self.store.stats()) {
-            metrics.retry_pending.set(count as i64);
-            metrics
-                .retry_next_due
-                .set(next_due.map_or(0, |ms| ms.div_euclid(1000)));
-        }
+        let stats = blocking(|| self.store.stats());
+        report_pending(stats, &metrics.retry_pending, &metrics.retry_next_due);
     }
 
     /// One pass over the retries due at or before `now`, settled when it returns.

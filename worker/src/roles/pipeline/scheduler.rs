@@ -181,20 +181,29 @@ pub async fn run(
     }
 }
 
-/// SQLite calls block: off the runtime's async threads.
-fn blocking<T>(work: impl FnOnce() -> T) -> T {
+/// SQLite calls (and the stages' graph reads) block: off the runtime's async threads.
+pub(super) fn blocking<T>(work: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(work)
+}
+
+/// Sets a store's pending gauges from its `stats()`: how many, and the earliest due time
+/// (ms) as seconds since the epoch (0: none).
+pub(super) fn report_pending<E>(
+    stats: Result<(u64, Option<i64>), E>,
+    pending: &prometheus_client::metrics::gauge::Gauge,
+    earliest_due: &prometheus_client::metrics::gauge::Gauge,
+) {
+    if let Ok((count, due)) = stats {
+        pending.set(count as i64);
+        earliest_due.set(due.map_or(0, |ms| ms.div_euclid(1000)));
+    }
 }
 
 impl DelayTask {
     /// Sets the pending gauges from the store.
     fn report(&self, metrics: &WorkerMetrics) {
-        if let Ok((count, oldest_due)) = blocking(|| self.store.stats()) {
-            metrics.delay_pending.set(count as i64);
-            metrics
-                .delay_oldest_due
-                .set(oldest_due.map_or(0, |ms| ms.div_euclid(1000)));
-        }
+        let stats = blocking(|| self.store.stats());
+        report_pending(stats, &metrics.delay_pending, &metrics.delay_oldest_due);
     }
 
     /// One pass over the sessions whose next check is at or before `now`.
