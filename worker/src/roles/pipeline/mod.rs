@@ -560,9 +560,15 @@ impl PipelineHandler {
         element: usize,
         result: Result<Processed, Rejection>,
         kafka_key: &str,
-        (topic, partition, offset): (&str, i32, i64),
+        input: &Input<'_>,
         now: DateTime<Utc>,
     ) -> Outcome {
+        let Input {
+            topic,
+            partition,
+            offset,
+            original,
+        } = *input;
         match result {
             Ok(Processed::Retry {
                 record,
@@ -592,6 +598,7 @@ impl PipelineHandler {
                     source_partition: partition,
                     source_offset: offset,
                     due_ms: now.timestamp_millis() + wait.as_millis() as i64,
+                    original: original.map(<[u8]>::to_vec),
                 };
                 match retrying.batch.lock() {
                     Ok(mut batch) => {
@@ -617,14 +624,7 @@ impl PipelineHandler {
                         reason: "the pipeline holds records but has no store for them".into(),
                     };
                 };
-                let session = held_session(
-                    &held.delay,
-                    record,
-                    session,
-                    kafka_key,
-                    (topic, partition, offset),
-                    now,
-                );
+                let session = held_session(&held.delay, record, session, kafka_key, input, now);
                 match held.batch.lock() {
                     Ok(mut batch) => {
                         batch.push(session);
@@ -644,14 +644,36 @@ impl PipelineHandler {
     }
 }
 
-/// The row of a record the delay stage holds as `session`, from its input record at
-/// `(topic, partition, offset)` keyed `kafka_key`, at `now`.
+/// Where a record came from, and the input record as it was read: what a dead letter
+/// carries, so that a replay puts back what came in, not what the stages made of it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Input<'a> {
+    pub topic: &'a str,
+    pub partition: i32,
+    pub offset: i64,
+    /// None when larger than a dead letter keeps whole (a replay could not use it).
+    pub original: Option<&'a [u8]>,
+}
+
+impl<'a> Input<'a> {
+    pub fn new(topic: &'a str, partition: i32, offset: i64, value: &'a [u8]) -> Self {
+        Self {
+            topic,
+            partition,
+            offset,
+            original: (value.len() <= kg_shared::dlq::ORIGINAL_LIMIT).then_some(value),
+        }
+    }
+}
+
+/// The row of a record the delay stage holds as `session`, from `input` keyed
+/// `kafka_key`, at `now`.
 pub(crate) fn held_session(
     delay: &Delay,
     record: Record,
     session: String,
     kafka_key: &str,
-    (topic, partition, offset): (&str, i32, i64),
+    input: &Input<'_>,
     now: DateTime<Utc>,
 ) -> HeldSession {
     let held_at = delay::held_from(delay, &record, now);
@@ -671,9 +693,10 @@ pub(crate) fn held_session(
         session,
         kafka_key: kafka_key.to_string(),
         record: serde_json::to_vec(&record).unwrap_or_default(),
-        source_topic: topic.to_string(),
-        source_partition: partition,
-        source_offset: offset,
+        original: input.original.map(<[u8]>::to_vec),
+        source_topic: input.topic.to_string(),
+        source_partition: input.partition,
+        source_offset: input.offset,
         held_at_ms: held_at.timestamp_millis(),
         due_ms,
         next_check_ms,
@@ -713,13 +736,13 @@ impl RecordHandler for PipelineHandler {
         };
         let now = Utc::now();
         let kafka_key = String::from_utf8_lossy(key.unwrap_or_default()).into_owned();
-        let source = (topic, partition, offset);
+        let source = Input::new(topic, partition, offset, value);
         let mut outcomes: Vec<Outcome> = self
             .stages
             .process(value, now)
             .into_iter()
             .enumerate()
-            .map(|(element, result)| self.outcome(element, result, &kafka_key, source, now))
+            .map(|(element, result)| self.outcome(element, result, &kafka_key, &source, now))
             .collect();
         match outcomes.len() {
             // A split of an empty list: nothing to do.

@@ -36,6 +36,9 @@ pub struct HeldSession {
     pub kafka_key: String,
     /// The record as the stages before the delay left it (JSON).
     pub record: Vec<u8>,
+    /// The input record as it was read, for a dead letter that a replay puts back into
+    /// the input (None when larger than a dead letter keeps whole).
+    pub original: Option<Vec<u8>>,
     /// Where the input record came from, for a dead letter.
     pub source_topic: String,
     pub source_partition: i32,
@@ -159,7 +162,8 @@ CREATE TABLE IF NOT EXISTS held (
     due_ms INTEGER NOT NULL,
     next_check_ms INTEGER NOT NULL,
     kind INTEGER NOT NULL DEFAULT 0,
-    ends_version TEXT
+    ends_version TEXT,
+    original BLOB
 );
 CREATE INDEX IF NOT EXISTS held_by_next_check ON held (next_check_ms);
 CREATE INDEX IF NOT EXISTS held_by_due ON held (due_ms);
@@ -197,6 +201,7 @@ impl PendingStore {
         for (column, definition) in [
             ("kind", "kind INTEGER NOT NULL DEFAULT 0"),
             ("ends_version", "ends_version TEXT"),
+            ("original", "original BLOB"),
         ] {
             let has: bool = conn
                 .query_row(
@@ -256,8 +261,8 @@ impl PendingStore {
                 let mut upsert = tx.prepare_cached(
                     "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
                         source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind,
-                        ends_version)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                        ends_version, original)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
                 )?;
                 // A repeat keeps the marker it met for another day (an alert firing for
                 // days is re-sent every few hours).
@@ -304,7 +309,8 @@ impl PendingStore {
                         write.due_ms,
                         write.next_check_ms,
                         write.kind.code(),
-                        ends
+                        ends,
+                        write.original
                     ])?;
                 }
             }
@@ -324,7 +330,7 @@ impl PendingStore {
         self.with(|conn| {
             let mut query = conn.prepare_cached(
                 "SELECT session, kafka_key, record, source_topic, source_partition,
-                        source_offset, held_at_ms, due_ms, next_check_ms, kind
+                        source_offset, held_at_ms, due_ms, next_check_ms, kind, original
                  FROM held WHERE next_check_ms <= ?1 ORDER BY next_check_ms LIMIT ?2",
             )?;
             let mut rows = query.query(params![now_ms, limit as i64])?;
@@ -342,6 +348,7 @@ impl PendingStore {
                     due_ms: row.get(7)?,
                     next_check_ms: row.get(8)?,
                     kind: SessionKind::from_code(row.get(9)?),
+                    original: row.get(10)?,
                 };
                 bytes += session.record.len();
                 sessions.push(session);
@@ -595,6 +602,7 @@ mod tests {
             session: name.into(),
             kafka_key: format!("c1::{name}"),
             record: br#"{"server_id":"x"}"#.to_vec(),
+            original: Some(br#"{"server_id":"x","raw":true}"#.to_vec()),
             source_topic: "servers.poweroff".into(),
             source_partition: 0,
             source_offset: 7,
@@ -907,10 +915,10 @@ mod tests {
         {
             let conn = Connection::open(&path).unwrap();
             let old = SCHEMA.replace(
-                ",\n    kind INTEGER NOT NULL DEFAULT 0,\n    ends_version TEXT",
+                ",\n    kind INTEGER NOT NULL DEFAULT 0,\n    ends_version TEXT,\n    original BLOB",
                 "",
             );
-            assert_ne!(old, SCHEMA, "the old schema has neither column");
+            assert_ne!(old, SCHEMA, "the old schema has none of the later columns");
             conn.execute_batch(&old).unwrap();
             conn.execute_batch(
                 "INSERT INTO held VALUES ('a', 'c1::a', x'7b7d', 't', 0, 1, 0, 5, 5)",
@@ -921,6 +929,7 @@ mod tests {
         let held = store.to_check(10, 10, usize::MAX).unwrap();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].kind, SessionKind::Held);
+        assert_eq!(held[0].original, None);
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub struct PendingRetry {
     pub kafka_key: String,
     /// The record as the failed stage was given it (JSON).
     pub record: Vec<u8>,
+    /// The input record as it was read, for the dead letter after the last rung, which a
+    /// replay puts back into the input (None when larger than a dead letter keeps whole).
+    pub original: Option<Vec<u8>>,
     /// The stage to run it from.
     pub stage: usize,
     /// Every failed attempt so far, oldest first (at least one).
@@ -79,7 +82,8 @@ CREATE TABLE IF NOT EXISTS retries (
     source_topic TEXT NOT NULL,
     source_partition INTEGER NOT NULL,
     source_offset INTEGER NOT NULL,
-    due_ms INTEGER NOT NULL
+    due_ms INTEGER NOT NULL,
+    original BLOB
 );
 CREATE INDEX IF NOT EXISTS retries_by_due ON retries (due_ms, id);
 ";
@@ -98,6 +102,7 @@ macro_rules! row_params {
             retry.source_partition,
             retry.source_offset,
             retry.due_ms,
+            retry.original,
         ]
     }};
 }
@@ -117,6 +122,7 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingRetry> {
         source_partition: row.get(6)?,
         source_offset: row.get(7)?,
         due_ms: row.get(8)?,
+        original: row.get(9)?,
     })
 }
 
@@ -184,8 +190,8 @@ impl RetryStore {
             {
                 let mut insert = tx.prepare_cached(
                     "INSERT OR IGNORE INTO retries (id, kafka_key, record, stage, attempts,
-                         source_topic, source_partition, source_offset, due_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                         source_topic, source_partition, source_offset, due_ms, original)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?;
                 for retry in retries {
                     added += insert.execute(row_params!(retry))?;
@@ -221,7 +227,7 @@ impl RetryStore {
         self.reading(|conn| {
             let mut select = conn.prepare_cached(
                 "SELECT id, kafka_key, record, stage, attempts, source_topic, source_partition,
-                        source_offset, due_ms
+                        source_offset, due_ms, original
                  FROM retries WHERE due_ms <= ?1 AND (due_ms, id) > (?3, ?4)
                  ORDER BY due_ms, id LIMIT ?2",
             )?;
@@ -263,8 +269,8 @@ impl RetryStore {
                 }
                 let mut upsert = tx.prepare_cached(
                     "INSERT OR REPLACE INTO retries (id, kafka_key, record, stage, attempts,
-                         source_topic, source_partition, source_offset, due_ms)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                         source_topic, source_partition, source_offset, due_ms, original)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )?;
                 for retry in pending {
                     upsert.execute(row_params!(retry))?;
@@ -303,6 +309,7 @@ mod tests {
             id: id.into(),
             kafka_key: "c1::a".into(),
             record: br#"{"alertname":"X"}"#.to_vec(),
+            original: Some(br#"{"alerts":[{"alertname":"X"}]}"#.to_vec()),
             stage: 4,
             attempts: vec![Attempt {
                 at: Utc.timestamp_millis_opt(0).unwrap(),

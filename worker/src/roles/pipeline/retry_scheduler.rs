@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 use super::pending::{HeldSession, PendingStore};
 use super::retries::{PendingRetry, RetryStore, RetryStoreError};
 use super::scheduler::{acknowledged, blocking, deliver, enqueue, report_pending, Outgoing};
-use super::{held_session, Processed, Record, Stages};
+use super::{held_session, Input, Processed, Record, Stages};
 use crate::metrics::{ReasonLabel, WorkerMetrics};
 use crate::pipeline::{is_permanent, MAX_OUTPUT_BYTES};
 
@@ -366,11 +366,12 @@ impl RetryTask {
                         record,
                         session,
                         &retry.kafka_key,
-                        (
-                            &retry.source_topic,
-                            retry.source_partition,
-                            retry.source_offset,
-                        ),
+                        &Input {
+                            topic: &retry.source_topic,
+                            partition: retry.source_partition,
+                            offset: retry.source_offset,
+                            original: retry.original.as_deref(),
+                        },
                         now,
                     )),
                     None => attempted.outs.push(self.dead_letter(
@@ -493,7 +494,8 @@ impl RetryTask {
             retry.source_partition,
             retry.source_offset,
             Some(retry.kafka_key.as_bytes()),
-            Some(record),
+            // What came in, for a replay; what the stages made of it if that was too large.
+            Some(retry.original.as_deref().unwrap_or(record)),
             Some(self.stages.client()),
             now,
         )
@@ -693,7 +695,11 @@ on_unavailable = "retry"
             .all(|a| a.reason.contains("no graph yet")));
         assert_eq!(letter.attempts[1].at, at(first_due));
         assert_eq!(letter.attempts[2].at, at(second_due));
-        assert!(letter.original.unwrap().contains("checkout-1"));
+        // The input as it came in, for a replay after the fix.
+        assert_eq!(
+            letter.original.as_deref(),
+            Some(json!({"pod": "checkout-1", "namespace": "shop"}).to_string().as_str())
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -797,6 +803,8 @@ on_unavailable = "retry"
         let pending = retry.store.due(i64::MAX, 10, usize::MAX).unwrap();
         assert_eq!(pending.len(), 1, "{pending:?}");
         assert_eq!(pending[0].id, "alerts.raw/0/1#f1");
+        // The Alertmanager payload as it came in, kept for a dead letter a replay can use.
+        assert_eq!(pending[0].original.as_deref(), Some(payload.as_bytes()));
         assert_eq!(
             pending[0].due_ms,
             (now + chrono::Duration::minutes(5)).timestamp_millis()

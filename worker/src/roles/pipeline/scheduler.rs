@@ -432,7 +432,8 @@ impl DelayTask {
             held.source_partition,
             held.source_offset,
             Some(held.kafka_key.as_bytes()),
-            Some(&held.record),
+            // What came in, for a replay; what the stages made of it if that was too large.
+            Some(held.original.as_deref().unwrap_or(&held.record)),
             Some(self.stages.client()),
             now,
         );
@@ -480,6 +481,7 @@ impl DelayTask {
                     source_partition: held.source_partition,
                     source_offset: held.source_offset,
                     due_ms: now.timestamp_millis() + wait.as_millis() as i64,
+                    original: held.original.clone(),
                 };
                 pass.retries.push((held, retry));
             }
@@ -613,6 +615,7 @@ mod tests {
             session: server.into(),
             kafka_key: format!("dc-east::{server}"),
             record,
+            original: None,
             source_topic: "servers.poweroff".into(),
             source_partition: 0,
             source_offset: 1,
