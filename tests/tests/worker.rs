@@ -929,6 +929,10 @@ output = "pods.enriched"
 retry = { delays = ["1s", "15s"] }
 
 [[pipeline.stage]]
+kind = "flatten"
+fields = { pod = "labels.pod", namespace = "labels.namespace" }
+
+[[pipeline.stage]]
 kind = "validate"
 required = ["pod"]
 
@@ -958,7 +962,7 @@ on_unavailable = "retry"
         kcat_produce(b, topic, "elsewhere::0", Some("{}"), None)?;
     }
     let produce = |name: &str| {
-        let value = serde_json::json!({"pod": name, "namespace": "shop"}).to_string();
+        let value = serde_json::json!({"labels": {"pod": name, "namespace": "shop"}}).to_string();
         kcat_produce(
             b,
             "pods.alerts",
@@ -1011,8 +1015,8 @@ on_unavailable = "retry"
         );
     }
     let stages: Value = serde_json::from_str(&pods.get("/health/stages").context("stages")?)?;
-    assert_eq!(stages["stages"][1]["kind"], "graph", "{stages}");
-    assert_eq!(stages["stages"][1]["retried"], 15, "{stages}");
+    assert_eq!(stages["stages"][2]["kind"], "graph", "{stages}");
+    assert_eq!(stages["stages"][2]["retried"], 15, "{stages}");
     assert_eq!(stages["retries"]["outcomes"]["exhausted"], 5, "{stages}");
     assert_eq!(stages["retries"]["pending"], 0, "{stages}");
 
@@ -1054,5 +1058,41 @@ on_unavailable = "retry"
     // Counted: each record once, out or dead-lettered, nothing else.
     assert_eq!(normalized_for(b, "pods.enriched", client).len(), 5);
     assert_eq!(normalized_for(b, "dlq.normalized", client).len(), 5);
+
+    // The graph is there now: the operator replays the five given up. Their dead letters
+    // carry the input as it came in (nested labels), not the flattened record the graph
+    // stage was given, so the pipeline reads them again from its first stage.
+    let replayed = dead_letters(
+        b,
+        &[
+            "replay",
+            "--client",
+            client,
+            "--reason",
+            "retries_exhausted",
+        ],
+    )?;
+    let count = |text: &str| text.lines().filter(|l| l.starts_with("replayed\t")).count();
+    assert_eq!(count(&replayed), 5, "{replayed}");
+    let out = poll("all ten out", Duration::from_secs(40), || {
+        let found = normalized_for(b, "pods.enriched", client);
+        (found.len() >= 10).then_some(found)
+    })?;
+    let mut keys: Vec<&str> = out.iter().map(|(key, _)| key.as_str()).collect();
+    keys.sort_unstable();
+    let mut all: Vec<String> = given_up
+        .iter()
+        .chain(&delivered)
+        .map(|name| format!("{client}::{name}"))
+        .collect();
+    all.sort_unstable();
+    assert_eq!(keys, all, "{out:?}");
+    let again = dead_letters(b, &["replay", "--client", client])?;
+    assert_eq!(count(&again), 0, "{again}");
+    assert_eq!(
+        normalized_for(b, "dlq.normalized", client).len(),
+        5,
+        "nothing dead-lettered again"
+    );
     Ok(())
 }

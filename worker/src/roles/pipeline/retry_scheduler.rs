@@ -698,7 +698,11 @@ on_unavailable = "retry"
         // The input as it came in, for a replay after the fix.
         assert_eq!(
             letter.original.as_deref(),
-            Some(json!({"pod": "checkout-1", "namespace": "shop"}).to_string().as_str())
+            Some(
+                json!({"pod": "checkout-1", "namespace": "shop"})
+                    .to_string()
+                    .as_str()
+            )
         );
     }
 
