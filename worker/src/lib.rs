@@ -43,7 +43,7 @@ pub enum WorkerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the delay stage stopped: {0}")]
+    #[error("a pipeline scheduler stopped (the delay's or the retry ladder's): {0}")]
     DelayStopped(String),
     #[error("failed to open the delay stage's store: {0}")]
     Pending(#[from] roles::pipeline::pending::PendingError),

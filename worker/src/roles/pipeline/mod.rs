@@ -589,7 +589,7 @@ impl PipelineHandler {
                     };
                 };
                 let retry = PendingRetry {
-                    id: PendingRetry::id_for(topic, partition, offset, &element.to_string()),
+                    id: PendingRetry::id_of_element(topic, partition, offset, element),
                     kafka_key: kafka_key.to_string(),
                     record: serde_json::to_vec(&record).unwrap_or_default(),
                     stage,

@@ -438,6 +438,25 @@ impl PendingStore {
         })
     }
 
+    /// Forgets the markers of these sessions: each went up the retry ladder and was given
+    /// up there, never out, so a repeat of its record is to be held again, not dropped.
+    pub fn forget_markers(&self, sessions: &[String]) -> Result<(), PendingError> {
+        if sessions.is_empty() {
+            return Ok(());
+        }
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            {
+                let mut forget =
+                    tx.prepare_cached("DELETE FROM held WHERE session = ?1 AND kind = 3")?;
+                for session in sessions {
+                    forget.execute([session])?;
+                }
+            }
+            tx.commit()
+        })
+    }
+
     /// How many sessions are held, and the earliest due time (ms), for health and metrics.
     pub fn stats(&self) -> Result<(u64, Option<i64>), PendingError> {
         self.with(|conn| {
@@ -470,40 +489,20 @@ fn pass_on_what_ended(
     marker_until: Option<i64>,
 ) -> rusqlite::Result<()> {
     let version = version_text(&v.source_topic, v.source_partition, v.source_offset);
-    let resolution: Option<(String, Vec<u8>, String, i32, i64, i64)> = tx
+    // The resolution's row, as a record passing on under its own key, due now.
+    let passed_on = tx
         .prepare_cached(
-            "SELECT kafka_key, record, source_topic, source_partition, source_offset, held_at_ms
+            "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
+                source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind,
+                original)
+             SELECT ?3, kafka_key, record, source_topic, source_partition, source_offset,
+                held_at_ms, ?4, ?4, 1, original
              FROM held WHERE session = ?1 AND kind = 2 AND ends_version = ?2",
         )?
-        .query_row(params![v.session, version], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-            ))
-        })
-        .optional()?;
-    let Some((key, record, topic, partition, offset, held_at)) = resolution else {
+        .execute(params![v.session, version, pass_on_key(&v.session), now_ms])?;
+    if passed_on == 0 {
         return Ok(());
-    };
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO held (session, kafka_key, record, source_topic,
-            source_partition, source_offset, held_at_ms, due_ms, next_check_ms, kind)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8, 1)",
-    )?
-    .execute(params![
-        pass_on_key(&v.session),
-        key,
-        record,
-        topic,
-        partition,
-        offset,
-        held_at,
-        now_ms
-    ])?;
+    }
     match marker_until {
         Some(until) => tx
             .prepare_cached(

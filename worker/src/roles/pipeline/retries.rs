@@ -41,10 +41,21 @@ pub struct PendingRetry {
 }
 
 impl PendingRetry {
-    /// The name of a retry of the input record at `topic/partition/offset`, for the
-    /// record `which` of those it made.
-    pub fn id_for(topic: &str, partition: i32, offset: i64, which: &str) -> String {
-        format!("{topic}/{partition}/{offset}#{which}")
+    /// The name of the retry of element `element` of those the stages made of the input
+    /// record at `topic/partition/offset` (0 without a split).
+    pub fn id_of_element(topic: &str, partition: i32, offset: i64, element: usize) -> String {
+        format!("{topic}/{partition}/{offset}#e{element}")
+    }
+
+    /// The name of the retry of the delay's session `session`, held from the input record
+    /// at `topic/partition/offset`: apart from any element's, whatever the session's name.
+    pub fn id_of_session(topic: &str, partition: i32, offset: i64, session: &str) -> String {
+        format!("{topic}/{partition}/{offset}#s:{session}")
+    }
+
+    /// The delay's session this retry came from, if it came from one.
+    pub fn session(&self) -> Option<&str> {
+        self.id.split_once("#s:").map(|(_, session)| session)
     }
 }
 
@@ -139,7 +150,11 @@ impl RetryStore {
             source,
         };
         let conn = super::pending::open_synced(path, SCHEMA).map_err(sqlite)?;
-        let reader = Connection::open(path).map_err(sqlite)?;
+        let reader = Connection::open_with_flags(
+            path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sqlite)?;
         reader
             .busy_timeout(std::time::Duration::from_secs(5))
             .map_err(sqlite)?;
@@ -243,7 +258,7 @@ impl RetryStore {
                 if settling.contains(&row.id) {
                     continue;
                 }
-                bytes += row.record.len();
+                bytes += row.record.len() + row.original.as_ref().map_or(0, Vec::len);
                 if due.len() == limit || (!due.is_empty() && bytes > max_bytes) {
                     break;
                 }

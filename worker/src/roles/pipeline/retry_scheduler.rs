@@ -196,22 +196,7 @@ impl RetryTask {
         previous: Option<&Settling>,
     ) -> Result<Option<Settling>, RetryStoreError> {
         let began = std::time::Instant::now();
-        let nothing = HashSet::new();
-        let leave_out = previous.map_or(&nothing, |p| &p.ids);
-        let select = |after: Option<(i64, &str)>| {
-            let now_ms = now.timestamp_millis();
-            blocking(|| {
-                self.store
-                    .due_except(now_ms, PASS_BATCH, PASS_BATCH_BYTES, after, leave_out)
-            })
-        };
-        // From after the previous pass (its rows are the first due); should that find
-        // nothing, from the start, in case a retry due before them was written since.
-        let after = previous.map(|p| (p.last.0, p.last.1.as_str()));
-        let mut due = select(after)?;
-        if due.is_empty() && after.is_some() {
-            due = select(None)?;
-        }
+        let due = self.select(now, previous)?;
         if due.is_empty() {
             return Ok(None);
         }
@@ -257,6 +242,7 @@ impl RetryTask {
                 .retry_lateness
                 .observe(late_ms.max(0) as f64 / 1000.0);
         }
+        self.forget_given_up(&due, &acked, &unsettled);
         count(metrics, acked.iter().filter(|out| !unsettled[out.retry]));
         debug!(
             retries = due.len(),
@@ -276,6 +262,49 @@ impl RetryTask {
             last,
             write,
         }))
+    }
+
+    /// The retries a pass takes at `now`: from after the previous pass (whose rows, the
+    /// first due, may not be settled yet: read past without reading them), and, when that
+    /// does not fill the pass, from the start too, leaving out the previous pass's and
+    /// those already taken: a retry due before the previous pass's last (one moved a
+    /// second on after a Kafka failure, one whose settlement failed) waits at most until a
+    /// pass is not full, never for good.
+    fn select(
+        &self,
+        now: DateTime<Utc>,
+        previous: Option<&Settling>,
+    ) -> Result<Vec<PendingRetry>, RetryStoreError> {
+        let now_ms = now.timestamp_millis();
+        let Some(previous) = previous else {
+            return blocking(|| {
+                self.store
+                    .due_except(now_ms, PASS_BATCH, PASS_BATCH_BYTES, None, &HashSet::new())
+            });
+        };
+        let after = Some((previous.last.0, previous.last.1.as_str()));
+        let mut due = blocking(|| {
+            self.store
+                .due_except(now_ms, PASS_BATCH, PASS_BATCH_BYTES, after, &previous.ids)
+        })?;
+        if due.len() < PASS_BATCH {
+            let mut leave_out = previous.ids.clone();
+            leave_out.extend(due.iter().map(|retry| retry.id.clone()));
+            let more = blocking(|| {
+                self.store.due_except(
+                    now_ms,
+                    PASS_BATCH - due.len(),
+                    PASS_BATCH_BYTES,
+                    None,
+                    &leave_out,
+                )
+            })?;
+            due.extend(more);
+            // In the order retries are taken, so that the next pass reads from after the
+            // last of them.
+            due.sort_by(|a, b| (a.due_ms, &a.id).cmp(&(b.due_ms, &b.id)));
+        }
+        Ok(due)
     }
 
     /// Produces the pass's records and waits for Kafka: the acknowledged, and for each
@@ -311,6 +340,26 @@ impl RetryTask {
         (delivered, unsettled)
     }
 
+    /// The delay's sessions whose retries were given up (dead-lettered after the last
+    /// rung): their markers go, so that Alertmanager's next re-send of the alert, never
+    /// emitted, is held and emitted again rather than dropped as a repeat for a day.
+    fn forget_given_up(&self, due: &[PendingRetry], acked: &[Out], unsettled: &[bool]) {
+        let Some(holding) = &self.holding else {
+            return;
+        };
+        let sessions: Vec<String> = acked
+            .iter()
+            .filter(|out| {
+                out.became == Became::DeadLettered("retries_exhausted") && !unsettled[out.retry]
+            })
+            .filter_map(|out| due[out.retry].session().map(str::to_string))
+            .collect();
+        if let Err(error) = blocking(|| holding.store.forget_markers(&sessions)) {
+            // The markers expire within a day; until then the alert's re-sends are repeats.
+            warn!(%error, "forgetting the markers of sessions given up failed");
+        }
+    }
+
     /// Holds what got through to a later delay stage (synced) before the retries that
     /// became them are removed; a crash between the two holds them again, which the store
     /// takes as a redelivery. On failure those retries stay unsettled.
@@ -344,7 +393,7 @@ impl RetryTask {
                     "undecodable",
                     format!("the retry's record cannot be read back: {error}"),
                     &retry.record,
-                    Vec::new(),
+                    retry.attempts.clone(),
                     now,
                 ));
                 return attempted;
@@ -379,7 +428,7 @@ impl RetryTask {
                         "no_delay_store",
                         "the pipeline holds records but has no store for them".into(),
                         &retry.record,
-                        Vec::new(),
+                        retry.attempts.clone(),
                         now,
                     )),
                 },
@@ -403,7 +452,7 @@ impl RetryTask {
                     rejection.reason_code(),
                     rejection.to_string(),
                     &retry.record,
-                    Vec::new(),
+                    retry.attempts.clone(),
                     now,
                 )),
             }
@@ -457,7 +506,8 @@ impl RetryTask {
             "the output record would be {} bytes, more than the {MAX_OUTPUT_BYTES} a record may have",
             value.len()
         );
-        self.dead_letter(retry, "output_too_large", reason, &value, Vec::new(), now)
+        let attempts = retry.attempts.clone();
+        self.dead_letter(retry, "output_too_large", reason, &value, attempts, now)
     }
 
     /// The dead letter of an output Kafka refused for good.
@@ -472,8 +522,14 @@ impl RetryTask {
             "Kafka refused the output record on {} for good: {error}",
             out.topic
         );
-        let mut letter =
-            self.dead_letter(retry, "output_refused", reason, &out.value, Vec::new(), now);
+        let mut letter = self.dead_letter(
+            retry,
+            "output_refused",
+            reason,
+            &out.value,
+            retry.attempts.clone(),
+            now,
+        );
         letter.retry = out.retry;
         letter
     }
@@ -758,46 +814,85 @@ on_unavailable = "retry"
 
     const ALERTS: &str = include_str!("../../../../examples/pipelines/alert-enrichment.toml");
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn an_alert_whose_graph_is_away_when_it_is_emitted_goes_up_the_ladder_once() {
+    /// The shipped alert-enrichment template, its graph stage told to retry (and its ladder
+    /// `ladder`, if given), for client af-9.
+    struct AlertPipeline {
+        broker: kg_shared::kafka::EmbeddedBroker,
+        producer: FutureProducer,
+        handler: PipelineHandler,
+        delay: crate::roles::pipeline::scheduler::DelayTask,
+        retry: RetryTask,
+        data: tempfile::TempDir,
+    }
+
+    fn alert_pipeline(ladder: Option<&str>) -> AlertPipeline {
         let broker = kg_shared::kafka::EmbeddedBroker::start(1).unwrap();
         let producer: FutureProducer = ClientConfig::new()
             .set("bootstrap.servers", broker.bootstrap_servers())
             .set("message.timeout.ms", "5000")
             .create()
             .unwrap();
-        // The shipped template, its graph stage told to retry.
-        let text = ALERTS.replace(
+        let mut text = ALERTS.replace(
             "max_blast_radius = 100\n",
             "max_blast_radius = 100\non_unavailable = \"retry\"\n",
         );
         assert_ne!(text, ALERTS);
+        if let Some(ladder) = ladder {
+            text = text.replace("default = true\n", &format!("default = true\n{ladder}\n"));
+        }
         let templates = PipelineTemplates::parse(&text, std::path::Path::new("a.toml")).unwrap();
         let data = tempfile::tempdir().unwrap();
-        let client = ClientId::parse("af-9").unwrap();
         let handler = PipelineHandler::new(
             templates.get("alert-enrichment").unwrap(),
-            client.clone(),
+            ClientId::parse("af-9").unwrap(),
             data.path(),
         )
         .unwrap();
         let (delay, retry) = (handler.delay_task().unwrap(), handler.retry_task().unwrap());
-        let metrics = WorkerMetrics::new("af-9", "pipeline");
+        AlertPipeline {
+            broker,
+            producer,
+            handler,
+            delay,
+            retry,
+            data,
+        }
+    }
+
+    /// Alertmanager's payload of alert f1 on checkout-1, firing since 10 minutes ago (its
+    /// 5-minute cooling over).
+    fn firing() -> String {
         let started = (Utc::now() - chrono::Duration::minutes(10)).to_rfc3339();
-        let payload =
-            json!({"alerts": [{"status": "firing", "fingerprint": "f1", "startsAt": started,
+        json!({"alerts": [{"status": "firing", "fingerprint": "f1", "startsAt": started,
             "labels": {"alertname": "PodCrashLooping", "pod": "checkout-1", "namespace": "shop"}}]})
-            .to_string();
-        let send = |offset: i64| {
-            handler.handle_at(
-                "alerts.raw",
-                0,
-                offset,
-                None,
-                Some(b"af-9::am"),
-                Some(payload.as_bytes()),
-            )
-        };
+        .to_string()
+    }
+
+    fn send(handler: &PipelineHandler, payload: &str, offset: i64) -> Outcome {
+        handler.handle_at(
+            "alerts.raw",
+            0,
+            offset,
+            None,
+            Some(b"af-9::am"),
+            Some(payload.as_bytes()),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_alert_whose_graph_is_away_when_it_is_emitted_goes_up_the_ladder_once() {
+        let AlertPipeline {
+            broker,
+            producer,
+            handler,
+            delay,
+            retry,
+            data,
+        } = alert_pipeline(None);
+        let client = ClientId::parse("af-9").unwrap();
+        let metrics = WorkerMetrics::new("af-9", "pipeline");
+        let payload = firing();
+        let send = |offset: i64| send(&handler, &payload, offset);
         assert!(matches!(send(1), Outcome::Absorbed));
         handler.flush().unwrap();
         // Its cooling is over (it started 10 minutes ago): emitted, but the graph is away.
@@ -806,7 +901,7 @@ on_unavailable = "retry"
         assert_eq!(delay.store.stats().unwrap().0, 0, "let go of the delay");
         let pending = retry.store.due(i64::MAX, 10, usize::MAX).unwrap();
         assert_eq!(pending.len(), 1, "{pending:?}");
-        assert_eq!(pending[0].id, "alerts.raw/0/1#f1");
+        assert_eq!(pending[0].id, "alerts.raw/0/1#s:f1");
         // The Alertmanager payload as it came in, kept for a dead letter a replay can use.
         assert_eq!(pending[0].original.as_deref(), Some(payload.as_bytes()));
         assert_eq!(
@@ -829,5 +924,72 @@ on_unavailable = "retry"
         assert_eq!(out[0]["fingerprint"], "f1");
         assert_eq!(out[0]["graph_status"], "not_in_graph");
         assert_eq!(out[0]["processor_id"], "alert-enricher-af-9");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_alert_given_up_on_the_ladder_is_held_again_when_alertmanager_repeats_it() {
+        let AlertPipeline {
+            broker,
+            producer,
+            handler,
+            delay,
+            retry,
+            data: _data,
+        } = alert_pipeline(Some(r#"retry = { delays = ["1m"] }"#));
+        let metrics = WorkerMetrics::new("af-9", "pipeline");
+        let payload = firing();
+        assert!(matches!(send(&handler, &payload, 1), Outcome::Absorbed));
+        handler.flush().unwrap();
+        let now = Utc::now();
+        delay.pass(&producer, &metrics, now).await.unwrap();
+        // Up its one rung and off it: no graph all along.
+        let due = now + chrono::Duration::minutes(1);
+        retry.pass(&producer, &metrics, due).await.unwrap();
+        assert_eq!(retry.store.stats().unwrap(), (0, None));
+        let letters = read(&broker.bootstrap_servers(), DLQ_NORMALIZED, 1);
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0]["reason_code"], "retries_exhausted");
+        assert_eq!(letters[0]["attempts"].as_array().map(Vec::len), Some(2));
+        assert_eq!(letters[0]["original"], payload.as_str());
+        // It never went out, so Alertmanager's re-send is held again, not a repeat.
+        assert!(matches!(send(&handler, &payload, 2), Outcome::Absorbed));
+        handler.flush().unwrap();
+        assert_eq!(delay.store.stats().unwrap().0, 1, "held again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_due_before_the_previous_passs_last_is_taken_by_the_next_pass() {
+        let Retrying {
+            broker: _broker,
+            task,
+            data: _data,
+            ..
+        } = retrying();
+        let retry = |id: &str, due_ms: i64| PendingRetry {
+            id: id.into(),
+            kafka_key: "af-9::a".into(),
+            record: b"{}".to_vec(),
+            original: None,
+            stage: 1,
+            attempts: Vec::new(),
+            source_topic: "alerts.raw".into(),
+            source_partition: 0,
+            source_offset: 1,
+            due_ms,
+        };
+        // "b" is the previous pass's, still being settled; "a", due before it, was moved
+        // there since (a Kafka failure's second); "c" is due after it.
+        task.store
+            .add(&[retry("a", 1_000), retry("b", 2_000), retry("c", 3_000)])
+            .unwrap();
+        let previous = Settling {
+            ids: ["b".to_string()].into(),
+            last: (2_000, "b".into()),
+            write: tokio::task::spawn_blocking(|| Ok(())),
+        };
+        let now = DateTime::from_timestamp_millis(5_000).unwrap();
+        let taken = task.select(now, Some(&previous)).unwrap();
+        let ids: Vec<&str> = taken.iter().map(|r| r.id.as_str()).collect();
+        assert_eq!(ids, ["a", "c"]);
     }
 }

@@ -467,7 +467,7 @@ impl DelayTask {
                     .and_then(|(_, ladder)| ladder.wait_after(1))
                     .unwrap_or_default();
                 let retry = PendingRetry {
-                    id: PendingRetry::id_for(
+                    id: PendingRetry::id_of_session(
                         &held.source_topic,
                         held.source_partition,
                         held.source_offset,
