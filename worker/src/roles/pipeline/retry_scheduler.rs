@@ -623,6 +623,17 @@ resources = { pod = "Pod" }
 on_unavailable = "retry"
 "#;
 
+    /// An embedded broker, and a producer to it that gives up on a record after 5 s.
+    fn broker_and_producer() -> (kg_shared::kafka::EmbeddedBroker, FutureProducer) {
+        let broker = kg_shared::kafka::EmbeddedBroker::start(1).unwrap();
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap_servers())
+            .set("message.timeout.ms", "5000")
+            .create()
+            .unwrap();
+        (broker, producer)
+    }
+
     struct Retrying {
         broker: kg_shared::kafka::EmbeddedBroker,
         producer: FutureProducer,
@@ -632,12 +643,7 @@ on_unavailable = "retry"
     }
 
     fn retrying() -> Retrying {
-        let broker = kg_shared::kafka::EmbeddedBroker::start(1).unwrap();
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap_servers())
-            .set("message.timeout.ms", "5000")
-            .create()
-            .unwrap();
+        let (broker, producer) = broker_and_producer();
         let templates = PipelineTemplates::parse(RETRYING, std::path::Path::new("t.toml")).unwrap();
         let data = tempfile::tempdir().unwrap();
         let handler = PipelineHandler::new(
@@ -826,12 +832,7 @@ on_unavailable = "retry"
     }
 
     fn alert_pipeline(ladder: Option<&str>) -> AlertPipeline {
-        let broker = kg_shared::kafka::EmbeddedBroker::start(1).unwrap();
-        let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", broker.bootstrap_servers())
-            .set("message.timeout.ms", "5000")
-            .create()
-            .unwrap();
+        let (broker, producer) = broker_and_producer();
         let mut text = ALERTS.replace(
             "max_blast_radius = 100\n",
             "max_blast_radius = 100\non_unavailable = \"retry\"\n",
