@@ -53,6 +53,8 @@ pub enum RuntimeKind {
     Process,
     /// Containers through the Docker Engine API.
     Docker,
+    /// One Docker Swarm service per worker, through a swarm manager's API (several hosts).
+    Swarm,
     /// In-memory workers that do nothing: for benchmarks and demos of the control plane
     /// alone.
     Fake,
@@ -174,6 +176,23 @@ pub struct RunArgs {
     /// Docker runtime: rotated log files kept per container.
     #[arg(long, env = "CP_DOCKER_LOG_MAX_FILES", default_value_t = 3)]
     pub docker_log_max_files: u32,
+
+    /// Swarm runtime: `host` (each worker gets a port on its node), or an attachable
+    /// overlay network where Kafka is reachable by name (services use DNS round robin:
+    /// there is no routing mesh here).
+    #[arg(long, env = "CP_SWARM_NETWORK", default_value = "host")]
+    pub swarm_network: String,
+
+    /// Swarm runtime on `host` networking: the address workers' HTTP servers bind.
+    /// `0.0.0.0` so a control plane on another node reaches them; `127.0.0.1` keeps them
+    /// on their node (one-node swarms).
+    #[arg(long, env = "CP_SWARM_WORKER_BIND", default_value = "0.0.0.0")]
+    pub swarm_worker_bind: String,
+
+    /// Swarm runtime: placement constraints every worker gets, comma-separated
+    /// (`node.labels.kg-workers==true`); a role's own follow (roles file, `placement`).
+    #[arg(long, env = "CP_SWARM_CONSTRAINTS", value_delimiter = ',')]
+    pub swarm_constraints: Vec<String>,
 
     /// The `worker` binary (process runtime). Defaults to `worker` next to this binary.
     #[arg(long, env = "CP_WORKER_BIN")]

@@ -164,6 +164,20 @@ pub async fn build_runtime(args: &RunArgs) -> Result<Arc<dyn Runtime>, ControlPl
                 runtime::docker::DockerRuntime::connect(settings, Duration::from_secs(10)).await?,
             ))
         }
+        RuntimeKind::Swarm => {
+            let settings = runtime::swarm::SwarmSettings {
+                network: args.swarm_network.clone(),
+                worker_bind: args.swarm_worker_bind.clone(),
+                user: args.docker_user.clone(),
+                log_max_size: args.docker_log_max_size.clone(),
+                log_max_files: args.docker_log_max_files,
+                constraints: args.swarm_constraints.clone(),
+                secret_env: args.kafka.secret_env(),
+            };
+            Ok(Arc::new(
+                runtime::swarm::SwarmRuntime::connect(settings, Duration::from_secs(10)).await?,
+            ))
+        }
         RuntimeKind::Fake => Ok(Arc::new(runtime::fake::FakeRuntime::unrecorded())),
     }
 }

@@ -66,17 +66,18 @@ async fn main() -> ExitCode {
 fn startup_checks(args: &RunArgs, kafka: bool) -> Vec<Check> {
     let settings = StartupCheckSettings::from_env_or_exit();
     let mut list = vec![settings.data_dir(&args.data_dir, "CP_DATA_DIR")];
-    if args.runtime == RuntimeKind::Docker {
+    if matches!(args.runtime, RuntimeKind::Docker | RuntimeKind::Swarm) {
         let args = args.clone();
         list.push(settings.check("docker", move |_| {
             let args = args.clone();
             async move {
                 match control_plane::build_runtime(&args).await {
-                    Ok(_) => Ok("the engine answered a ping".to_string()),
+                    Ok(_) => Ok("the engine answered".to_string()),
                     Err(error) => Err(CheckFailure::new(
                         error.to_string(),
                         "start the Docker engine and make its socket readable by this user \
-                         (compose: DOCKER_SOCKET, DOCKER_GID), or set CP_RUNTIME=process",
+                         (compose: DOCKER_SOCKET, DOCKER_GID); for CP_RUNTIME=swarm, make it \
+                         a swarm manager (docker swarm init); or set CP_RUNTIME=process",
                     )),
                 }
             }

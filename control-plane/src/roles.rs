@@ -88,6 +88,10 @@ pub struct RoleTemplate {
     pub memory_limit_mb: Option<u64>,
     #[serde(default)]
     pub cpu_limit: Option<f64>,
+    /// Swarm placement constraints (`node.labels.kg-workers==true`), after the control
+    /// plane's own (`CP_SWARM_CONSTRAINTS`); the single-host runtimes ignore them.
+    #[serde(default)]
+    pub placement: Vec<String>,
     /// When an exited worker is started again: `no`, `always`, `on-failure[:max]`,
     /// `unless-stopped`. Enforced by the control plane; not part of the spec hash, so a
     /// change does not recreate running workers.
@@ -107,6 +111,7 @@ impl RoleTemplate {
             env: BTreeMap::new(),
             memory_limit_mb: Some(256),
             cpu_limit: Some(0.5),
+            placement: Vec::new(),
             restart: default_restart(),
         }
     }
@@ -257,6 +262,7 @@ impl RoleSet {
             env: Arc::new(env),
             memory_limit_mb: Some(256),
             cpu_limit: Some(0.5),
+            placement: Arc::from([]),
         }
     }
 
@@ -277,6 +283,7 @@ impl RoleSet {
                     env: Arc::new(env),
                     memory_limit_mb: role.memory_limit_mb,
                     cpu_limit: role.cpu_limit,
+                    placement: role.placement.clone().into(),
                 }
             })
             .collect()
@@ -293,6 +300,7 @@ impl RoleSet {
             env: Arc::new(base_env.iter().cloned().collect()),
             memory_limit_mb: None,
             cpu_limit: None,
+            placement: Arc::from([]),
         }
     }
 

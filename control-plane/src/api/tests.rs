@@ -310,6 +310,7 @@ async fn a_pipeline_workers_logs_are_found_by_its_pipeline_name() {
         env: Default::default(),
         memory_limit_mb: None,
         cpu_limit: None,
+        placement: std::sync::Arc::from([]),
     };
     let spec = crate::runtime::WorkerSpec::new(client.clone(), &parts);
     assert_eq!(&*spec.name, "kg-pipeline-traffic-flatten.metro-la");

@@ -29,6 +29,7 @@ pub fn contract_spec(client: &str, image: &str) -> WorkerSpec {
         env: std::sync::Arc::new(env),
         memory_limit_mb: Some(128),
         cpu_limit: Some(0.5),
+        placement: std::sync::Arc::from([]),
     };
     WorkerSpec::new(client, &parts)
 }

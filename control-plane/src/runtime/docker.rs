@@ -34,7 +34,7 @@ pub const LABEL_SPEC_HASH: &str = "kg.spec-hash";
 /// On the host network: the port the worker's HTTP server was given.
 pub const LABEL_HTTP_PORT: &str = "kg.http-port";
 /// Where a worker keeps durable data inside its container.
-const DATA_MOUNT: &str = "/data";
+pub(super) const DATA_MOUNT: &str = "/data";
 
 /// The named volume holding a client's durable data (its graph store).
 pub fn data_volume(client_id: &str) -> String {
@@ -61,7 +61,7 @@ pub struct DockerSettings {
 const SECRETS_DIR: &str = "run/secrets";
 
 /// The file a secret variable becomes, and the variable that names it.
-fn secret_file(variable: &str) -> (String, String) {
+pub(super) fn secret_file(variable: &str) -> (String, String) {
     let file = variable.to_ascii_lowercase().replace('_', "-");
     (format!("{SECRETS_DIR}/{file}"), format!("{variable}_FILE"))
 }
@@ -183,7 +183,7 @@ impl DockerRuntime {
 
 /// A port nobody listens on right now. Another process may take it before the worker
 /// binds it; the worker then fails to start and is started again with a new port.
-fn free_port() -> Option<u16> {
+pub(super) fn free_port() -> Option<u16> {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|addr| addr.port())
@@ -191,7 +191,7 @@ fn free_port() -> Option<u16> {
 }
 
 /// Docker's answers as typed runtime errors.
-fn map_error(operation: &'static str, name: &str, error: DockerError) -> RuntimeError {
+pub(super) fn map_error(operation: &'static str, name: &str, error: DockerError) -> RuntimeError {
     match error {
         DockerError::DockerResponseServerError {
             status_code: 404,
@@ -220,7 +220,7 @@ fn map_error(operation: &'static str, name: &str, error: DockerError) -> Runtime
 }
 
 /// Names go into URLs; refuse anything that is not one of ours.
-fn checked(name: &str) -> Result<&str, RuntimeError> {
+pub(super) fn checked(name: &str) -> Result<&str, RuntimeError> {
     if super::is_worker_name(name) {
         Ok(name)
     } else {
@@ -229,13 +229,13 @@ fn checked(name: &str) -> Result<&str, RuntimeError> {
 }
 
 /// One of our labels, empty when missing.
-fn label(labels: &HashMap<String, String>, key: &str) -> Arc<str> {
+pub(super) fn label(labels: &HashMap<String, String>, key: &str) -> Arc<str> {
     labels
         .get(key)
         .map_or_else(|| Arc::from(""), |value| value.as_str().into())
 }
 
-fn parse_time(raw: Option<&str>) -> Option<DateTime<Utc>> {
+pub(super) fn parse_time(raw: Option<&str>) -> Option<DateTime<Utc>> {
     raw.and_then(|raw| DateTime::parse_from_rfc3339(raw).ok())
         .map(|time| time.with_timezone(&Utc))
         // Docker reports a never-finished container as year 1.

@@ -1,8 +1,9 @@
 //! Where workers run. The [`Runtime`] trait is what the executor calls; implementations:
 //! [`process::ProcessRuntime`] (child processes of the `worker` binary, the embedded
 //! default), [`docker::DockerRuntime`] (containers through the Docker Engine API, for
-//! production) and [`fake::FakeRuntime`] (records calls, injects failures, for tests). Every implementation passes the one contract
-//! suite in [`contract`].
+//! production on one host), [`swarm::SwarmRuntime`] (one Docker Swarm service per
+//! worker, for several hosts) and [`fake::FakeRuntime`] (records calls, injects failures,
+//! for tests). Every implementation passes the one contract suite in [`contract`].
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod contract;
@@ -11,6 +12,7 @@ pub mod fake;
 pub mod instrumented;
 pub mod process;
 mod process_marks;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct SharedRoleParts {
     pub env: Arc<BTreeMap<String, String>>,
     pub memory_limit_mb: Option<u64>,
     pub cpu_limit: Option<f64>,
+    /// Placement constraints (swarm runtime; the others run on one host and ignore them).
+    pub placement: Arc<[String]>,
 }
 
 /// Everything needed to run one worker; its hash decides whether a running worker still
@@ -57,6 +61,10 @@ pub struct WorkerSpec {
     pub env: Arc<BTreeMap<String, String>>,
     pub memory_limit_mb: Option<u64>,
     pub cpu_limit: Option<f64>,
+    /// Swarm placement constraints (`node.labels.kg-workers==true`) from the role's
+    /// template; the single-host runtimes ignore them.
+    #[serde(default)]
+    pub placement: Arc<[String]>,
     /// Hash of everything above except the name, hex.
     pub spec_hash: Arc<str>,
 }
@@ -78,6 +86,7 @@ impl WorkerSpec {
             env: parts.env.clone(),
             memory_limit_mb: parts.memory_limit_mb,
             cpu_limit: parts.cpu_limit,
+            placement: parts.placement.clone(),
             spec_hash: Arc::from(""),
         };
         spec.spec_hash = spec.compute_hash();
@@ -99,7 +108,7 @@ impl WorkerSpec {
 
     fn compute_hash(&self) -> Arc<str> {
         // serde_json over BTreeMap is canonical (sorted keys), so equal specs hash equal.
-        let canonical = serde_json::json!({
+        let mut canonical = serde_json::json!({
             "client_id": self.client_id,
             "role": self.role,
             "image": self.image,
@@ -108,6 +117,11 @@ impl WorkerSpec {
             "memory_limit_mb": self.memory_limit_mb,
             "cpu_limit": self.cpu_limit,
         });
+        // Only when set: workers made before placement existed keep their hash, so an
+        // upgrade does not recreate them.
+        if !self.placement.is_empty() {
+            canonical["placement"] = serde_json::json!(self.placement);
+        }
         format!(
             "{:016x}",
             xxhash_rust::xxh3::xxh3_64(canonical.to_string().as_bytes())
