@@ -6,13 +6,19 @@
 # on exit, whatever happens.
 #
 #   bash scripts/test-control-plane.sh
+#   TEST_RUNTIME=swarm bash scripts/test-control-plane.sh
 #
 # Settings (environment): KAFKA_BOOTSTRAP_SERVERS, TEST_CP_PORT (18080),
-# TEST_HEARTBEAT_TIMEOUT_SECS (10), TEST_CLIENT (test-client-001).
+# TEST_HEARTBEAT_TIMEOUT_SECS (10), TEST_CLIENT (test-client-001), TEST_RUNTIME (docker, or
+# swarm: the same checks with CP_RUNTIME=swarm, each worker a swarm service; the engine is
+# made a one-node swarm for the run when it is in none, and leaves it afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 CLIENT=${TEST_CLIENT:-test-client-001}
+RUNTIME=${TEST_RUNTIME:-docker}
+case "$RUNTIME" in docker|swarm) ;; *) echo "TEST_RUNTIME must be docker or swarm, not $RUNTIME" >&2; exit 2 ;; esac
+made_swarm=""
 PORT=${TEST_CP_PORT:-18080}
 TIMEOUT=${TEST_HEARTBEAT_TIMEOUT_SECS:-10}
 TOKEN=test-control-plane-token
@@ -29,6 +35,17 @@ started=$(date +%s)
 cleanup() {
   [ -n "$heartbeat_pid" ] && kill "$heartbeat_pid" 2>/dev/null || true
   docker rm -f "$CP" >/dev/null 2>&1 || true
+  if [ "$RUNTIME" = swarm ]; then
+    for client in "$CLIENT" "${BURST[@]}" shared; do
+      ids=$(docker service ls -q --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${client}" 2>/dev/null)
+      [ -n "$ids" ] && docker service rm $ids >/dev/null 2>&1 || true
+    done
+    # Swarm removes a service's containers in the background; the volumes go after them.
+    for _ in $(seq 60); do
+      [ -z "$(docker ps -aq --filter label=com.docker.swarm.service.name)" ] && break
+      sleep 0.5
+    done
+  fi
   # Every worker container (and data volume) of this run's clients, found by label.
   # The shared event attributor (pseudo-client "shared") is left running by a stopped
   # control plane like every worker; this run made it, so it goes too.
@@ -38,6 +55,11 @@ cleanup() {
     docker volume rm -f "kg-data-${client}" >/dev/null 2>&1 || true
   done
   [ -n "$broker_pid" ] && kill "$broker_pid" 2>/dev/null || true
+  if [ -n "$made_swarm" ]; then
+    docker swarm leave --force >/dev/null 2>&1 || true
+    # `docker swarm leave` leaves this network behind.
+    docker network rm docker_gwbridge >/dev/null 2>&1 || true
+  fi
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -55,6 +77,10 @@ fail() {
   tail -20 "$full"
   echo "----- evidence: docker ps -a (ours) -----"
   docker ps -a --filter "label=kg.managed-by=kg-control-plane" --format '{{.Names}} {{.ID}} {{.Status}}' || true
+  if [ "$RUNTIME" = swarm ]; then
+    echo "----- evidence: docker service ls (ours) -----"
+    docker service ls --filter "label=kg.managed-by=kg-control-plane" || true
+  fi
   echo "----- $passed passed, 1 failed -----"
   exit 1
 }
@@ -72,11 +98,45 @@ poll() {
 get() { curl -fsS "$API$1"; }
 client_json() { get "/clients/${CLIENT}"; }
 
-# Our worker containers of CLIENT, "name id state" lines, sorted.
-containers() {
-  docker ps -a --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${CLIENT}" \
-    --format '{{.Names}} {{.ID}} {{.State}}' | sort
+# The runtime's objects, one set of functions for both: a worker is a container (docker)
+# or a one-replica service (swarm) whose name is the worker's with '.' as '_'.
+svc() { if [ "$RUNTIME" = swarm ]; then echo "${1//./_}"; else echo "$1"; fi; }
+# A client's workers, "name id state" lines, sorted; state running, created or starting.
+workers_of() {
+  if [ "$RUNTIME" = swarm ]; then
+    docker service ls --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=$1" \
+      --format '{{.Name}} {{.ID}} {{.Replicas}}' \
+      | awk '{print $1, $2, ($3 == "1/1" ? "running" : ($3 == "0/0" ? "created" : "starting"))}' | sort
+  else
+    docker ps -a --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=$1" \
+      --format '{{.Names}} {{.ID}} {{.State}}' | sort
+  fi
 }
+count_workers() { workers_of "$1" | wc -l; }
+count_running() { workers_of "$1" | grep -c ' running$' || true; }
+# "managed-by client role spec-hash" labels, then the user, of worker NAME.
+worker_labels() {
+  local format='{{index .Config.Labels "kg.managed-by"}} {{index .Config.Labels "kg.client-id"}} {{index .Config.Labels "kg.role"}} {{index .Config.Labels "kg.spec-hash"}}'
+  [ "$RUNTIME" = swarm ] && format=${format//.Config.Labels/.Spec.Labels}
+  if [ "$RUNTIME" = swarm ]; then docker service inspect "$(svc "$1")" --format "$format"; else docker inspect "$1" --format "$format"; fi
+}
+worker_user() {
+  if [ "$RUNTIME" = swarm ]; then docker service inspect "$(svc "$1")" --format '{{.Spec.TaskTemplate.ContainerSpec.User}}'
+  else docker inspect "$1" --format '{{.Config.User}}'; fi
+}
+worker_logs() { # what an operator types: docker logs, or docker service logs
+  if [ "$RUNTIME" = swarm ]; then docker service logs --raw "$(svc "$1")"; else docker logs "$1"; fi
+}
+worker_id() { workers_of "$2" | awk -v n="$(svc "$1")" '$1 == n {print $2}'; }
+worker_running() { workers_of "$2" | grep -q "^$(svc "$1") .* running$"; }
+kill_worker() { # the worker's process dies (its task's container, on swarm)
+  if [ "$RUNTIME" = swarm ]; then
+    docker kill "$(docker ps -q --filter "label=com.docker.swarm.service.name=$(svc "$1")")"
+  else docker kill "$1"; fi
+}
+
+# Our workers of CLIENT, "name id state" lines, sorted.
+containers() { workers_of "$CLIENT"; }
 running_count() { containers | grep -c ' running$' || true; }
 expect_running() { [ "$(running_count)" -eq "$1" ] && [ "$(containers | wc -l)" -eq "$1" ]; }
 expect_none() { [ -z "$(containers)" ]; }
@@ -88,6 +148,14 @@ produce() { # topic key value [kcat options...]
 
 # ---- 1. images, broker, topics, control plane -------------------------------------------
 command -v kcat >/dev/null || fail "kcat is installed (apt-get install kcat)"
+if [ "$RUNTIME" = swarm ]; then
+  case "$(docker info --format '{{.Swarm.LocalNodeState}}')" in
+    active) ;;
+    inactive) docker swarm init --advertise-addr 127.0.0.1 >/dev/null || fail "docker swarm init"; made_swarm=1 ;;
+    *) fail "the engine is neither in a swarm nor out of one" ;;
+  esac
+  [ "$(docker info --format '{{.Swarm.ControlAvailable}}')" = true ] || fail "this engine is a swarm manager"
+fi
 command -v curl >/dev/null || fail "curl is installed"
 # Always rebuilt from this tree (cargo and docker both cache, so an unchanged tree is quick):
 # an image left by an earlier checkout would test old binaries.
@@ -113,10 +181,15 @@ ok "broker $BOOTSTRAP has the 13 topics"
 docker rm -f "$CP" >/dev/null 2>&1 || true
 ids=$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${CLIENT}")
 [ -n "$ids" ] && docker rm -f $ids >/dev/null
+if [ "$RUNTIME" = swarm ]; then
+  ids=$(docker service ls -q --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${CLIENT}")
+  [ -n "$ids" ] && docker service rm $ids >/dev/null
+fi
 start_control_plane() {
   docker run -d --name "$CP" --network host --user 0:0 \
     -v /var/run/docker.sock:/var/run/docker.sock \
-    -e KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" -e CP_RUNTIME=docker -e CP_DOCKER_NETWORK=host \
+    -e KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" -e CP_RUNTIME="$RUNTIME" -e CP_DOCKER_NETWORK=host \
+    -e CP_SWARM_NETWORK=host -e CP_SWARM_WORKER_BIND=127.0.0.1 \
     -e CP_LISTEN="127.0.0.1:${PORT}" -e CP_HEARTBEAT_TIMEOUT_SECS="$TIMEOUT" \
     -e CP_RECONCILE_INTERVAL_MS=500 -e CP_STOP_GRACE_SECS=5 -e CP_API_TOKEN="$TOKEN" \
     -e CP_DATA_DIR=/tmp/cp -e CP_WORKER_IMAGE=kg-worker:latest -e LOG_FORMAT=json \
@@ -124,7 +197,7 @@ start_control_plane() {
 }
 start_control_plane
 poll 60 get /ready || fail "the control plane becomes ready"
-ok "control plane $CP is ready with the docker runtime"
+ok "control plane $CP is ready with the $RUNTIME runtime"
 roles=$(docker inspect "$CP" --format '{{range .Config.Env}}{{println .}}{{end}}' | sed -n 's/^CP_ROLES=//p')
 expected=3  # the default role set: event-normalizer, log-normalizer, graph-builder
 [ -n "$roles" ] && expected=$(echo "$roles" | tr ',' '\n' | grep -c .)
@@ -144,15 +217,14 @@ poll 60 expect_running "$expected" || fail "$expected worker containers run for 
 for named in event-normalizer:kg-event-normalizer-${CLIENT} log-normalizer:kg-log-normalizer-${CLIENT} \
              graph-builder:kg-graph-builder-${CLIENT} pipeline:kg-pipeline-alert-enrichment.${CLIENT}; do
   role=${named%%:*} name=${named#*:}
-  labels=$(docker inspect "$name" --format '{{index .Config.Labels "kg.managed-by"}} {{index .Config.Labels "kg.client-id"}} {{index .Config.Labels "kg.role"}} {{index .Config.Labels "kg.spec-hash"}}') \
-    || fail "container $name exists"
+  labels=$(worker_labels "$name") || fail "worker $(svc "$name") exists"
   read -r managed client_label role_label hash <<<"$labels"
   [ "$managed" = kg-control-plane ] && [ "$client_label" = "$CLIENT" ] && [ "$role_label" = "$role" ] && [ -n "$hash" ] \
     || fail "$name carries the labels (got: $labels)"
-  user=$(docker inspect "$name" --format '{{.Config.User}}')
+  user=$(worker_user "$name")
   [ -n "$user" ] && [ "${user%%:*}" != 0 ] && [ "$user" != root ] || fail "$name runs as a non-root user (got '$user')"
 done
-ok "registration → $expected containers running (alert enrichment's among them), named kg-<role>-$CLIENT, labelled, non-root"
+ok "registration → $expected workers running ($RUNTIME; alert enrichment's among them), named kg-<role>-$CLIENT, labelled, non-root"
 # (Output is captured before matching: with pipefail, `… | grep -q` fails when grep exits
 # early and the writer gets SIGPIPE.)
 [[ "$(client_json)" == *'"state":"running"'* ]] || fail "the API shows running workers"
@@ -189,15 +261,15 @@ ok "consumer groups event-normalizer-$CLIENT, log-normalizer-$CLIENT, graph-buil
 # LOG_FORMAT=json on the control plane reaches every worker it starts: every line of every
 # container's log (the control plane's too) is a JSON object, and each worker's first says
 # which client and role it serves.
-json_lines() { # container: fails unless every line of its log is a JSON object
-  docker logs "$1" 2>&1 | python3 -c '
+json_lines() { # worker, or "$CP": fails unless every line of its log is a JSON object
+  { if [ "$1" = "$CP" ]; then docker logs "$CP"; else worker_logs "$1"; fi; } 2>&1 | python3 -c '
 import json, sys
 for line in sys.stdin:
     if line.strip() and not isinstance(json.loads(line), dict):  # a line that is no JSON raises: exit 1
         sys.exit(1)'
 }
 for role in event-normalizer log-normalizer graph-builder; do
-  logs=$(docker logs "kg-${role}-${CLIENT}" 2>&1)
+  logs=$(worker_logs "kg-${role}-${CLIENT}" 2>&1)
   python3 -c '
 import json, sys
 lines = [json.loads(line) for line in sys.argv[1].splitlines() if line.strip()]
@@ -208,10 +280,10 @@ sys.exit(0 if ok else 1)' "$logs" "$CLIENT" "$role" 2>/dev/null \
   json_lines "kg-${role}-${CLIENT}" || fail "every line of kg-${role}-${CLIENT}'s log is JSON (LOG_FORMAT=json)"
 done
 json_lines "$CP" || fail "every line of the control plane's log is JSON (LOG_FORMAT=json)"
-attributor_running() { [ "$(docker inspect -f '{{.State.Running}}' kg-event-attributor-shared 2>/dev/null)" = true ]; }
+attributor_running() { worker_running kg-event-attributor-shared shared; }
 poll 30 attributor_running || fail "the shared event attributor kg-event-attributor-shared runs"
 json_lines kg-event-attributor-shared || fail "every line of the event attributor's log is JSON"
-ok "docker logs of each container shows $CLIENT's worker; the shared event attributor runs; every line of every log is JSON"
+ok "$( [ "$RUNTIME" = swarm ] && echo 'docker service logs' || echo 'docker logs') of each worker shows $CLIENT's worker; the shared event attributor runs; every line of every log is JSON"
 
 # ---- 5. heartbeats stop → removed; re-registration → back -------------------------------
 kill "$heartbeat_pid"; wait "$heartbeat_pid" 2>/dev/null || true; heartbeat_pid=""
@@ -245,36 +317,39 @@ ok "SIGKILL + restart → the same $expected containers adopted (same ids, no du
 for c in "${BURST[@]}"; do
   produce cluster.registry "$c" "{\"client_id\":\"$c\",\"cluster_name\":\"burst\"}"
 done
-some_spawning() { [ -n "$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${BURST[0]}")" ]; }
+some_spawning() { [ -n "$(workers_of "${BURST[0]}")" ]; }
 poll 60 some_spawning || fail "the burst of registrations starts spawning"
 docker kill --signal KILL "$CP" >/dev/null
-spawned_before=$(for c in "${BURST[@]}"; do docker ps -aq --filter "label=kg.client-id=$c"; done | wc -l)
+spawned_before=$(for c in "${BURST[@]}"; do workers_of "$c"; done | wc -l)
 docker start "$CP" >/dev/null
 poll 60 get /ready || fail "the control plane restarted mid-spawn becomes ready"
 one_set_each() { # clients...
   for c in "$@"; do
-    [ "$(docker ps -q --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=$c" | wc -l)" -eq "$expected" ] || return 1
-    [ "$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=$c" | wc -l)" -eq "$expected" ] || return 1
+    [ "$(count_running "$c")" -eq "$expected" ] || return 1
+    [ "$(count_workers "$c")" -eq "$expected" ] || return 1
   done
 }
-poll 90 one_set_each "${BURST[@]}" || fail "after a SIGKILL mid-spawn every client has exactly one running set ($(docker ps -a --filter label=kg.managed-by=kg-control-plane --format '{{.Names}} {{.State}}' | sort | tr '\n' ' '))"
+poll 90 one_set_each "${BURST[@]}" || fail "after a SIGKILL mid-spawn every client has exactly one running set ($(for c in "${BURST[@]}"; do workers_of "$c"; done | tr '\n' ' '))"
 ok "SIGKILL mid-spawn ($spawned_before of $(( ${#BURST[@]} * expected )) containers made) + restart → exactly one running set per client"
 for c in "${BURST[@]}"; do printf '%s\x1f\n' "$c" | kcat -P -b "$BOOTSTRAP" -t cluster.registry -K $'\x1f' -Z; done
+# The burst's workers go first: their stops (each up to the grace) hold the control plane's
+# action slots, and 6c measures a restart's delay, not a queue behind twenty removals.
+burst_gone() { for c in "${BURST[@]}"; do [ -z "$(workers_of "$c")" ] || return 1; done; }
+poll 90 burst_gone || fail "the burst's clients, deregistered, lose their workers"
 
 # ---- 6c. docker kill a healthy worker → back within the policy's first delay -------------
 victim="kg-event-normalizer-${CLIENT}"
-old_id=$(docker inspect --format '{{.Id}}' "$victim")
+old_id=$(worker_id "$victim" "$CLIENT")
 killed_at=$(date +%s%3N)
-docker kill "$victim" >/dev/null
+kill_worker "$victim" >/dev/null
 back_running() {
-  [ "$(docker inspect --format '{{.State.Running}}' "$victim" 2>/dev/null)" = true ] \
-    && [ "$(docker inspect --format '{{.Id}}' "$victim")" != "$old_id" ]
+  worker_running "$victim" "$CLIENT" && [ "$(worker_id "$victim" "$CLIENT")" != "$old_id" ]
 }
 poll 30 back_running || fail "a killed worker comes back"
 back_ms=$(( $(date +%s%3N) - killed_at ))
 # The first delay is CP_RESTART_BACKOFF_BASE_MS (1 s); allow a reconcile pass and Docker's own time.
 [ "$back_ms" -le 6000 ] || fail "a killed worker comes back within the first delay (took ${back_ms} ms)"
-ok "docker kill $victim → recreated and running after ${back_ms} ms (policy always, first delay 1 s)"
+ok "$( [ "$RUNTIME" = swarm ] && echo "docker kill of $victim's task" || echo "docker kill $victim") → recreated and running after ${back_ms} ms (policy always, first delay 1 s)"
 
 # ---- 6d. SIGTERM to the control plane mid-spawn → no half-created container --------------
 LATE=("${CLIENT}-t1" "${CLIENT}-t2" "${CLIENT}-t3")
@@ -282,7 +357,7 @@ BURST+=("${LATE[@]}")
 for c in "${LATE[@]}"; do
   produce cluster.registry "$c" "{\"client_id\":\"$c\",\"cluster_name\":\"late\"}"
 done
-late_spawning() { [ -n "$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${LATE[0]}")" ]; }
+late_spawning() { [ -n "$(workers_of "${LATE[0]}")" ]; }
 poll 60 late_spawning || fail "the late registrations start spawning"
 # CLIENT registered longer ago than the timeout; only its heartbeats keep it live, so a
 # restart that did not replay them first would reap and recreate its containers.
@@ -292,7 +367,7 @@ registered_long_ago() {
 poll $((TIMEOUT + 30)) registered_long_ago || fail "$CLIENT's registration ages past the timeout"
 client_before=$(containers)
 docker stop --time 30 "$CP" >/dev/null
-half=$(for c in "${LATE[@]}"; do docker ps -a --filter "label=kg.client-id=$c" --filter status=created -q; done | wc -l)
+half=$(for c in "${LATE[@]}"; do workers_of "$c" | grep ' created$' || true; done | wc -l)
 [ "$half" -eq 0 ] || fail "SIGTERM leaves no half-created container ($half in state created)"
 docker start "$CP" >/dev/null
 poll 60 get /ready || fail "the control plane restarted after SIGTERM becomes ready"

@@ -161,6 +161,7 @@ pub struct Broker {
 
 struct NoidaState {
     binary: PathBuf,
+    host: String,
     port: u16,
     data: tempfile::TempDir,
 }
@@ -211,21 +212,40 @@ impl Broker {
                 else {
                     return Ok(None);
                 };
-                Self::start_noida(binary).map(Some)
+                Self::start_noida(binary, "127.0.0.1").map(Some)
             }
         }
     }
 
-    fn start_noida(binary: PathBuf) -> Result<Self> {
+    /// noida-db listening on `host` (an address other machines, or network namespaces,
+    /// reach), with the project's topics; `Ok(None)` as for [`Self::start_kind`].
+    pub fn start_noida_on(host: &str) -> Result<Option<Self>> {
+        let Some(binary) = require_tool(
+            "noida-db",
+            noida_db_binary(),
+            "run scripts/install-test-tools.sh",
+        )?
+        else {
+            return Ok(None);
+        };
+        Self::start_noida(binary, host).map(Some)
+    }
+
+    fn start_noida(binary: PathBuf, host: &str) -> Result<Self> {
         let data = tempfile::tempdir()?;
         let port = free_port()?;
-        let child = spawn_noida(&binary, port, data.path())?;
+        let child = spawn_noida(&binary, host, port, data.path())?;
         let mut broker = Self {
             child,
             stdin: None,
-            bootstrap: format!("127.0.0.1:{port}"),
+            bootstrap: format!("{host}:{port}"),
             kind: BrokerKind::NoidaDb,
-            noida: Some(NoidaState { binary, port, data }),
+            noida: Some(NoidaState {
+                binary,
+                host: host.to_string(),
+                port,
+                data,
+            }),
         };
         broker.wait_until_answering()?;
         create_topics(&broker.bootstrap)?;
@@ -247,7 +267,7 @@ impl Broker {
         // The whole process group: whatever the broker started goes with it.
         let _ = nix::sys::signal::kill(Pid::from_raw(-(self.child.id() as i32)), signal);
         let _ = self.child.wait();
-        self.child = spawn_noida(&state.binary, state.port, state.data.path())?;
+        self.child = spawn_noida(&state.binary, &state.host, state.port, state.data.path())?;
         self.wait_until_answering()
     }
 
@@ -284,7 +304,7 @@ impl Broker {
     }
 }
 
-fn spawn_noida(binary: &Path, port: u16, data: &Path) -> Result<Child> {
+fn spawn_noida(binary: &Path, host: &str, port: u16, data: &Path) -> Result<Child> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -294,7 +314,7 @@ fn spawn_noida(binary: &Path, port: u16, data: &Path) -> Result<Child> {
         .process_group(0)
         .args(["start", "--only", "kafka", "--kafka-port"])
         .arg(port.to_string())
-        .args(["--host", "127.0.0.1", "--data-dir"])
+        .args(["--host", host, "--data-dir"])
         .arg(data)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))

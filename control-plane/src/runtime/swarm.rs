@@ -58,6 +58,10 @@ pub const LABEL_WORKER: &str = "kg.worker";
 pub const LABEL_STOPPED_AT: &str = "kg.stopped-at";
 /// Swarm's limit on a service name (a DNS label).
 const SERVICE_NAME_MAX: usize = 63;
+/// How long a task may wait for a node before its worker counts as exited: a task no
+/// node can take (a constraint nothing meets, an image missing everywhere) stays pending
+/// forever, and supervision must see it to back off and, in the end, give up.
+pub const PLACEMENT_DEADLINE: chrono::Duration = chrono::Duration::seconds(60);
 
 /// How services are run.
 #[derive(Debug, Clone)]
@@ -115,6 +119,13 @@ pub struct TaskView {
     pub exit_code: Option<i64>,
     pub container_id: Option<String>,
     pub node_id: Option<String>,
+    /// When the task itself last changed (its desired state, say); stable while it does
+    /// not, unlike its status, which a lost node no longer reports.
+    pub updated_at: Option<DateTime<Utc>>,
+    /// What the orchestrator wants of it (running; shutdown once let go).
+    pub desired: Option<TaskState>,
+    /// Its node is down (or gone): whatever it last reported is all there will be.
+    pub node_lost: bool,
 }
 
 impl TaskView {
@@ -134,6 +145,9 @@ impl TaskView {
                 .and_then(|container| container.container_id.clone())
                 .filter(|id| !id.is_empty()),
             node_id: task.node_id.clone().filter(|id| !id.is_empty()),
+            updated_at: parse_time(task.updated_at.as_deref()),
+            desired: task.desired_state,
+            node_lost: false,
         })
     }
 
@@ -151,9 +165,13 @@ impl TaskView {
     }
 }
 
-/// What a service's replicas, stop label and tasks say about its worker:
+/// What a service's replicas, stop label and tasks say about its worker at `now`:
 /// - a task that is not done (running, or on its way: the orchestrator has accepted it)
-///   makes the worker running, from when the task runs (or was made);
+///   makes the worker running, from when the task runs (or was made), unless it has
+///   waited for a node longer than [`PLACEMENT_DEADLINE`] (then it exited, then), or its
+///   node is lost and the orchestrator has let it go (then it exited when it was let
+///   go: with restarts ours, swarm makes no new task for it, and a copy may still run on
+///   the lost node until it returns);
 /// - else 0 replicas: exited at the stop label's time when `stop` set it, never started
 ///   otherwise;
 /// - else the newest task's exit (its code, when the container reported one), or, when
@@ -163,6 +181,7 @@ pub fn worker_state(
     stopped_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
     tasks: &[TaskView],
+    now: DateTime<Utc>,
 ) -> RuntimeState {
     let newest = |live: bool| {
         tasks
@@ -171,6 +190,29 @@ pub fn worker_state(
             .max_by_key(|task| task.created_at)
     };
     if let Some(task) = newest(true) {
+        let unplaced = matches!(
+            task.state,
+            TaskState::NEW | TaskState::ALLOCATED | TaskState::PENDING
+        );
+        let made = task.created_at.unwrap_or(updated_at);
+        let let_go = !matches!(
+            task.desired,
+            Some(TaskState::RUNNING | TaskState::READY | TaskState::NEW) | None
+        );
+        if task.node_lost && let_go {
+            return RuntimeState::Exited {
+                exit_code: None,
+                exited_at: task.updated_at.or(task.at).unwrap_or(made),
+                oom_killed: false,
+            };
+        }
+        if unplaced && now - made >= PLACEMENT_DEADLINE {
+            return RuntimeState::Exited {
+                exit_code: None,
+                exited_at: made + PLACEMENT_DEADLINE,
+                oom_killed: false,
+            };
+        }
         let started_at = if task.state == TaskState::RUNNING {
             task.at
         } else {
@@ -249,7 +291,13 @@ impl ServiceView {
             client_id: label(&labels, LABEL_CLIENT_ID),
             role: label(&labels, LABEL_ROLE),
             spec_hash: label(&labels, LABEL_SPEC_HASH),
-            state: worker_state(self.replicas(), self.stopped_at(), self.updated_at, tasks),
+            state: worker_state(
+                self.replicas(),
+                self.stopped_at(),
+                self.updated_at,
+                tasks,
+                Utc::now(),
+            ),
         }
     }
 }
@@ -528,15 +576,45 @@ impl SwarmRuntime {
             ))
             .await
             .map_err(|error| map_error("list", service.unwrap_or("*"), error))?;
-        let mut by_service: HashMap<String, Vec<TaskView>> = HashMap::new();
-        for task in &tasks {
-            if let (Some(service), Some(view)) =
-                (task.service_id.clone(), TaskView::from_task(task))
-            {
-                by_service.entry(service).or_default().push(view);
+        let mut views: Vec<(String, TaskView)> = tasks
+            .iter()
+            .filter_map(|task| Some((task.service_id.clone()?, TaskView::from_task(task)?)))
+            .collect();
+        // Only a task the orchestrator let go while it still looked alive needs its node's
+        // state (a drained node's tasks are stopping; a lost node's never report again).
+        if views
+            .iter()
+            .any(|(_, task)| !task.terminal() && task.desired != Some(TaskState::RUNNING))
+        {
+            let ready = self.ready_nodes().await?;
+            for (_, task) in &mut views {
+                task.node_lost = task
+                    .node_id
+                    .as_ref()
+                    .is_some_and(|node| !ready.contains(node));
             }
         }
+        let mut by_service: HashMap<String, Vec<TaskView>> = HashMap::new();
+        for (service, view) in views {
+            by_service.entry(service).or_default().push(view);
+        }
         Ok(by_service)
+    }
+
+    /// The ids of the swarm's nodes that are up.
+    async fn ready_nodes(&self) -> Result<std::collections::HashSet<String>, RuntimeError> {
+        Ok(self
+            .docker
+            .list_nodes(None::<bollard::query_parameters::ListNodesOptions>)
+            .await
+            .map_err(|error| map_error("list", "nodes", error))?
+            .into_iter()
+            .filter(|node| {
+                node.status.as_ref().and_then(|status| status.state)
+                    == Some(bollard::models::NodeState::READY)
+            })
+            .filter_map(|node| node.id)
+            .collect())
     }
 
     /// Whether the exited container of a task on this node was killed for its memory.
@@ -711,6 +789,14 @@ impl Runtime for SwarmRuntime {
     }
 
     async fn stop(&self, name: &str, grace: Duration) -> Result<(), RuntimeError> {
+        // A worker that is not running has nothing to stop (its exit is already what
+        // `list` shows); an update would only cost a call on every restart.
+        if !matches!(
+            self.inspect(name).await?.state,
+            RuntimeState::Running { .. }
+        ) {
+            return Ok(());
+        }
         let service = self.service(name).await?;
         if service.replicas() > 0 {
             let grace_ns = i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX);
@@ -856,6 +942,10 @@ mod tests {
         DateTime::from_timestamp(1_800_000_000 + seconds, 0)
     }
 
+    fn now() -> DateTime<Utc> {
+        at(100).unwrap()
+    }
+
     fn task(state: TaskState, created: i64, changed: i64, exit_code: Option<i64>) -> TaskView {
         TaskView {
             state,
@@ -864,19 +954,26 @@ mod tests {
             exit_code,
             container_id: None,
             node_id: None,
+            updated_at: at(changed),
+            desired: Some(TaskState::RUNNING),
+            node_lost: false,
         }
     }
 
     #[test]
     fn a_service_never_scaled_up_is_created_and_one_scaled_down_by_stop_exited_then() {
         let updated = at(0).unwrap();
-        assert_eq!(worker_state(0, None, updated, &[]), RuntimeState::Created);
+        assert_eq!(
+            worker_state(0, None, updated, &[], now()),
+            RuntimeState::Created
+        );
         assert_eq!(
             worker_state(
                 0,
                 at(50),
                 updated,
-                &[task(TaskState::FAILED, 1, 10, Some(3))]
+                &[task(TaskState::FAILED, 1, 10, Some(3))],
+                now()
             ),
             RuntimeState::Exited {
                 exit_code: None,
@@ -896,7 +993,8 @@ mod tests {
                 1,
                 None,
                 updated,
-                &[old.clone(), task(TaskState::PREPARING, 7, 7, None)]
+                &[old.clone(), task(TaskState::PREPARING, 7, 7, None)],
+                now()
             ),
             RuntimeState::Running {
                 started_at: at(7).unwrap()
@@ -907,7 +1005,8 @@ mod tests {
                 0,
                 at(30),
                 updated,
-                &[old, task(TaskState::RUNNING, 7, 9, Some(-1))]
+                &[old, task(TaskState::RUNNING, 7, 9, Some(-1))],
+                now()
             ),
             RuntimeState::Running {
                 started_at: at(9).unwrap()
@@ -928,7 +1027,8 @@ mod tests {
                     task(TaskState::COMPLETE, 9, 20, Some(0)),
                     task(TaskState::FAILED, 1, 5, Some(3)),
                     task(TaskState::REJECTED, 3, 4, None),
-                ]
+                ],
+                now()
             ),
             RuntimeState::Exited {
                 exit_code: Some(0),
@@ -941,7 +1041,8 @@ mod tests {
                 1,
                 None,
                 updated,
-                &[task(TaskState::SHUTDOWN, 1, 5, Some(-1))]
+                &[task(TaskState::SHUTDOWN, 1, 5, Some(-1))],
+                now()
             ),
             RuntimeState::Exited {
                 exit_code: None,
@@ -951,11 +1052,71 @@ mod tests {
             "swarm's -1 is no exit code"
         );
         assert_eq!(
-            worker_state(1, None, updated, &[]),
+            worker_state(1, None, updated, &[], now()),
             RuntimeState::Running {
                 started_at: updated
             },
             "scaled up, its task not made yet"
+        );
+    }
+
+    #[test]
+    fn a_task_let_go_on_a_lost_node_is_an_exit_but_on_a_node_that_is_up_it_is_stopping() {
+        let updated = at(0).unwrap();
+        let mut task = task(TaskState::RUNNING, 1, 2, None);
+        task.desired = Some(TaskState::SHUTDOWN);
+        task.updated_at = at(40);
+        assert!(
+            matches!(
+                worker_state(1, None, updated, &[task.clone()], now()),
+                RuntimeState::Running { .. }
+            ),
+            "a drained node's task is stopping, and will say when it has"
+        );
+        task.node_lost = true;
+        assert_eq!(
+            worker_state(1, None, updated, &[task.clone()], now()),
+            RuntimeState::Exited {
+                exit_code: None,
+                exited_at: at(40).unwrap(),
+                oom_killed: false
+            },
+            "exited when it was let go, the same time on every listing"
+        );
+        task.desired = Some(TaskState::RUNNING);
+        assert!(
+            matches!(
+                worker_state(1, None, updated, &[task], now()),
+                RuntimeState::Running { .. }
+            ),
+            "a node just lost, before the orchestrator lets its tasks go"
+        );
+    }
+
+    #[test]
+    fn a_task_no_node_takes_is_an_exit_once_it_has_waited_past_the_deadline() {
+        let updated = at(0).unwrap();
+        let waiting = [task(TaskState::PENDING, 50, 50, None)];
+        assert!(matches!(
+            worker_state(1, None, updated, &waiting, now()),
+            RuntimeState::Running { .. }
+        ));
+        let later = at(50).unwrap() + PLACEMENT_DEADLINE;
+        assert_eq!(
+            worker_state(1, None, updated, &waiting, later),
+            RuntimeState::Exited {
+                exit_code: None,
+                exited_at: later,
+                oom_killed: false
+            }
+        );
+        let preparing = [task(TaskState::PREPARING, 0, 1, None)];
+        assert!(
+            matches!(
+                worker_state(1, None, updated, &preparing, later),
+                RuntimeState::Running { .. }
+            ),
+            "a task on a node (pulling, preparing) is not waiting for one"
         );
     }
 
