@@ -13,6 +13,7 @@
 //! `KG_TEST_STRICT=1`) without them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Not;
 use std::process::Command;
 use std::time::Duration;
 
@@ -290,13 +291,17 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
             .map(|(code, body)| format!("{code} {body}"))
             .unwrap_or_default()
     };
-    let stats_before: Vec<String> = clients.iter().map(|c| graph_stats(c)).collect();
 
     // ---- drain: the node with the first client's event normalizer --------------------
     let client = &clients[0];
     let normalizer = format!("kg-event-normalizer-{client}");
     let (_, drained) = placed[&normalizer].clone();
     send_events(&b, client, 0, 200).await?;
+    // The client's graph has those events before its builder (maybe) moves.
+    poll("the graph holds the first events", Duration::from_secs(120), || {
+        graph_stats(client).contains("\"episodes\":0,").not().then_some(())
+    })?;
+    let stats_before: Vec<String> = clients.iter().map(|c| graph_stats(c)).collect();
     let node_id = nodes
         .numbers()?
         .into_iter()
@@ -352,6 +357,7 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
     let before = nodes.placement()?;
     let (_, cut) = before[&normalizer].clone();
     let stranded: Vec<String> = nodes.containers_on(cut);
+    let first_graph_before_cut = graph_stats(&clients[0]);
     send_events(&b, client, 0, 200).await?;
     swarm_nodes(&["cut", &cut.to_string()])?;
     send_events(&b, client, 200, 400).await?;
@@ -386,6 +392,16 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
         records - ids.len()
     );
     ensure!(after.len() >= clients.len() * 3, "{after:?}");
+    let builder = format!("kg-graph-builder-{}", clients[0]);
+    if before[&builder].1 == cut {
+        eprintln!(
+            "graph of {}: its builder moved off the cut node to node {}, onto an empty volume; \
+             stats before the cut {first_graph_before_cut}; after {}",
+            clients[0],
+            after[&builder].1,
+            graph_stats(&clients[0])
+        );
+    }
     swarm_nodes(&["heal", &cut.to_string()])?;
     poll(
         "the old copies gone once the node is back",
