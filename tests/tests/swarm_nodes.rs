@@ -298,9 +298,16 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
     let (_, drained) = placed[&normalizer].clone();
     send_events(&b, client, 0, 200).await?;
     // The client's graph has those events before its builder (maybe) moves.
-    poll("the graph holds the first events", Duration::from_secs(120), || {
-        graph_stats(client).contains("\"episodes\":0,").not().then_some(())
-    })?;
+    poll(
+        "the graph holds the first events",
+        Duration::from_secs(120),
+        || {
+            graph_stats(client)
+                .contains("\"episodes\":0,")
+                .not()
+                .then_some(())
+        },
+    )?;
     let stats_before: Vec<String> = clients.iter().map(|c| graph_stats(c)).collect();
     let node_id = nodes
         .numbers()?
