@@ -6,8 +6,8 @@
 //! (the control plane restarts them: swarm does not, with restarts ours) and no event
 //! is lost; a node cut off the network has its workers run again elsewhere while its old
 //! copies keep running cut off (two copies at once, one unable to reach Kafka), and once
-//! it returns the old copies are gone; and what a graph builder that moved finds in its
-//! store (none of the old node's volume).
+//! it returns the old copies are gone; and a graph builder that moved, finding none of the
+//! old node's volume, rebuilds its graph from the start of its input.
 //!
 //! Needs root, network namespaces and dockerd; skipped (or failed, with
 //! `KG_TEST_STRICT=1`) without them.
@@ -364,6 +364,18 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
     let before = nodes.placement()?;
     let (_, cut) = before[&normalizer].clone();
     let stranded: Vec<String> = nodes.containers_on(cut);
+    let episodes = |stats: &str| -> Option<u64> {
+        let body = stats.split_once(' ')?.1;
+        serde_json::from_str::<serde_json::Value>(body).ok()?["episodes"].as_u64()
+    };
+    // The first client's graph holds its 600 events (after the drain, wherever its
+    // builder went) before the cut.
+    poll(
+        "the first client's 600 episodes",
+        Duration::from_secs(120),
+        || (episodes(&graph_stats(&clients[0]))? == 600).then_some(()),
+    )
+    .with_context(|| graph_stats(&clients[0]))?;
     let first_graph_before_cut = graph_stats(&clients[0]);
     send_events(&b, client, 0, 200).await?;
     swarm_nodes(&["cut", &cut.to_string()])?;
@@ -399,16 +411,30 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
         records - ids.len()
     );
     ensure!(after.len() >= clients.len() * 3, "{after:?}");
+    // The first client's graph builder was on the cut node too: recreated on a node
+    // without its volume, it rebuilds its graph from the start of its input (the store
+    // is empty, its group's offsets committed), to what it was before the cut.
     let builder = format!("kg-graph-builder-{}", clients[0]);
-    if before[&builder].1 == cut {
-        eprintln!(
-            "graph of {}: its builder moved off the cut node to node {}, onto an empty volume; \
-             stats before the cut {first_graph_before_cut}; after {}",
-            clients[0],
-            after[&builder].1,
+    ensure!(before[&builder].1 == cut, "{before:?}");
+    let had = 600;
+    poll(
+        "the moved graph builder's graph rebuilt",
+        Duration::from_secs(120),
+        || (episodes(&graph_stats(&clients[0]))? == had).then_some(()),
+    )
+    .with_context(|| {
+        format!(
+            "before {first_graph_before_cut}, now {}",
             graph_stats(&clients[0])
-        );
-    }
+        )
+    })?;
+    eprintln!(
+        "graph of {}: its builder moved off the cut node to node {}, onto an empty volume, \
+         and rebuilt {had} episodes ({first_graph_before_cut} before the cut; {} after)",
+        clients[0],
+        after[&builder].1,
+        graph_stats(&clients[0])
+    );
     swarm_nodes(&["heal", &cut.to_string()])?;
     poll(
         "the old copies gone once the node is back",

@@ -1096,3 +1096,95 @@ on_unavailable = "retry"
     );
     Ok(())
 }
+
+/// A graph builder started on an empty store while its group has committed offsets (it
+/// moved to a node without its client's volume, or the file was deleted) reads its input
+/// again from the start and ends with the whole graph, not an empty one; started again on
+/// the store it rebuilt, it goes on from its commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_builder_on_an_empty_store_rebuilds_the_graph_from_the_start() -> Result<()> {
+    let broker = Broker::start()?;
+    let b = &broker.bootstrap;
+    let client = "rebuild-1";
+    let normalizer = Worker::start(b, "event-normalizer", client)?;
+    let first_volume = tempfile::tempdir()?;
+    let first_dir = first_volume.path().to_string_lossy().into_owned();
+    let mut builder = Worker::start_with(
+        b,
+        "graph-builder",
+        client,
+        &[("WORKER_DATA_DIR", &first_dir)],
+    )?;
+    let producer = producer(b, "none")?;
+    let records: Vec<(String, String)> = (0..40)
+        .map(|n| {
+            let uid = format!("rb-{n:03}");
+            (
+                format!("{client}::event::{uid}"),
+                raw_event(&uid, "OOMKilled"),
+            )
+        })
+        .collect();
+    send_all(&producer, "raw.k8s.events", records).await?;
+    let episodes = |worker: &Worker| -> Option<u64> {
+        let stats: Value = serde_json::from_str(&worker.get("/graph/stats")?).ok()?;
+        stats["episodes"].as_u64()
+    };
+    poll(
+        "40 episodes in the first store",
+        Duration::from_secs(60),
+        || (episodes(&builder)? == 40).then_some(()),
+    )?;
+    // SIGTERM: the graph builder commits what it wrote.
+    ensure!(builder.terminate(Duration::from_secs(30))?.success());
+
+    let second_volume = tempfile::tempdir()?;
+    let second_dir = second_volume.path().to_string_lossy().into_owned();
+    let mut moved = Worker::start_with(
+        b,
+        "graph-builder",
+        client,
+        &[("WORKER_DATA_DIR", &second_dir)],
+    )?;
+    poll(
+        "the 40 episodes rebuilt in an empty store",
+        Duration::from_secs(60),
+        || (episodes(&moved)? == 40).then_some(()),
+    )
+    .with_context(|| format!("episodes: {:?}", episodes(&moved)))?;
+    ensure!(moved.terminate(Duration::from_secs(30))?.success());
+
+    // On the store it rebuilt, a restart reads on from the commits: one more event, one
+    // more episode, and the 40 are not read again (the counter of records handled shows
+    // only the new one).
+    let again = Worker::start_with(
+        b,
+        "graph-builder",
+        client,
+        &[("WORKER_DATA_DIR", &second_dir)],
+    )?;
+    poll(
+        "the restarted builder's health",
+        Duration::from_secs(20),
+        || again.get("/health"),
+    )?;
+    send_all(
+        &producer,
+        "raw.k8s.events",
+        vec![(
+            format!("{client}::event::rb-new"),
+            raw_event("rb-new", "OOMKilled"),
+        )],
+    )
+    .await?;
+    poll("41 episodes", Duration::from_secs(60), || {
+        (episodes(&again)? == 41).then_some(())
+    })?;
+    let read = again.metric("worker_records_in_total").unwrap_or(-1.0);
+    ensure!(
+        read < 40.0,
+        "the restart on a full store read the input again ({read} records)"
+    );
+    drop(normalizer);
+    Ok(())
+}

@@ -90,6 +90,8 @@ impl PipelineSettings {
 /// Feeds librdkafka's periodic statistics into the lag gauge.
 pub struct LagReporter {
     metrics: Arc<WorkerMetrics>,
+    /// Partitions to assign from their beginning (a handler rebuilding lost state).
+    rewind: Arc<crate::rewind::Rewind>,
 }
 
 impl ClientContext for LagReporter {
@@ -115,7 +117,16 @@ impl ClientContext for LagReporter {
     }
 }
 
-impl ConsumerContext for LagReporter {}
+impl ConsumerContext for LagReporter {
+    fn rebalance(
+        &self,
+        consumer: &rdkafka::consumer::BaseConsumer<Self>,
+        error: rdkafka::types::RDKafkaRespErr,
+        partitions: &mut TopicPartitionList,
+    ) {
+        crate::rewind::rebalance(&self.rewind, consumer, error, partitions);
+    }
+}
 
 /// A record to produce, kept whole so it can be produced again if delivery fails.
 #[derive(Debug)]
@@ -178,6 +189,12 @@ pub async fn run_pipeline(
     let consumer = create_consumer(kafka, settings, metrics.clone())?;
     let producer = create_producer(kafka, settings)?;
     let topics: Vec<&str> = handler.input_topics().to_vec();
+    if handler.rebuild_from_start() {
+        let rewind = consumer.context().rewind.clone();
+        tokio::task::block_in_place(|| {
+            rewind.fill_from_committed(&consumer, &topics, Duration::from_secs(10));
+        });
+    }
     consumer
         .subscribe(&topics)
         .map_err(|source| PipelineError::Subscribe {
@@ -772,7 +789,10 @@ pub(crate) fn create_consumer(
             "heartbeat.interval.ms",
             (settings.session_timeout_ms / 3).max(100).to_string(),
         )
-        .create_with_context(LagReporter { metrics })
+        .create_with_context(LagReporter {
+            metrics,
+            rewind: Arc::default(),
+        })
         .map_err(|source| PipelineError::Consumer {
             group: settings.group_id.clone(),
             source,

@@ -104,6 +104,12 @@ pub trait RecordHandler: Send + Sync + 'static {
         self.handle(topic, timestamp_ms, key, value)
     }
 
+    /// Whether the role lost its state and must read its input again from the start of
+    /// every partition where its group committed offsets (`crate::rewind`).
+    fn rebuild_from_start(&self) -> bool {
+        false
+    }
+
     /// Writes what the batch absorbed; called before the batch's offsets are committed,
     /// and again (with the same contents) after a failure, so it must be idempotent.
     fn flush(&self) -> Result<(), FlushError> {

@@ -64,19 +64,36 @@ pub struct GraphBuilder {
     client: ClientId,
     store: SharedStore,
     pending: Mutex<Vec<GraphInput>>,
+    /// The store held nothing when the worker started: if the group has committed
+    /// offsets, what they cover is not in this store (a new node's volume, a deleted
+    /// file) and is read again (`crate::rewind`).
+    empty_at_start: bool,
 }
 
 impl GraphBuilder {
     pub fn new(client: ClientId, store: SharedStore) -> Self {
+        let empty_at_start = store
+            .lock()
+            .map(|store| {
+                store
+                    .stats()
+                    .is_ok_and(|stats| stats == GraphStats::default())
+            })
+            .unwrap_or(false);
         Self {
             client,
             store,
             pending: Mutex::new(Vec::new()),
+            empty_at_start,
         }
     }
 }
 
 impl RecordHandler for GraphBuilder {
+    fn rebuild_from_start(&self) -> bool {
+        self.empty_at_start
+    }
+
     fn input_topics(&self) -> &'static [&'static str] {
         kg_shared::Role::GraphBuilder.input_topics()
     }
