@@ -203,17 +203,7 @@ impl Broker {
     pub fn start_kind(kind: BrokerKind) -> Result<Option<Self>> {
         match kind {
             BrokerKind::Embedded => Self::start().map(Some),
-            BrokerKind::NoidaDb => {
-                let Some(binary) = require_tool(
-                    "noida-db",
-                    noida_db_binary(),
-                    "run scripts/install-test-tools.sh",
-                )?
-                else {
-                    return Ok(None);
-                };
-                Self::start_noida(binary, "127.0.0.1").map(Some)
-            }
+            BrokerKind::NoidaDb => Self::start_noida_on("127.0.0.1"),
         }
     }
 

@@ -216,6 +216,24 @@ fn normalized(bootstrap: &str, client: &str) -> (BTreeSet<String>, usize) {
     (ids, count)
 }
 
+/// Waits until `count` distinct events of `client` are normalized; their ids and the
+/// number of records (duplicates included).
+fn all_normalized(
+    bootstrap: &str,
+    client: &str,
+    count: usize,
+) -> Result<(BTreeSet<String>, usize)> {
+    poll(
+        &format!("{count} events normalized"),
+        Duration::from_secs(120),
+        || {
+            let (ids, records) = normalized(bootstrap, client);
+            (ids.len() >= count).then_some((ids, records))
+        },
+    )
+    .with_context(|| format!("{} of {count}", normalized(bootstrap, client).0.len()))
+}
+
 async fn send_events(bootstrap: &str, client: &str, from: usize, to: usize) -> Result<()> {
     let producer = kg_tests::producer(bootstrap, "none")?;
     let records = (from..to)
@@ -237,6 +255,21 @@ fn all_running(
 ) -> Option<BTreeMap<String, (String, usize)>> {
     let placed = nodes.placement().ok()?;
     (placed.len() >= clients.len() * per_client).then_some(placed)
+}
+
+/// Waits until every worker of `clients` runs, none on node `off`.
+fn all_running_off(
+    nodes: &Nodes,
+    plane: &ControlPlane,
+    clients: &[String],
+    off: usize,
+) -> Result<BTreeMap<String, (String, usize)>> {
+    poll(
+        &format!("every worker running off node {off}"),
+        Duration::from_secs(240),
+        || all_running(nodes, clients, 3).filter(|placed| placed.values().all(|(_, n)| *n != off)),
+    )
+    .with_context(|| format!("{:?}\n{}", nodes.placement(), plane.log_tail()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,21 +350,9 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
         .context("the drained node's id")?;
     nodes.docker(1, &["node", "update", "--availability", "drain", &node_id])?;
     send_events(&b, client, 200, 400).await?;
-    let moved = poll(
-        "every worker running off the drained node",
-        Duration::from_secs(180),
-        || {
-            all_running(&nodes, &clients, 3)
-                .filter(|placed| placed.values().all(|(_, n)| *n != drained))
-        },
-    )
-    .with_context(|| format!("{:?}\n{}", nodes.placement(), plane.log_tail()))?;
+    let moved = all_running_off(&nodes, &plane, &clients, drained)?;
     send_events(&b, client, 400, 600).await?;
-    let (ids, records) = poll("600 events normalized", Duration::from_secs(120), || {
-        let (ids, records) = normalized(&b, client);
-        (ids.len() >= 600).then_some((ids, records))
-    })
-    .with_context(|| format!("{} of 600", normalized(&b, client).0.len()))?;
+    let (ids, records) = all_normalized(&b, client, 600)?;
     eprintln!(
         "drain of node {drained}: {} workers moved, 600 events sent, {} normalized, {} lost, {} records ({} duplicates)",
         placed.iter().filter(|(_, (_, n))| *n == drained).count(),
@@ -380,15 +401,7 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
     send_events(&b, client, 0, 200).await?;
     swarm_nodes(&["cut", &cut.to_string()])?;
     send_events(&b, client, 200, 400).await?;
-    let after = poll(
-        "every worker running on the nodes still up",
-        Duration::from_secs(240),
-        || {
-            all_running(&nodes, &clients, 3)
-                .filter(|placed| placed.values().all(|(_, n)| *n != cut))
-        },
-    )
-    .with_context(|| format!("{:?}\n{}", nodes.placement(), plane.log_tail()))?;
+    let after = all_running_off(&nodes, &plane, &clients, cut)?;
     // The old copies still run on the cut-off node: two copies at once.
     let still = nodes.containers_on(cut);
     eprintln!("cut node {cut}: ran {stranded:?}; still running there, cut off: {still:?}");
@@ -397,11 +410,7 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
         "the cut-off node's copies stopped ({still:?}); the partition did not leave two copies"
     );
     send_events(&b, client, 400, 600).await?;
-    let (ids, records) = poll("600 events normalized", Duration::from_secs(120), || {
-        let (ids, records) = normalized(&b, client);
-        (ids.len() >= 600).then_some((ids, records))
-    })
-    .with_context(|| format!("{} of 600", normalized(&b, client).0.len()))?;
+    let (ids, records) = all_normalized(&b, client, 600)?;
     eprintln!(
         "cut of node {cut}: {} workers run again elsewhere, 600 events sent, {} normalized, {} lost, {} records ({} duplicates)",
         stranded.len(),

@@ -219,6 +219,21 @@ pub(super) fn map_error(operation: &'static str, name: &str, error: DockerError)
     }
 }
 
+/// A log stream of worker `name` as one string.
+pub(super) async fn collect_logs(
+    name: &str,
+    mut stream: impl futures::Stream<Item = Result<bollard::container::LogOutput, DockerError>> + Unpin,
+) -> Result<String, RuntimeError> {
+    let mut out = String::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(output) => out.push_str(&output.to_string()),
+            Err(error) => return Err(map_error("logs", name, error)),
+        }
+    }
+    Ok(out)
+}
+
 /// Names go into URLs; refuse anything that is not one of ours.
 pub(super) fn checked(name: &str) -> Result<&str, RuntimeError> {
     if super::is_worker_name(name) {
@@ -443,15 +458,7 @@ impl Runtime for DockerRuntime {
             .stderr(true)
             .tail(&tail.to_string())
             .build();
-        let mut stream = self.docker.logs(name, Some(options));
-        let mut out = String::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(output) => out.push_str(&output.to_string()),
-                Err(error) => return Err(map_error("logs", name, error)),
-            }
-        }
-        Ok(out)
+        collect_logs(name, self.docker.logs(name, Some(options))).await
     }
 
     async fn endpoint(&self, name: &str) -> Result<Option<String>, RuntimeError> {

@@ -44,11 +44,11 @@ use bollard::query_parameters::{
 };
 use bollard::Docker;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 
 use super::docker::{
-    checked, data_volume, free_port, label, map_error, parse_time, secret_file, DATA_MOUNT,
-    LABEL_CLIENT_ID, LABEL_HTTP_PORT, LABEL_MANAGED_BY, LABEL_ROLE, LABEL_SPEC_HASH, MANAGED_BY,
+    checked, collect_logs, data_volume, free_port, label, map_error, parse_time, secret_file,
+    DATA_MOUNT, LABEL_CLIENT_ID, LABEL_HTTP_PORT, LABEL_MANAGED_BY, LABEL_ROLE, LABEL_SPEC_HASH,
+    MANAGED_BY,
 };
 use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
 
@@ -863,15 +863,7 @@ impl Runtime for SwarmRuntime {
             .stderr(true)
             .tail(&tail.to_string())
             .build();
-        let mut stream = self.docker.service_logs(&service.id, Some(options));
-        let mut out = String::new();
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(output) => out.push_str(&output.to_string()),
-                Err(error) => return Err(map_error("logs", name, error)),
-            }
-        }
-        Ok(out)
+        collect_logs(name, self.docker.service_logs(&service.id, Some(options))).await
     }
 
     async fn endpoint(&self, name: &str) -> Result<Option<String>, RuntimeError> {
