@@ -32,13 +32,26 @@ heartbeat_pid=""
 passed=0
 started=$(date +%s)
 
+# Removes swarm services, each once no task of it waits for swarm's task reaper: Engine
+# 20.10's manager crashes the daemon when a service is deleted while a task of it is
+# being reaped.
+service_rm() {
+  for service in "$@"; do
+    for _ in $(seq 60); do
+      docker service ps --format '{{.DesiredState}}' "$service" 2>/dev/null | grep -q '^Remove$' || break
+      sleep 0.25
+    done
+    docker service rm "$service" >/dev/null 2>&1 || true
+  done
+}
+
 cleanup() {
   [ -n "$heartbeat_pid" ] && kill "$heartbeat_pid" 2>/dev/null || true
   docker rm -f "$CP" >/dev/null 2>&1 || true
   if [ "$RUNTIME" = swarm ]; then
     for client in "$CLIENT" "${BURST[@]}" shared; do
       ids=$(docker service ls -q --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${client}" 2>/dev/null)
-      [ -n "$ids" ] && docker service rm $ids >/dev/null 2>&1 || true
+      [ -n "$ids" ] && service_rm $ids
     done
     # Swarm removes a service's containers in the background; the volumes go after them.
     for _ in $(seq 60); do
@@ -183,7 +196,7 @@ ids=$(docker ps -aq --filter "label=kg.managed-by=kg-control-plane" --filter "la
 [ -n "$ids" ] && docker rm -f $ids >/dev/null
 if [ "$RUNTIME" = swarm ]; then
   ids=$(docker service ls -q --filter "label=kg.managed-by=kg-control-plane" --filter "label=kg.client-id=${CLIENT}")
-  [ -n "$ids" ] && docker service rm $ids >/dev/null
+  [ -n "$ids" ] && service_rm $ids
 fi
 start_control_plane() {
   docker run -d --name "$CP" --network host --user 0:0 \

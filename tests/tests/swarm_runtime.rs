@@ -120,9 +120,24 @@ fn services_of(client: &str) -> Vec<(String, String, String)> {
     services
 }
 
+/// Removes service `name` once no task of it waits for swarm's task reaper: Engine
+/// 20.10's manager crashes the daemon when a service is deleted while one of its tasks
+/// is being reaped (the runtime's `remove` waits the same way).
+fn service_rm(name: &str) {
+    let _ = poll(
+        "the service's tasks reaped",
+        Duration::from_secs(15),
+        || {
+            let desired = docker(&["service", "ps", "--format", "{{.DesiredState}}", name]).ok()?;
+            (!desired.lines().any(|state| state == "Remove")).then_some(())
+        },
+    );
+    let _ = docker(&["service", "rm", name]);
+}
+
 fn remove_client(client: &str) {
     for (name, _, _) in services_of(client) {
-        let _ = docker(&["service", "rm", &name]);
+        service_rm(&name);
     }
     let volume = format!("kg-data-{client}");
     let _ = poll(
@@ -383,7 +398,7 @@ fn a_control_plane_runs_a_client_on_the_swarm() -> Result<()> {
     })();
     remove_client(client);
     for (name, _, _) in services_of("shared") {
-        let _ = docker(&["service", "rm", &name]);
+        service_rm(&name);
     }
     result
 }

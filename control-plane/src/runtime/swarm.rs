@@ -58,6 +58,8 @@ pub const LABEL_WORKER: &str = "kg.worker";
 pub const LABEL_STOPPED_AT: &str = "kg.stopped-at";
 /// Swarm's limit on a service name (a DNS label).
 const SERVICE_NAME_MAX: usize = 63;
+/// How long `remove` waits for swarm's task reaper before giving up for this pass.
+const REAPER_WAIT: Duration = Duration::from_secs(15);
 /// How long a task may wait for a node before its worker counts as exited: a task no
 /// node can take (a constraint nothing meets, an image missing everywhere) stays pending
 /// forever, and supervision must see it to back off and, in the end, give up.
@@ -839,6 +841,32 @@ impl Runtime for SwarmRuntime {
         let worker = self.inspect(name).await?;
         if matches!(worker.state, RuntimeState::Running { .. }) {
             return Err(RuntimeError::Conflict(name.to_string()));
+        }
+        // Engine 20.10's manager panics, and the whole daemon with it, when a service is
+        // deleted while the task reaper is deleting one of its tasks (swarmkit reads the
+        // task again inside the batch and dereferences it unchecked; fixed upstream since).
+        // A task scaled away by `stop` is reaped shortly after it is down, so the service
+        // goes only once no task of it is waiting to be reaped.
+        let service = self.service(name).await?;
+        let until = tokio::time::Instant::now() + REAPER_WAIT;
+        loop {
+            let tasks = self.tasks(Some(&service.id)).await?;
+            let reaping = tasks
+                .get(&service.id)
+                .into_iter()
+                .flatten()
+                .any(|task| task.desired == Some(TaskState::REMOVE));
+            if !reaping {
+                break;
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(RuntimeError::Timeout {
+                    operation: "remove",
+                    name: name.to_string(),
+                    after: REAPER_WAIT,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.docker
             .delete_service(&service_name(name))
