@@ -361,8 +361,8 @@ async fn workers_spread_move_off_a_drained_node_and_off_a_cut_one_losing_nothing
         records,
         records - ids.len()
     );
-    // What a graph builder finds on a node without its client's volume: an empty store,
-    // filled from its group's committed offsets on (written down, docs/architecture.md).
+    // Where each graph builder went, and its graph before and after (a builder that
+    // moved rebuilds on an empty store; the cut below asserts it).
     for (client, before) in clients.iter().zip(&stats_before) {
         let builder = format!("kg-graph-builder-{client}");
         eprintln!(
