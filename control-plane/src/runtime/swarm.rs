@@ -266,6 +266,15 @@ struct ServiceView {
 }
 
 impl ServiceView {
+    fn from_service(service: bollard::models::Service) -> Self {
+        Self {
+            id: service.id.unwrap_or_default(),
+            version: service.version.and_then(|v| v.index).unwrap_or(0),
+            updated_at: parse_time(service.updated_at.as_deref()).unwrap_or_else(Utc::now),
+            spec: service.spec.unwrap_or_default(),
+        }
+    }
+
     fn labels(&self) -> HashMap<String, String> {
         self.spec.labels.clone().unwrap_or_default()
     }
@@ -547,19 +556,14 @@ impl SwarmRuntime {
             .inspect_service(&service_name(name), None::<InspectServiceOptions>)
             .await
             .map_err(|error| map_error("inspect", name, error))?;
-        let spec = service.spec.unwrap_or_default();
-        let labels = spec.labels.clone().unwrap_or_default();
+        let view = ServiceView::from_service(service);
+        let labels = view.labels();
         if labels.get(LABEL_MANAGED_BY).map(String::as_str) != Some(MANAGED_BY)
             || labels.get(LABEL_WORKER).map(String::as_str) != Some(name)
         {
             return Err(not_ours(name));
         }
-        Ok(ServiceView {
-            id: service.id.unwrap_or_default(),
-            version: service.version.and_then(|v| v.index).unwrap_or(0),
-            spec,
-            updated_at: parse_time(service.updated_at.as_deref()).unwrap_or_else(Utc::now),
-        })
+        Ok(view)
     }
 
     /// The tasks swarm still keeps of `services` (all of ours when `None`), by service id.
@@ -712,12 +716,7 @@ impl Runtime for SwarmRuntime {
         let tasks = self.tasks(None).await?;
         let mut workers = Vec::with_capacity(services.len());
         for service in services {
-            let view = ServiceView {
-                id: service.id.unwrap_or_default(),
-                version: service.version.and_then(|v| v.index).unwrap_or(0),
-                updated_at: parse_time(service.updated_at.as_deref()).unwrap_or_else(Utc::now),
-                spec: service.spec.unwrap_or_default(),
-            };
+            let view = ServiceView::from_service(service);
             if !view.labels().contains_key(LABEL_WORKER) {
                 continue;
             }
