@@ -219,6 +219,14 @@ pub(super) fn map_error(operation: &'static str, name: &str, error: DockerError)
     }
 }
 
+/// The server-side filter that lists only what this control plane manages.
+pub(super) fn managed_filter() -> HashMap<String, Vec<String>> {
+    HashMap::from([(
+        "label".to_string(),
+        vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY}")],
+    )])
+}
+
 /// A log stream of worker `name` as one string.
 pub(super) async fn collect_logs(
     name: &str,
@@ -264,10 +272,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ObservedWorker>, RuntimeError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY}")],
-        )]);
+        let filters = managed_filter();
         let options = ListContainersOptionsBuilder::default()
             .all(true)
             .filters(&filters)

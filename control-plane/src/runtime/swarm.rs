@@ -46,9 +46,9 @@ use bollard::Docker;
 use chrono::{DateTime, Utc};
 
 use super::docker::{
-    checked, collect_logs, data_volume, free_port, label, map_error, parse_time, secret_file,
-    DATA_MOUNT, LABEL_CLIENT_ID, LABEL_HTTP_PORT, LABEL_MANAGED_BY, LABEL_ROLE, LABEL_SPEC_HASH,
-    MANAGED_BY,
+    checked, collect_logs, data_volume, free_port, label, managed_filter, map_error, parse_time,
+    secret_file, DATA_MOUNT, LABEL_CLIENT_ID, LABEL_HTTP_PORT, LABEL_MANAGED_BY, LABEL_ROLE,
+    LABEL_SPEC_HASH, MANAGED_BY,
 };
 use super::{ObservedWorker, Runtime, RuntimeError, RuntimeState, WorkerSpec};
 
@@ -700,10 +700,7 @@ impl Runtime for SwarmRuntime {
     }
 
     async fn list(&self) -> Result<Vec<ObservedWorker>, RuntimeError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{LABEL_MANAGED_BY}={MANAGED_BY}")],
-        )]);
+        let filters = managed_filter();
         let services = self
             .docker
             .list_services(Some(
