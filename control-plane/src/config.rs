@@ -280,6 +280,22 @@ pub struct RunArgs {
     #[arg(long, env = "CP_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
 
+    /// Which clients this control plane acts on: `all` (it is the only one) or `group`
+    /// (several share the clients: those of the registry partitions the ownership group
+    /// assigns to it; docs/operations.md, "Several control planes").
+    #[arg(long, env = "CP_OWNERSHIP", value_enum, default_value = "all")]
+    pub ownership: OwnershipKind,
+
+    /// The control planes' consumer group on `cluster.registry` (CP_OWNERSHIP=group).
+    #[arg(long, env = "CP_OWNERSHIP_GROUP", default_value = "kg-control-planes")]
+    pub ownership_group: String,
+
+    /// How long the ownership group waits for a silent control plane before handing its
+    /// clients to the others (Kafka's group.min/max.session.timeout.ms bound it: 6-1800 s
+    /// by default).
+    #[arg(long, env = "CP_OWNERSHIP_SESSION_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1800))]
+    pub ownership_session_timeout_secs: u64,
+
     /// Log line format, of the control plane and of every worker it starts.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
@@ -301,6 +317,15 @@ impl RunArgs {
         }
         env
     }
+}
+
+/// Which clients a control plane acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OwnershipKind {
+    /// Every client: the only control plane.
+    All,
+    /// Those of the registry partitions the control planes' consumer group assigns.
+    Group,
 }
 
 #[derive(Debug, Clone, clap::Args)]

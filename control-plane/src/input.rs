@@ -36,6 +36,9 @@ pub enum Input {
     /// An operator asked (over the API) to restart a client's workers: all, one role, or
     /// only the failed ones.
     Restart(RestartRequest),
+    /// The ownership group (`crate::ownership`) gave this control plane clients, or took
+    /// some away.
+    Ownership(crate::ownership::OwnershipChange),
 }
 
 /// An operator's request to restart a client's workers: all of them, one role, or only the

@@ -23,6 +23,7 @@ pub mod ingest;
 pub mod input;
 pub mod liveness;
 pub mod metrics;
+pub mod ownership;
 pub mod pipelines;
 pub mod plan;
 pub mod publisher;
@@ -114,6 +115,8 @@ pub enum ControlPlaneError {
     Pipelines(#[from] kg_shared::pipeline_template::TemplateError),
     #[error(transparent)]
     Ingest(#[from] ingest::IngestError),
+    #[error(transparent)]
+    Ownership(#[from] ownership::OwnershipError),
     #[error("failed to bind the API on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -231,6 +234,8 @@ pub async fn run(
     let (refills_tx, refilled_rx) =
         refill::spawn(args.kafka.clone(), clock.clone(), stop_rx.clone());
 
+    let ownership = start_ownership(&args, &inputs_tx, &status, &metrics, stop_rx.clone())?;
+
     let mut ingest_task = tokio::spawn({
         let settings = IngestSettings {
             heartbeat_timeout,
@@ -261,7 +266,11 @@ pub async fn run(
         clock,
         events,
     )
-    .with_refills(refills_tx, refilled_rx);
+    .with_refills(refills_tx, refilled_rx)
+    .with_ownership(match ownership {
+        Some(_) => ownership::Ownership::nothing_yet(),
+        None => ownership::Ownership::All,
+    });
     let mut ingest_ended: Option<String> = None;
     let shutdown_or_ingest_end = async {
         tokio::select! {
@@ -275,7 +284,45 @@ pub async fn run(
         Controller::stop_all(runtime.as_ref(), Duration::from_secs(args.stop_grace_secs)).await;
     }
     let _ = stop_tx.send(true);
+    if let Some(member) = ownership {
+        // Leaving the group hands this control plane's clients on at once.
+        let _ = tokio::task::spawn_blocking(move || member.join()).await;
+    }
     stop_tasks(api_task, ingest_task, ingest_ended).await
+}
+
+/// With `CP_OWNERSHIP=group`, the member of the control planes' group (a thread: see
+/// `crate::ownership`); it joins once the registry has been replayed.
+fn start_ownership(
+    args: &RunArgs,
+    inputs: &mpsc::Sender<input::Input>,
+    status: &Arc<Status>,
+    metrics: &Arc<ControlPlaneMetrics>,
+    stop: watch::Receiver<bool>,
+) -> Result<Option<std::thread::JoinHandle<()>>, ControlPlaneError> {
+    if args.ownership != config::OwnershipKind::Group {
+        return Ok(None);
+    }
+    let settings = ownership::GroupSettings {
+        group_id: args.ownership_group.clone(),
+        session_timeout: Duration::from_secs(args.ownership_session_timeout_secs),
+        release_timeout: Duration::from_secs(args.action_timeout_secs + 5),
+    };
+    let status = status.clone();
+    let replayed = move || {
+        status
+            .registry_replayed
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let member = ownership::spawn_group(
+        &args.kafka,
+        settings,
+        inputs.clone(),
+        replayed,
+        stop,
+        metrics.clone(),
+    )?;
+    Ok(Some(member))
 }
 
 /// After the controller: the API and ingest are stopped (they have been told), and a run

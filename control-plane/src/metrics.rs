@@ -65,6 +65,12 @@ pub struct ControlPlaneMetrics {
     /// Registrations dropped from a full line for one that arrived earlier.
     pub admission_displaced: Counter,
     pub orphans: Gauge,
+    /// Registry partitions this control plane acts for (-1: all, it is the only one).
+    pub owned_partitions: Gauge,
+    /// Clients this control plane acts on.
+    pub owned_clients: Gauge,
+    /// Ownership changes from the group, by kind (assigned, revoked).
+    pub ownership_changes: Family<ReasonLabel, Counter>,
     pub reconcile_duration: Histogram,
     pub runtime_call_duration: Family<OperationLabel, Histogram, fn() -> Histogram>,
     pub ingest_consumer_lag: Family<PartitionLabel, Gauge>,
@@ -106,6 +112,9 @@ impl ControlPlaneMetrics {
             admission_refills: Counter::default(),
             admission_displaced: Counter::default(),
             orphans: Gauge::default(),
+            owned_partitions: Gauge::default(),
+            owned_clients: Gauge::default(),
+            ownership_changes: Family::default(),
             reconcile_duration: latency_histogram(),
             runtime_call_duration: Family::new_with_constructor(latency_histogram),
             ingest_consumer_lag: Family::default(),
@@ -215,6 +224,21 @@ impl ControlPlaneMetrics {
             "admission_displaced",
             "Registrations dropped from a full waiting room for one that arrived earlier (read again from the registry later)",
             metrics.admission_displaced.clone(),
+        );
+        registry.register(
+            "owned_partitions",
+            "Registry partitions whose clients this control plane acts on (-1: all, CP_OWNERSHIP=all)",
+            metrics.owned_partitions.clone(),
+        );
+        registry.register(
+            "owned_clients",
+            "Registered clients this control plane acts on",
+            metrics.owned_clients.clone(),
+        );
+        registry.register(
+            "ownership_changes",
+            "Registry partitions assigned to or revoked from this control plane by the ownership group, by kind",
+            metrics.ownership_changes.clone(),
         );
         registry.register(
             "orphans",

@@ -56,13 +56,14 @@ pub(super) async fn list_clients(
     let more = ids.len() > limit;
     ids.truncate(limit);
     let listing = state.status.listing();
+    let ownership = state.status.ownership();
     let clients: Vec<serde_json::Value> = ids
         .iter()
         .filter_map(|id| {
             state
                 .table
                 .get(id)
-                .map(|r| client_view(r.value(), &listing))
+                .map(|r| client_view(r.value(), &listing, &ownership))
         })
         .collect();
     let mut response = Json(clients).into_response();
@@ -79,7 +80,12 @@ pub(super) async fn get_client(
     ClientPath(id): ClientPath,
 ) -> Response {
     match state.table.get(&id) {
-        Some(record) => Json(client_view(record.value(), &state.status.listing())).into_response(),
+        Some(record) => Json(client_view(
+            record.value(),
+            &state.status.listing(),
+            &state.status.ownership(),
+        ))
+        .into_response(),
         None => ApiError::not_registered(&id).into_response(),
     }
 }
@@ -141,6 +147,13 @@ pub(super) async fn restart(
     let Some(record) = state.table.get(&id).map(|r| r.value().clone()) else {
         return ApiError::not_registered(&id).into_response();
     };
+    if !state.status.ownership().owns(id.as_str()) {
+        // Restarts are the owner's (its supervision, its backoff); this one only shows.
+        return error(
+            StatusCode::MISDIRECTED_REQUEST,
+            format!("{id} is acted on by another control plane (the owner of its registry partition); send the restart to that one"),
+        );
+    }
     // A name that is no role's names no worker: nothing is restarted, and the answer is
     // what it has always been for it (202, restarting none).
     let role = query.role.as_deref().map(str::parse::<Role>).transpose();

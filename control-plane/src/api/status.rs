@@ -27,6 +27,7 @@ pub(super) async fn ready(State(state): State<ApiState>) -> Response {
             failing.error
         )),
         "workers_as_of": listing.last_listed_at.map(|at| at.to_rfc3339()),
+        "ownership": state.status.ownership(),
     });
     let code = if state.status.ready() {
         StatusCode::OK

@@ -22,6 +22,7 @@ impl Controller {
     pub fn apply(&mut self, input: Input) {
         match input {
             Input::Restart(request) => self.restart_requests.push(request),
+            Input::Ownership(change) => self.apply_ownership(change),
             Input::RegistryReplayed => {
                 self.registry_replayed = true;
                 self.status.registry_replayed.store(true, Ordering::Relaxed);

@@ -19,6 +19,7 @@ mod decide;
 mod executor;
 mod health;
 mod observe;
+mod owned;
 mod reconcile;
 mod status;
 mod views;
@@ -137,6 +138,13 @@ pub struct Controller {
     registry_replayed: bool,
     /// Deregistered clients whose data is deleted once their workers are gone.
     data_to_remove: HashSet<String>,
+    /// The clients this controller acts on (`crate::ownership`).
+    ownership: crate::ownership::Ownership,
+    /// Revocations to answer once no action on a client given up is in flight.
+    releasing: Vec<std::sync::mpsc::SyncSender<()>>,
+    /// What was owned before partitions were assigned, until the next listing adopts the
+    /// running workers of the clients gained.
+    gained_from: Option<crate::ownership::Ownership>,
 }
 
 /// After an input or a finished action, the next pass comes this soon: inputs arriving
@@ -204,7 +212,19 @@ impl Controller {
             last_lines: (lines_tx, Some(lines_rx)),
             registry_replayed: false,
             data_to_remove: HashSet::new(),
+            ownership: crate::ownership::Ownership::All,
+            releasing: Vec::new(),
+            gained_from: None,
         }
+    }
+
+    /// Acts only on the clients `ownership` names (one of several control planes; it
+    /// changes as the group's inputs say). Without it, on every client.
+    pub fn with_ownership(mut self, ownership: crate::ownership::Ownership) -> Self {
+        self.status.set_ownership(&ownership);
+        self.metrics.owned_partitions.set(ownership.owned_count());
+        self.ownership = ownership;
+        self
     }
 
     /// Registrations dropped past the waiting line are read again from the registry by
@@ -255,6 +275,7 @@ impl Controller {
                     if let Ok(report) = joined {
                         self.finish(report);
                     }
+                    self.release_if_quiet();
                     next_reconcile = next_reconcile.min(Instant::now() + SOON);
                 }
                 Some((name, lines)) = async { last_lines.as_mut()?.recv().await } => {
@@ -299,7 +320,10 @@ impl Controller {
         let deadline = Instant::now() + self.settings.shutdown_grace;
         while !actions.is_empty() {
             match tokio::time::timeout_at(deadline, actions.join_next()).await {
-                Ok(Some(Ok(report))) => self.finish(report),
+                Ok(Some(Ok(report))) => {
+                    self.finish(report);
+                    self.release_if_quiet();
+                }
                 Ok(_) => {}
                 Err(_) => {
                     warn!(
@@ -309,6 +333,10 @@ impl Controller {
                     break;
                 }
             }
+        }
+        // Stopped: nothing more is started, so whatever was revoked meanwhile is let go.
+        for released in self.releasing.drain(..) {
+            let _ = released.send(());
         }
     }
 

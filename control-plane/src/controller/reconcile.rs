@@ -26,13 +26,15 @@ impl Controller {
         actions: &mut JoinSet<ActionReport>,
     ) {
         let span = info_span!("reconcile");
-        let Some(observed) = self.list().instrument(span.clone()).await else {
+        let Some(listed) = self.list().instrument(span.clone()).await else {
             return;
         };
         let _entered = span.enter();
         let now = self.clock.now();
         self.status.listed(now);
-        self.take_in(&observed, now);
+        let (observed, others) = self.split_owned(listed);
+        self.note_gained(&observed);
+        self.take_in(&observed, &others, now);
         self.metrics.reconciles.inc();
         if !self.registry_replayed {
             return;
@@ -63,7 +65,12 @@ impl Controller {
 
     /// What a listing tells: adoptions, exits, what runs (and is probed), each worker's
     /// view for the API, and which clients went stale.
-    fn take_in(&mut self, observed: &[ObservedWorker], now: DateTime<Utc>) {
+    fn take_in(
+        &mut self,
+        observed: &[ObservedWorker],
+        others: &[ObservedWorker],
+        now: DateTime<Utc>,
+    ) {
         self.note_adoptions(observed);
         self.supervise(observed, now);
         self.running = observed
@@ -72,9 +79,17 @@ impl Controller {
             .map(|w| (w.name.clone(), w.client_id.clone(), w.role.clone()))
             .collect();
         self.workers.listed(observed);
-        let views = self.worker_views(observed);
+        let mut views = self.worker_views(observed);
+        views.extend(
+            others
+                .iter()
+                .map(|worker| super::owned::view_of_other(worker, self.policy(&worker.role))),
+        );
         self.writer.set_workers(views);
         for client in self.writer.refresh_liveness(now) {
+            if !self.ownership.owns(client.as_str()) {
+                continue;
+            }
             let detail = format!(
                 "no heartbeat for {}s; reaping its workers",
                 self.settings.heartbeat_timeout.as_secs()
@@ -128,7 +143,12 @@ impl Controller {
             recreations: plan.to_recreate,
             creations: plan.to_create,
             restarts,
-            data_to_remove: self.data_to_remove.iter().cloned().collect(),
+            data_to_remove: self
+                .data_to_remove
+                .iter()
+                .filter(|client| self.ownership.owns(client))
+                .cloned()
+                .collect(),
         };
         let limits = Limits {
             max_recreates_per_pass: self.settings.max_recreates_per_pass,
@@ -189,7 +209,12 @@ impl Controller {
     /// each exited worker's restart stands.
     fn desired(&mut self, now: DateTime<Utc>) -> Desired {
         let mut clients = Vec::with_capacity(self.writer.table().len() + 1);
-        if let Some((client_id, specs)) = &self.shared {
+        // The shared workers belong to whoever owns their pseudo-client's partition.
+        if let Some((client_id, specs)) = self
+            .shared
+            .as_ref()
+            .filter(|(client_id, _)| self.ownership.owns(client_id.as_str()))
+        {
             clients.push(DesiredClient {
                 client_id: client_id.clone(),
                 last_seen: now,
@@ -197,6 +222,9 @@ impl Controller {
             });
         }
         for record in self.writer.table().iter() {
+            if !self.ownership.owns(record.client_id.as_str()) {
+                continue;
+            }
             let specs = self
                 .specs
                 .entry(record.client_id.clone())

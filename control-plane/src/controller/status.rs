@@ -11,6 +11,8 @@ pub struct Status {
     pub registry_replayed: AtomicBool,
     pub first_listing_done: AtomicBool,
     listing: std::sync::Mutex<Listing>,
+    /// Which clients this control plane acts on, as the controller last applied it.
+    ownership: std::sync::Mutex<crate::ownership::Ownership>,
 }
 
 /// The runtime's listings: when the last one succeeded, and since when and why they fail.
@@ -41,6 +43,19 @@ impl Status {
             .lock()
             .map(|listing| listing.clone())
             .unwrap_or_default()
+    }
+
+    pub fn ownership(&self) -> crate::ownership::Ownership {
+        self.ownership
+            .lock()
+            .map(|ownership| ownership.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_ownership(&self, ownership: &crate::ownership::Ownership) {
+        if let Ok(mut shown) = self.ownership.lock() {
+            shown.clone_from(ownership);
+        }
     }
 
     /// A listing succeeded at `now`.

@@ -40,7 +40,22 @@ fn harness_with(tune: impl FnOnce(&mut ControllerSettings)) -> Harness {
 }
 
 fn harness_with_roles(roles: RoleSet, tune: impl FnOnce(&mut ControllerSettings)) -> Harness {
-    let runtime = Arc::new(FakeRuntime::new());
+    harness_on(
+        Arc::new(FakeRuntime::new()),
+        roles,
+        tune,
+        crate::ownership::Ownership::All,
+    )
+}
+
+/// A controller over `runtime` (which several may share, as control planes share a
+/// Docker Engine), acting on the clients `ownership` names.
+fn harness_on(
+    runtime: Arc<FakeRuntime>,
+    roles: RoleSet,
+    tune: impl FnOnce(&mut ControllerSettings),
+    ownership: crate::ownership::Ownership,
+) -> Harness {
     let clock = Arc::new(ManualClock::new(start()));
     let table: crate::table::ClientTable = Arc::new(DashMap::new());
     let events = EventLog::default();
@@ -90,7 +105,8 @@ fn harness_with_roles(roles: RoleSet, tune: impl FnOnce(&mut ControllerSettings)
         Arc::new(Status::default()),
         clock.clone(),
         events.clone(),
-    );
+    )
+    .with_ownership(ownership);
     let (inputs, rx) = mpsc::channel(100);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(controller.run(rx, async {
@@ -817,4 +833,111 @@ async fn a_registration_runs_the_requestable_pipelines_it_asks_for_and_each_refu
     })
     .await;
     h.stop().await;
+}
+
+/// Two controllers over one runtime, as two control planes over one Docker Engine: each
+/// starts only the clients of its registry partition; on a handover the old owner lets go
+/// only once its action in flight is done, and the new one adopts the running workers
+/// without creating or removing anything.
+#[tokio::test(start_paused = true)]
+#[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
+async fn two_controllers_share_the_clients_by_registry_partition_and_hand_them_over() {
+    use crate::ownership::{partition_of, Ownership, OwnershipChange};
+    let runtime = Arc::new(FakeRuntime::new());
+    let roles = || {
+        let enabled: Vec<String> = DEFAULT_ROLES.iter().map(|r| r.to_string()).collect();
+        RoleSet::builtin(&enabled, DEFAULT_IMAGE).unwrap()
+    };
+    let owning = |partition: i32| {
+        let mut ownership = Ownership::nothing_yet();
+        ownership.assign(&[partition], 2);
+        ownership
+    };
+    let a = harness_on(runtime.clone(), roles(), |_| {}, owning(0));
+    let b = harness_on(runtime.clone(), roles(), |_| {}, owning(1));
+    let clients: Vec<String> = (0..8).map(|i| format!("tenant-{i}")).collect();
+    let of_a: Vec<&String> = clients.iter().filter(|c| partition_of(c, 2) == 0).collect();
+    assert!(
+        !of_a.is_empty() && of_a.len() < clients.len(),
+        "both partitions have clients"
+    );
+    for h in [&a, &b] {
+        h.inputs.send(Input::RegistryReplayed).await.unwrap();
+        for client in &clients {
+            h.inputs.send(registration(client)).await.unwrap();
+        }
+    }
+    eventually("every client's workers started once", || {
+        runtime.calls_of("start").len() == 3 * clients.len()
+    })
+    .await;
+    // Past the orphan grace: a worker of the other's client is no orphan here.
+    for h in [&a, &b] {
+        h.clock.advance(chrono::Duration::seconds(61));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        runtime.calls_of("create").len(),
+        3 * clients.len(),
+        "no client created twice"
+    );
+    assert!(
+        runtime.calls_of("remove").is_empty(),
+        "neither reaps the other's workers"
+    );
+    // Each shows every client, and says which it acts on.
+    assert_eq!(a.table.len(), clients.len());
+    assert_eq!(b.table.len(), clients.len());
+
+    // A's action on one of its clients is in flight when A gives partition 0 up: the
+    // release waits for it.
+    let slow = format!("kg-graph-builder-{}", of_a[1]);
+    runtime.delay("stop", &slow, Duration::from_secs(3));
+    a.inputs
+        .send(Input::Restart(crate::input::RestartRequest {
+            client_id: ClientId::parse(of_a[1]).unwrap(),
+            role: None,
+            only_failed: false,
+        }))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (released_tx, released) = std::sync::mpsc::sync_channel(1);
+    a.inputs
+        .send(Input::Ownership(OwnershipChange::Revoked {
+            partitions: vec![0],
+            released: Some(released_tx),
+        }))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answered_early = released.try_recv().is_ok();
+    assert!(
+        !answered_early,
+        "the revocation was answered while an action of a client given up was in flight"
+    );
+    eventually("the revocation answered", || released.try_recv().is_ok()).await;
+    runtime.clear_calls();
+    b.inputs
+        .send(Input::Ownership(OwnershipChange::Assigned {
+            partitions: vec![0],
+            count: 2,
+        }))
+        .await
+        .unwrap();
+    eventually("B adopts A's running workers", || {
+        b.events
+            .last(of_a[2], 10)
+            .iter()
+            .any(|event| event.event == Lifecycle::WorkerAdopted)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let calls = runtime.calls();
+    assert!(
+        runtime.calls_of("create").is_empty() && runtime.calls_of("remove").is_empty(),
+        "adopted as they run: {calls:?}"
+    );
+    a.stop().await;
+    b.stop().await;
 }
