@@ -678,6 +678,7 @@ fn tail(text: &str, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
+pub mod docker;
 pub mod fake_kube;
 pub mod incident;
 pub mod raw_kafka;

@@ -5,43 +5,8 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use control_plane::runtime::docker::{DockerRuntime, DockerSettings};
+use kg_tests::docker::{containers_of, docker_with_images, remove_clients};
 use kg_tests::{poll, register_with_chart, Broker, ControlPlane, ControlPlaneOptions};
-
-/// Builds the images when they are missing (CI builds them fresh before the tests).
-fn ensure_images() -> Result<()> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let status = Command::new("bash")
-        .arg(root.join("scripts/build-images.sh"))
-        .arg("--if-missing")
-        .status()
-        .context("run scripts/build-images.sh")?;
-    ensure!(status.success(), "scripts/build-images.sh failed");
-    Ok(())
-}
-
-/// Whether a Docker Engine answers here; the test is skipped (or, with
-/// `KG_TEST_STRICT=1`, fails) when none does.
-fn docker_engine() -> Option<()> {
-    Command::new("docker")
-        .arg("info")
-        .output()
-        .ok()
-        .filter(|output| output.status.success())
-        .map(|_| ())
-}
-
-/// `Some` with the images built when a Docker Engine answers; `None` to skip.
-fn docker_with_images() -> Result<Option<()>> {
-    let engine = kg_tests::require_tool(
-        "a Docker Engine",
-        docker_engine(),
-        "`docker info` fails: install Docker and start dockerd",
-    )?;
-    if engine.is_some() {
-        ensure_images()?;
-    }
-    Ok(engine)
-}
 
 /// The Docker runtime as the tests use it: workers on the host's network (where the
 /// embedded broker listens), as user 10001, no secrets.
@@ -155,41 +120,6 @@ async fn the_docker_runtime_passes_secrets_as_files_not_in_docker_inspect() -> R
         .args(["volume", "rm", "-f", "kg-data-secret-docker"])
         .output();
     result
-}
-
-/// `docker ps -a` of the containers of `client`: (name, state), sorted.
-fn containers_of(client: &str) -> Vec<(String, String)> {
-    let listed = Command::new("docker")
-        .args([
-            "ps",
-            "-a",
-            "--filter",
-            &format!("label=kg.client-id={client}"),
-            "--format",
-            "{{.Names}} {{.State}}",
-        ])
-        .output()
-        .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
-        .unwrap_or_default();
-    let mut containers: Vec<(String, String)> = listed
-        .lines()
-        .filter_map(|line| line.split_once(' '))
-        .map(|(name, state)| (name.to_string(), state.to_string()))
-        .collect();
-    containers.sort();
-    containers
-}
-
-/// Removes every container and data volume of `clients`, whatever a test left.
-fn remove_clients(clients: &[String]) {
-    for client in clients {
-        for (name, _) in containers_of(client) {
-            let _ = Command::new("docker").args(["rm", "-f", &name]).output();
-        }
-        let _ = Command::new("docker")
-            .args(["volume", "rm", "-f", &format!("kg-data-{client}")])
-            .output();
-    }
 }
 
 /// Whether each of `clients` has exactly its three workers, one container each, running,
