@@ -351,18 +351,21 @@ burst_gone() { for c in "${BURST[@]}"; do [ -z "$(workers_of "$c")" ] || return 
 poll 90 burst_gone || fail "the burst's clients, deregistered, lose their workers"
 
 # ---- 6c. docker kill a healthy worker → back within the policy's first delay -------------
-victim="kg-event-normalizer-${CLIENT}"
-old_id=$(worker_id "$victim" "$CLIENT")
-killed_at=$(date +%s%3N)
-kill_worker "$victim" >/dev/null
+# A role's worker, then the built-in pipeline's: the control plane supervises both alike.
 back_running() {
   worker_running "$victim" "$CLIENT" && [ "$(worker_id "$victim" "$CLIENT")" != "$old_id" ]
 }
-poll 30 back_running || fail "a killed worker comes back"
-back_ms=$(( $(date +%s%3N) - killed_at ))
-# The first delay is CP_RESTART_BACKOFF_BASE_MS (1 s); allow a reconcile pass and Docker's own time.
-[ "$back_ms" -le 6000 ] || fail "a killed worker comes back within the first delay (took ${back_ms} ms)"
-ok "$( [ "$RUNTIME" = swarm ] && echo "docker kill of $victim's task" || echo "docker kill $victim") → recreated and running after ${back_ms} ms (policy always, first delay 1 s)"
+for victim in "kg-event-normalizer-${CLIENT}" "kg-pipeline-alert-enrichment.${CLIENT}"; do
+  old_id=$(worker_id "$victim" "$CLIENT")
+  [ -n "$old_id" ] || fail "$(svc "$victim") exists before it is killed"
+  killed_at=$(date +%s%3N)
+  kill_worker "$victim" >/dev/null
+  poll 30 back_running || fail "a killed worker ($victim) comes back"
+  back_ms=$(( $(date +%s%3N) - killed_at ))
+  # The first delay is CP_RESTART_BACKOFF_BASE_MS (1 s); allow a reconcile pass and Docker's own time.
+  [ "$back_ms" -le 6000 ] || fail "a killed worker ($victim) comes back within the first delay (took ${back_ms} ms)"
+  ok "$( [ "$RUNTIME" = swarm ] && echo "docker kill of $victim's task" || echo "docker kill $victim") → recreated and running after ${back_ms} ms (policy always, first delay 1 s)"
+done
 
 # ---- 6d. SIGTERM to the control plane mid-spawn → no half-created container --------------
 LATE=("${CLIENT}-t1" "${CLIENT}-t2" "${CLIENT}-t3")

@@ -234,19 +234,15 @@ pub async fn run(
     let (refills_tx, refilled_rx) =
         refill::spawn(args.kafka.clone(), clock.clone(), stop_rx.clone());
 
-    let ownership = start_ownership(&args, &inputs_tx, &status, &metrics, stop_rx.clone())?;
+    let (member, ownership) =
+        start_ownership(&args, &inputs_tx, &status, &metrics, stop_rx.clone())?;
 
-    let mut ingest_task = tokio::spawn({
-        let settings = IngestSettings {
-            heartbeat_timeout,
-            metadata_timeout: Duration::from_secs(5),
-        };
-        let (kafka, metrics, publisher) = (args.kafka.clone(), metrics.clone(), publisher.clone());
-        let (clock, stop) = (clock.clone(), stop_rx.clone());
-        async move {
-            ingest::run_ingest(&kafka, settings, metrics, publisher, clock, inputs_tx, stop).await
-        }
-    });
+    let mut ingest_task = spawn_ingest(
+        &args,
+        (metrics.clone(), publisher.clone(), clock.clone()),
+        inputs_tx,
+        stop_rx.clone(),
+    );
 
     on_started(&Handles {
         table: table.clone(),
@@ -267,10 +263,7 @@ pub async fn run(
         events,
     )
     .with_refills(refills_tx, refilled_rx)
-    .with_ownership(match ownership {
-        Some(_) => ownership::Ownership::nothing_yet(),
-        None => ownership::Ownership::All,
-    });
+    .with_ownership(ownership);
     let mut ingest_ended: Option<String> = None;
     let shutdown_or_ingest_end = async {
         tokio::select! {
@@ -284,24 +277,47 @@ pub async fn run(
         Controller::stop_all(runtime.as_ref(), Duration::from_secs(args.stop_grace_secs)).await;
     }
     let _ = stop_tx.send(true);
-    if let Some(member) = ownership {
-        // Leaving the group hands this control plane's clients on at once.
-        let _ = tokio::task::spawn_blocking(move || member.join()).await;
-    }
+    leave_group(member).await;
     stop_tasks(api_task, ingest_task, ingest_ended).await
 }
 
+/// Ingest's task (`crate::ingest`), feeding the controller's inputs until `stop`.
+fn spawn_ingest(
+    args: &RunArgs,
+    (metrics, publisher, clock): (Arc<ControlPlaneMetrics>, Arc<Publisher>, Arc<dyn Clock>),
+    inputs: mpsc::Sender<input::Input>,
+    stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<Result<(), ingest::IngestError>> {
+    let settings = IngestSettings {
+        heartbeat_timeout: args.heartbeat_timeout,
+        metadata_timeout: Duration::from_secs(5),
+    };
+    let kafka = args.kafka.clone();
+    tokio::spawn(async move {
+        ingest::run_ingest(&kafka, settings, metrics, publisher, clock, inputs, stop).await
+    })
+}
+
+/// Once stopped, the group member's thread leaves the group, which hands this control
+/// plane's clients on at once.
+async fn leave_group(member: Option<std::thread::JoinHandle<()>>) {
+    if let Some(member) = member {
+        let _ = tokio::task::spawn_blocking(move || member.join()).await;
+    }
+}
+
 /// With `CP_OWNERSHIP=group`, the member of the control planes' group (a thread: see
-/// `crate::ownership`); it joins once the registry has been replayed.
+/// `crate::ownership`), which joins once the registry has been replayed, and the
+/// controller's ownership until it is assigned partitions (none); else every client.
 fn start_ownership(
     args: &RunArgs,
     inputs: &mpsc::Sender<input::Input>,
     status: &Arc<Status>,
     metrics: &Arc<ControlPlaneMetrics>,
     stop: watch::Receiver<bool>,
-) -> Result<Option<std::thread::JoinHandle<()>>, ControlPlaneError> {
+) -> Result<(Option<std::thread::JoinHandle<()>>, ownership::Ownership), ControlPlaneError> {
     if args.ownership != config::OwnershipKind::Group {
-        return Ok(None);
+        return Ok((None, ownership::Ownership::All));
     }
     let settings = ownership::GroupSettings {
         group_id: args.ownership_group.clone(),
@@ -322,7 +338,7 @@ fn start_ownership(
         stop,
         metrics.clone(),
     )?;
-    Ok(Some(member))
+    Ok((Some(member), ownership::Ownership::nothing_yet()))
 }
 
 /// After the controller: the API and ingest are stopped (they have been told), and a run

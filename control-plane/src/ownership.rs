@@ -60,20 +60,15 @@ fn crc32(bytes: &[u8]) -> u32 {
 }
 
 /// The clients this control plane acts on.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Ownership {
     /// The only control plane: every client.
+    #[default]
     All,
     /// One of several: the clients of the registry partitions the group assigned to it,
     /// out of `count`. None before the first assignment.
     Partitions { owned: BTreeSet<i32>, count: i32 },
-}
-
-impl Default for Ownership {
-    fn default() -> Self {
-        Ownership::All
-    }
 }
 
 impl Ownership {
@@ -339,9 +334,8 @@ fn run_member(
     info!("joined the ownership group");
     while !*stop.borrow() {
         // Polling serves the group's heartbeats and rebalances; records are dropped.
-        match consumer.poll(Duration::from_millis(200)) {
-            Some(Err(error)) => warn!(%error, "ownership group"),
-            Some(Ok(_)) | None => {}
+        if let Some(Err(error)) = consumer.poll(Duration::from_millis(200)) {
+            warn!(%error, "ownership group");
         }
     }
     // Leaving: the revocation runs (the controller is gone by now, so it returns at

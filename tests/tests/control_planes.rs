@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
@@ -26,7 +26,7 @@ const SESSION_TIMEOUT: Duration = Duration::from_secs(6);
 const REGISTRY_PARTITIONS: i32 = 3;
 
 /// The two scenarios share the Docker Engine and this machine's two cores: one at a time.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn options() -> ControlPlaneOptions {
     ControlPlaneOptions {
@@ -305,7 +305,7 @@ fn a_killed_plane_hands_its_clients_over(
 
 #[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn three_control_planes_share_thirty_clients(kind: BrokerKind) -> Result<()> {
-    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _one = ONE_AT_A_TIME.lock().await;
     if docker_with_images()?.is_none() {
         return Ok(());
     }

@@ -12,6 +12,7 @@ use serde_json::Value;
 const EVENT_NORMALIZER: &str = "kg-event-normalizer";
 const LOG_NORMALIZER: &str = "kg-log-normalizer";
 const GRAPH_BUILDER: &str = "kg-graph-builder";
+const ALERT_ENRICHMENT: &str = "kg-pipeline-alert-enrichment";
 
 /// The client's workers when exactly one per default role runs, sorted by name.
 fn all_running(plane: &ControlPlane, client: &str) -> Option<Vec<(String, String)>> {
@@ -470,6 +471,61 @@ async fn a_restarted_control_plane_adopts_the_running_workers(kind: BrokerKind) 
     assert_eq!(all_running(&plane, client), Some(before));
     assert_eq!(plane.worker_dirs().len(), 3);
     assert!(plane.metric(r#"cp_lifecycle_events_total{event="worker_adopted"}"#) >= 3.0);
+    heartbeats.stop().await;
+    Ok(())
+}
+
+on_both_brokers!(a_restarted_control_plane_adopts_the_running_pipeline_worker);
+/// A pipeline's worker is adopted like the roles' workers: the built-in alert enrichment
+/// keeps its process (same pid, still alive) and its id across the control plane's SIGKILL
+/// and restart.
+async fn a_restarted_control_plane_adopts_the_running_pipeline_worker(
+    kind: BrokerKind,
+) -> Result<()> {
+    let broker = broker_or_skip!(kind);
+    let mut plane = ControlPlane::start(
+        &broker,
+        ControlPlaneOptions {
+            built_in_pipelines: true,
+            ..ControlPlaneOptions::default()
+        },
+    )?;
+    let client = "adopt-pipeline-1";
+    let pipeline = format!("{ALERT_ENRICHMENT}.{client}");
+    let four_running = |plane: &ControlPlane| {
+        let workers = plane.running_workers(client);
+        (workers.len() == 4 && workers.iter().any(|(name, _)| *name == pipeline)).then_some(workers)
+    };
+    register_with_chart(&broker.bootstrap, client)?;
+    let heartbeats = Heartbeater::start(&broker.bootstrap, client, Duration::from_secs(1))?;
+    let before = poll("the client's four workers", Duration::from_secs(60), || {
+        four_running(&plane)
+    })
+    .with_context(|| plane.log_tail())?;
+    let pid = plane
+        .worker_pid(&pipeline)
+        .context("the pipeline worker's pid")?;
+
+    plane.kill();
+    plane.spawn()?;
+    let after = poll("workers listed again", Duration::from_secs(30), || {
+        four_running(&plane)
+    })
+    .with_context(|| plane.log_tail())?;
+    assert_eq!(before, after, "workers were replaced instead of adopted");
+    plane.wait_reconcile_passes(3)?;
+    assert_eq!(four_running(&plane), Some(before));
+    assert_eq!(
+        plane.worker_pid(&pipeline),
+        Some(pid),
+        "the pipeline worker was restarted\n{}",
+        plane.log_tail()
+    );
+    ensure!(
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok(),
+        "the pipeline worker's process {pid} is gone"
+    );
+    assert!(plane.metric(r#"cp_lifecycle_events_total{event="worker_adopted"}"#) >= 4.0);
     heartbeats.stop().await;
     Ok(())
 }

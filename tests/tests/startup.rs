@@ -362,3 +362,54 @@ fn the_control_plane_against_the_embedded_broker_passes_its_checks() -> Result<(
     }
     Ok(())
 }
+
+/// A templates file with an error stops the control plane before its API starts: it exits
+/// non-zero with one line naming the file, the line and the field.
+#[test]
+fn the_control_plane_refuses_a_broken_pipelines_file_naming_the_line_and_field() -> Result<()> {
+    // A reachable broker, so that the start-up checks pass and the file is what fails.
+    let broker = Broker::start()?;
+    let temp = tempfile::tempdir()?;
+    let data_dir = temp.path().join("data");
+    let file = temp.path().join("pipelines.toml");
+    std::fs::write(
+        &file,
+        "[[pipeline]]\nname = \"p\"\ninput = [\"a\"]\noutput = \"b\"\ndefault = true\n\n[[pipeline.stage]]\nkind = \"flatten\"\nfeilds = {}\n",
+    )?;
+    let mut command = control_plane_run(&data_dir, &broker.bootstrap);
+    command.env("CP_PIPELINES_FILE", &file);
+    let mut plane = Running::spawn(command)?;
+    let status = poll("the control plane to exit", Duration::from_secs(30), || {
+        plane.child.try_wait().ok().flatten()
+    })
+    .with_context(|| format!("it kept running; stderr: {:#?}", plane.stderr()))?;
+    ensure!(!status.success(), "exit status {status:?}");
+    let expected = format!(
+        "{}:9:1: pipeline[0].stage[0].feilds: unknown field `feilds`",
+        file.display()
+    );
+    // The reader thread ends at EOF, right after the exit.
+    let lines = poll("the error on stderr", Duration::from_secs(5), || {
+        let lines = plane.stderr();
+        lines
+            .iter()
+            .any(|line| line.contains(&expected))
+            .then_some(lines)
+    })
+    .with_context(|| format!("no {expected:?} in stderr: {:#?}", plane.stderr()))?;
+    ensure!(
+        lines.iter().filter(|line| line.contains("feilds")).count() == 1,
+        "the error is said once: {lines:#?}"
+    );
+    ensure!(
+        !lines
+            .iter()
+            .any(|l| l.contains("panicked") || l.contains("RUST_BACKTRACE")),
+        "no panic or backtrace expected: {lines:#?}"
+    );
+    ensure!(
+        !data_dir.join("api.addr").exists(),
+        "the API must not have started"
+    );
+    Ok(())
+}

@@ -126,6 +126,16 @@ impl ConsumerContext for LagReporter {
     ) {
         crate::rewind::rebalance(&self.rewind, consumer, error, partitions);
     }
+
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        if result.is_ok() {
+            self.rewind.committed(offsets);
+        }
+    }
 }
 
 /// A record to produce, kept whole so it can be produced again if delivery fails.
