@@ -81,7 +81,7 @@ start_plane() { # start_plane <dir> <all|group>
     CP_RUNTIME=fake CP_OWNERSHIP=$2 CP_OWNERSHIP_SESSION_TIMEOUT_SECS=$SESSION_SECS \
         CP_PIPELINES_FILE="$1/data/no-pipelines.toml" \
         CP_MAX_CLIENTS=$((CLIENTS * 2)) CP_MAX_WAITING_CLIENTS=$((CLIENTS * 2)) \
-        CP_MAX_NEW_CLIENTS_PER_MINUTE=1000000 CP_HEALTH_INTERVAL_SECS=0 \
+        CP_MAX_NEW_CLIENTS_PER_MINUTE=1000000 CP_HEALTH_INTERVAL_SECS=0 CP_EVENT_ATTRIBUTOR=false \
         KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" CP_LISTEN=127.0.0.1:0 CP_DATA_DIR="$1/data" \
         "$BIN/control-plane" run >"$1/control-plane.log" 2>&1 &
     local pid=$! i

@@ -286,6 +286,12 @@ pub struct RunArgs {
     #[arg(long, env = "CP_OWNERSHIP", value_enum, default_value = "all")]
     pub ownership: OwnershipKind,
 
+    /// The URL other control planes send a client's restart to when this one owns it
+    /// (CP_OWNERSHIP=group); by default `http://<the API's address>` (the host's name
+    /// when it listens on every address).
+    #[arg(long, env = "CP_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+
     /// The control planes' consumer group on `cluster.registry` (CP_OWNERSHIP=group).
     #[arg(long, env = "CP_OWNERSHIP_GROUP", default_value = "kg-control-planes")]
     pub ownership_group: String,

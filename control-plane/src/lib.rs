@@ -22,6 +22,7 @@ pub mod events;
 pub mod ingest;
 pub mod input;
 pub mod liveness;
+pub mod members;
 pub mod metrics;
 pub mod ownership;
 pub mod pipelines;
@@ -219,7 +220,9 @@ pub async fn run(
     // throughput; a long one held up to 10,000 decoded registrations in a flood.
     let (inputs_tx, inputs_rx) = mpsc::channel(1_024);
     let events = events::EventLog::default();
+    let sharing = Sharing::start(&args, api_addr, &inputs_tx, &status, &metrics, &stop_rx)?;
     let router = api::router(api::ApiState {
+        members: sharing.members.clone(),
         events: events.clone(),
         commands: Some(inputs_tx.clone()),
         table: table.clone(),
@@ -233,9 +236,6 @@ pub async fn run(
 
     let (refills_tx, refilled_rx) =
         refill::spawn(args.kafka.clone(), clock.clone(), stop_rx.clone());
-
-    let (member, ownership) =
-        start_ownership(&args, &inputs_tx, &status, &metrics, stop_rx.clone())?;
 
     let mut ingest_task = spawn_ingest(
         &args,
@@ -263,7 +263,7 @@ pub async fn run(
         events,
     )
     .with_refills(refills_tx, refilled_rx)
-    .with_ownership(ownership);
+    .with_ownership(sharing.ownership.clone());
     let mut ingest_ended: Option<String> = None;
     let shutdown_or_ingest_end = async {
         tokio::select! {
@@ -277,7 +277,7 @@ pub async fn run(
         Controller::stop_all(runtime.as_ref(), Duration::from_secs(args.stop_grace_secs)).await;
     }
     let _ = stop_tx.send(true);
-    leave_group(member).await;
+    sharing.leave().await;
     stop_tasks(api_task, ingest_task, ingest_ended).await
 }
 
@@ -298,47 +298,99 @@ fn spawn_ingest(
     })
 }
 
-/// Once stopped, the group member's thread leaves the group, which hands this control
-/// plane's clients on at once.
-async fn leave_group(member: Option<std::thread::JoinHandle<()>>) {
-    if let Some(member) = member {
-        let _ = tokio::task::spawn_blocking(move || member.join()).await;
+/// Where other control planes reach this one's API: the operator's URL, else the bound
+/// address (with the host's name in place of an unspecified address).
+fn advertised_url(configured: Option<&str>, bound: SocketAddr) -> String {
+    if let Some(url) = configured {
+        return url.trim_end_matches('/').to_string();
     }
+    if bound.ip().is_unspecified() {
+        let host = nix::unistd::gethostname()
+            .ok()
+            .and_then(|name| name.into_string().ok())
+            .unwrap_or_else(|| "localhost".into());
+        return format!("http://{host}:{}", bound.port());
+    }
+    format!("http://{bound}")
 }
 
-/// With `CP_OWNERSHIP=group`, the member of the control planes' group (a thread: see
-/// `crate::ownership`), which joins once the registry has been replayed, and the
-/// controller's ownership until it is assigned partitions (none); else every client.
-fn start_ownership(
-    args: &RunArgs,
-    inputs: &mpsc::Sender<input::Input>,
-    status: &Arc<Status>,
-    metrics: &Arc<ControlPlaneMetrics>,
-    stop: watch::Receiver<bool>,
-) -> Result<(Option<std::thread::JoinHandle<()>>, ownership::Ownership), ControlPlaneError> {
-    if args.ownership != config::OwnershipKind::Group {
-        return Ok((None, ownership::Ownership::All));
+/// With `CP_OWNERSHIP=group`, what sharing the clients takes: the member of the control
+/// planes' group (a thread: see `crate::ownership`), which joins once the registry has
+/// been replayed, and the announcements of where each control plane answers
+/// (`crate::members`); else nothing, and every client is this control plane's.
+struct Sharing {
+    /// The controller's ownership until the group says otherwise.
+    ownership: ownership::Ownership,
+    members: Option<members::Members>,
+    member: Option<std::thread::JoinHandle<()>>,
+    announcing: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Sharing {
+    fn start(
+        args: &RunArgs,
+        api_addr: SocketAddr,
+        inputs: &mpsc::Sender<input::Input>,
+        status: &Arc<Status>,
+        metrics: &Arc<ControlPlaneMetrics>,
+        stop: &watch::Receiver<bool>,
+    ) -> Result<Self, ControlPlaneError> {
+        if args.ownership != config::OwnershipKind::Group {
+            return Ok(Self {
+                ownership: ownership::Ownership::All,
+                members: None,
+                member: None,
+                announcing: None,
+            });
+        }
+        let settings = ownership::GroupSettings {
+            group_id: args.ownership_group.clone(),
+            session_timeout: Duration::from_secs(args.ownership_session_timeout_secs),
+            release_timeout: Duration::from_secs(args.action_timeout_secs + 5),
+        };
+        let replayed = {
+            let status = status.clone();
+            move || {
+                status
+                    .registry_replayed
+                    .load(std::sync::atomic::Ordering::Relaxed)
+            }
+        };
+        let member = ownership::spawn_group(
+            &args.kafka,
+            settings,
+            inputs.clone(),
+            replayed,
+            stop.clone(),
+            metrics.clone(),
+        )?;
+        let members = members::Members::new(&format!("cp-{:016x}", rand::random::<u64>()));
+        let api = advertised_url(args.advertise_url.as_deref(), api_addr);
+        let announcing = tokio::spawn(members::run(
+            args.kafka.clone(),
+            members.clone(),
+            api,
+            status.clone(),
+            stop.clone(),
+        ));
+        Ok(Self {
+            ownership: ownership::Ownership::nothing_yet(),
+            members: Some(members),
+            member: Some(member),
+            announcing: Some(announcing),
+        })
     }
-    let settings = ownership::GroupSettings {
-        group_id: args.ownership_group.clone(),
-        session_timeout: Duration::from_secs(args.ownership_session_timeout_secs),
-        release_timeout: Duration::from_secs(args.action_timeout_secs + 5),
-    };
-    let status = status.clone();
-    let replayed = move || {
-        status
-            .registry_replayed
-            .load(std::sync::atomic::Ordering::Relaxed)
-    };
-    let member = ownership::spawn_group(
-        &args.kafka,
-        settings,
-        inputs.clone(),
-        replayed,
-        stop,
-        metrics.clone(),
-    )?;
-    Ok((Some(member), ownership::Ownership::nothing_yet()))
+
+    /// Once stopped: the member leaves the group, which hands this control plane's
+    /// clients on at once, and its announcement is withdrawn.
+    async fn leave(self) {
+        if let Some(member) = self.member {
+            let _ = tokio::task::spawn_blocking(move || member.join()).await;
+        }
+        if let Some(announcing) = self.announcing {
+            let _ = announcing.await;
+        }
+    }
 }
 
 /// After the controller: the API and ingest are stopped (they have been told), and a run

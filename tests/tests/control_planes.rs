@@ -303,6 +303,63 @@ fn a_killed_plane_hands_its_clients_over(
     Ok(back)
 }
 
+/// A restart asked of a control plane that does not own `client` is a 307 to the same
+/// request on the owner (named in the body and in the client's view too), and the owner
+/// carries it out.
+fn a_restart_is_sent_on_to_the_owner(planes: &[ControlPlane], client: &str) -> Result<()> {
+    let owner = planes
+        .iter()
+        .find(|plane| {
+            plane
+                .client(client)
+                .is_some_and(|view| view["acted_on_here"] == true)
+        })
+        .context("an owner")?;
+    let other = planes
+        .iter()
+        .find(|plane| {
+            plane
+                .client(client)
+                .is_some_and(|view| view["acted_on_here"] == false)
+        })
+        .context("another control plane")?;
+    let path = format!("/clients/{client}/restart");
+    let redirected = poll("the owner's announcement", Duration::from_secs(30), || {
+        let answer = kg_tests::http::request_with_headers(
+            "POST",
+            &format!("{}{path}", other.api),
+            &[("Authorization", "Bearer test-token")],
+        )
+        .ok()?;
+        (answer.code == 307).then_some(answer)
+    })?;
+    let location = redirected.header("location").context("a Location header")?;
+    ensure!(
+        location == format!("{}{path}", owner.api),
+        "sent to {location}, the owner is {}",
+        owner.api
+    );
+    ensure!(
+        other
+            .client(client)
+            .is_some_and(|view| view["owner"] == owner.api.as_str()),
+        "the other's view names the owner"
+    );
+    let (code, body) = kg_tests::http::request("POST", location, Some("test-token"))?;
+    ensure!(code == 202, "the owner takes the restart: {code} {body}");
+    poll(
+        "the owner restarts the worker",
+        Duration::from_secs(60),
+        || {
+            let (_, events) = owner.get(&format!("/clients/{client}/events")).ok()?;
+            events
+                .contains("worker_restarted_by_operator")
+                .then_some(())
+        },
+    )?;
+    Ok(())
+}
+
 #[allow(clippy::too_many_lines)] // a scenario reads best top to bottom
 async fn three_control_planes_share_thirty_clients(kind: BrokerKind) -> Result<()> {
     let _one = ONE_AT_A_TIME.lock().await;
@@ -388,6 +445,10 @@ async fn three_control_planes_share_thirty_clients(kind: BrokerKind) -> Result<(
             .map(|plane| plane.metric("cp_lifecycle_events_total{event=\"worker_removed\"}"))
             .sum();
         ensure!(removals == 1.0, "one removal, by the owner alone: {removals}");
+
+        // Any control plane answers for every client; a restart, which only the owner
+        // can carry out, is sent on to it.
+        a_restart_is_sent_on_to_the_owner(&planes, &clients[1])?;
         Ok(())
     }
     .await;

@@ -80,12 +80,21 @@ pub(super) async fn get_client(
     ClientPath(id): ClientPath,
 ) -> Response {
     match state.table.get(&id) {
-        Some(record) => Json(client_view(
-            record.value(),
-            &state.status.listing(),
-            &state.status.ownership(),
-        ))
-        .into_response(),
+        Some(record) => {
+            let mut view = client_view(
+                record.value(),
+                &state.status.listing(),
+                &state.status.ownership(),
+            );
+            if view["acted_on_here"] == false {
+                let owner = state
+                    .members
+                    .as_ref()
+                    .and_then(|members| members.owner_of(id.as_str(), chrono::Utc::now()));
+                view["owner"] = json!(owner);
+            }
+            Json(view).into_response()
+        }
         None => ApiError::not_registered(&id).into_response(),
     }
 }
@@ -133,6 +142,7 @@ pub(super) struct RestartQuery {
 /// (or one role's, or only the failed ones), clearing their backoff and give-up.
 pub(super) async fn restart(
     State(state): State<ApiState>,
+    uri: axum::http::Uri,
     client: Result<ClientPath, ApiError>,
     Query(query): Query<RestartQuery>,
     headers: HeaderMap,
@@ -148,11 +158,8 @@ pub(super) async fn restart(
         return ApiError::not_registered(&id).into_response();
     };
     if !state.status.ownership().owns(id.as_str()) {
-        // Restarts are the owner's (its supervision, its backoff); this one only shows.
-        return error(
-            StatusCode::MISDIRECTED_REQUEST,
-            format!("{id} is acted on by another control plane (the owner of its registry partition); send the restart to that one"),
-        );
+        // Restarts are the owner's (its supervision, its backoff): sent on to it.
+        return to_the_owner(&state, &id, &uri);
     }
     // A name that is no role's names no worker: nothing is restarted, and the answer is
     // what it has always been for it (202, restarting none).
@@ -253,4 +260,32 @@ pub(super) async fn worker_logs(
         }
         Err(failure) => error(StatusCode::BAD_GATEWAY, failure.to_string()),
     }
+}
+
+/// A request only `id`'s owner can carry out, made to another control plane: a `307` to
+/// the same path on the owner (method and body kept), with the owner in the body too;
+/// `503` while no control plane claims the client (a handover under way).
+fn to_the_owner(state: &ApiState, id: &ClientId, uri: &axum::http::Uri) -> Response {
+    let owner = state
+        .members
+        .as_ref()
+        .and_then(|members| members.owner_of(id.as_str(), chrono::Utc::now()));
+    let Some(owner) = owner else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{id} is acted on by another control plane, and none claims it right now (a handover under way?); try again in a few seconds"),
+        );
+    };
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    let location = format!("{owner}{path}");
+    (
+        StatusCode::TEMPORARY_REDIRECT,
+        [(axum::http::header::LOCATION, location.clone())],
+        Json(json!({
+            "error": format!("{id} is acted on by the control plane at {owner}; repeat the request there"),
+            "owner": owner,
+            "location": location,
+        })),
+    )
+        .into_response()
 }

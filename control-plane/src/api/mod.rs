@@ -50,6 +50,8 @@ pub struct ApiState {
     pub events: EventLog,
     /// Where operator commands (restarts) go: the controller.
     pub commands: Option<mpsc::Sender<Input>>,
+    /// The other control planes (`CP_OWNERSHIP=group`): where a client's owner answers.
+    pub members: Option<crate::members::Members>,
 }
 
 /// All routes.

@@ -31,6 +31,7 @@ fn active_record(client_id: ClientId, workers: Vec<crate::table::WorkerView>) ->
 
 fn state(token: Option<&str>) -> ApiState {
     ApiState {
+        members: None,
         table: Arc::new(DashMap::new()),
         metrics: Arc::new(ControlPlaneMetrics::new()),
         status: Arc::new(Status::default()),
