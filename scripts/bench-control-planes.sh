@@ -45,14 +45,7 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/kg-bench-planes.XXXXXX")
 # shellcheck source=lib/bench-common.sh
 source scripts/lib/bench-common.sh
 
-BIN=$WORK/bin
-mkdir -p "$BIN"
-if [ -z "${SKIP_BUILD:-}" ]; then
-    echo "building (release)…" >&2
-    cargo build --release --bins -p control-plane >&2
-    cargo build --release -p kg-tests --bin kg-bench >&2
-fi
-cp target/release/control-plane target/release/kg-bench "$BIN/"
+release_binaries control-plane
 machine
 echo "clients $CLIENTS, $ROLES_PER_CLIENT workers each on the fake runtime, heartbeats every ${HEARTBEAT_SECS}s"
 
@@ -60,18 +53,6 @@ kb() { sed -n "s/^$2:[[:space:]]*\([0-9]*\) kB/\1/p" "/proc/$1/status"; }
 mb() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN {printf "%.1f", b - a}'; }
-
-start_broker() { # start_broker <dir>
-    "$BIN/control-plane" embedded-broker </dev/null >"$1/broker.out" 2>"$1/broker.err" &
-    STARTED+=("$!:embedded-broker")
-    local i
-    for ((i = 0; i < 300; i++)); do
-        grep -q '^bootstrap=' "$1/broker.out" 2>/dev/null && break
-        sleep 0.1
-    done
-    BOOTSTRAP=$(sed -n 's/^bootstrap=//p' "$1/broker.out" | head -1)
-    [ -n "$BOOTSTRAP" ] || { echo "the embedded broker printed no bootstrap line" >&2; exit 1; }
-}
 
 PIDS=()
 APIS=()
@@ -84,21 +65,11 @@ start_plane() { # start_plane <dir> <all|group>
         CP_MAX_NEW_CLIENTS_PER_MINUTE=1000000 CP_HEALTH_INTERVAL_SECS=0 CP_EVENT_ATTRIBUTOR=false \
         KAFKA_BOOTSTRAP_SERVERS="$BOOTSTRAP" CP_LISTEN=127.0.0.1:0 CP_DATA_DIR="$1/data" \
         "$BIN/control-plane" run >"$1/control-plane.log" 2>&1 &
-    local pid=$! i
+    local pid=$!
     STARTED+=("$pid:control-plane")
-    for ((i = 0; i < 300; i++)); do
-        [ -s "$1/data/api.addr" ] && break
-        sleep 0.1
-    done
-    [ -s "$1/data/api.addr" ] || { echo "no API address; log:" >&2; tail "$1/control-plane.log" >&2; exit 1; }
-    local api
-    api=http://$(cat "$1/data/api.addr")
-    for ((i = 0; i < 300; i++)); do
-        "$BIN/kg-bench" http-get --url "$api/ready" >/dev/null 2>&1 && break
-        sleep 0.2
-    done
+    wait_for_api "$1/data" "$1/control-plane.log"
     PIDS+=("$pid")
-    APIS+=("$api")
+    APIS+=("$API")
 }
 
 # sum_metric <prefix> <api…>: the sum of every metric line starting with prefix.
@@ -143,7 +114,7 @@ setup() { # setup <name> <planes> <ownership>
     echo "== $name: $planes control plane(s), CP_OWNERSHIP=$ownership"
     PIDS=()
     APIS=()
-    start_broker "$dir"
+    start_embedded_broker "$dir"
     for ((i = 1; i <= planes; i++)); do
         start_plane "$dir/plane-$i" "$ownership"
     done

@@ -280,10 +280,12 @@ pub fn spawn_group(
             "session.timeout.ms",
             settings.session_timeout.as_millis().to_string(),
         )
+        // Survivors learn of a rebalance from a heartbeat's answer: at most a second
+        // apart, the handover after a member's session timeout waits little more.
         .set(
             "heartbeat.interval.ms",
             (settings.session_timeout.as_millis() / 4)
-                .max(100)
+                .clamp(100, 1000)
                 .to_string(),
         )
         // The records are not what this member is for: it reads none it would act on

@@ -56,7 +56,12 @@ pub fn containers_with_ids(client: &str) -> Vec<(String, String, String)> {
         .output()
         .map(|output| String::from_utf8_lossy(&output.stdout).into_owned())
         .unwrap_or_default();
-    let mut containers: Vec<(String, String, String)> = listed
+    three_fields(&listed)
+}
+
+/// Lines of three space-separated fields (a `docker … --format` listing), sorted.
+pub fn three_fields(listed: &str) -> Vec<(String, String, String)> {
+    let mut rows: Vec<(String, String, String)> = listed
         .lines()
         .filter_map(|line| {
             let mut fields = line.split(' ');
@@ -67,8 +72,8 @@ pub fn containers_with_ids(client: &str) -> Vec<(String, String, String)> {
             ))
         })
         .collect();
-    containers.sort();
-    containers
+    rows.sort();
+    rows
 }
 
 /// `docker ps -a` of the containers of `client`: (name, state), sorted.

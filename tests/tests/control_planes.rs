@@ -65,6 +65,19 @@ fn owned(plane: &ControlPlane) -> BTreeSet<i32> {
         .unwrap_or_default()
 }
 
+/// The plane that acts on `client` (`acting`), or one that does not.
+fn plane_acting<'a>(
+    planes: &'a [ControlPlane],
+    client: &str,
+    acting: bool,
+) -> Option<&'a ControlPlane> {
+    planes.iter().find(|plane| {
+        plane
+            .client(client)
+            .is_some_and(|view| view["acted_on_here"] == acting)
+    })
+}
+
 /// Whether the planes' partitions are disjoint and cover the registry.
 fn partitions_covered(planes: &[&ControlPlane]) -> bool {
     let mut seen = BTreeSet::new();
@@ -256,14 +269,7 @@ fn a_killed_plane_hands_its_clients_over(
     .with_context(|| describe(&all(planes), clients))?;
     ensure!(after_kill == ids, "containers recreated, doubled or reaped across the kill:\nbefore {ids:?}\nafter {after_kill:?}");
     let client = moved[0];
-    let owner = planes
-        .iter()
-        .find(|plane| {
-            plane
-                .client(client)
-                .is_some_and(|view| view["acted_on_here"] == true)
-        })
-        .context("the new owner")?;
+    let owner = plane_acting(planes, client, true).context("the new owner")?;
     let (_, events) = owner.get(&format!("/clients/{client}/events"))?;
     ensure!(
         events.contains("worker_adopted"),
@@ -307,22 +313,8 @@ fn a_killed_plane_hands_its_clients_over(
 /// request on the owner (named in the body and in the client's view too), and the owner
 /// carries it out.
 fn a_restart_is_sent_on_to_the_owner(planes: &[ControlPlane], client: &str) -> Result<()> {
-    let owner = planes
-        .iter()
-        .find(|plane| {
-            plane
-                .client(client)
-                .is_some_and(|view| view["acted_on_here"] == true)
-        })
-        .context("an owner")?;
-    let other = planes
-        .iter()
-        .find(|plane| {
-            plane
-                .client(client)
-                .is_some_and(|view| view["acted_on_here"] == false)
-        })
-        .context("another control plane")?;
+    let owner = plane_acting(planes, client, true).context("an owner")?;
+    let other = plane_acting(planes, client, false).context("another control plane")?;
     let path = format!("/clients/{client}/restart");
     let redirected = poll("the owner's announcement", Duration::from_secs(30), || {
         let answer = kg_tests::http::request_with_headers(

@@ -105,19 +105,7 @@ fn services_of(client: &str) -> Vec<(String, String, String)> {
         "{{.Name}} {{.ID}} {{.Replicas}}",
     ])
     .unwrap_or_default();
-    let mut services: Vec<(String, String, String)> = listed
-        .lines()
-        .filter_map(|line| {
-            let mut fields = line.split(' ');
-            Some((
-                fields.next()?.to_string(),
-                fields.next()?.to_string(),
-                fields.next()?.to_string(),
-            ))
-        })
-        .collect();
-    services.sort();
-    services
+    kg_tests::docker::three_fields(&listed)
 }
 
 /// Removes service `name` once no task of it waits for swarm's task reaper: Engine

@@ -558,6 +558,10 @@ async fn a_cooling_pipeline_holds_each_server_through_a_sigkill_and_emits_only_t
     assert_eq!(stages["pipeline"], "server-cooling");
     assert_eq!(stages["stages"][0]["kind"], "validate", "{stages}");
     assert_eq!(stages["stages"][0]["passed"], 3, "{stages}");
+    ensure!(
+        stages["stages"][0]["passed_per_second"].as_f64() > Some(0.0),
+        "a stage that passed records has a throughput: {stages}"
+    );
     assert_eq!(stages["stages"][1]["kind"], "delay", "{stages}");
     assert_eq!(stages["stages"][1]["pending_sessions"], 3, "{stages}");
     assert_eq!(stages["stages"][2]["passed"], 0, "{stages}");

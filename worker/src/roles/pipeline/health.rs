@@ -22,10 +22,67 @@ const STATE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How far past its due time a held session may be before `/health` says degraded.
 const OVERDUE: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The window each stage's throughput is measured over.
+const THROUGHPUT_WINDOW: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Each stage's records passed as of earlier reads, so a read can say how many went
+/// through per second lately (over the last minute, or since the read before when reads
+/// are further apart; at the first read, since the worker started).
+#[derive(Debug)]
+pub struct Throughput {
+    samples: std::sync::Mutex<std::collections::VecDeque<(std::time::Instant, Vec<u64>)>>,
+}
+
+impl Default for Throughput {
+    fn default() -> Self {
+        Self {
+            samples: std::sync::Mutex::new(
+                [(std::time::Instant::now(), Vec::new())]
+                    .into_iter()
+                    .collect(),
+            ),
+        }
+    }
+}
+
+impl Throughput {
+    /// Records per second of each stage since the window's start, given the counts now.
+    pub fn per_second(&self, now: std::time::Instant, passed: &[u64]) -> Vec<f64> {
+        let Ok(mut samples) = self.samples.lock() else {
+            return vec![0.0; passed.len()];
+        };
+        // Keep the newest sample at least a window old as the base.
+        while samples.len() > 1
+            && samples
+                .get(1)
+                .is_some_and(|(at, _)| now.duration_since(*at) >= THROUGHPUT_WINDOW)
+        {
+            samples.pop_front();
+        }
+        let rates = samples.front().map_or_else(
+            || vec![0.0; passed.len()],
+            |(since, before)| {
+                let seconds = now.duration_since(*since).as_secs_f64().max(1e-3);
+                passed
+                    .iter()
+                    .enumerate()
+                    .map(|(i, count)| {
+                        count.saturating_sub(before.get(i).copied().unwrap_or(0)) as f64 / seconds
+                    })
+                    .collect()
+            },
+        );
+        samples.push_back((now, passed.to_vec()));
+        rates
+    }
+}
+
 /// What the health routes read of a pipeline.
 pub struct StagesHealth {
     pub pipeline: String,
     pub stages: Stages,
+    /// Each stage's recent throughput, kept between reads.
+    pub throughput: Arc<Throughput>,
     /// The delay stage's parts, if the pipeline has one.
     pub delay: Option<DelayParts>,
     /// The retry ladder's store and delays, if a stage may retry.
@@ -119,6 +176,14 @@ impl StagesHealth {
     /// Every stage, in order: kind, state, records passed and rejected; the delay stage
     /// also its sessions and what became of those let go.
     pub fn report(&self, metrics: &WorkerMetrics) -> Value {
+        let passed: Vec<u64> = self
+            .stages
+            .each()
+            .map(|(_, counter)| counter.passed.load(Ordering::Relaxed))
+            .collect();
+        let rates = self
+            .throughput
+            .per_second(std::time::Instant::now(), &passed);
         let stages: Vec<Value> = self
             .stages
             .each()
@@ -128,7 +193,8 @@ impl StagesHealth {
                     "index": index,
                     "kind": stage.kind(),
                     "state": "running",
-                    "passed": counter.passed.load(Ordering::Relaxed),
+                    "passed": passed[index],
+                    "passed_per_second": (rates[index] * 1000.0).round() / 1000.0,
                     "rejected": counter.rejected.load(Ordering::Relaxed),
                 });
                 if let Stage::Graph(graph) = stage {
@@ -216,4 +282,29 @@ fn released(metrics: &WorkerMetrics) -> serde_json::Map<String, Value> {
         (outcome.to_string(), json!(count))
     })
     .collect()
+}
+
+#[cfg(test)]
+mod throughput_tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn throughput_is_over_the_last_minute_or_since_the_read_before() {
+        let throughput = Throughput::default();
+        let start = throughput.samples.lock().unwrap()[0].0;
+        // First read, 10 s in: since the start.
+        assert_eq!(
+            throughput.per_second(start + Duration::from_secs(10), &[100, 50]),
+            [10.0, 5.0]
+        );
+        // 20 s later: since the start still (the window is a minute).
+        assert_eq!(
+            throughput.per_second(start + Duration::from_secs(30), &[400, 50]),
+            [400.0 / 30.0, 50.0 / 30.0]
+        );
+        // 100 s in: from the newest read at least a minute old (the one at 30 s).
+        let rates = throughput.per_second(start + Duration::from_secs(100), &[1100, 50]);
+        assert_eq!(rates, [10.0, 0.0]);
+    }
 }

@@ -540,6 +540,7 @@ impl PipelineHandler {
         health::StagesHealth {
             pipeline: pipeline.to_string(),
             stages: self.stages.clone(),
+            throughput: Arc::default(),
             delay: self.held.as_ref().map(|held| health::DelayParts {
                 store: held.store.clone(),
                 view: held.view.clone(),
