@@ -118,6 +118,8 @@ pub enum ControlPlaneError {
     Ingest(#[from] ingest::IngestError),
     #[error(transparent)]
     Ownership(#[from] ownership::OwnershipError),
+    #[error("the settings do not go together: {0}")]
+    Settings(&'static str),
     #[error("failed to bind the API on {addr}: {source}")]
     Bind {
         addr: SocketAddr,
@@ -335,6 +337,12 @@ impl Sharing {
         metrics: &Arc<ControlPlaneMetrics>,
         stop: &watch::Receiver<bool>,
     ) -> Result<Self, ControlPlaneError> {
+        if args.ownership == config::OwnershipKind::Group && args.stop_workers_on_exit {
+            // It would stop every worker of the shared runtime, other control planes' too.
+            return Err(ControlPlaneError::Settings(
+                "CP_STOP_WORKERS_ON_EXIT cannot be used with CP_OWNERSHIP=group",
+            ));
+        }
         if args.ownership != config::OwnershipKind::Group {
             return Ok(Self {
                 ownership: ownership::Ownership::All,
@@ -346,7 +354,11 @@ impl Sharing {
         let settings = ownership::GroupSettings {
             group_id: args.ownership_group.clone(),
             session_timeout: Duration::from_secs(args.ownership_session_timeout_secs),
-            release_timeout: Duration::from_secs(args.action_timeout_secs + 5),
+            // A recreation is four runtime calls, each under the action timeout, and a
+            // stop's grace.
+            release_timeout: Duration::from_secs(
+                4 * args.action_timeout_secs + args.stop_grace_secs + 10,
+            ),
         };
         let replayed = {
             let status = status.clone();
@@ -364,8 +376,10 @@ impl Sharing {
             stop.clone(),
             metrics.clone(),
         )?;
-        let members = members::Members::new(&format!("cp-{:016x}", rand::random::<u64>()));
+        // Named by its address, so a restarted control plane replaces its own
+        // announcement (the topic is compacted) instead of adding one.
         let api = advertised_url(args.advertise_url.as_deref(), api_addr);
+        let members = members::Members::new(&api);
         let announcing = tokio::spawn(members::run(
             args.kafka.clone(),
             members.clone(),
@@ -385,7 +399,14 @@ impl Sharing {
     /// clients on at once, and its announcement is withdrawn.
     async fn leave(self) {
         if let Some(member) = self.member {
-            let _ = tokio::task::spawn_blocking(move || member.join()).await;
+            // Bounded: leaving may wait on a broker that is gone.
+            let joined = tokio::task::spawn_blocking(move || member.join());
+            if tokio::time::timeout(Duration::from_secs(10), joined)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the ownership group's member did not leave within 10 s");
+            }
         }
         if let Some(announcing) = self.announcing {
             let _ = announcing.await;

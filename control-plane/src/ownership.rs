@@ -31,7 +31,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{ClientContext, TopicPartitionList};
 use serde::Serialize;
 use tokio::sync::{mpsc, watch};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::input::Input;
 use crate::metrics::ControlPlaneMetrics;
@@ -107,8 +107,11 @@ impl Ownership {
         {
             // The assignment names partitions the metadata may not show yet (partitions
             // just added): the count is at least one past the highest assigned.
+            // Partitions are never taken away from a topic: a count lower than one seen
+            // before is stale metadata, and using it would map clients to partitions
+            // another control plane owns under the right count.
             let highest = partitions.iter().copied().max().unwrap_or(-1);
-            *known = count.max(highest + 1);
+            *known = count.max(highest + 1).max(*known);
             owned.extend(partitions.iter().copied());
         }
     }
@@ -143,8 +146,17 @@ pub struct GroupSettings {
     /// partitions on (and librdkafka declares them lost on that control plane's side).
     pub session_timeout: Duration,
     /// The longest a revocation waits for the controller's in-flight actions on the
-    /// clients it gives up; past it the handover goes on (logged).
+    /// clients it gives up (the longest action: a recreation's stop, remove, create and
+    /// start); past it the handover goes on (logged).
     pub release_timeout: Duration,
+}
+
+impl GroupSettings {
+    /// The group's rebalance timeout (`max.poll.interval.ms`): longer than a revocation
+    /// may block, or the group would drop this member while it lets go.
+    fn rebalance_timeout(&self) -> Duration {
+        (self.release_timeout + Duration::from_secs(30)).max(self.session_timeout)
+    }
 }
 
 /// The group member's context: turns rebalances into [`OwnershipChange`]s.
@@ -290,6 +302,10 @@ pub fn spawn_group(
         )
         // The records are not what this member is for: it reads none it would act on
         // (ingest reads the registry), commits nothing, and starts at the end.
+        .set(
+            "max.poll.interval.ms",
+            settings.rebalance_timeout().as_millis().to_string(),
+        )
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "latest")
         .set("queued.max.messages.kbytes", "64")
@@ -329,9 +345,12 @@ fn run_member(
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    if let Err(error) = consumer.subscribe(&[CLUSTER_REGISTRY]) {
-        warn!(%error, "failed to join the ownership group; this control plane acts on no client");
-        return;
+    while let Err(error) = consumer.subscribe(&[CLUSTER_REGISTRY]) {
+        error!(%error, "failed to join the ownership group; this control plane acts on no client until it has; retrying");
+        if *stop.borrow() {
+            return;
+        }
+        std::thread::sleep(Duration::from_secs(2));
     }
     info!("joined the ownership group");
     while !*stop.borrow() {

@@ -248,6 +248,15 @@ fn a_killed_plane_hands_its_clients_over(
         .collect();
     ensure!(!moved.is_empty(), "the victim's partition has clients");
     let mut victim = planes.remove(0);
+    // How many adoptions of the first moved client each survivor has reported so far (the
+    // planes' start-up rebalances may have moved it before).
+    let adoptions = |plane: &ControlPlane| {
+        plane
+            .get(&format!("/clients/{}/events", moved[0]))
+            .map(|(_, events)| events.matches("worker_adopted").count())
+            .unwrap_or(0)
+    };
+    let adopted_before: Vec<usize> = planes.iter().map(adoptions).collect();
     let killed_at = Instant::now();
     victim.kill();
     let handed_over = poll(
@@ -270,10 +279,13 @@ fn a_killed_plane_hands_its_clients_over(
     ensure!(after_kill == ids, "containers recreated, doubled or reaped across the kill:\nbefore {ids:?}\nafter {after_kill:?}");
     let client = moved[0];
     let owner = plane_acting(planes, client, true).context("the new owner")?;
-    let (_, events) = owner.get(&format!("/clients/{client}/events"))?;
+    let index = planes
+        .iter()
+        .position(|plane| std::ptr::eq(plane, owner))
+        .context("the owner's index")?;
     ensure!(
-        events.contains("worker_adopted"),
-        "{client}'s new owner adopted its worker: {events}"
+        adoptions(owner) > adopted_before[index],
+        "{client}'s new owner reported adopting its worker after the kill"
     );
 
     // The new owner supervises what it adopted: a killed worker is restarted.
@@ -432,11 +444,18 @@ async fn three_control_planes_share_thirty_clients(kind: BrokerKind) -> Result<(
             left.iter().all(|(client, id)| ids.get(client) == Some(id)),
             "a deregistration touched other clients"
         );
-        let removals: f64 = planes
-            .iter()
-            .map(|plane| plane.metric("cp_lifecycle_events_total{event=\"worker_removed\"}"))
-            .sum();
-        ensure!(removals == 1.0, "one removal, by the owner alone: {removals}");
+        // Counted once the removal has finished: wait for the count, then check that
+        // only one control plane removed it.
+        let removals = || -> f64 {
+            planes
+                .iter()
+                .map(|plane| plane.metric("cp_lifecycle_events_total{event=\"worker_removed\"}"))
+                .sum()
+        };
+        poll("the removal counted", Duration::from_secs(30), || {
+            (removals() >= 1.0).then_some(())
+        })?;
+        ensure!(removals() == 1.0, "one removal, by the owner alone: {}", removals());
 
         // Any control plane answers for every client; a restart, which only the owner
         // can carry out, is sent on to it.

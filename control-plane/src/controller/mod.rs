@@ -142,9 +142,12 @@ pub struct Controller {
     ownership: crate::ownership::Ownership,
     /// Revocations to answer once no action on a client given up is in flight.
     releasing: Vec<std::sync::mpsc::SyncSender<()>>,
-    /// What was owned before partitions were assigned, until the next listing adopts the
-    /// running workers of the clients gained.
+    /// What was owned before the group's last rebalance began (its revocation, or its
+    /// assignment when nothing was revoked), until the listing after the assignment adopts
+    /// the running workers of the clients gained.
     gained_from: Option<crate::ownership::Ownership>,
+    /// A revocation came and its assignment has not yet: nothing is adopted meanwhile.
+    awaiting_assignment: bool,
 }
 
 /// After an input or a finished action, the next pass comes this soon: inputs arriving
@@ -215,6 +218,7 @@ impl Controller {
             ownership: crate::ownership::Ownership::All,
             releasing: Vec::new(),
             gained_from: None,
+            awaiting_assignment: false,
         }
     }
 

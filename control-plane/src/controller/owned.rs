@@ -23,6 +23,13 @@ impl Controller {
                 partitions,
                 released,
             } => {
+                // With the eager protocol every rebalance revokes all, then assigns: what
+                // was owned before the revocation is what a client gained is measured
+                // against, or every worker would count as adopted on every rebalance.
+                if self.gained_from.is_none() {
+                    self.gained_from = Some(self.ownership.clone());
+                }
+                self.awaiting_assignment = true;
                 self.ownership.revoke(&partitions);
                 info!(?partitions, ownership = ?self.ownership, "registry partitions revoked");
                 self.releasing.extend(released);
@@ -32,6 +39,7 @@ impl Controller {
                 if self.gained_from.is_none() {
                     self.gained_from = Some(self.ownership.clone());
                 }
+                self.awaiting_assignment = false;
                 self.ownership.assign(&partitions, count);
                 info!(?partitions, count, ownership = ?self.ownership, "registry partitions assigned");
             }
@@ -89,6 +97,9 @@ impl Controller {
     /// adopted as they are (nothing is recreated; the plan keeps a worker whose spec
     /// matches), and each adoption is a lifecycle event, as on a restart.
     pub(super) fn note_gained(&mut self, owned: &[ObservedWorker]) {
+        if self.awaiting_assignment {
+            return;
+        }
         let Some(before) = self.gained_from.take() else {
             return;
         };

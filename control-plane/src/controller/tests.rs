@@ -918,9 +918,18 @@ async fn two_controllers_share_the_clients_by_registry_partition_and_hand_them_o
     );
     eventually("the revocation answered", || released.try_recv().is_ok()).await;
     runtime.clear_calls();
+    // As the eager protocol does it: B's own partition is revoked too, then both are
+    // assigned to it.
+    b.inputs
+        .send(Input::Ownership(OwnershipChange::Revoked {
+            partitions: vec![1],
+            released: None,
+        }))
+        .await
+        .unwrap();
     b.inputs
         .send(Input::Ownership(OwnershipChange::Assigned {
-            partitions: vec![0],
+            partitions: vec![0, 1],
             count: 2,
         }))
         .await
@@ -933,6 +942,17 @@ async fn two_controllers_share_the_clients_by_registry_partition_and_hand_them_o
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
+    let of_b = clients
+        .iter()
+        .find(|c| partition_of(c, 2) == 1)
+        .expect("a client of B's own partition");
+    assert!(
+        !b.events
+            .last(of_b, 10)
+            .iter()
+            .any(|event| event.event == Lifecycle::WorkerAdopted),
+        "B got its own partition back: nothing of it is adopted"
+    );
     let calls = runtime.calls();
     assert!(
         runtime.calls_of("create").is_empty() && runtime.calls_of("remove").is_empty(),
