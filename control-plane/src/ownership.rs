@@ -170,6 +170,17 @@ struct GroupContext {
 
 impl ClientContext for GroupContext {}
 
+impl GroupContext {
+    fn count_change(&self, kind: &str) {
+        self.metrics
+            .ownership_changes
+            .get_or_create(&crate::metrics::ReasonLabel {
+                reason: kind.into(),
+            })
+            .inc();
+    }
+}
+
 impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         let Rebalance::Revoke(list) = rebalance else {
@@ -179,12 +190,7 @@ impl ConsumerContext for GroupContext {
         if partitions.is_empty() {
             return;
         }
-        self.metrics
-            .ownership_changes
-            .get_or_create(&crate::metrics::ReasonLabel {
-                reason: "revoked".into(),
-            })
-            .inc();
+        self.count_change("revoked");
         let (released, wait) = std::sync::mpsc::sync_channel(1);
         let change = OwnershipChange::Revoked {
             partitions: partitions.clone(),
@@ -216,12 +222,7 @@ impl ConsumerContext for GroupContext {
         if let Ok(count) = registry_partition_count(consumer, Duration::from_secs(5)) {
             self.count.store(count, Ordering::Relaxed);
         }
-        self.metrics
-            .ownership_changes
-            .get_or_create(&crate::metrics::ReasonLabel {
-                reason: "assigned".into(),
-            })
-            .inc();
+        self.count_change("assigned");
         info!(
             ?partitions,
             "registry partitions assigned; acting on their clients"

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::{ensure, Context, Result};
 
 /// Builds the images when they are missing (CI builds them fresh before the tests).
-fn ensure_images() -> Result<()> {
+pub fn ensure_images() -> Result<()> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let status = Command::new("bash")
         .arg(root.join("scripts/build-images.sh"))

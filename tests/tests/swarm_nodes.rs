@@ -65,16 +65,7 @@ impl Nodes {
         {
             return Ok(None);
         }
-        let status = Command::new("bash")
-            .arg(
-                script()
-                    .parent()
-                    .context("scripts")?
-                    .join("build-images.sh"),
-            )
-            .arg("--if-missing")
-            .status()?;
-        ensure!(status.success(), "scripts/build-images.sh failed");
+        kg_tests::docker::ensure_images()?;
         let printed = swarm_nodes(&["up", &NODES.to_string()])?;
         let mut host = String::new();
         let mut sockets = Vec::new();

@@ -60,13 +60,7 @@ impl Swarm {
             }
             other => bail!("the engine's swarm is {other}: neither in one nor out"),
         };
-        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-        let status = Command::new("bash")
-            .arg(root.join("scripts/build-images.sh"))
-            .arg("--if-missing")
-            .status()
-            .context("run scripts/build-images.sh")?;
-        ensure!(status.success(), "scripts/build-images.sh failed");
+        kg_tests::docker::ensure_images()?;
         Ok(Some(Self { made_here }))
     }
 }

@@ -87,11 +87,7 @@ pub(super) async fn get_client(
                 &state.status.ownership(),
             );
             if view["acted_on_here"] == false {
-                let owner = state
-                    .members
-                    .as_ref()
-                    .and_then(|members| members.owner_of(id.as_str(), chrono::Utc::now()));
-                view["owner"] = json!(owner);
+                view["owner"] = json!(owner_of(&state, &id));
             }
             Json(view).into_response()
         }
@@ -266,11 +262,7 @@ pub(super) async fn worker_logs(
 /// the same path on the owner (method and body kept), with the owner in the body too;
 /// `503` while no control plane claims the client (a handover under way).
 fn to_the_owner(state: &ApiState, id: &ClientId, uri: &axum::http::Uri) -> Response {
-    let owner = state
-        .members
-        .as_ref()
-        .and_then(|members| members.owner_of(id.as_str(), chrono::Utc::now()));
-    let Some(owner) = owner else {
+    let Some(owner) = owner_of(state, id) else {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             format!("{id} is acted on by another control plane, and none claims it right now (a handover under way?); try again in a few seconds"),
@@ -288,4 +280,13 @@ fn to_the_owner(state: &ApiState, id: &ClientId, uri: &axum::http::Uri) -> Respo
         })),
     )
         .into_response()
+}
+
+/// The API address of the control plane that acts on `id` now, by the others'
+/// announcements; None without several control planes, or while none claims it.
+fn owner_of(state: &ApiState, id: &ClientId) -> Option<String> {
+    state
+        .members
+        .as_ref()
+        .and_then(|members| members.owner_of(id.as_str(), chrono::Utc::now()))
 }

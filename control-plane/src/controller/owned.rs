@@ -18,17 +18,18 @@ impl Controller {
     /// Applies what the group said. A revocation stops every new action on those clients
     /// at once (the next plan leaves them out) and is answered once none is in flight.
     pub(super) fn apply_ownership(&mut self, change: OwnershipChange) {
+        // With the eager protocol every rebalance revokes all, then assigns: what was
+        // owned before the revocation (or before the assignment, when nothing was
+        // revoked) is what a client gained is measured against, or every worker would
+        // count as adopted on every rebalance.
+        if self.gained_from.is_none() {
+            self.gained_from = Some(self.ownership.clone());
+        }
         match change {
             OwnershipChange::Revoked {
                 partitions,
                 released,
             } => {
-                // With the eager protocol every rebalance revokes all, then assigns: what
-                // was owned before the revocation is what a client gained is measured
-                // against, or every worker would count as adopted on every rebalance.
-                if self.gained_from.is_none() {
-                    self.gained_from = Some(self.ownership.clone());
-                }
                 self.awaiting_assignment = true;
                 self.ownership.revoke(&partitions);
                 info!(?partitions, ownership = ?self.ownership, "registry partitions revoked");
@@ -36,9 +37,6 @@ impl Controller {
                 self.release_if_quiet();
             }
             OwnershipChange::Assigned { partitions, count } => {
-                if self.gained_from.is_none() {
-                    self.gained_from = Some(self.ownership.clone());
-                }
                 self.awaiting_assignment = false;
                 self.ownership.assign(&partitions, count);
                 info!(?partitions, count, ownership = ?self.ownership, "registry partitions assigned");
@@ -75,22 +73,11 @@ impl Controller {
         listed: Vec<ObservedWorker>,
     ) -> (Vec<ObservedWorker>, Vec<ObservedWorker>) {
         if self.ownership == Ownership::All {
-            self.metrics
-                .owned_clients
-                .set(self.writer.table().len() as i64);
             return (listed, Vec::new());
         }
-        let (owned, others): (Vec<_>, Vec<_>) = listed
+        listed
             .into_iter()
-            .partition(|worker| self.ownership.owns(&worker.client_id));
-        self.metrics.owned_clients.set(
-            self.writer
-                .table()
-                .iter()
-                .filter(|record| self.ownership.owns(record.client_id.as_str()))
-                .count() as i64,
-        );
-        (owned, others)
+            .partition(|worker| self.ownership.owns(&worker.client_id))
     }
 
     /// After partitions were assigned: the running workers of the clients gained are

@@ -209,6 +209,7 @@ impl Controller {
     /// each exited worker's restart stands.
     fn desired(&mut self, now: DateTime<Utc>) -> Desired {
         let mut clients = Vec::with_capacity(self.writer.table().len() + 1);
+        let mut owned_clients = 0;
         // The shared workers belong to whoever owns their pseudo-client's partition.
         if let Some((client_id, specs)) = self
             .shared
@@ -248,7 +249,9 @@ impl Controller {
                 last_seen: record.last_seen(),
                 specs,
             });
+            owned_clients += 1;
         }
+        self.metrics.owned_clients.set(owned_clients);
         Desired {
             clients,
             heartbeat_timeout: self.settings.heartbeat_timeout,
